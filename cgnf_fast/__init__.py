@@ -1,0 +1,14 @@
+"""cgnf_fast: generate neural-network cells beyond a NAS search space.
+
+The public surface is re-exported here; see the README for a tour.
+"""
+
+from __future__ import annotations
+
+from ._native import BUILT_WITH_CUDA, _C, cuda_available
+from .space import Cell, DesignSpace
+from .space import get as get_space
+
+__version__ = str(_C.build_config()["version"])
+
+__all__ = ["BUILT_WITH_CUDA", "Cell", "DesignSpace", "__version__", "cuda_available", "get_space"]

@@ -1,0 +1,45 @@
+"""Loads the compiled core ``cgnf_fast._C`` (after torch: one OpenMP runtime per process)."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import torch  # noqa: F401  (must be imported before _C)
+
+try:
+    from . import _C
+except ImportError as e:  # pragma: no cover - exercised only on broken installs
+    here = Path(__file__).resolve().parent
+    raise ImportError(
+        f"cgnf_fast's native module _C could not be loaded from {here} ({e}). "
+        "Install the package with `pip install .` (running from a source checkout without "
+        "building it is not supported)."
+    ) from e
+
+#: Whether the native module contains the CUDA kernels.
+BUILT_WITH_CUDA: bool = bool(_C.build_config()["cuda"])
+
+
+@functools.cache
+def cuda_available() -> bool:
+    """True when the CUDA kernels were built and torch and the native runtime see a GPU."""
+    return BUILT_WITH_CUDA and torch.cuda.is_available() and _C.cuda_device_count() > 0
+
+
+def require_cuda(what: str) -> None:
+    if not BUILT_WITH_CUDA:
+        raise RuntimeError(
+            f"{what}: cgnf_fast was built without CUDA kernels (no nvcc at build time, or "
+            "CGNF_ENABLE_CUDA=OFF); rebuild on a machine with nvcc or use device='cpu'"
+        )
+    if not cuda_available():
+        raise RuntimeError(f"{what}: no CUDA device is available to cgnf_fast's native runtime")
+
+
+def num_threads() -> int:
+    return max(1, torch.get_num_threads())
+
+
+def stream_of(t: torch.Tensor) -> int:
+    return torch.cuda.current_stream(t.device).cuda_stream

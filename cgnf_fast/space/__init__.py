@@ -1,0 +1,25 @@
+"""Cells and design spaces."""
+
+from __future__ import annotations
+
+from . import nb201
+from ._ops import INPUT, NB101_OPS, NB201_EDGE_OPS, NB201_NODE_OPS, OUTPUT, known_ops, register_op
+from .cell import MAX_NODES, Cell
+from .spaces import DesignSpace, NB201Space, get, names
+
+__all__ = [
+    "Cell",
+    "DesignSpace",
+    "INPUT",
+    "MAX_NODES",
+    "NB101_OPS",
+    "NB201Space",
+    "NB201_EDGE_OPS",
+    "NB201_NODE_OPS",
+    "OUTPUT",
+    "get",
+    "known_ops",
+    "names",
+    "nb201",
+    "register_op",
+]

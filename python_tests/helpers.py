@@ -1,0 +1,73 @@
+"""Helpers shared by the tests: hypothesis strategies, device lists, pinned example cells."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import strategies as st
+
+import cgnf_fast
+from cgnf_fast.space import NB101_OPS, NB201_NODE_OPS, Cell
+
+FIXTURES = Path(__file__).resolve().parent / "data"
+
+DEVICE_PARAMS = [
+    pytest.param("cpu", id="cpu"),
+    pytest.param(
+        "cuda",
+        id="cuda",
+        marks=pytest.mark.skipif(not cgnf_fast.cuda_available(), reason="no CUDA device (or built without CUDA)"),
+    ),
+]
+
+# The Inception-like module of the NB101 README (labels [-1, 1, 0, 0, 0, 2, -2]); its hash is
+# the test vector in NB101's own tests.
+INCEPTION = Cell(
+    [
+        [0, 1, 1, 1, 0, 1, 0],
+        [0, 0, 0, 0, 0, 0, 1],
+        [0, 0, 0, 0, 0, 0, 1],
+        [0, 0, 0, 0, 1, 0, 0],
+        [0, 0, 0, 0, 0, 0, 1],
+        [0, 0, 0, 0, 0, 0, 1],
+        [0, 0, 0, 0, 0, 0, 0],
+    ],
+    ["input", "conv1x1-bn-relu", "conv3x3-bn-relu", "conv3x3-bn-relu", "conv3x3-bn-relu", "maxpool3x3", "output"],
+)
+
+# The NB201 cell with the best CIFAR-10 test accuracy (index 9930 in NB201's table).
+BEST_ISH = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
+
+
+@st.composite
+def dags(draw, min_nodes: int = 2, max_nodes: int = 8, ops: tuple[str, ...] = NB101_OPS + NB201_NODE_OPS) -> Cell:
+    """Random labelled DAG cells (upper-triangular, any wiring, not necessarily pruned)."""
+    n = draw(st.integers(min_nodes, max_nodes))
+    bits = draw(st.lists(st.booleans(), min_size=n * (n - 1) // 2, max_size=n * (n - 1) // 2))
+    m = np.zeros((n, n), dtype=np.uint8)
+    m[np.triu_indices(n, 1)] = bits
+    mid = draw(st.lists(st.sampled_from(ops), min_size=n - 2, max_size=n - 2))
+    return Cell(m, ["input", *mid, "output"])
+
+
+@st.composite
+def topo_permutations(draw, cell: Cell) -> list[int]:
+    """A random topological order of ``cell`` (input first, output last)."""
+    n = cell.num_nodes
+    adj = cell.adjacency
+    placed: list[int] = [0]
+    while len(placed) < n - 1:
+        ready = [
+            v for v in range(1, n - 1) if v not in placed and all(u in placed for u in range(n) if adj[u][v])
+        ]
+        placed.append(draw(st.sampled_from(ready)))
+    placed.append(n - 1)
+    return placed
+
+
+def permute(cell: Cell, order: list[int]) -> Cell:
+    """The same cell with vertex ``order[p]`` moved to position ``p``."""
+    m = cell.matrix[np.ix_(order, order)]
+    return Cell(m, [cell.ops[v] for v in order])

@@ -1,0 +1,66 @@
+"""The `cgnf` command, run as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from helpers import BEST_ISH
+
+
+def cgnf_executable() -> str:
+    """The installed console script (next to this interpreter, else on PATH)."""
+    here = Path(sys.executable).with_name("cgnf")
+    found = str(here) if here.exists() else shutil.which("cgnf")
+    assert found, "the `cgnf` console script is not installed"
+    return found
+
+
+def cgnf(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    # run outside the checkout so that the installed package, not the source tree, is used
+    with tempfile.TemporaryDirectory() as cwd:
+        return subprocess.run(
+            [cgnf_executable(), *args], input=stdin, capture_output=True, text=True, timeout=300, cwd=cwd
+        )
+
+
+def test_space_info_json():
+    r = cgnf("space", "info", "nb201", "--json")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["classes"] == {"structural": 8765, "network": 5425, "nb201_unique_str": 6466, "zero_cells": 341}
+    r = cgnf("space", "info", "nb101-like")
+    # 2**21 adjacency matrices x 3**5 op labellings on 7 vertices
+    assert r.returncode == 0 and "509,607,936" in r.stdout
+
+
+def test_cell_hash():
+    lines = [
+        BEST_ISH,
+        json.dumps({"matrix": [[0, 1, 0], [0, 0, 1], [0, 0, 0]], "ops": ["input", "maxpool3x3", "output"]}),
+        "",
+    ]
+    r = cgnf("cell", "hash", stdin="\n".join(lines))
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(x) for x in r.stdout.splitlines()]
+    assert len(rows) == 2
+    assert rows[0]["nb201"] == BEST_ISH and rows[0]["nb201_index"] == 9930 and rows[0]["nb101_hash"] is None
+    assert rows[1]["nb201"] is None and len(rows[1]["nb101_hash"]) == 32
+    assert isinstance(rows[0]["code"], int) and isinstance(rows[0]["network_code"], int)
+
+
+def test_errors_exit_2_with_one_line():
+    for args, stdin, match in [
+        (("space", "info", "nb999"), None, "unknown space 'nb999'"),
+        (("cell", "hash"), '{"matrix": [[0,1],[1,0]], "ops": ["input","output"]}\n', "line 1: matrix is cyclic"),
+        (("cell", "hash"), f"{BEST_ISH}\n|nor_conv_3x3~0|+|x~0|\n", "line 2:"),
+        (("cell", "hash", "--input", "/nonexistent/file"), None, "No such file"),
+    ]:
+        r = cgnf(*args, stdin=stdin)
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        err = r.stderr.strip().splitlines()
+        assert len(err) == 1 and match in err[0], r.stderr
