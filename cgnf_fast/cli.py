@@ -1,4 +1,4 @@
-"""The ``cgnf`` command. Subcommands: ``space info``, ``cell hash`` (more come with later work).
+"""The ``cgnf`` command: ``space info|count|enumerate``, ``cell hash`` (more come with later work).
 
 Bad input exits with status 2 and one line on stderr naming the problem.
 """
@@ -46,6 +46,41 @@ def _space_info(args: argparse.Namespace) -> int:
         else:
             print(f"{k:<{width}}  {v}")
     return 0
+
+
+def _space_count(args: argparse.Namespace) -> int:
+    from .space import counting
+
+    r = counting.count(args.space, max_edges=args.max_edges, device=args.device, progress=not args.no_progress)
+    if args.json:
+        print(json.dumps({k: r[k] for k in ("space", "labeled", "valid", "unique", "unique_networks", "seconds")}
+                         | {k: r[k] for k in ("zero_cell", "device", "peak_rss_mb")}))
+        return 0
+    print(f"space            {r['space']}")
+    for key in ("labeled", "valid", "unique", "unique_networks"):
+        print(f"{key:<16} {r[key]:,}" if r[key] is not None else f"{key:<16} -")
+    print(f"zero_cell        {'allowed (one more class)' if r['zero_cell'] else 'not allowed'}")
+    print(f"seconds          {r['seconds']}  (peak RSS {r['peak_rss_mb']:.0f} MB, {r['device']})")
+    return 0
+
+
+def _space_enumerate(args: argparse.Namespace) -> int:
+    from .space import counting
+
+    t0 = time.perf_counter()
+    n = counting.write_jsonl(args.space, args.out, max_edges=args.max_edges, progress=not args.no_progress)
+    print(f"wrote {n:,} cells to {args.out} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return 0
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {v}")
+    return v
 
 
 def _read_cells(stream: TextIO) -> Iterator[tuple[int, Any, str | None]]:
@@ -103,6 +138,20 @@ def _build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print one JSON object")
     info.set_defaults(func=_space_info)
 
+    cnt = sps.add_parser("count", help="exact numbers of labelled, valid and unique cells and networks")
+    cnt.add_argument("space", help=f"one of: {', '.join(spaces.names())}")
+    cnt.add_argument("--max-edges", type=_nonneg_int, default=None, help="override the space's edge limit")
+    cnt.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    cnt.add_argument("--json", action="store_true", help="print one JSON object")
+    cnt.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    cnt.set_defaults(func=_space_count)
+    en = sps.add_parser("enumerate", help="write every unique cell of a space as JSON lines")
+    en.add_argument("space", help=f"one of: {', '.join(spaces.names())}")
+    en.add_argument("--max-edges", type=_nonneg_int, default=None, help="override the space's edge limit")
+    en.add_argument("--out", required=True, help="output file (.jsonl)")
+    en.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    en.set_defaults(func=_space_enumerate)
+
     cp = sub.add_parser("cell", help="single cells")
     cps = cp.add_subparsers(dest="cell_command", metavar="SUBCOMMAND", required=True)
     h = cps.add_parser(
@@ -122,11 +171,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (CLIError, ValueError, FileNotFoundError) as e:
-        print(f"cgnf: error: {e}", file=sys.stderr)
-        return 2
     except BrokenPipeError:  # e.g. `cgnf cell hash | head`
         return 0
+    except (CLIError, ValueError, OSError) as e:
+        print(f"cgnf: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cgnf: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,12 +1,15 @@
 // The only PYBIND11_MODULE of cgnf_fast. The module is built without libtorch: every kernel
 // takes raw pointers, sizes and (for CUDA) a stream as integers. cgnf_fast/ops validates the
 // tensors and wraps each entry as a torch.library custom op.
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <string>
 
 #include "common/checks.h"
 #include "dag/dag.h"
+#include "dag/enumerate.h"
 
 #ifdef CGNF_WITH_CUDA
 #include <cuda_runtime.h>
@@ -64,7 +67,58 @@ PYBIND11_MODULE(_C, m) {
   m.def("dag_prune_cpu", &cgnf::dag_prune_cpu, py::arg("adj"), py::arg("labels"), py::arg("n"), py::arg("out_adj"),
         py::arg("out_labels"), py::arg("out_n"), py::arg("B"), py::arg("N"), py::arg("num_threads"),
         py::call_guard<py::gil_scoped_release>());
+  m.def("dag_canonical_code_cpu", &cgnf::dag_canonical_code_cpu, py::arg("adj"), py::arg("labels"), py::arg("n"),
+        py::arg("out_code"), py::arg("B"), py::arg("N"), py::arg("num_threads"), py::call_guard<py::gil_scoped_release>());
+  m.def("dag_nb101_hash_cpu", &cgnf::dag_nb101_hash_cpu, py::arg("adj"), py::arg("labels"), py::arg("n"),
+        py::arg("out_digest"), py::arg("B"), py::arg("N"), py::arg("num_threads"),
+        py::call_guard<py::gil_scoped_release>());
+
+  py::class_<cgnf::SpaceCounter>(m, "SpaceCounter",
+                                 "Exact counting / enumeration of a cell space in work units (see enumerate_cpu.cpp).")
+      .def(py::init([](int max_nodes, int num_ops, int num_identity, int max_edges, bool networks, bool emit) {
+             return new cgnf::SpaceCounter({max_nodes, num_ops, num_identity, max_edges}, networks, emit);
+           }),
+           py::arg("max_nodes"), py::arg("num_ops"), py::arg("num_identity"), py::arg("max_edges"),
+           py::arg("networks"), py::arg("emit"))
+      .def("units",
+           [](const cgnf::SpaceCounter& c) {
+             std::vector<std::tuple<int, uint64_t, uint64_t>> out;
+             for (const auto& u : c.units()) out.emplace_back(u.k, u.lo, u.hi);
+             return out;
+           })
+      .def("process", &cgnf::SpaceCounter::process, py::arg("unit"), py::arg("num_threads"),
+           py::call_guard<py::gil_scoped_release>())
+      .def("finalize", &cgnf::SpaceCounter::finalize, py::arg("num_threads"), py::call_guard<py::gil_scoped_release>())
+      .def("totals",
+           [](const cgnf::SpaceCounter& c) {
+             const auto t = c.totals();
+             py::dict d;
+             d["valid_matrices"] = t.valid_matrices;
+             d["unique"] = t.unique;
+             d["skeletons"] = t.skeletons;
+             d["unique_networks"] = t.unique_networks;
+             d["network_skeletons"] = t.network_skeletons;
+             return d;
+           })
+      .def("take_emitted", [](cgnf::SpaceCounter& c, int64_t K) {
+        cgnf::Emitted e = c.take_emitted();
+        const auto M = static_cast<py::ssize_t>(e.n.size());
+        py::array_t<uint8_t> adj({M, py::ssize_t(K), py::ssize_t(K)});
+        py::array_t<int8_t> labels({M, py::ssize_t(K)});
+        py::array_t<int8_t> n({M});
+        if (M) {
+          std::copy(e.adj.begin(), e.adj.end(), adj.mutable_data());
+          std::copy(e.labels.begin(), e.labels.end(), labels.mutable_data());
+          std::copy(e.n.begin(), e.n.end(), n.mutable_data());
+        }
+        return py::make_tuple(adj, labels, n);
+      }, py::arg("K"));
+
 #ifdef CGNF_WITH_CUDA
+  m.def("dag_canonical_code_cuda", &cgnf::dag_canonical_code_cuda, py::arg("adj"), py::arg("labels"), py::arg("n"),
+        py::arg("out_code"), py::arg("B"), py::arg("N"), py::arg("stream"), py::call_guard<py::gil_scoped_release>());
+  m.def("dag_nb101_hash_cuda", &cgnf::dag_nb101_hash_cuda, py::arg("adj"), py::arg("labels"), py::arg("n"),
+        py::arg("out_digest"), py::arg("B"), py::arg("N"), py::arg("stream"), py::call_guard<py::gil_scoped_release>());
   m.def("dag_prune_cuda", &cgnf::dag_prune_cuda, py::arg("adj"), py::arg("labels"), py::arg("n"), py::arg("out_adj"),
         py::arg("out_labels"), py::arg("out_n"), py::arg("B"), py::arg("N"), py::arg("stream"),
         py::call_guard<py::gil_scoped_release>());

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
-from .dag import dag_prune
+from .dag import (
+    batch_from_cells,
+    dag_canonical_code,
+    dag_nb101_digest,
+    dag_nb101_hash,
+    dag_prune,
+    dag_valid,
+)
 
-__all__ = ["dag_prune"]
+__all__ = ["batch_from_cells", "dag_canonical_code", "dag_nb101_digest", "dag_nb101_hash", "dag_prune", "dag_valid"]

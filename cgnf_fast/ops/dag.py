@@ -69,6 +69,142 @@ def _(adj: torch.Tensor, labels: torch.Tensor, n: torch.Tensor) -> tuple[torch.T
     return torch.empty_like(adj), torch.empty_like(labels), torch.empty_like(n)
 
 
+@torch.library.custom_op("cgnf_fast::dag_canonical_code", mutates_args=())
+def _dag_canonical_code(adj: torch.Tensor, labels: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    B, N = adj.shape[0], adj.shape[1]
+    out = torch.empty(B, dtype=torch.int64, device=adj.device)
+    args = (adj.data_ptr(), labels.data_ptr(), n.data_ptr(), out.data_ptr(), B, N)
+    if adj.device.type == "cuda":
+        _native.require_cuda("dag_canonical_code")
+        with torch.cuda.device(adj.device):
+            _C.dag_canonical_code_cuda(*args, _native.stream_of(adj))
+    else:
+        _C.dag_canonical_code_cpu(*args, _native.num_threads())
+    return out
+
+
+@_dag_canonical_code.register_fake
+def _(adj: torch.Tensor, labels: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    return adj.new_empty(adj.shape[0], dtype=torch.int64)
+
+
+@torch.library.custom_op("cgnf_fast::dag_nb101_hash", mutates_args=())
+def _dag_nb101_hash(adj: torch.Tensor, labels: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    B, N = adj.shape[0], adj.shape[1]
+    out = torch.empty(B, 16, dtype=torch.uint8, device=adj.device)
+    args = (adj.data_ptr(), labels.data_ptr(), n.data_ptr(), out.data_ptr(), B, N)
+    if adj.device.type == "cuda":
+        _native.require_cuda("dag_nb101_hash")
+        with torch.cuda.device(adj.device):
+            _C.dag_nb101_hash_cuda(*args, _native.stream_of(adj))
+    else:
+        _C.dag_nb101_hash_cpu(*args, _native.num_threads())
+    return out
+
+
+@_dag_nb101_hash.register_fake
+def _(adj: torch.Tensor, labels: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    return adj.new_empty(adj.shape[0], 16, dtype=torch.uint8)
+
+
+def _check_labels_in(labels: torch.Tensor, n: torch.Tensor, lo: int, hi: int, what: str) -> None:
+    """Intermediate labels (positions 1 .. n-2) must lie in [lo, hi]."""
+    if labels.shape[0] == 0:
+        return
+    pos = torch.arange(labels.shape[1], device=labels.device)
+    inner = (pos[None, :] >= 1) & (pos[None, :] < (n.to(torch.int64)[:, None] - 1))
+    bad = inner & ((labels < lo) | (labels > hi))
+    if bool(bad.any()):
+        b, v = (int(x) for x in bad.nonzero()[0])
+        raise ValueError(f"labels[{b}, {v}] = {int(labels[b, v])}: {what} labels must be in [{lo}, {hi}]")
+
+
+def dag_canonical_code(adj: torch.Tensor, labels: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """Exact structural canonical code of every graph, as given (prune first to compare cells).
+
+    Shapes:
+        adj [B, N, N] uint8, labels [B, N] int8 (intermediate labels in [0, 31], as
+        ``Cell.labels()``; input/output labels are ignored), n [B] int8.
+
+    Returns:
+        ``[B] int64``: the codes (``< 2**62``), equal to ``Cell.canonical_code()``.
+
+    Reference: ``cgnf_fast.reference.dag.canonical_code``.
+    """
+    _check_batch(adj, labels, n)
+    _check_labels_in(labels, n, 0, 31, "op")
+    return _dag_canonical_code(adj, labels, n)
+
+
+def dag_nb101_hash(adj: torch.Tensor, labels: torch.Tensor, n: torch.Tensor) -> list[str]:
+    """NB101's fingerprint of every graph, as given (NB101 hashes pruned specs: prune first).
+
+    Shapes:
+        adj [B, N, N] uint8, labels [B, N] int8 with NB101's labels (-1 input, -2 output,
+        0/1/2 conv3x3-bn-relu/conv1x1-bn-relu/maxpool3x3), n [B] int8.
+
+    Returns:
+        ``B`` hex strings, byte for byte NB101's ``hash_module``.
+
+    Reference: ``cgnf_fast.reference.dag.nb101_hash``.
+    """
+    return [bytes(d).hex() for d in dag_nb101_digest(adj, labels, n).cpu().numpy()]
+
+
+def dag_nb101_digest(adj: torch.Tensor, labels: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """``[B, 16] uint8`` MD5 digests behind :func:`dag_nb101_hash` (stays on the device)."""
+    _check_batch(adj, labels, n)
+    _check_labels_in(labels, n, 0, 2, "NB101 op")
+    return _dag_nb101_hash(adj, labels, n)
+
+
+def dag_valid(
+    adj: torch.Tensor, labels: torch.Tensor, n: torch.Tensor, *, max_edges: int | None = None
+) -> torch.Tensor:
+    """Whether each graph has an input -> output path and at most ``max_edges`` edges after pruning.
+
+    Shapes:
+        adj [B, N, N] uint8, labels [B, N] int8, n [B] int8 -> ``[B] bool``.
+
+    Composed from :func:`dag_prune` and stock tensor ops (no kernel of its own). Reference:
+    ``DesignSpace.validate`` on cells.
+    """
+    out_adj, _, out_n = dag_prune(adj, labels, n)
+    ok = out_n > 0
+    if max_edges is not None:
+        ok &= out_adj.sum(dim=(1, 2), dtype=torch.int64) <= max_edges
+    return ok
+
+
+def batch_from_cells(cells, N: int | None = None, *, nb101_labels: bool = False):
+    """Pack cells into ``(adj [B, N, N] uint8, labels [B, N] int8, n [B] int8)`` CPU tensors.
+
+    ``nb101_labels=True`` writes NB101's labels (for :func:`dag_nb101_hash`), else
+    ``Cell.labels()``.
+    """
+    import numpy as np
+
+    from ..space import NB101_OPS
+
+    cells = list(cells)
+    N = N or max((c.num_nodes for c in cells), default=2)
+    B = len(cells)
+    adj = np.zeros((B, N, N), dtype=np.uint8)
+    labels = np.zeros((B, N), dtype=np.int8)
+    n = np.zeros(B, dtype=np.int8)
+    for b, c in enumerate(cells):
+        k = c.num_nodes
+        if k > N:
+            raise ValueError(f"cell {b} has {k} vertices, more than N={N}")
+        adj[b, :k, :k] = c.adjacency
+        if nb101_labels:
+            labels[b, :k] = [-1] + [NB101_OPS.index(o) for o in c.ops[1:-1]] + [-2]
+        else:
+            labels[b, :k] = c.labels()
+        n[b] = k
+    return torch.from_numpy(adj), torch.from_numpy(labels), torch.from_numpy(n)
+
+
 def dag_prune(
     adj: torch.Tensor, labels: torch.Tensor, n: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

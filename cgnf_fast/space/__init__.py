@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import nb201
+from . import counting, nb201
 from ._ops import INPUT, NB101_OPS, NB201_EDGE_OPS, NB201_NODE_OPS, OUTPUT, known_ops, register_op
 from .cell import MAX_NODES, Cell
 from .spaces import DesignSpace, NB201Space, get, names
@@ -20,6 +20,7 @@ __all__ = [
     "get",
     "known_ops",
     "names",
+    "counting",
     "nb201",
     "register_op",
 ]

@@ -4,9 +4,11 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 namespace cgnf {
 
@@ -23,6 +25,14 @@ inline void check_ptr(int64_t ptr, const char* name, int64_t count) {
     s << name << " is a null pointer but " << count << " elements were promised";
     throw std::invalid_argument(s.str());
   }
+}
+
+// Checks shared by the batched DAG ops: batch size, vertex count, non-null pointers.
+inline void check_batch(const char* op, int64_t B, int64_t N,
+                        std::initializer_list<std::pair<int64_t, const char*>> ptrs) {
+  check_arg(B >= 0, std::string(op) + ": batch size must be >= 0");
+  check_arg(N >= 2 && N <= kMaxNodes, std::string(op) + ": N must be in [2, 8]");
+  for (auto [p, name] : ptrs) check_ptr(p, name, B);
 }
 
 }  // namespace cgnf

@@ -24,7 +24,23 @@ constexpr int8_t kPadLabel = -1;
 void dag_prune_cpu(int64_t adj, int64_t labels, int64_t n, int64_t out_adj, int64_t out_labels,
                    int64_t out_n, int64_t B, int64_t N, int64_t num_threads);
 
+// Exact structural canonical code of every graph (as given: prune first to compare what cells
+// compute). Intermediate labels must be in [0, 31] (masked to 5 bits otherwise).
+//   out_code [B] int64  the code (< 2**62), or -1 when n[b] is outside [2, N]
+void dag_canonical_code_cpu(int64_t adj, int64_t labels, int64_t n, int64_t out_code, int64_t B, int64_t N,
+                            int64_t num_threads);
+
+// NB101's hash_module fingerprint of every graph (as given; NB101 hashes pruned specs).
+// Labels are NB101's: -1 input, -2 output, 0/1/2 conv3x3/conv1x1/maxpool3x3.
+//   out_digest [B, 16] uint8  the MD5 digest (its hex is NB101's key); zeros when n is invalid
+void dag_nb101_hash_cpu(int64_t adj, int64_t labels, int64_t n, int64_t out_digest, int64_t B, int64_t N,
+                        int64_t num_threads);
+
 #ifdef CGNF_WITH_CUDA
+void dag_canonical_code_cuda(int64_t adj, int64_t labels, int64_t n, int64_t out_code, int64_t B, int64_t N,
+                             int64_t stream);
+void dag_nb101_hash_cuda(int64_t adj, int64_t labels, int64_t n, int64_t out_digest, int64_t B, int64_t N,
+                         int64_t stream);
 void dag_prune_cuda(int64_t adj, int64_t labels, int64_t n, int64_t out_adj, int64_t out_labels,
                     int64_t out_n, int64_t B, int64_t N, int64_t stream);
 #endif

@@ -8,11 +8,8 @@ namespace cgnf {
 
 void dag_prune_cpu(int64_t adj, int64_t labels, int64_t n, int64_t out_adj, int64_t out_labels,
                    int64_t out_n, int64_t B, int64_t N, int64_t num_threads) {
-  check_arg(B >= 0, "dag_prune: batch size must be >= 0");
-  check_arg(N >= 2 && N <= kMaxNodes, "dag_prune: N must be in [2, 8]");
-  for (auto [p, name] : {std::pair{adj, "adj"}, {labels, "labels"}, {n, "n"}, {out_adj, "out_adj"},
-                         {out_labels, "out_labels"}, {out_n, "out_n"}})
-    check_ptr(p, name, B);
+  check_batch("dag_prune", B, N,
+              {{adj, "adj"}, {labels, "labels"}, {n, "n"}, {out_adj, "out_adj"}, {out_labels, "out_labels"}, {out_n, "out_n"}});
   auto* a = reinterpret_cast<const uint8_t*>(adj);
   auto* l = reinterpret_cast<const int8_t*>(labels);
   auto* nn = reinterpret_cast<const int8_t*>(n);

@@ -20,12 +20,9 @@ __global__ void dag_prune_kernel(const uint8_t* __restrict__ adj, const int8_t* 
 
 void dag_prune_cuda(int64_t adj, int64_t labels, int64_t n, int64_t out_adj, int64_t out_labels,
                     int64_t out_n, int64_t B, int64_t N, int64_t stream) {
-  check_arg(B >= 0, "dag_prune: batch size must be >= 0");
-  check_arg(N >= 2 && N <= kMaxNodes, "dag_prune: N must be in [2, 8]");
+  check_batch("dag_prune", B, N,
+              {{adj, "adj"}, {labels, "labels"}, {n, "n"}, {out_adj, "out_adj"}, {out_labels, "out_labels"}, {out_n, "out_n"}});
   if (B == 0) return;
-  for (auto [p, name] : {std::pair{adj, "adj"}, {labels, "labels"}, {n, "n"}, {out_adj, "out_adj"},
-                         {out_labels, "out_labels"}, {out_n, "out_n"}})
-    check_ptr(p, name, B);
   constexpr int threads = 256;
   const int blocks = static_cast<int>(B / threads + 1 < 65535 ? B / threads + 1 : 65535);
   dag_prune_kernel<<<blocks, threads, 0, as_stream(stream)>>>(

@@ -1,0 +1,376 @@
+// Exact counts and enumeration of cell spaces (CPU, std::thread).
+//
+// Method (prune-then-label, with orbit counting):
+//  * Valid matrices: every K-vertex upper-triangular matrix (2**(K(K-1)/2)) is pruned with two
+//    bitmask sweeps; it is valid when the output is reachable and the pruned cell has at most
+//    max_edges edges. Labels never change validity, so valid labelled graphs = valid matrices
+//    x num_ops**(K-2).
+//  * Unique cells: every pruned cell with k <= K vertices is a "full" DAG (each vertex but the
+//    input has an in-edge, each but the output an out-edge). For each k we visit every k-vertex
+//    matrix, keep the full ones within the edge limit, and keep those in canonical form for
+//    unlabelled graphs (their identity order gives the minimal code: exactly one matrix per
+//    unlabelled class). The search that checks this also yields the automorphism group Aut,
+//    and Burnside's lemma counts the labellings up to Aut: (1/|Aut|) sum_g num_ops**cycles(g).
+//    The sum over classes and k is the exact number of distinct canonical codes.
+//  * Unique networks: for each unlabelled class and each subset S of its vertices labelled by
+//    identity ops, folding S gives an unlabelled weighted DAG (edge weight = number of
+//    identity-only paths). Distinct weighted DAGs are collected (exact 256-bit canonical codes,
+//    hash set); each contributes its labellings by the non-identity ops up to its own
+//    automorphisms (Burnside again). Without identity ops the networks are the cells.
+//  * Enumeration: for each unlabelled class, each labelling that is lexicographically minimal
+//    in its orbit under Aut is emitted once.
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <mutex>
+#include <stdexcept>
+#include <unordered_set>
+
+#include "../common/checks.h"
+#include "../common/parallel.h"
+#include "enumerate.h"
+#include "graph_impl.h"
+
+namespace cgnf {
+
+namespace {
+
+struct WideHash {
+  size_t operator()(const Wide& x) const {
+    uint64_t h = 0x9e3779b97f4a7c15ull;
+    for (uint64_t w : x.w) {
+      h ^= w + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
+      h *= 0xbf58476d1ce4e5b9ull;
+    }
+    return size_t(h ^ (h >> 31));
+  }
+};
+struct WideEq {
+  bool operator()(const Wide& a, const Wide& b) const { return std::memcmp(a.w, b.w, sizeof a.w) == 0; }
+};
+using WideSet = std::unordered_set<Wide, WideHash, WideEq>;
+
+// Column-major bit layout of a k-vertex matrix: the in-edges of vertex v (from 0..v-1) are the
+// v bits starting at v(v-1)/2.
+inline void preds_of(uint64_t mask, int k, uint8_t* pred) {
+  pred[0] = 0;
+  for (int v = 1; v < k; ++v) pred[v] = uint8_t((mask >> (v * (v - 1) / 2)) & ((1u << v) - 1));
+}
+
+// Vertices on some input -> output path (0 when the output is unreachable).
+inline uint32_t keep_from_preds(const uint8_t* pred, int k) {
+  uint32_t fwd = 1u;
+  for (int v = 1; v < k; ++v)
+    if (pred[v] & fwd) fwd |= 1u << v;
+  if (!(fwd >> (k - 1) & 1u)) return 0;
+  uint32_t bwd = 1u << (k - 1);
+  for (int v = k - 1; v > 0; --v)
+    if (bwd >> v & 1u) bwd |= pred[v];
+  return fwd & bwd;
+}
+
+inline bool is_full(const uint8_t* pred, int k) {
+  uint32_t has_out = 0;
+  for (int v = 1; v < k; ++v) {
+    if (!pred[v]) return false;
+    has_out |= pred[v];
+  }
+  const uint32_t need = (1u << (k - 1)) - 1;  // vertices 0..k-2
+  return (has_out & need) == need;
+}
+
+inline void graph_from_preds(const uint8_t* pred, int k, SmallGraph& g) {
+  g.n = k;
+  std::memset(g.w, 0, sizeof g.w);
+  for (int v = 0; v < k; ++v) {
+    g.label[v] = 0;
+    g.pred[v] = pred[v];
+    for (int u = 0; u < v; ++u)
+      if (pred[v] >> u & 1u) g.w[u][v] = 1;
+  }
+}
+
+inline uint64_t ipow(uint64_t b, int e) {
+  uint64_t r = 1;
+  while (e-- > 0) r *= b;
+  return r;
+}
+
+// Cycles of the permutation position p -> order[p] on positions 1..n-2.
+inline int cycles(const uint8_t* order, int n) {
+  uint32_t seen = 0;
+  int c = 0;
+  for (int p = 1; p < n - 1; ++p) {
+    if (seen >> p & 1u) continue;
+    ++c;
+    for (int q = p; !(seen >> q & 1u); q = order[q]) seen |= 1u << q;
+  }
+  return c;
+}
+
+// Automorphisms of g in canonical form (identity order minimal), or false if g is not.
+// Fills perms with every automorphism (as orders) when perms != nullptr.
+bool canonical_automorphisms(const SmallGraph& g, int wbits, std::vector<std::array<uint8_t, kMax>>* perms,
+                             uint64_t* burnside_sum, uint64_t base) {
+  uint64_t target[kMax];
+  identity_chunks(g, wbits, target);
+  CanonResult r;
+  uint64_t sum = 0;
+  canon_search(g, wbits, target, r, [&](const uint8_t* order) {
+    sum += ipow(base, cycles(order, g.n));
+    if (perms) {
+      std::array<uint8_t, kMax> a{};
+      for (int q = 0; q < g.n; ++q) a[q] = order[q];
+      perms->push_back(a);
+    }
+  });
+  if (r.aborted) return false;
+  *burnside_sum = sum / uint64_t(r.automorphisms);
+  return true;
+}
+
+// Folds identity vertices (bitmask S of intermediate vertices) of a 0/1 graph into weights and
+// returns the weighted graph on the remaining vertices (labels 0).
+void fold(const SmallGraph& g, uint32_t S, SmallGraph& out) {
+  const int n = g.n;
+  uint32_t w[kMax][kMax];
+  for (int u = 0; u < n; ++u)
+    for (int v = 0; v < n; ++v) w[u][v] = g.w[u][v];
+  for (int s = 1; s < n - 1; ++s) {
+    if (!(S >> s & 1u)) continue;
+    for (int u = 0; u < s; ++u) {
+      if (!w[u][s]) continue;
+      for (int v = s + 1; v < n; ++v)
+        if (w[s][v]) w[u][v] += w[u][s] * w[s][v];
+    }
+    for (int x = 0; x < n; ++x) w[x][s] = w[s][x] = 0;
+  }
+  int idx[kMax], m = 0;
+  for (int v = 0; v < n; ++v)
+    if (!(S >> v & 1u)) idx[m++] = v;
+  out.n = m;
+  std::memset(out.w, 0, sizeof out.w);
+  for (int a = 0; a < m; ++a) {
+    out.label[a] = 0;
+    for (int b = a + 1; b < m; ++b) out.w[a][b] = uint8_t(w[idx[a]][idx[b]]);  // <= 2**6 paths
+  }
+  finish_graph(out);
+}
+
+// Set key of a weighted graph: its canonical wide code with n also in the top 4 bits (a code
+// has at most 230 bits, so they are free), so that the graph can be decoded back.
+Wide network_key(const SmallGraph& f, const CanonResult& r) {
+  Wide key = pack_wide(f.n, r.chunk, kNetworkWeightBits);
+  key.w[0] |= uint64_t(f.n) << 60;
+  return key;
+}
+
+// Decodes a network_key back into the weighted graph in canonical order.
+void unpack_wide(const Wide& x, int wbits, SmallGraph& g) {
+  // Read fields from the least significant end: output chunk, then vertex chunks n-2..1.
+  Wide y = x;
+  auto pop = [&](int bits) {
+    const uint64_t v = y.w[3] & ((bits == 64) ? ~0ull : ((1ull << bits) - 1));
+    for (int i = 3; i > 0; --i) y.w[i] = (y.w[i] >> bits) | (y.w[i - 1] << (64 - bits));
+    y.w[0] >>= bits;
+    return v;
+  };
+  const int n = int(x.w[0] >> 60);  // stored by network_key()
+  y.w[0] &= (uint64_t{1} << 60) - 1;
+  if (n < 2 || n > kMax) throw std::runtime_error("unpack_wide: corrupt code");
+  g.n = n;
+  std::memset(g.w, 0, sizeof g.w);
+  const uint64_t wmask = (1ull << wbits) - 1;
+  uint64_t out = pop((n - 1) * wbits);
+  for (int q = n - 2; q >= 0; --q, out >>= wbits) g.w[q][n - 1] = uint8_t(out & wmask);
+  for (int p = n - 2; p >= 1; --p) {
+    uint64_t c = pop(kLabelBits + p * wbits);
+    for (int q = p - 1; q >= 0; --q, c >>= wbits) g.w[q][p] = uint8_t(c & wmask);
+    g.label[p] = int8_t(c & ((1u << kLabelBits) - 1));
+  }
+  g.label[0] = g.label[n - 1] = 0;
+  finish_graph(g);
+}
+
+}  // namespace
+
+struct SpaceCounter::Impl {
+  SpaceSpec spec;
+  bool networks, emit;
+  std::vector<WorkUnit> units;
+  CountTotals totals;
+  std::mutex mu;
+  WideSet network_set;
+  Emitted emitted;
+  bool finalized = false;
+};
+
+SpaceCounter::SpaceCounter(SpaceSpec spec, bool networks, bool emit) : impl_(new Impl) {
+  check_arg(spec.max_nodes >= 2 && spec.max_nodes <= kMaxNodes, "max_nodes must be in [2, 8]");
+  check_arg(spec.num_ops >= 1 && spec.num_ops <= 31, "num_ops must be in [1, 31]");
+  check_arg(spec.num_identity >= 0 && spec.num_identity <= spec.num_ops, "num_identity must be in [0, num_ops]");
+  impl_->spec = spec;
+  impl_->networks = networks && spec.num_identity > 0;
+  impl_->emit = emit;
+  constexpr uint64_t kChunk = uint64_t{1} << 22;
+  auto add_job = [&](int k, int vertices) {
+    const uint64_t total = uint64_t{1} << (vertices * (vertices - 1) / 2);
+    for (uint64_t lo = 0; lo < total; lo += kChunk) impl_->units.push_back({k, lo, std::min(total, lo + kChunk)});
+  };
+  add_job(0, spec.max_nodes);
+  for (int k = 2; k <= spec.max_nodes; ++k) add_job(k, k);
+}
+
+SpaceCounter::~SpaceCounter() = default;
+
+const std::vector<WorkUnit>& SpaceCounter::units() const { return impl_->units; }
+
+void SpaceCounter::process(int64_t unit, int64_t num_threads) {
+  check_arg(unit >= 0 && unit < int64_t(impl_->units.size()), "unit index out of range");
+  check_arg(!impl_->finalized, "the counter is finalized");
+  const WorkUnit wu = impl_->units[unit];
+  const SpaceSpec spec = impl_->spec;
+  const int K = spec.max_nodes;
+  const int max_edges = spec.max_edges < 0 ? 1 << 30 : spec.max_edges;
+
+  if (wu.k == 0) {  // valid K-vertex matrices
+    std::vector<uint64_t> part(std::max<int64_t>(1, num_threads), 0);
+    std::mutex m;
+    uint64_t total = 0;
+    parallel_for(int64_t(wu.hi - wu.lo), num_threads, 1 << 14, [&](int64_t lo, int64_t hi) {
+      uint64_t count = 0;
+      uint8_t pred[kMax];
+      for (uint64_t mask = wu.lo + lo; mask < wu.lo + uint64_t(hi); ++mask) {
+        preds_of(mask, K, pred);
+        const uint32_t keep = keep_from_preds(pred, K);
+        if (!keep) continue;
+        int edges = 0;
+        for (int v = 1; v < K; ++v)
+          if (keep >> v & 1u) edges += __builtin_popcount(pred[v] & keep);
+        count += edges <= max_edges;
+      }
+      std::lock_guard<std::mutex> g(m);
+      total += count;
+    });
+    impl_->totals.valid_matrices += total;
+    return;
+  }
+
+  const int k = wu.k;
+  const bool networks = impl_->networks, emit = impl_->emit;
+  const int nonident = spec.num_ops - spec.num_identity;
+  parallel_for(int64_t(wu.hi - wu.lo), num_threads, 1 << 12, [&](int64_t lo, int64_t hi) {
+    uint64_t unique = 0, skeletons = 0;
+    WideSet local;
+    Emitted out;
+    std::vector<std::array<uint8_t, kMax>> perms;
+    uint8_t pred[kMax];
+    SmallGraph g, f;
+    for (uint64_t mask = wu.lo + lo; mask < wu.lo + uint64_t(hi); ++mask) {
+      if (__builtin_popcountll(mask) > max_edges) continue;
+      preds_of(mask, k, pred);
+      if (!is_full(pred, k)) continue;
+      graph_from_preds(pred, k, g);
+      perms.clear();
+      uint64_t labelings = 0;
+      if (!canonical_automorphisms(g, 1, emit ? &perms : nullptr, &labelings, uint64_t(spec.num_ops))) continue;
+      ++skeletons;
+      unique += labelings;
+      if (networks) {
+        const uint32_t mids = ((1u << (k - 1)) - 1) & ~1u;  // vertices 1..k-2
+        for (uint32_t S = mids;; S = (S - 1) & mids) {
+          fold(g, S, f);
+          CanonResult r;
+          canon_search(f, kNetworkWeightBits, nullptr, r, NoLeaf{});
+          local.insert(network_key(f, r));
+          if (!S) break;
+        }
+      }
+      if (emit) {  // labellings minimal in their Aut-orbit
+        const int m = k - 2;
+        const uint64_t total = ipow(uint64_t(spec.num_ops), m);
+        int8_t lab[kMax];
+        for (uint64_t code = 0; code < total; ++code) {
+          uint64_t c = code;
+          for (int p = m; p >= 1; --p, c /= uint64_t(spec.num_ops)) lab[p] = int8_t(c % uint64_t(spec.num_ops));
+          bool minimal = true;
+          for (const auto& a : perms) {  // compare lab with lab o a over positions 1..k-2
+            for (int p = 1; p <= m; ++p) {
+              if (lab[a[p]] != lab[p]) {
+                if (lab[a[p]] < lab[p]) minimal = false;
+                break;
+              }
+            }
+            if (!minimal) break;
+          }
+          if (!minimal) continue;
+          const size_t base = out.n.size();
+          out.n.push_back(int8_t(k));
+          out.adj.resize((base + 1) * K * K, 0);
+          out.labels.resize((base + 1) * K, -1);
+          for (int v = 0; v < k; ++v) {
+            if (v >= 1 && v < k - 1) out.labels[base * K + v] = lab[v];
+            for (int u = 0; u < v; ++u)
+              if (pred[v] >> u & 1u) out.adj[base * K * K + u * K + v] = 1;
+          }
+        }
+      }
+    }
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    impl_->totals.unique += unique;
+    impl_->totals.skeletons += skeletons;
+    if (networks) {
+      if (impl_->network_set.empty())
+        impl_->network_set.swap(local);
+      else
+        impl_->network_set.insert(local.begin(), local.end());
+    }
+    if (emit && !out.n.empty()) {
+      auto& e = impl_->emitted;
+      e.adj.insert(e.adj.end(), out.adj.begin(), out.adj.end());
+      e.labels.insert(e.labels.end(), out.labels.begin(), out.labels.end());
+      e.n.insert(e.n.end(), out.n.begin(), out.n.end());
+    }
+  });
+}
+
+void SpaceCounter::finalize(int64_t num_threads) {
+  if (impl_->finalized) return;
+  impl_->finalized = true;
+  auto& t = impl_->totals;
+  if (!impl_->networks) {  // no identity ops: every cell is its own network
+    t.unique_networks = t.unique;
+    t.network_skeletons = t.skeletons;
+    return;
+  }
+  std::vector<Wide> codes(impl_->network_set.begin(), impl_->network_set.end());
+  WideSet().swap(impl_->network_set);
+  const uint64_t base = uint64_t(impl_->spec.num_ops - impl_->spec.num_identity);
+  std::mutex m;
+  uint64_t total = 0;
+  parallel_for(int64_t(codes.size()), num_threads, 1 << 10, [&](int64_t lo, int64_t hi) {
+    uint64_t sum = 0;
+    SmallGraph g;
+    for (int64_t i = lo; i < hi; ++i) {
+      unpack_wide(codes[i], kNetworkWeightBits, g);
+      uint64_t labelings = 0;
+      if (!canonical_automorphisms(g, kNetworkWeightBits, nullptr, &labelings, base))
+        throw std::runtime_error("finalize: a stored network code is not in canonical form");
+      sum += labelings;
+    }
+    std::lock_guard<std::mutex> lock(m);
+    total += sum;
+  });
+  t.unique_networks = total;
+  t.network_skeletons = codes.size();
+}
+
+CountTotals SpaceCounter::totals() const { return impl_->totals; }
+
+Emitted SpaceCounter::take_emitted() {
+  Emitted e;
+  std::swap(e, impl_->emitted);
+  return e;
+}
+
+}  // namespace cgnf

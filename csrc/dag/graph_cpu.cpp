@@ -1,0 +1,42 @@
+// CPU canonical codes and NB101 hashes: graphs are independent; contiguous chunks of the batch
+// go to threads.
+#include "../common/checks.h"
+#include "../common/parallel.h"
+#include "dag.h"
+#include "graph_impl.h"
+
+namespace cgnf {
+
+void dag_canonical_code_cpu(int64_t adj, int64_t labels, int64_t n, int64_t out_code, int64_t B, int64_t N,
+                            int64_t num_threads) {
+  check_batch("dag_canonical_code", B, N, {{adj, "adj"}, {labels, "labels"}, {n, "n"}, {out_code, "out_code"}});
+  auto* a = reinterpret_cast<const uint8_t*>(adj);
+  auto* l = reinterpret_cast<const int8_t*>(labels);
+  auto* nn = reinterpret_cast<const int8_t*>(n);
+  auto* out = reinterpret_cast<int64_t*>(out_code);
+  parallel_for(B, num_threads, 1024, [&](int64_t lo, int64_t hi) {
+    SmallGraph g;
+    for (int64_t b = lo; b < hi; ++b)
+      out[b] = load_graph(a + b * N * N, l + b * N, nn[b], N, g) ? int64_t(canonical_code_structural(g)) : -1;
+  });
+}
+
+void dag_nb101_hash_cpu(int64_t adj, int64_t labels, int64_t n, int64_t out_digest, int64_t B, int64_t N,
+                        int64_t num_threads) {
+  check_batch("dag_nb101_hash", B, N, {{adj, "adj"}, {labels, "labels"}, {n, "n"}, {out_digest, "out_digest"}});
+  auto* a = reinterpret_cast<const uint8_t*>(adj);
+  auto* l = reinterpret_cast<const int8_t*>(labels);
+  auto* nn = reinterpret_cast<const int8_t*>(n);
+  auto* out = reinterpret_cast<uint8_t*>(out_digest);
+  parallel_for(B, num_threads, 256, [&](int64_t lo, int64_t hi) {
+    SmallGraph g;
+    for (int64_t b = lo; b < hi; ++b) {
+      if (load_graph(a + b * N * N, l + b * N, nn[b], N, g))
+        nb101_hash_one(g, out + 16 * b);
+      else
+        for (int i = 0; i < 16; ++i) out[16 * b + i] = 0;
+    }
+  });
+}
+
+}  // namespace cgnf

@@ -1,0 +1,378 @@
+// Host/device building blocks for graphs of <= 8 vertices: canonical search, MD5, NB101 hash.
+// Shared verbatim by the CPU and CUDA paths, so both compute bit-identical results.
+//
+// Conventions (as cgnf_fast/reference/dag.py): vertex 0 is the input, n-1 the output, the
+// order is topological (only i < j entries of a matrix are read). A code is built position by
+// position: n (4 bits), then for p = 1..n-2 the label (5 bits) and the in-edge weights from
+// positions 0..p-1 of the vertex placed at p, then the output's in-edge weights. The canonical
+// code is the minimum over all topological orders.
+#pragma once
+
+#include <cstdint>
+
+#ifdef __CUDACC__
+#define CGNF_HD __host__ __device__ __forceinline__
+#define CGNF_CONST __device__ __constant__
+#else
+#define CGNF_HD inline
+#define CGNF_CONST static constexpr
+#endif
+
+namespace cgnf {
+
+constexpr int kMax = 8;
+constexpr int kLabelBits = 5;
+constexpr int kNBits = 4;
+constexpr int kNetworkWeightBits = 7;
+constexpr uint64_t kInf = ~uint64_t{0};
+
+// A graph as a weight matrix (0 = no edge) plus labels; structural graphs use weights 0/1.
+struct SmallGraph {
+  int n;
+  uint8_t w[kMax][kMax];
+  int8_t label[kMax];
+  uint8_t pred[kMax];  // bitmask of u with w[u][v] != 0
+};
+
+CGNF_HD void finish_graph(SmallGraph& g) {
+  for (int v = 0; v < g.n; ++v) {
+    uint8_t m = 0;
+    for (int u = 0; u < v; ++u)
+      if (g.w[u][v]) m |= uint8_t(1u << u);
+    g.pred[v] = m;
+  }
+}
+
+// Result of a canonical search.
+struct CanonResult {
+  uint64_t chunk[kMax];   // best chunk per position (1..n-2 vertices, n-1 the output)
+  uint8_t order[kMax];    // one order achieving the minimum: order[p] = vertex at position p
+  int32_t automorphisms;  // number of orders achieving the minimum (= |Aut| of the graph)
+  bool aborted;           // target mode: some order beat the target (graph not in canonical form)
+};
+
+CGNF_HD uint64_t vertex_chunk(const SmallGraph& g, const uint8_t* order, int p, int v, int wbits) {
+  uint64_t c = uint64_t(uint8_t(g.label[v])) & ((1u << kLabelBits) - 1);
+  for (int q = 0; q < p; ++q) c = (c << wbits) | g.w[order[q]][v];
+  return c;
+}
+
+CGNF_HD uint64_t output_chunk(const SmallGraph& g, const uint8_t* order, int wbits) {
+  uint64_t c = 0;
+  const int o = g.n - 1;
+  for (int q = 0; q < g.n - 1; ++q) c = (c << wbits) | g.w[order[q]][o];
+  return c;
+}
+
+// Depth-first search over topological orders, keeping only orders whose prefix is minimal.
+// Invariant: at depth p the current prefix equals best[0..p-1]; a smaller chunk resets the
+// deeper best chunks to +inf. With `target` (the chunks of the identity order), the search
+// aborts as soon as an order beats it and otherwise counts the orders that match it
+// (automorphisms); `on_leaf(order)` is called for each minimal leaf found so far.
+template <typename OnLeaf>
+CGNF_HD void canon_search(const SmallGraph& g, int wbits, const uint64_t* target, CanonResult& r, OnLeaf on_leaf) {
+  const int n = g.n;
+  uint64_t* best = r.chunk;
+  for (int p = 0; p < kMax; ++p) best[p] = target ? target[p] : kInf;
+  r.automorphisms = 0;
+  r.aborted = false;
+  uint8_t order[kMax];
+  int8_t cand[kMax + 1];
+  order[0] = 0;
+  r.order[0] = 0;
+  r.order[n - 1] = uint8_t(n - 1);
+  uint32_t placed = 1u;
+  int p = 1;
+  cand[1] = 1;
+  while (p >= 1) {
+    if (p == n - 1) {  // leaf: every intermediate vertex placed
+      order[p] = uint8_t(n - 1);
+      const uint64_t c = output_chunk(g, order, wbits);
+      if (c < best[p]) {
+        if (target) {
+          r.aborted = true;
+          return;
+        }
+        best[p] = c;
+        r.automorphisms = 0;
+      }
+      if (c == best[p]) {
+        if (r.automorphisms == 0)
+          for (int q = 0; q < n; ++q) r.order[q] = order[q];
+        ++r.automorphisms;
+        on_leaf(order);
+      }
+      --p;
+      if (p >= 1) placed &= ~(1u << order[p]);
+      continue;
+    }
+    bool descended = false;
+    while (cand[p] < n - 1) {
+      const int v = cand[p]++;
+      if ((placed >> v & 1u) || (g.pred[v] & ~placed)) continue;
+      const uint64_t c = vertex_chunk(g, order, p, v, wbits);
+      if (c > best[p]) continue;
+      if (c < best[p]) {
+        if (target) {
+          r.aborted = true;
+          return;
+        }
+        best[p] = c;
+        for (int q = p + 1; q < kMax; ++q) best[q] = kInf;
+        r.automorphisms = 0;
+      }
+      order[p] = uint8_t(v);
+      placed |= 1u << v;
+      ++p;
+      cand[p] = 1;
+      descended = true;
+      break;
+    }
+    if (!descended) {
+      --p;
+      if (p >= 1) placed &= ~(1u << order[p]);
+    }
+  }
+}
+
+struct NoLeaf {
+  CGNF_HD void operator()(const uint8_t*) const {}
+};
+
+// Chunks of the identity order (the graph exactly as stored).
+CGNF_HD void identity_chunks(const SmallGraph& g, int wbits, uint64_t* out) {
+  uint8_t order[kMax];
+  for (int q = 0; q < kMax; ++q) order[q] = uint8_t(q);
+  for (int p = 0; p < kMax; ++p) out[p] = kInf;
+  for (int p = 1; p < g.n - 1; ++p) out[p] = vertex_chunk(g, order, p, p, wbits);
+  out[g.n - 1] = output_chunk(g, order, wbits);
+}
+
+// Structural code (weights 0/1) packed in one integer (< 2**62 for n <= 8).
+CGNF_HD uint64_t pack_structural(int n, const uint64_t* chunk) {
+  uint64_t code = uint64_t(n);
+  for (int p = 1; p < n - 1; ++p) code = (code << (kLabelBits + p)) | chunk[p];
+  return (code << (n - 1)) | chunk[n - 1];
+}
+
+CGNF_HD uint64_t canonical_code_structural(const SmallGraph& g) {
+  CanonResult r;
+  canon_search(g, 1, nullptr, r, NoLeaf{});
+  return pack_structural(g.n, r.chunk);
+}
+
+// Big-endian multiword packing of wide (network) codes: words[0] most significant.
+struct Wide {
+  uint64_t w[4];
+};
+
+CGNF_HD void wide_push(Wide& x, uint64_t value, int bits) {
+  // x = (x << bits) | value, bits <= 63
+  for (int i = 0; i < 3; ++i) x.w[i] = (x.w[i] << bits) | (x.w[i + 1] >> (64 - bits));
+  x.w[3] = (x.w[3] << bits) | value;
+}
+
+CGNF_HD Wide pack_wide(int n, const uint64_t* chunk, int wbits) {
+  Wide x = {{0, 0, 0, uint64_t(n)}};
+  for (int p = 1; p < n - 1; ++p) wide_push(x, chunk[p], kLabelBits + p * wbits);
+  wide_push(x, chunk[n - 1], (n - 1) * wbits);
+  return x;
+}
+
+// ---- MD5 (RFC 1321) on short messages ----------------------------------------------------
+CGNF_CONST uint32_t kMd5K[64] = {
+    0xd76aa478u, 0xe8c7b756u, 0x242070dbu, 0xc1bdceeeu, 0xf57c0fafu, 0x4787c62au, 0xa8304613u, 0xfd469501u,
+    0x698098d8u, 0x8b44f7afu, 0xffff5bb1u, 0x895cd7beu, 0x6b901122u, 0xfd987193u, 0xa679438eu, 0x49b40821u,
+    0xf61e2562u, 0xc040b340u, 0x265e5a51u, 0xe9b6c7aau, 0xd62f105du, 0x02441453u, 0xd8a1e681u, 0xe7d3fbc8u,
+    0x21e1cde6u, 0xc33707d6u, 0xf4d50d87u, 0x455a14edu, 0xa9e3e905u, 0xfcefa3f8u, 0x676f02d9u, 0x8d2a4c8au,
+    0xfffa3942u, 0x8771f681u, 0x6d9d6122u, 0xfde5380cu, 0xa4beea44u, 0x4bdecfa9u, 0xf6bb4b60u, 0xbebfbc70u,
+    0x289b7ec6u, 0xeaa127fau, 0xd4ef3085u, 0x04881d05u, 0xd9d4d039u, 0xe6db99e5u, 0x1fa27cf8u, 0xc4ac5665u,
+    0xf4292244u, 0x432aff97u, 0xab9423a7u, 0xfc93a039u, 0x655b59c3u, 0x8f0ccc92u, 0xffeff47du, 0x85845dd1u,
+    0x6fa87e4fu, 0xfe2ce6e0u, 0xa3014314u, 0x4e0811a1u, 0xf7537e82u, 0xbd3af235u, 0x2ad7d2bbu, 0xeb86d391u};
+CGNF_CONST uint8_t kMd5S[64] = {7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22,
+                                5, 9,  14, 20, 5, 9,  14, 20, 5, 9,  14, 20, 5, 9,  14, 20,
+                                4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23,
+                                6, 10, 15, 21, 6, 10, 15, 21, 6, 10, 15, 21, 6, 10, 15, 21};
+
+CGNF_HD uint32_t rotl32(uint32_t x, int c) { return (x << c) | (x >> (32 - c)); }
+
+CGNF_HD void md5_block(uint32_t* h, const uint8_t* blk) {
+  uint32_t m[16];
+  for (int i = 0; i < 16; ++i)
+    m[i] = uint32_t(blk[4 * i]) | uint32_t(blk[4 * i + 1]) << 8 | uint32_t(blk[4 * i + 2]) << 16 |
+           uint32_t(blk[4 * i + 3]) << 24;
+  uint32_t a = h[0], b = h[1], c = h[2], d = h[3];
+  for (int i = 0; i < 64; ++i) {
+    uint32_t f;
+    int gi;
+    if (i < 16) {
+      f = (b & c) | (~b & d);
+      gi = i;
+    } else if (i < 32) {
+      f = (d & b) | (~d & c);
+      gi = (5 * i + 1) & 15;
+    } else if (i < 48) {
+      f = b ^ c ^ d;
+      gi = (3 * i + 5) & 15;
+    } else {
+      f = c ^ (b | ~d);
+      gi = (7 * i) & 15;
+    }
+    f = f + a + kMd5K[i] + m[gi];
+    a = d;
+    d = c;
+    c = b;
+    b = b + rotl32(f, kMd5S[i]);
+  }
+  h[0] += a;
+  h[1] += b;
+  h[2] += c;
+  h[3] += d;
+}
+
+// MD5 digest of msg[0..len) (len < 2**29).
+CGNF_HD void md5(const uint8_t* msg, int len, uint8_t* out16) {
+  uint32_t h[4] = {0x67452301u, 0xefcdab89u, 0x98badcfeu, 0x10325476u};
+  int off = 0;
+  for (; off + 64 <= len; off += 64) md5_block(h, msg + off);
+  uint8_t tail[128];
+  const int rest = len - off;
+  for (int i = 0; i < rest; ++i) tail[i] = msg[off + i];
+  tail[rest] = 0x80;
+  const int tail_len = rest + 9 <= 64 ? 64 : 128;
+  for (int i = rest + 1; i < tail_len; ++i) tail[i] = 0;
+  const uint64_t bits = uint64_t(len) * 8;
+  for (int i = 0; i < 8; ++i) tail[tail_len - 8 + i] = uint8_t(bits >> (8 * i));
+  md5_block(h, tail);
+  if (tail_len == 128) md5_block(h, tail + 64);
+  for (int i = 0; i < 4; ++i)
+    for (int j = 0; j < 4; ++j) out16[4 * i + j] = uint8_t(h[i] >> (8 * j));
+}
+
+CGNF_HD void put_hex(uint8_t* dst, const uint8_t* digest) {
+  const char* hex = "0123456789abcdef";
+  for (int i = 0; i < 16; ++i) {
+    dst[2 * i] = uint8_t(hex[digest[i] >> 4]);
+    dst[2 * i + 1] = uint8_t(hex[digest[i] & 15]);
+  }
+}
+
+CGNF_HD int put_int(uint8_t* dst, int v) {
+  int len = 0;
+  if (v < 0) {
+    dst[len++] = '-';
+    v = -v;
+  }
+  char tmp[12];
+  int k = 0;
+  do {
+    tmp[k++] = char('0' + v % 10);
+    v /= 10;
+  } while (v);
+  while (k) dst[len++] = uint8_t(tmp[--k]);
+  return len;
+}
+
+CGNF_HD bool digest_less(const uint8_t* a, const uint8_t* b) {
+  for (int i = 0; i < 16; ++i)
+    if (a[i] != b[i]) return a[i] < b[i];
+  return false;
+}
+
+// Sorts idx[0..k) by the digests they point at (insertion sort: k <= 8). Hex strings of equal
+// length sort like the bytes they encode, so this is Python's sorted() of the hexdigests.
+CGNF_HD void sort_by_digest(uint8_t* idx, int k, const uint8_t (*dig)[16]) {
+  for (int i = 1; i < k; ++i) {
+    uint8_t x = idx[i];
+    int j = i - 1;
+    while (j >= 0 && digest_less(dig[x], dig[idx[j]])) {
+      idx[j + 1] = idx[j];
+      --j;
+    }
+    idx[j + 1] = x;
+  }
+}
+
+// NB101's graph_util.hash_module: labels are NB101's (-1 input, -2 output, 0..2 ops); reads
+// the 0/1 weights of g. Writes the 16-byte fingerprint digest.
+CGNF_HD void nb101_hash_one(const SmallGraph& g, uint8_t* out16) {
+  const int n = g.n;
+  uint8_t dig[kMax][16], nxt[kMax][16];
+  uint8_t buf[(2 * kMax + 1) * 32 + 8];
+  for (int v = 0; v < n; ++v) {
+    int in = 0, outd = 0;
+    for (int u = 0; u < n; ++u) {
+      if (u < v && g.w[u][v]) ++in;
+      if (v < u && g.w[v][u]) ++outd;
+    }
+    int len = 0;  // str((out_degree, in_degree, label))
+    buf[len++] = '(';
+    len += put_int(buf + len, outd);
+    buf[len++] = ',';
+    buf[len++] = ' ';
+    len += put_int(buf + len, in);
+    buf[len++] = ',';
+    buf[len++] = ' ';
+    len += put_int(buf + len, g.label[v]);
+    buf[len++] = ')';
+    md5(buf, len, dig[v]);  // kept as digests; messages use their hex text, as Python does
+  }
+  for (int round = 0; round < n; ++round) {
+    for (int v = 0; v < n; ++v) {
+      uint8_t idx[kMax];
+      int len = 0, k = 0;
+      for (int u = 0; u < v; ++u)
+        if (g.w[u][v]) idx[k++] = uint8_t(u);
+      sort_by_digest(idx, k, dig);
+      for (int i = 0; i < k; ++i, len += 32) put_hex(buf + len, dig[idx[i]]);
+      buf[len++] = '|';
+      k = 0;
+      for (int u = v + 1; u < n; ++u)
+        if (g.w[v][u]) idx[k++] = uint8_t(u);
+      sort_by_digest(idx, k, dig);
+      for (int i = 0; i < k; ++i, len += 32) put_hex(buf + len, dig[idx[i]]);
+      buf[len++] = '|';
+      put_hex(buf + len, dig[v]);
+      len += 32;
+      md5(buf, len, nxt[v]);
+    }
+    for (int v = 0; v < n; ++v)
+      for (int i = 0; i < 16; ++i) dig[v][i] = nxt[v][i];
+  }
+  // md5(str(sorted(hashes))) = md5("['h0', 'h1', ...]")
+  uint8_t idx[kMax];
+  for (int v = 0; v < n; ++v) idx[v] = uint8_t(v);
+  sort_by_digest(idx, n, dig);
+  uint8_t fin[kMax * 36 + 4];
+  int len = 0;
+  fin[len++] = '[';
+  for (int i = 0; i < n; ++i) {
+    if (i) {
+      fin[len++] = ',';
+      fin[len++] = ' ';
+    }
+    fin[len++] = '\'';
+    put_hex(fin + len, dig[idx[i]]);
+    len += 32;
+    fin[len++] = '\'';
+  }
+  fin[len++] = ']';
+  md5(fin, len, out16);
+}
+
+// Loads graph b of a batch ([B, N, N] uint8 adjacency, [B, N] int8 labels, [B] int8 n).
+// Returns false (graph untouched) when n is out of range.
+CGNF_HD bool load_graph(const uint8_t* adj, const int8_t* labels, int8_t n_b, int64_t N, SmallGraph& g) {
+  if (n_b < 2 || n_b > N || N > kMax) return false;
+  g.n = n_b;
+  for (int u = 0; u < kMax; ++u)
+    for (int v = 0; v < kMax; ++v) g.w[u][v] = 0;
+  for (int u = 0; u < g.n; ++u) {
+    g.label[u] = labels[u];
+    for (int v = u + 1; v < g.n; ++v) g.w[u][v] = adj[u * N + v] ? 1 : 0;
+  }
+  finish_graph(g);
+  return true;
+}
+
+}  // namespace cgnf
