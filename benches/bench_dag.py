@@ -1,9 +1,11 @@
-"""Native DAG ops vs the pure-Python reference, timed side by side in one run.
+"""Native DAG ops and space counts vs the pure-Python reference, side by side in one run.
 
-    python benches/bench_dag.py [--batch 20000] [--json]
+    python benches/bench_dag.py [--batch 200000] [--counts nb101,nb101-like,nb201-like] [--device cpu]
 
-Prints one JSON row per op with seconds per graph for each path and the ratio. Single-thread
-and all-thread native timings are both reported. Not a test: timings depend on the machine.
+Prints one JSON row per measurement. Op rows give seconds per graph for the Python reference
+and for the native op on one thread and on all threads, and their ratios. Count rows run
+`cgnf space count SPACE --json` in a fresh process each, so each reports its own peak RSS.
+Timings depend on the machine; they are not tests.
 """
 
 from __future__ import annotations
@@ -11,16 +13,20 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from cgnf_fast.ops import dag_prune
+from cgnf_fast.ops import batch_from_cells, dag_canonical_code, dag_nb101_digest, dag_prune
 from cgnf_fast.reference import dag as ref
+from cgnf_fast.space import NB101_OPS, get
 
 
-def timeit(fn, repeat: int = 3) -> float:
+def best_of(fn, repeat: int = 3) -> float:
     best = float("inf")
     for _ in range(repeat):
         t0 = time.perf_counter()
@@ -29,48 +35,95 @@ def timeit(fn, repeat: int = 3) -> float:
     return best
 
 
-def bench_prune(batch: int) -> dict:
-    rng = np.random.default_rng(0)
-    N = 8
-    adj = np.triu(rng.integers(0, 2, size=(batch, N, N), dtype=np.uint8), 1)
-    labels = rng.integers(0, 8, size=(batch, N)).astype(np.int8)
-    n = np.full(batch, N, dtype=np.int8)
-    ta, tl, tn = torch.from_numpy(adj), torch.from_numpy(labels), torch.from_numpy(n)
-    sub = min(batch, 5000)
-    lists = [(adj[b].tolist(), labels[b].tolist()) for b in range(sub)]
-
-    def python_ref():
-        for m, lab in lists:
-            ref.prune(m, lab)
-
-    t_ref = timeit(python_ref, 1) / sub
+def native_times(fn, batch: int) -> tuple[float, float, int]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    t_one = timeit(lambda: dag_prune(ta, tl, tn)) / batch
-    torch.set_num_threads(threads)
-    t_all = timeit(lambda: dag_prune(ta, tl, tn)) / batch
+    try:
+        one = best_of(fn) / batch
+    finally:
+        torch.set_num_threads(threads)
+    return one, best_of(fn) / batch, threads
+
+
+def row(op: str, batch: int, t_ref: float, fn, device: str) -> dict:
+    if device == "cuda":
+        def timed():
+            fn()
+            torch.cuda.synchronize()
+        timed()
+        t = best_of(timed) / batch
+        return {"op": op, "device": "cuda", "batch": batch, "reference_s_per_graph": t_ref, "native_s_per_graph": t,
+                "ratio": t_ref / t}
+    one, allt, threads = native_times(fn, batch)
     return {
-        "op": "dag_prune",
-        "N": N,
+        "op": op,
+        "device": "cpu",
         "batch": batch,
         "reference_s_per_graph": t_ref,
-        "native_1thread_s_per_graph": t_one,
-        "native_s_per_graph": t_all,
+        "native_1thread_s_per_graph": one,
+        "native_s_per_graph": allt,
         "threads": threads,
-        "ratio_1thread": t_ref / t_one,
-        "ratio": t_ref / t_all,
+        "ratio_1thread": t_ref / one,
+        "ratio": t_ref / allt,
     }
+
+
+def bench_ops(batch: int, device: str) -> list[dict]:
+    rows = []
+    # prune: random 8-vertex graphs
+    rng = np.random.default_rng(0)
+    adj = np.triu(rng.integers(0, 2, size=(batch, 8, 8), dtype=np.uint8), 1)
+    labels = rng.integers(0, 8, size=(batch, 8)).astype(np.int8)
+    n = np.full(batch, 8, dtype=np.int8)
+    sub = min(batch, 5000)
+    lists = [(adj[b].tolist(), labels[b].tolist()) for b in range(sub)]
+    t_ref = best_of(lambda: [ref.prune(m, lab) for m, lab in lists], 1) / sub
+    ta, tl, tn = (torch.from_numpy(x).to(device) for x in (adj, labels, n))
+    rows.append(row("dag_prune", batch, t_ref, lambda: dag_prune(ta, tl, tn), device))
+
+    # canonical code: pruned cells of nb201-like (8 vertices, 4 ops)
+    cells = get("nb201-like").sample(min(batch, 20000), seed=0)
+    reps = max(1, batch // len(cells))
+    a, l, k = batch_from_cells(cells * reps, 8)
+    sub_cells = cells[:2000]
+    t_ref = best_of(lambda: [ref.canonical_code(c.adjacency, c.labels(), 1) for c in sub_cells], 1) / len(sub_cells)
+    a, l, k = (x.to(device) for x in (a, l, k))
+    rows.append(row("dag_canonical_code", len(cells) * reps, t_ref, lambda: dag_canonical_code(a, l, k), device))
+
+    # NB101 hash: nb101 cells
+    cells = get("nb101").sample(min(batch, 20000), seed=0)
+    reps = max(1, batch // len(cells) // 4)
+    a, l, k = batch_from_cells(cells * reps, 7, nb101_labels=True)
+    sub_cells = cells[:1000]
+    hl = [[-1] + [NB101_OPS.index(o) for o in c.ops[1:-1]] + [-2] for c in sub_cells]
+    t_ref = best_of(lambda: [ref.nb101_hash(c.adjacency, h) for c, h in zip(sub_cells, hl)], 1) / len(sub_cells)
+    a, l, k = (x.to(device) for x in (a, l, k))
+    rows.append(row("dag_nb101_hash", len(cells) * reps, t_ref, lambda: dag_nb101_digest(a, l, k), device))
+    return rows
+
+
+def bench_count(space: str, device: str) -> dict:
+    cgnf = Path(sys.executable).with_name("cgnf")
+    t0 = time.perf_counter()
+    out = subprocess.run([str(cgnf), "space", "count", space, "--json", "--no-progress", "--device", device],
+                         capture_output=True, text=True, check=True)
+    r = json.loads(out.stdout)
+    r["op"] = "space_count"
+    r["process_seconds"] = round(time.perf_counter() - t0, 3)
+    return r
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=200_000)
+    ap.add_argument("--counts", default="nb101,nb101-like", help="comma-separated spaces to count ('' for none)")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     args = ap.parse_args()
-    rows = [bench_prune(args.batch)]
-    for r in rows:
-        r["machine"] = f"{platform.machine()} {platform.processor() or ''}".strip()
-        r["torch"] = torch.__version__
-        print(json.dumps(r))
+    meta = {"machine": platform.machine(), "torch": torch.__version__}
+    for r in bench_ops(args.batch, args.device):
+        print(json.dumps(r | meta), flush=True)
+    for space in filter(None, args.counts.split(",")):
+        print(json.dumps(bench_count(space, args.device) | meta), flush=True)
 
 
 if __name__ == "__main__":

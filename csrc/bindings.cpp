@@ -88,6 +88,12 @@ PYBIND11_MODULE(_C, m) {
            })
       .def("process", &cgnf::SpaceCounter::process, py::arg("unit"), py::arg("num_threads"),
            py::call_guard<py::gil_scoped_release>())
+      .def(
+          "add_network_keys",
+          [](cgnf::SpaceCounter& c, int64_t words, int64_t count, int64_t num_threads) {
+            c.add_network_keys(reinterpret_cast<const uint64_t*>(words), count, num_threads);
+          },
+          py::arg("words"), py::arg("count"), py::arg("num_threads"), py::call_guard<py::gil_scoped_release>())
       .def("finalize", &cgnf::SpaceCounter::finalize, py::arg("num_threads"), py::call_guard<py::gil_scoped_release>())
       .def("totals",
            [](const cgnf::SpaceCounter& c) {
@@ -119,6 +125,13 @@ PYBIND11_MODULE(_C, m) {
         py::arg("out_code"), py::arg("B"), py::arg("N"), py::arg("stream"), py::call_guard<py::gil_scoped_release>());
   m.def("dag_nb101_hash_cuda", &cgnf::dag_nb101_hash_cuda, py::arg("adj"), py::arg("labels"), py::arg("n"),
         py::arg("out_digest"), py::arg("B"), py::arg("N"), py::arg("stream"), py::call_guard<py::gil_scoped_release>());
+  m.def("count_valid_cuda", &cgnf::count_valid_cuda, py::arg("K"), py::arg("max_edges"), py::arg("lo"), py::arg("hi"),
+        py::arg("out"), py::arg("stream"), py::call_guard<py::gil_scoped_release>());
+  m.def("count_unique_cuda", &cgnf::count_unique_cuda, py::arg("k"), py::arg("num_ops"), py::arg("max_edges"),
+        py::arg("lo"), py::arg("hi"), py::arg("out"), py::arg("stream"), py::call_guard<py::gil_scoped_release>());
+  m.def("network_keys_cuda", &cgnf::network_keys_cuda, py::arg("k"), py::arg("max_edges"), py::arg("lo"),
+        py::arg("hi"), py::arg("keys"), py::arg("capacity"), py::arg("count"), py::arg("stream"),
+        py::call_guard<py::gil_scoped_release>());
   m.def("dag_prune_cuda", &cgnf::dag_prune_cuda, py::arg("adj"), py::arg("labels"), py::arg("n"), py::arg("out_adj"),
         py::arg("out_labels"), py::arg("out_n"), py::arg("B"), py::arg("N"), py::arg("stream"),
         py::call_guard<py::gil_scoped_release>());

@@ -64,3 +64,24 @@ def test_errors_exit_2_with_one_line():
         assert r.returncode == 2, (args, r.stdout, r.stderr)
         err = r.stderr.strip().splitlines()
         assert len(err) == 1 and match in err[0], r.stderr
+
+
+def test_space_count_and_enumerate(tmp_path):
+    r = cgnf("space", "count", "nb101", "--json", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    row = json.loads(r.stdout)
+    assert set(row) >= {"space", "labeled", "valid", "unique", "unique_networks", "seconds"}
+    assert row["unique"] == 423624
+    r = cgnf("space", "count", "nb101", "--max-edges", "3", "--json", "--no-progress")
+    small = json.loads(r.stdout)
+    assert 0 < small["unique"] < 423624
+    out = tmp_path / "cells.jsonl"
+    r = cgnf("space", "enumerate", "nb101", "--max-edges", "3", "--out", str(out), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(rows) == small["unique"]
+    assert set(rows[0]) == {"matrix", "ops", "code", "nb101_hash"}
+    r = cgnf("space", "count", "nb101", "--max-edges", "-2")
+    assert r.returncode == 2 and "non-negative" in r.stderr
+    r = cgnf("space", "enumerate", "nb101", "--out", str(tmp_path / "missing" / "x.jsonl"), "--no-progress")
+    assert r.returncode == 2 and "No such file" in r.stderr

@@ -198,6 +198,9 @@ def batch_from_cells(cells, N: int | None = None, *, nb101_labels: bool = False)
             raise ValueError(f"cell {b} has {k} vertices, more than N={N}")
         adj[b, :k, :k] = c.adjacency
         if nb101_labels:
+            bad = sorted({o for o in c.ops[1:-1] if o not in NB101_OPS})
+            if bad:
+                raise ValueError(f"cell {b} has ops {bad}, not NB101 ops {NB101_OPS}")
             labels[b, :k] = [-1] + [NB101_OPS.index(o) for o in c.ops[1:-1]] + [-2]
         else:
             labels[b, :k] = c.labels()

@@ -45,12 +45,29 @@ class SpaceCounter {
   const std::vector<WorkUnit>& units() const;
   void process(int64_t unit, int64_t num_threads);
   void finalize(int64_t num_threads);
+  // Adds exact network keys computed elsewhere (the CUDA path): [count, 4] uint64 words, each
+  // a canonical wide code with the vertex count in the top 4 bits.
+  void add_network_keys(const uint64_t* words, int64_t count, int64_t num_threads);
   CountTotals totals() const;
   Emitted take_emitted();
 
  private:
+  void merge_pending(int64_t num_threads);
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
+
+#ifdef CGNF_WITH_CUDA
+// CUDA counting (count_cuda.cu): each call covers masks [lo, hi) of one job and accumulates
+// into device counters; `out` points to uint64 device memory.
+void count_valid_cuda(int64_t K, int64_t max_edges, int64_t lo, int64_t hi, int64_t out, int64_t stream);
+//   out[0] += unique labelled cells, out[1] += unlabelled classes (k-vertex pruned cells)
+void count_unique_cuda(int64_t k, int64_t num_ops, int64_t max_edges, int64_t lo, int64_t hi, int64_t out,
+                       int64_t stream);
+//   writes network keys ([capacity, 4] uint64) and the number produced into *count (may exceed
+//   capacity: then nothing past capacity is written and the caller retries with more room)
+void network_keys_cuda(int64_t k, int64_t max_edges, int64_t lo, int64_t hi, int64_t keys, int64_t capacity,
+                       int64_t count, int64_t stream);
+#endif
 
 }  // namespace cgnf

@@ -20,92 +20,44 @@
 //  * Enumeration: for each unlabelled class, each labelling that is lexicographically minimal
 //    in its orbit under Aut is emitted once.
 #include <algorithm>
+#include <iterator>
 #include <array>
 #include <cstring>
 #include <mutex>
 #include <stdexcept>
-#include <unordered_set>
 
 #include "../common/checks.h"
 #include "../common/parallel.h"
 #include "enumerate.h"
 #include "graph_impl.h"
+#include "space_impl.h"
 
 namespace cgnf {
 
 namespace {
 
-struct WideHash {
-  size_t operator()(const Wide& x) const {
-    uint64_t h = 0x9e3779b97f4a7c15ull;
-    for (uint64_t w : x.w) {
-      h ^= w + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
-      h *= 0xbf58476d1ce4e5b9ull;
-    }
-    return size_t(h ^ (h >> 31));
-  }
-};
-struct WideEq {
-  bool operator()(const Wide& a, const Wide& b) const { return std::memcmp(a.w, b.w, sizeof a.w) == 0; }
-};
-using WideSet = std::unordered_set<Wide, WideHash, WideEq>;
+// Distinct network keys live in 256 sorted, duplicate-free shards (32 bytes a key, no per-node
+// overhead); a unit's new keys are sorted and merged shard by shard, so the extra memory of a
+// merge is one shard's.
+constexpr int kShards = 256;
 
-// Column-major bit layout of a k-vertex matrix: the in-edges of vertex v (from 0..v-1) are the
-// v bits starting at v(v-1)/2.
-inline void preds_of(uint64_t mask, int k, uint8_t* pred) {
-  pred[0] = 0;
-  for (int v = 1; v < k; ++v) pred[v] = uint8_t((mask >> (v * (v - 1) / 2)) & ((1u << v) - 1));
+inline bool wide_less(const Wide& a, const Wide& b) {
+  for (int i = 0; i < 4; ++i)
+    if (a.w[i] != b.w[i]) return a.w[i] < b.w[i];
+  return false;
+}
+inline bool wide_eq(const Wide& a, const Wide& b) { return std::memcmp(a.w, b.w, sizeof a.w) == 0; }
+
+inline int shard_of(const Wide& x) {
+  uint64_t h = x.w[0] * 0x9e3779b97f4a7c15ull ^ x.w[1] * 0xbf58476d1ce4e5b9ull ^ x.w[2] * 0x94d049bb133111ebull ^ x.w[3];
+  h ^= h >> 29;
+  h *= 0xbf58476d1ce4e5b9ull;
+  return int(h >> 56);
 }
 
-// Vertices on some input -> output path (0 when the output is unreachable).
-inline uint32_t keep_from_preds(const uint8_t* pred, int k) {
-  uint32_t fwd = 1u;
-  for (int v = 1; v < k; ++v)
-    if (pred[v] & fwd) fwd |= 1u << v;
-  if (!(fwd >> (k - 1) & 1u)) return 0;
-  uint32_t bwd = 1u << (k - 1);
-  for (int v = k - 1; v > 0; --v)
-    if (bwd >> v & 1u) bwd |= pred[v];
-  return fwd & bwd;
-}
-
-inline bool is_full(const uint8_t* pred, int k) {
-  uint32_t has_out = 0;
-  for (int v = 1; v < k; ++v) {
-    if (!pred[v]) return false;
-    has_out |= pred[v];
-  }
-  const uint32_t need = (1u << (k - 1)) - 1;  // vertices 0..k-2
-  return (has_out & need) == need;
-}
-
-inline void graph_from_preds(const uint8_t* pred, int k, SmallGraph& g) {
-  g.n = k;
-  std::memset(g.w, 0, sizeof g.w);
-  for (int v = 0; v < k; ++v) {
-    g.label[v] = 0;
-    g.pred[v] = pred[v];
-    for (int u = 0; u < v; ++u)
-      if (pred[v] >> u & 1u) g.w[u][v] = 1;
-  }
-}
-
-inline uint64_t ipow(uint64_t b, int e) {
-  uint64_t r = 1;
-  while (e-- > 0) r *= b;
-  return r;
-}
-
-// Cycles of the permutation position p -> order[p] on positions 1..n-2.
-inline int cycles(const uint8_t* order, int n) {
-  uint32_t seen = 0;
-  int c = 0;
-  for (int p = 1; p < n - 1; ++p) {
-    if (seen >> p & 1u) continue;
-    ++c;
-    for (int q = p; !(seen >> q & 1u); q = order[q]) seen |= 1u << q;
-  }
-  return c;
+inline void sort_unique(std::vector<Wide>& v) {
+  std::sort(v.begin(), v.end(), wide_less);
+  v.erase(std::unique(v.begin(), v.end(), wide_eq), v.end());
 }
 
 // Automorphisms of g in canonical form (identity order minimal), or false if g is not.
@@ -127,42 +79,6 @@ bool canonical_automorphisms(const SmallGraph& g, int wbits, std::vector<std::ar
   if (r.aborted) return false;
   *burnside_sum = sum / uint64_t(r.automorphisms);
   return true;
-}
-
-// Folds identity vertices (bitmask S of intermediate vertices) of a 0/1 graph into weights and
-// returns the weighted graph on the remaining vertices (labels 0).
-void fold(const SmallGraph& g, uint32_t S, SmallGraph& out) {
-  const int n = g.n;
-  uint32_t w[kMax][kMax];
-  for (int u = 0; u < n; ++u)
-    for (int v = 0; v < n; ++v) w[u][v] = g.w[u][v];
-  for (int s = 1; s < n - 1; ++s) {
-    if (!(S >> s & 1u)) continue;
-    for (int u = 0; u < s; ++u) {
-      if (!w[u][s]) continue;
-      for (int v = s + 1; v < n; ++v)
-        if (w[s][v]) w[u][v] += w[u][s] * w[s][v];
-    }
-    for (int x = 0; x < n; ++x) w[x][s] = w[s][x] = 0;
-  }
-  int idx[kMax], m = 0;
-  for (int v = 0; v < n; ++v)
-    if (!(S >> v & 1u)) idx[m++] = v;
-  out.n = m;
-  std::memset(out.w, 0, sizeof out.w);
-  for (int a = 0; a < m; ++a) {
-    out.label[a] = 0;
-    for (int b = a + 1; b < m; ++b) out.w[a][b] = uint8_t(w[idx[a]][idx[b]]);  // <= 2**6 paths
-  }
-  finish_graph(out);
-}
-
-// Set key of a weighted graph: its canonical wide code with n also in the top 4 bits (a code
-// has at most 230 bits, so they are free), so that the graph can be decoded back.
-Wide network_key(const SmallGraph& f, const CanonResult& r) {
-  Wide key = pack_wide(f.n, r.chunk, kNetworkWeightBits);
-  key.w[0] |= uint64_t(f.n) << 60;
-  return key;
 }
 
 // Decodes a network_key back into the weighted graph in canonical order.
@@ -196,11 +112,12 @@ void unpack_wide(const Wide& x, int wbits, SmallGraph& g) {
 
 struct SpaceCounter::Impl {
   SpaceSpec spec;
-  bool networks, emit;
+  bool networks, emit, want_networks;
   std::vector<WorkUnit> units;
   CountTotals totals;
   std::mutex mu;
-  WideSet network_set;
+  std::vector<std::vector<Wide>> shards = std::vector<std::vector<Wide>>(kShards);
+  std::vector<std::vector<Wide>> pending = std::vector<std::vector<Wide>>(kShards);
   Emitted emitted;
   bool finalized = false;
 };
@@ -210,6 +127,7 @@ SpaceCounter::SpaceCounter(SpaceSpec spec, bool networks, bool emit) : impl_(new
   check_arg(spec.num_ops >= 1 && spec.num_ops <= 31, "num_ops must be in [1, 31]");
   check_arg(spec.num_identity >= 0 && spec.num_identity <= spec.num_ops, "num_identity must be in [0, num_ops]");
   impl_->spec = spec;
+  impl_->want_networks = networks;
   impl_->networks = networks && spec.num_identity > 0;
   impl_->emit = emit;
   constexpr uint64_t kChunk = uint64_t{1} << 22;
@@ -261,7 +179,7 @@ void SpaceCounter::process(int64_t unit, int64_t num_threads) {
   const int nonident = spec.num_ops - spec.num_identity;
   parallel_for(int64_t(wu.hi - wu.lo), num_threads, 1 << 12, [&](int64_t lo, int64_t hi) {
     uint64_t unique = 0, skeletons = 0;
-    WideSet local;
+    std::vector<Wide> local;
     Emitted out;
     std::vector<std::array<uint8_t, kMax>> perms;
     uint8_t pred[kMax];
@@ -282,7 +200,15 @@ void SpaceCounter::process(int64_t unit, int64_t num_threads) {
           fold(g, S, f);
           CanonResult r;
           canon_search(f, kNetworkWeightBits, nullptr, r, NoLeaf{});
-          local.insert(network_key(f, r));
+          local.push_back(network_key(f, r));
+          if (local.size() >= (size_t{1} << 20)) {  // keep a thread's buffer bounded (32 MB)
+            sort_unique(local);
+            if (local.size() >= (size_t{1} << 19)) {
+              std::lock_guard<std::mutex> lock(impl_->mu);
+              for (const Wide& x : local) impl_->pending[shard_of(x)].push_back(x);
+              local.clear();
+            }
+          }
           if (!S) break;
         }
       }
@@ -320,10 +246,8 @@ void SpaceCounter::process(int64_t unit, int64_t num_threads) {
     impl_->totals.unique += unique;
     impl_->totals.skeletons += skeletons;
     if (networks) {
-      if (impl_->network_set.empty())
-        impl_->network_set.swap(local);
-      else
-        impl_->network_set.insert(local.begin(), local.end());
+      sort_unique(local);
+      for (const Wide& x : local) impl_->pending[shard_of(x)].push_back(x);
     }
     if (emit && !out.n.empty()) {
       auto& e = impl_->emitted;
@@ -332,37 +256,76 @@ void SpaceCounter::process(int64_t unit, int64_t num_threads) {
       e.n.insert(e.n.end(), out.n.begin(), out.n.end());
     }
   });
+  if (networks) merge_pending(num_threads);
+}
+
+void SpaceCounter::add_network_keys(const uint64_t* words, int64_t count, int64_t num_threads) {
+  check_arg(!impl_->finalized, "the counter is finalized");
+  check_arg(impl_->networks, "this counter does not collect networks");
+  check_arg(count >= 0 && (count == 0 || words != nullptr), "add_network_keys: bad key buffer");
+  for (int64_t i = 0; i < count; ++i) {
+    Wide x;
+    for (int j = 0; j < 4; ++j) x.w[j] = words[4 * i + j];
+    impl_->pending[shard_of(x)].push_back(x);
+  }
+  merge_pending(num_threads);
+}
+
+void SpaceCounter::merge_pending(int64_t num_threads) {
+  {  // merge pending keys into the shards
+    auto& shards = impl_->shards;
+    auto& pending = impl_->pending;
+    parallel_for(kShards, num_threads, 1, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) {
+        if (pending[i].empty()) continue;
+        sort_unique(pending[i]);
+        std::vector<Wide> merged;
+        merged.reserve(shards[i].size() + pending[i].size());
+        std::merge(shards[i].begin(), shards[i].end(), pending[i].begin(), pending[i].end(),
+                   std::back_inserter(merged), wide_less);
+        merged.erase(std::unique(merged.begin(), merged.end(), wide_eq), merged.end());
+        shards[i].swap(merged);
+        std::vector<Wide>().swap(pending[i]);
+      }
+    });
+  }
 }
 
 void SpaceCounter::finalize(int64_t num_threads) {
   if (impl_->finalized) return;
   impl_->finalized = true;
   auto& t = impl_->totals;
-  if (!impl_->networks) {  // no identity ops: every cell is its own network
-    t.unique_networks = t.unique;
-    t.network_skeletons = t.skeletons;
+  if (!impl_->networks) {
+    if (impl_->spec.num_identity == 0 && impl_->want_networks) {  // every cell is its own network
+      t.unique_networks = t.unique;
+      t.network_skeletons = t.skeletons;
+    }
     return;
   }
-  std::vector<Wide> codes(impl_->network_set.begin(), impl_->network_set.end());
-  WideSet().swap(impl_->network_set);
   const uint64_t base = uint64_t(impl_->spec.num_ops - impl_->spec.num_identity);
   std::mutex m;
-  uint64_t total = 0;
-  parallel_for(int64_t(codes.size()), num_threads, 1 << 10, [&](int64_t lo, int64_t hi) {
-    uint64_t sum = 0;
+  uint64_t total = 0, keys = 0;
+  auto& shards = impl_->shards;
+  parallel_for(kShards, num_threads, 1, [&](int64_t lo, int64_t hi) {
+    uint64_t sum = 0, count = 0;
     SmallGraph g;
-    for (int64_t i = lo; i < hi; ++i) {
-      unpack_wide(codes[i], kNetworkWeightBits, g);
-      uint64_t labelings = 0;
-      if (!canonical_automorphisms(g, kNetworkWeightBits, nullptr, &labelings, base))
-        throw std::runtime_error("finalize: a stored network code is not in canonical form");
-      sum += labelings;
+    for (int64_t s = lo; s < hi; ++s) {
+      for (const Wide& key : shards[s]) {
+        unpack_wide(key, kNetworkWeightBits, g);
+        uint64_t labelings = 0;
+        if (!canonical_automorphisms(g, kNetworkWeightBits, nullptr, &labelings, base))
+          throw std::runtime_error("finalize: a stored network code is not in canonical form");
+        sum += labelings;
+      }
+      count += shards[s].size();
+      std::vector<Wide>().swap(shards[s]);
     }
     std::lock_guard<std::mutex> lock(m);
     total += sum;
+    keys += count;
   });
   t.unique_networks = total;
-  t.network_skeletons = codes.size();
+  t.network_skeletons = keys;
 }
 
 CountTotals SpaceCounter::totals() const { return impl_->totals; }

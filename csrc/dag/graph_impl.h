@@ -12,10 +12,8 @@
 
 #ifdef __CUDACC__
 #define CGNF_HD __host__ __device__ __forceinline__
-#define CGNF_CONST __device__ __constant__
 #else
 #define CGNF_HD inline
-#define CGNF_CONST static constexpr
 #endif
 
 namespace cgnf {
@@ -64,11 +62,45 @@ CGNF_HD uint64_t output_chunk(const SmallGraph& g, const uint8_t* order, int wbi
   return c;
 }
 
+CGNF_HD int lowest_bit(uint32_t x) {
+#ifdef __CUDA_ARCH__
+  return __ffs(int(x)) - 1;
+#else
+  return __builtin_ctz(x);
+#endif
+}
+
+CGNF_HD int popcount32(uint32_t x) {
+#ifdef __CUDA_ARCH__
+  return __popc(x);
+#else
+  return __builtin_popcount(x);
+#endif
+}
+
+CGNF_HD int popcount64(uint64_t x) {
+#ifdef __CUDA_ARCH__
+  return __popcll(x);
+#else
+  return __builtin_popcountll(x);
+#endif
+}
+
+// Intermediate vertices not yet placed whose predecessors are all placed.
+CGNF_HD uint32_t ready_mask(const SmallGraph& g, uint32_t placed) {
+  uint32_t m = 0;
+  for (int v = 1; v < g.n - 1; ++v)
+    if (!(placed >> v & 1u) && !(g.pred[v] & ~placed)) m |= 1u << v;
+  return m;
+}
+
 // Depth-first search over topological orders, keeping only orders whose prefix is minimal.
 // Invariant: at depth p the current prefix equals best[0..p-1]; a smaller chunk resets the
-// deeper best chunks to +inf. With `target` (the chunks of the identity order), the search
-// aborts as soon as an order beats it and otherwise counts the orders that match it
-// (automorphisms); `on_leaf(order)` is called for each minimal leaf found so far.
+// deeper best chunks to +inf. acc[p][x] holds the in-edge weights of vertex x from the vertices
+// at positions 0..p-1 (so a chunk costs O(1) and a placement O(n)). With `target` (the chunks
+// of the identity order), the search aborts as soon as an order beats it and otherwise counts
+// the orders that match it (automorphisms); `on_leaf(order)` is called for each minimal leaf
+// found so far.
 template <typename OnLeaf>
 CGNF_HD void canon_search(const SmallGraph& g, int wbits, const uint64_t* target, CanonResult& r, OnLeaf on_leaf) {
   const int n = g.n;
@@ -76,18 +108,20 @@ CGNF_HD void canon_search(const SmallGraph& g, int wbits, const uint64_t* target
   for (int p = 0; p < kMax; ++p) best[p] = target ? target[p] : kInf;
   r.automorphisms = 0;
   r.aborted = false;
+  uint64_t acc[kMax][kMax];
+  uint32_t todo[kMax];
   uint8_t order[kMax];
-  int8_t cand[kMax + 1];
   order[0] = 0;
   r.order[0] = 0;
   r.order[n - 1] = uint8_t(n - 1);
+  for (int x = 0; x < n; ++x) acc[1][x] = g.w[0][x];
   uint32_t placed = 1u;
   int p = 1;
-  cand[1] = 1;
+  if (n > 2) todo[1] = ready_mask(g, placed);
   while (p >= 1) {
     if (p == n - 1) {  // leaf: every intermediate vertex placed
       order[p] = uint8_t(n - 1);
-      const uint64_t c = output_chunk(g, order, wbits);
+      const uint64_t c = acc[p][n - 1];
       if (c < best[p]) {
         if (target) {
           r.aborted = true;
@@ -106,32 +140,29 @@ CGNF_HD void canon_search(const SmallGraph& g, int wbits, const uint64_t* target
       if (p >= 1) placed &= ~(1u << order[p]);
       continue;
     }
-    bool descended = false;
-    while (cand[p] < n - 1) {
-      const int v = cand[p]++;
-      if ((placed >> v & 1u) || (g.pred[v] & ~placed)) continue;
-      const uint64_t c = vertex_chunk(g, order, p, v, wbits);
-      if (c > best[p]) continue;
-      if (c < best[p]) {
-        if (target) {
-          r.aborted = true;
-          return;
-        }
-        best[p] = c;
-        for (int q = p + 1; q < kMax; ++q) best[q] = kInf;
-        r.automorphisms = 0;
-      }
-      order[p] = uint8_t(v);
-      placed |= 1u << v;
-      ++p;
-      cand[p] = 1;
-      descended = true;
-      break;
-    }
-    if (!descended) {
+    if (!todo[p]) {
       --p;
       if (p >= 1) placed &= ~(1u << order[p]);
+      continue;
     }
+    const int v = lowest_bit(todo[p]);
+    todo[p] &= todo[p] - 1;
+    const uint64_t c = (uint64_t(uint8_t(g.label[v]) & ((1u << kLabelBits) - 1)) << (p * wbits)) | acc[p][v];
+    if (c > best[p]) continue;
+    if (c < best[p]) {
+      if (target) {
+        r.aborted = true;
+        return;
+      }
+      best[p] = c;
+      for (int q = p + 1; q < kMax; ++q) best[q] = kInf;
+      r.automorphisms = 0;
+    }
+    order[p] = uint8_t(v);
+    placed |= 1u << v;
+    for (int x = 0; x < n; ++x) acc[p + 1][x] = (acc[p][x] << wbits) | g.w[v][x];
+    ++p;
+    if (p < n - 1) todo[p] = ready_mask(g, placed);
   }
 }
 
@@ -180,7 +211,8 @@ CGNF_HD Wide pack_wide(int n, const uint64_t* chunk, int wbits) {
 }
 
 // ---- MD5 (RFC 1321) on short messages ----------------------------------------------------
-CGNF_CONST uint32_t kMd5K[64] = {
+// The MD5 tables: one copy for host code, one in constant memory for device code.
+static constexpr uint32_t kMd5KHost[64] = {
     0xd76aa478u, 0xe8c7b756u, 0x242070dbu, 0xc1bdceeeu, 0xf57c0fafu, 0x4787c62au, 0xa8304613u, 0xfd469501u,
     0x698098d8u, 0x8b44f7afu, 0xffff5bb1u, 0x895cd7beu, 0x6b901122u, 0xfd987193u, 0xa679438eu, 0x49b40821u,
     0xf61e2562u, 0xc040b340u, 0x265e5a51u, 0xe9b6c7aau, 0xd62f105du, 0x02441453u, 0xd8a1e681u, 0xe7d3fbc8u,
@@ -189,10 +221,43 @@ CGNF_CONST uint32_t kMd5K[64] = {
     0x289b7ec6u, 0xeaa127fau, 0xd4ef3085u, 0x04881d05u, 0xd9d4d039u, 0xe6db99e5u, 0x1fa27cf8u, 0xc4ac5665u,
     0xf4292244u, 0x432aff97u, 0xab9423a7u, 0xfc93a039u, 0x655b59c3u, 0x8f0ccc92u, 0xffeff47du, 0x85845dd1u,
     0x6fa87e4fu, 0xfe2ce6e0u, 0xa3014314u, 0x4e0811a1u, 0xf7537e82u, 0xbd3af235u, 0x2ad7d2bbu, 0xeb86d391u};
-CGNF_CONST uint8_t kMd5S[64] = {7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22,
+static constexpr uint8_t kMd5SHost[64] = {7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22,
                                 5, 9,  14, 20, 5, 9,  14, 20, 5, 9,  14, 20, 5, 9,  14, 20,
                                 4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23,
                                 6, 10, 15, 21, 6, 10, 15, 21, 6, 10, 15, 21, 6, 10, 15, 21};
+
+#ifdef __CUDACC__
+__device__ __constant__ uint32_t kMd5KDev[64] = {
+    0xd76aa478u, 0xe8c7b756u, 0x242070dbu, 0xc1bdceeeu, 0xf57c0fafu, 0x4787c62au, 0xa8304613u, 0xfd469501u,
+    0x698098d8u, 0x8b44f7afu, 0xffff5bb1u, 0x895cd7beu, 0x6b901122u, 0xfd987193u, 0xa679438eu, 0x49b40821u,
+    0xf61e2562u, 0xc040b340u, 0x265e5a51u, 0xe9b6c7aau, 0xd62f105du, 0x02441453u, 0xd8a1e681u, 0xe7d3fbc8u,
+    0x21e1cde6u, 0xc33707d6u, 0xf4d50d87u, 0x455a14edu, 0xa9e3e905u, 0xfcefa3f8u, 0x676f02d9u, 0x8d2a4c8au,
+    0xfffa3942u, 0x8771f681u, 0x6d9d6122u, 0xfde5380cu, 0xa4beea44u, 0x4bdecfa9u, 0xf6bb4b60u, 0xbebfbc70u,
+    0x289b7ec6u, 0xeaa127fau, 0xd4ef3085u, 0x04881d05u, 0xd9d4d039u, 0xe6db99e5u, 0x1fa27cf8u, 0xc4ac5665u,
+    0xf4292244u, 0x432aff97u, 0xab9423a7u, 0xfc93a039u, 0x655b59c3u, 0x8f0ccc92u, 0xffeff47du, 0x85845dd1u,
+    0x6fa87e4fu, 0xfe2ce6e0u, 0xa3014314u, 0x4e0811a1u, 0xf7537e82u, 0xbd3af235u, 0x2ad7d2bbu, 0xeb86d391u};
+__device__ __constant__ uint8_t kMd5SDev[64] = {7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22,
+                                5, 9,  14, 20, 5, 9,  14, 20, 5, 9,  14, 20, 5, 9,  14, 20,
+                                4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23,
+                                6, 10, 15, 21, 6, 10, 15, 21, 6, 10, 15, 21, 6, 10, 15, 21};
+
+#endif
+
+CGNF_HD uint32_t md5_k(int i) {
+#ifdef __CUDA_ARCH__
+  return kMd5KDev[i];
+#else
+  return kMd5KHost[i];
+#endif
+}
+
+CGNF_HD int md5_s(int i) {
+#ifdef __CUDA_ARCH__
+  return kMd5SDev[i];
+#else
+  return kMd5SHost[i];
+#endif
+}
 
 CGNF_HD uint32_t rotl32(uint32_t x, int c) { return (x << c) | (x >> (32 - c)); }
 
@@ -218,11 +283,11 @@ CGNF_HD void md5_block(uint32_t* h, const uint8_t* blk) {
       f = c ^ (b | ~d);
       gi = (7 * i) & 15;
     }
-    f = f + a + kMd5K[i] + m[gi];
+    f = f + a + md5_k(i) + m[gi];
     a = d;
     d = c;
     c = b;
-    b = b + rotl32(f, kMd5S[i]);
+    b = b + rotl32(f, md5_s(i));
   }
   h[0] += a;
   h[1] += b;

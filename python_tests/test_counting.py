@@ -1,0 +1,134 @@
+"""Exact space counts and enumeration against brute force, and NB101's published 423,624."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+
+from cgnf_fast.space import Cell, DesignSpace, counting, get
+
+from helpers import DEVICE_PARAMS
+
+
+def brute_force(space: DesignSpace) -> dict:
+    """Every labelled graph on max_nodes vertices, pruned and coded with the Python reference."""
+    k = space.max_nodes
+    iu = np.triu_indices(k, 1)
+    valid = 0
+    codes, networks = set(), set()
+    for bits in itertools.product((0, 1), repeat=len(iu[0])):
+        m = np.zeros((k, k), dtype=np.uint8)
+        m[iu] = bits
+        probe = Cell(m, ["input"] + [space.ops[0]] * (k - 2) + ["output"])
+        if not probe.has_path():
+            continue
+        p = probe.pruned()
+        if space.max_edges is not None and p.num_edges > space.max_edges:
+            continue
+        for mid in itertools.product(space.ops, repeat=k - 2):
+            valid += 1
+            c = Cell(m, ["input", *mid, "output"]).pruned()
+            code = c.canonical_code()
+            if code not in codes:
+                codes.add(code)
+                networks.add(c.network_code())
+    return {
+        "labeled": 2 ** len(iu[0]) * len(space.ops) ** (k - 2),
+        "valid": valid,
+        "unique": len(codes),
+        "unique_networks": len(networks),
+    }
+
+
+@pytest.mark.parametrize(
+    "space",
+    [
+        DesignSpace(("skip_connect", "nor_conv_3x3", "avg_pool_3x3"), max_nodes=5, name="s5"),
+        DesignSpace(("skip_connect", "nor_conv_1x1"), max_nodes=6, max_edges=7, name="s6e7"),
+        DesignSpace(("conv3x3-bn-relu", "maxpool3x3"), max_nodes=5, max_edges=4, name="nb101ish"),
+        DesignSpace(("skip_connect",), max_nodes=5, name="skips"),
+    ],
+    ids=lambda s: s.name,
+)
+def test_counts_equal_brute_force(space):
+    got = counting.count(space, progress=False)
+    want = brute_force(space)
+    assert {k: got[k] for k in want} == want
+
+
+@pytest.mark.parametrize("space", [DesignSpace(("skip_connect", "nor_conv_3x3", "avg_pool_3x3"), max_nodes=5, name="s5"),
+                                   DesignSpace(("conv1x1-bn-relu", "maxpool3x3"), max_nodes=6, max_edges=6, name="e6")],
+                         ids=lambda s: s.name)
+def test_enumeration_lists_each_class_once(space, tmp_path):
+    out = tmp_path / "cells.jsonl"
+    n = counting.write_jsonl(space, out, progress=False)
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert n == len(rows) == counting.count(space, progress=False)["unique"]
+    cells = [Cell(r["matrix"], r["ops"]) for r in rows]
+    assert len({c.canonical_code() for c in cells}) == len(cells)
+    assert all(space.contains(c) and c.pruned() == c for c in cells)
+    assert [c.canonical_code() for c in cells] == [r["code"] for r in rows]
+    assert not (tmp_path / "cells.jsonl.partial").exists()
+
+
+def test_nb101_is_423624():
+    # NAS-Bench-101 (Ying et al. 2019): 423,624 unique cells with <= 7 vertices, <= 9 edges,
+    # 3 ops. Our count is exact (canonical codes); NB101's came from its (WL) hash.
+    r = counting.count("nb101", progress=False)
+    assert r["unique"] == 423624
+    assert r["labeled"] == 2**21 * 3**5
+    assert r["unique_networks"] == r["unique"]  # no identity op in NB101
+
+
+def test_nb101_like_counts_pinned():
+    # Regression pin of our exact counts (method checked against brute force above).
+    r = counting.count("nb101-like", progress=False)
+    assert (r["labeled"], r["valid"], r["unique"], r["unique_networks"]) == (509607936, 473253435, 18991191, 18991191)
+
+
+def test_nb201_seed_counts():
+    r = counting.count("nb201", progress=False)
+    # the zero cell is not counted in valid/unique (it is one more class: 8,765 and 5,425)
+    assert (r["labeled"], r["valid"], r["unique"], r["unique_networks"]) == (15625, 15284, 8764, 5424)
+    assert r["zero_cell"] is True
+
+
+@pytest.mark.data
+def test_enumerate_nb101_contains_the_1k_keys(tmp_path, shared_data):
+    out = tmp_path / "nb101.jsonl"
+    assert counting.write_jsonl("nb101", out, progress=False) == 423624
+    hashes = set()
+    with open(out) as f:
+        for line in f:
+            hashes.add(json.loads(line)["nb101_hash"])
+    assert len(hashes) == 423624
+    d = json.loads((shared_data / "nb101" / "nasbenchvis_data-1k.json").read_text())
+    assert set(d["key"]) <= hashes
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="unknown space"):
+        counting.count("nb999")
+    with pytest.raises(ValueError, match="max_edges"):
+        counting.count("nb101", max_edges=-1)
+    with pytest.raises(ValueError, match="device"):
+        counting.count("nb101", device="tpu")
+    with pytest.raises(ValueError, match="nb201 seed space"):
+        counting.count("nb201", max_edges=3)
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+@pytest.mark.parametrize(
+    "space",
+    ["nb101", "nb101-like", DesignSpace(("skip_connect", "nor_conv_3x3", "avg_pool_3x3"), max_nodes=6, name="s6")],
+    ids=lambda s: s if isinstance(s, str) else s.name,
+)
+def test_devices_agree(device, space):
+    """The CUDA path (skipped without a GPU) gives the CPU path's exact numbers."""
+    keys = ("labeled", "valid", "unique", "unique_networks")
+    got = counting.count(space, device=device, progress=False)
+    want = counting.count(space, device="cpu", progress=False)
+    assert {k: got[k] for k in keys} == {k: want[k] for k in keys}
