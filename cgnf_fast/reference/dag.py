@@ -100,19 +100,23 @@ def pack_code(adj: Sequence[Sequence[int]], labels: Sequence[int], order: Sequen
     """The code of one vertex order (``order[p]`` = vertex at position ``p``).
 
     Layout, most significant first: ``n`` (4 bits); then for each intermediate position
-    ``p = 1 .. n-2`` the label of the vertex there (5 bits) followed by the weights of its
-    in-edges from positions ``0 .. p-1`` (``weight_bits`` each); last, the in-edge weights of
-    the output from positions ``0 .. n-2``. Every field has a fixed width given ``n``, so
-    comparing codes as integers compares these chunks lexicographically.
+    ``p = 1 .. n-2`` one chunk: the label of the vertex there (5 bits) above the weights of its
+    in-edges, the edge from position ``q`` at bits ``q*weight_bits`` (``q = 0 .. p-1``); last,
+    the output's chunk of in-edge weights from positions ``0 .. n-2``. Every chunk has a fixed
+    width given ``n``, so comparing codes as integers compares the chunks lexicographically.
     """
     n = len(adj)
     code = n
     for p in range(1, n):
         v = order[p]
-        if p < n - 1:
-            code = (code << LABEL_BITS) | int(labels[v])
+        chunk = 0
         for q in range(p):
-            code = (code << weight_bits) | int(adj[order[q]][v])
+            chunk |= int(adj[order[q]][v]) << (q * weight_bits)
+        if p < n - 1:
+            chunk |= int(labels[v]) << (p * weight_bits)
+            code = (code << (LABEL_BITS + p * weight_bits)) | chunk
+        else:
+            code = (code << (p * weight_bits)) | chunk
     return code
 
 
@@ -145,9 +149,9 @@ def canonical_code(adj: Sequence[Sequence[int]], labels: Sequence[int], weight_b
             for v in range(1, n - 1):
                 if v in placed or any(u not in placed for u in preds[v]):
                     continue
-                chunk = int(labels[v])
+                chunk = int(labels[v]) << (p * weight_bits)
                 for q in range(p):
-                    chunk = (chunk << weight_bits) | int(adj[order[q]][v])
+                    chunk |= int(adj[order[q]][v]) << (q * weight_bits)
                 if best < 0 or chunk < best:
                     best = chunk
                     nxt = [order + [v]]
@@ -159,7 +163,7 @@ def canonical_code(adj: Sequence[Sequence[int]], labels: Sequence[int], weight_b
     for order in states:
         chunk = 0
         for q in range(n - 1):
-            chunk = (chunk << weight_bits) | int(adj[order[q]][n - 1])
+            chunk |= int(adj[order[q]][n - 1]) << (q * weight_bits)
         if best < 0 or chunk < best:
             best = chunk
     return (code << ((n - 1) * weight_bits)) | best

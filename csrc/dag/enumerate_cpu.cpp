@@ -97,12 +97,12 @@ void unpack_wide(const Wide& x, int wbits, SmallGraph& g) {
   g.n = n;
   std::memset(g.w, 0, sizeof g.w);
   const uint64_t wmask = (1ull << wbits) - 1;
-  uint64_t out = pop((n - 1) * wbits);
-  for (int q = n - 2; q >= 0; --q, out >>= wbits) g.w[q][n - 1] = uint8_t(out & wmask);
+  const uint64_t out = pop((n - 1) * wbits);
+  for (int q = 0; q < n - 1; ++q) g.w[q][n - 1] = uint8_t((out >> (q * wbits)) & wmask);
   for (int p = n - 2; p >= 1; --p) {
-    uint64_t c = pop(kLabelBits + p * wbits);
-    for (int q = p - 1; q >= 0; --q, c >>= wbits) g.w[q][p] = uint8_t(c & wmask);
-    g.label[p] = int8_t(c & ((1u << kLabelBits) - 1));
+    const uint64_t c = pop(kLabelBits + p * wbits);
+    for (int q = 0; q < p; ++q) g.w[q][p] = uint8_t((c >> (q * wbits)) & wmask);
+    g.label[p] = int8_t((c >> (p * wbits)) & ((1u << kLabelBits) - 1));
   }
   g.label[0] = g.label[n - 1] = 0;
   finish_graph(g);

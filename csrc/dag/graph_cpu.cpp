@@ -15,9 +15,9 @@ void dag_canonical_code_cpu(int64_t adj, int64_t labels, int64_t n, int64_t out_
   auto* nn = reinterpret_cast<const int8_t*>(n);
   auto* out = reinterpret_cast<int64_t*>(out_code);
   parallel_for(B, num_threads, 1024, [&](int64_t lo, int64_t hi) {
-    SmallGraph g;
+    BitGraph g;
     for (int64_t b = lo; b < hi; ++b)
-      out[b] = load_graph(a + b * N * N, l + b * N, nn[b], N, g) ? int64_t(canonical_code_structural(g)) : -1;
+      out[b] = load_bits(a + b * N * N, l + b * N, nn[b], N, g) ? int64_t(canonical_code_bits(g)) : -1;
   });
 }
 

@@ -24,8 +24,8 @@ int grid_for(int64_t B) {
 __global__ void canonical_code_kernel(const uint8_t* __restrict__ adj, const int8_t* __restrict__ labels,
                                       const int8_t* __restrict__ n, int64_t* __restrict__ out, int64_t B, int64_t N) {
   for (int64_t b = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; b < B; b += int64_t(gridDim.x) * blockDim.x) {
-    SmallGraph g;
-    out[b] = load_graph(adj + b * N * N, labels + b * N, n[b], N, g) ? int64_t(canonical_code_structural(g)) : -1;
+    BitGraph g;
+    out[b] = load_bits(adj + b * N * N, labels + b * N, n[b], N, g) ? int64_t(canonical_code_bits(g)) : -1;
   }
 }
 

@@ -3,9 +3,10 @@
 //
 // Conventions (as cgnf_fast/reference/dag.py): vertex 0 is the input, n-1 the output, the
 // order is topological (only i < j entries of a matrix are read). A code is built position by
-// position: n (4 bits), then for p = 1..n-2 the label (5 bits) and the in-edge weights from
-// positions 0..p-1 of the vertex placed at p, then the output's in-edge weights. The canonical
-// code is the minimum over all topological orders.
+// position: n (4 bits), then for p = 1..n-2 a chunk holding the label (5 bits) of the vertex
+// placed at p above its in-edge weights (the edge from position q at bit q*wbits), then the
+// output's chunk of in-edge weights. The canonical code is the minimum over all topological
+// orders (cgnf_fast/reference/dag.py: pack_code, canonical_code).
 #pragma once
 
 #include <cstdint>
@@ -50,15 +51,15 @@ struct CanonResult {
 };
 
 CGNF_HD uint64_t vertex_chunk(const SmallGraph& g, const uint8_t* order, int p, int v, int wbits) {
-  uint64_t c = uint64_t(uint8_t(g.label[v])) & ((1u << kLabelBits) - 1);
-  for (int q = 0; q < p; ++q) c = (c << wbits) | g.w[order[q]][v];
+  uint64_t c = (uint64_t(uint8_t(g.label[v])) & ((1u << kLabelBits) - 1)) << (p * wbits);
+  for (int q = 0; q < p; ++q) c |= uint64_t(g.w[order[q]][v]) << (q * wbits);
   return c;
 }
 
 CGNF_HD uint64_t output_chunk(const SmallGraph& g, const uint8_t* order, int wbits) {
   uint64_t c = 0;
   const int o = g.n - 1;
-  for (int q = 0; q < g.n - 1; ++q) c = (c << wbits) | g.w[order[q]][o];
+  for (int q = 0; q < g.n - 1; ++q) c |= uint64_t(g.w[order[q]][o]) << (q * wbits);
   return c;
 }
 
@@ -95,12 +96,13 @@ CGNF_HD uint32_t ready_mask(const SmallGraph& g, uint32_t placed) {
 }
 
 // Depth-first search over topological orders, keeping only orders whose prefix is minimal.
-// Invariant: at depth p the current prefix equals best[0..p-1]; a smaller chunk resets the
-// deeper best chunks to +inf. acc[p][x] holds the in-edge weights of vertex x from the vertices
-// at positions 0..p-1 (so a chunk costs O(1) and a placement O(n)). With `target` (the chunks
-// of the identity order), the search aborts as soon as an order beats it and otherwise counts
-// the orders that match it (automorphisms); `on_leaf(order)` is called for each minimal leaf
-// found so far.
+// Invariant: at depth p the current prefix equals best[0..p-1]. Entering a depth evaluates all
+// ready vertices and descends only into those with the smallest chunk; a chunk smaller than
+// best[p] resets the deeper bests to +inf. acc[p][x] holds the in-edge weights of x from the
+// vertices at positions 0..p-1, already at their bits (a chunk costs O(1), a placement O(n)).
+// With `target` (the chunks of the identity order) the search aborts as soon as an order beats
+// it and otherwise visits every order that matches it (the automorphisms); `on_leaf(order)` is
+// called for each minimal leaf found so far.
 template <typename OnLeaf>
 CGNF_HD void canon_search(const SmallGraph& g, int wbits, const uint64_t* target, CanonResult& r, OnLeaf on_leaf) {
   const int n = g.n;
@@ -116,8 +118,39 @@ CGNF_HD void canon_search(const SmallGraph& g, int wbits, const uint64_t* target
   r.order[n - 1] = uint8_t(n - 1);
   for (int x = 0; x < n; ++x) acc[1][x] = g.w[0][x];
   uint32_t placed = 1u;
+  // Entering depth p: the ready vertices with the smallest chunk, if it does not exceed
+  // best[p]; a smaller one resets the deeper bests (or, with a target, aborts).
+  auto enter = [&](int p) -> uint32_t {
+    uint32_t rest = ready_mask(g, placed), keep = 0;
+    uint64_t mn = kInf;
+    while (rest) {
+      const int v = lowest_bit(rest);
+      rest &= rest - 1;
+      const uint64_t c = (uint64_t(uint8_t(g.label[v]) & ((1u << kLabelBits) - 1)) << (p * wbits)) | acc[p][v];
+      if (c < mn) {
+        mn = c;
+        keep = 1u << v;
+      } else if (c == mn) {
+        keep |= 1u << v;
+      }
+    }
+    if (mn > best[p]) return 0u;
+    if (mn < best[p]) {
+      if (target) {
+        r.aborted = true;
+        return 0u;
+      }
+      best[p] = mn;
+      for (int q = p + 1; q < kMax; ++q) best[q] = kInf;
+      r.automorphisms = 0;
+    }
+    return keep;
+  };
   int p = 1;
-  if (n > 2) todo[1] = ready_mask(g, placed);
+  if (n > 2) {
+    todo[1] = enter(1);
+    if (r.aborted) return;
+  }
   while (p >= 1) {
     if (p == n - 1) {  // leaf: every intermediate vertex placed
       order[p] = uint8_t(n - 1);
@@ -136,33 +169,21 @@ CGNF_HD void canon_search(const SmallGraph& g, int wbits, const uint64_t* target
         ++r.automorphisms;
         on_leaf(order);
       }
-      --p;
-      if (p >= 1) placed &= ~(1u << order[p]);
-      continue;
-    }
-    if (!todo[p]) {
-      --p;
-      if (p >= 1) placed &= ~(1u << order[p]);
-      continue;
-    }
-    const int v = lowest_bit(todo[p]);
-    todo[p] &= todo[p] - 1;
-    const uint64_t c = (uint64_t(uint8_t(g.label[v]) & ((1u << kLabelBits) - 1)) << (p * wbits)) | acc[p][v];
-    if (c > best[p]) continue;
-    if (c < best[p]) {
-      if (target) {
-        r.aborted = true;
-        return;
+    } else if (todo[p]) {
+      const int v = lowest_bit(todo[p]);
+      todo[p] &= todo[p] - 1;
+      order[p] = uint8_t(v);
+      placed |= 1u << v;
+      for (int x = 0; x < n; ++x) acc[p + 1][x] = acc[p][x] | (uint64_t(g.w[v][x]) << (p * wbits));
+      ++p;
+      if (p < n - 1) {
+        todo[p] = enter(p);
+        if (r.aborted) return;
       }
-      best[p] = c;
-      for (int q = p + 1; q < kMax; ++q) best[q] = kInf;
-      r.automorphisms = 0;
+      continue;
     }
-    order[p] = uint8_t(v);
-    placed |= 1u << v;
-    for (int x = 0; x < n; ++x) acc[p + 1][x] = (acc[p][x] << wbits) | g.w[v][x];
-    ++p;
-    if (p < n - 1) todo[p] = ready_mask(g, placed);
+    --p;  // leaf done or depth exhausted: undo the placement at p
+    if (p >= 1) placed &= ~(1u << order[p]);
   }
 }
 
@@ -182,14 +203,110 @@ CGNF_HD void identity_chunks(const SmallGraph& g, int wbits, uint64_t* out) {
 // Structural code (weights 0/1) packed in one integer (< 2**62 for n <= 8).
 CGNF_HD uint64_t pack_structural(int n, const uint64_t* chunk) {
   uint64_t code = uint64_t(n);
+  if (!chunk) return code << (n - 1);
   for (int p = 1; p < n - 1; ++p) code = (code << (kLabelBits + p)) | chunk[p];
   return (code << (n - 1)) | chunk[n - 1];
 }
 
+// A 0/1 graph as bitmasks (the fast path of structural canonical codes).
+struct BitGraph {
+  int n;
+  uint8_t pred[kMax];   // bitmask of in-neighbours
+  uint8_t label[kMax];  // 5-bit labels
+};
+
+// Structural canonical code: the same minimum as canon_search(g, 1, ...) + pack_structural,
+// specialised to 0/1 graphs. A chunk's in-edge bits are read from the positions of the
+// predecessors (pos[u]), so a chunk costs O(in-degree) and nothing is updated on placement.
+CGNF_HD uint64_t canonical_code_bits(const BitGraph& g) {
+  const int n = g.n;
+  if (n == 2) return pack_structural(2, nullptr) | uint64_t(g.pred[1] & 1u);
+  uint32_t best[kMax];
+  for (int p = 0; p < kMax; ++p) best[p] = 0xffffffffu;
+  uint8_t pos[kMax], order[kMax];
+  uint32_t todo[kMax];
+  pos[0] = 0;
+  order[0] = 0;
+  const uint32_t mids = ((1u << (n - 1)) - 1) & ~1u;
+  uint32_t placed = 1u;
+  // In-edge bits of v: bit pos[u] for every predecessor u (all placed when v is ready).
+  auto in_bits = [&](int v) {
+    uint32_t c = 0;
+    for (uint32_t pr = g.pred[v]; pr; pr &= pr - 1) c |= 1u << pos[lowest_bit(pr)];
+    return c;
+  };
+  // Entering depth p: evaluate every ready vertex, keep those with the smallest chunk if it
+  // does not exceed best[p] (a smaller one resets the deeper bests). Taking minima level by
+  // level avoids descending into subtrees that a later sibling would beat.
+  auto enter = [&](int p) {
+    uint32_t rest = mids & ~placed, keep = 0, mn = 0xffffffffu;
+    while (rest) {
+      const int v = lowest_bit(rest);
+      rest &= rest - 1;
+      if (g.pred[v] & ~placed) continue;
+      const uint32_t c = (uint32_t(g.label[v]) << p) | in_bits(v);
+      if (c < mn) {
+        mn = c;
+        keep = 1u << v;
+      } else if (c == mn) {
+        keep |= 1u << v;
+      }
+    }
+    if (mn > best[p]) return 0u;
+    if (mn < best[p]) {
+      best[p] = mn;
+      for (int q = p + 1; q < kMax; ++q) best[q] = 0xffffffffu;
+    }
+    return keep;
+  };
+  int p = 1;
+  todo[1] = enter(1);
+  while (p >= 1) {
+    if (p == n - 1) {  // leaf: the output's in-edges
+      const uint32_t c = in_bits(n - 1);
+      if (c < best[p]) best[p] = c;
+    } else if (todo[p]) {
+      const int v = lowest_bit(todo[p]);
+      todo[p] &= todo[p] - 1;
+      order[p] = uint8_t(v);
+      pos[v] = uint8_t(p);
+      placed |= 1u << v;
+      ++p;
+      if (p < n - 1) todo[p] = enter(p);
+      continue;
+    }
+    --p;  // leaf done or depth exhausted: undo the placement at p
+    if (p >= 1) placed &= ~(1u << order[p]);
+  }
+  uint64_t code = uint64_t(n);
+  for (int q = 1; q < n - 1; ++q) code = (code << (kLabelBits + q)) | best[q];
+  return (code << (n - 1)) | best[n - 1];
+}
+
 CGNF_HD uint64_t canonical_code_structural(const SmallGraph& g) {
-  CanonResult r;
-  canon_search(g, 1, nullptr, r, NoLeaf{});
-  return pack_structural(g.n, r.chunk);
+  BitGraph b;
+  b.n = g.n;
+  for (int v = 0; v < g.n; ++v) {
+    b.pred[v] = g.pred[v];
+    b.label[v] = uint8_t(g.label[v]) & ((1u << kLabelBits) - 1);
+  }
+  return canonical_code_bits(b);
+}
+
+// Loads graph b of a batch straight into bitmasks (see load_graph).
+CGNF_HD bool load_bits(const uint8_t* adj, const int8_t* labels, int8_t n_b, int64_t N, BitGraph& g) {
+  if (n_b < 2 || n_b > N || N > kMax) return false;
+  const int n = n_b;
+  g.n = n;
+  for (int v = 0; v < n; ++v) {
+    g.pred[v] = 0;
+    g.label[v] = uint8_t(labels[v]) & ((1u << kLabelBits) - 1);
+  }
+  for (int u = 0; u < n - 1; ++u) {
+    const uint8_t* row = adj + u * N;
+    for (int v = u + 1; v < n; ++v) g.pred[v] |= uint8_t((row[v] != 0) << u);
+  }
+  return true;
 }
 
 // Big-endian multiword packing of wide (network) codes: words[0] most significant.
