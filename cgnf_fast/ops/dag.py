@@ -107,8 +107,9 @@ def _(adj: torch.Tensor, labels: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
     return adj.new_empty(adj.shape[0], 16, dtype=torch.uint8)
 
 
-def _check_labels_in(labels: torch.Tensor, n: torch.Tensor, lo: int, hi: int, what: str) -> None:
-    """Intermediate labels (positions 1 .. n-2) must lie in [lo, hi]."""
+def _check_labels_in(labels: torch.Tensor, n: torch.Tensor, lo: int, hi: int, what: str, offset: int = 0) -> None:
+    """Intermediate labels (positions 1 .. n-2) must lie in [lo, hi]; ``offset`` shifts the
+    graph index named in the message (when checking a slice)."""
     if labels.shape[0] == 0:
         return
     pos = torch.arange(labels.shape[1], device=labels.device)
@@ -116,7 +117,7 @@ def _check_labels_in(labels: torch.Tensor, n: torch.Tensor, lo: int, hi: int, wh
     bad = inner & ((labels < lo) | (labels > hi))
     if bool(bad.any()):
         b, v = (int(x) for x in bad.nonzero()[0])
-        raise ValueError(f"labels[{b}, {v}] = {int(labels[b, v])}: {what} labels must be in [{lo}, {hi}]")
+        raise ValueError(f"labels[{b + offset}, {v}] = {int(labels[b, v])}: {what} labels must be in [{lo}, {hi}]")
 
 
 def dag_canonical_code(adj: torch.Tensor, labels: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
@@ -132,8 +133,12 @@ def dag_canonical_code(adj: torch.Tensor, labels: torch.Tensor, n: torch.Tensor)
     Reference: ``cgnf_fast.reference.dag.canonical_code``.
     """
     _check_batch(adj, labels, n)
-    _check_labels_in(labels, n, 0, 31, "op")
-    return _dag_canonical_code(adj, labels, n)
+    codes = _dag_canonical_code(adj, labels, n)
+    if adj.shape[0] and bool((codes < 0).any()):  # the kernel flags labels outside [0, 31]
+        b = int((codes < 0).nonzero()[0, 0])
+        _check_labels_in(labels[b : b + 1], n[b : b + 1], 0, 31, "op", offset=b)
+        raise RuntimeError(f"dag_canonical_code flagged graph {b} but its labels are in range")  # pragma: no cover
+    return codes
 
 
 def dag_nb101_hash(adj: torch.Tensor, labels: torch.Tensor, n: torch.Tensor) -> list[str]:

@@ -25,8 +25,9 @@ void dag_prune_cpu(int64_t adj, int64_t labels, int64_t n, int64_t out_adj, int6
                    int64_t out_n, int64_t B, int64_t N, int64_t num_threads);
 
 // Exact structural canonical code of every graph (as given: prune first to compare what cells
-// compute). Intermediate labels must be in [0, 31] (masked to 5 bits otherwise).
-//   out_code [B] int64  the code (< 2**62), or -1 when n[b] is outside [2, N]
+// compute). Intermediate labels must be in [0, 31].
+//   out_code [B] int64  the code (< 2**62), or -1 when n[b] is outside [2, N] or a label of
+//                       an intermediate vertex is outside [0, 31]
 void dag_canonical_code_cpu(int64_t adj, int64_t labels, int64_t n, int64_t out_code, int64_t B, int64_t N,
                             int64_t num_threads);
 

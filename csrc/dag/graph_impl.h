@@ -293,7 +293,8 @@ CGNF_HD uint64_t canonical_code_structural(const SmallGraph& g) {
   return canonical_code_bits(b);
 }
 
-// Loads graph b of a batch straight into bitmasks (see load_graph).
+// Loads graph b of a batch straight into bitmasks (see load_graph); false when n is out of
+// range or an intermediate label is outside [0, 31].
 CGNF_HD bool load_bits(const uint8_t* adj, const int8_t* labels, int8_t n_b, int64_t N, BitGraph& g) {
   if (n_b < 2 || n_b > N || N > kMax) return false;
   const int n = n_b;
@@ -302,6 +303,8 @@ CGNF_HD bool load_bits(const uint8_t* adj, const int8_t* labels, int8_t n_b, int
     g.pred[v] = 0;
     g.label[v] = uint8_t(labels[v]) & ((1u << kLabelBits) - 1);
   }
+  for (int v = 1; v < n - 1; ++v)
+    if (labels[v] < 0 || labels[v] > (1 << kLabelBits) - 1) return false;
   for (int u = 0; u < n - 1; ++u) {
     const uint8_t* row = adj + u * N;
     for (int v = u + 1; v < n; ++v) g.pred[v] |= uint8_t((row[v] != 0) << u);
