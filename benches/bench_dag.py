@@ -77,7 +77,7 @@ def bench_ops(batch: int, device: str) -> list[dict]:
     n = np.full(batch, 8, dtype=np.int8)
     sub = min(batch, 5000)
     lists = [(adj[b].tolist(), labels[b].tolist()) for b in range(sub)]
-    t_ref = best_of(lambda: [ref.prune(m, lab) for m, lab in lists], 1) / sub
+    t_ref = best_of(lambda: [ref.prune(m, lab) for m, lab in lists]) / sub
     ta, tl, tn = (torch.from_numpy(x).to(device) for x in (adj, labels, n))
     rows.append(row("dag_prune", batch, t_ref, lambda: dag_prune(ta, tl, tn), device))
 
@@ -86,7 +86,7 @@ def bench_ops(batch: int, device: str) -> list[dict]:
     reps = max(1, batch // len(cells))
     a, l, k = batch_from_cells(cells * reps, 8)
     sub_cells = cells[:2000]
-    t_ref = best_of(lambda: [ref.canonical_code(c.adjacency, c.labels(), 1) for c in sub_cells], 1) / len(sub_cells)
+    t_ref = best_of(lambda: [ref.canonical_code(c.adjacency, c.labels(), 1) for c in sub_cells]) / len(sub_cells)
     a, l, k = (x.to(device) for x in (a, l, k))
     rows.append(row("dag_canonical_code", len(cells) * reps, t_ref, lambda: dag_canonical_code(a, l, k), device))
 
@@ -96,7 +96,7 @@ def bench_ops(batch: int, device: str) -> list[dict]:
     a, l, k = batch_from_cells(cells * reps, 7, nb101_labels=True)
     sub_cells = cells[:1000]
     hl = [[-1] + [NB101_OPS.index(o) for o in c.ops[1:-1]] + [-2] for c in sub_cells]
-    t_ref = best_of(lambda: [ref.nb101_hash(c.adjacency, h) for c, h in zip(sub_cells, hl)], 1) / len(sub_cells)
+    t_ref = best_of(lambda: [ref.nb101_hash(c.adjacency, h) for c, h in zip(sub_cells, hl)]) / len(sub_cells)
     a, l, k = (x.to(device) for x in (a, l, k))
     rows.append(row("dag_nb101_hash", len(cells) * reps, t_ref, lambda: dag_nb101_digest(a, l, k), device))
     return rows

@@ -1,5 +1,4 @@
-// CPU canonical codes and NB101 hashes: graphs are independent; contiguous chunks of the batch
-// go to threads.
+// CPU canonical codes: graphs are independent; contiguous chunks of the batch go to threads.
 #include "../common/checks.h"
 #include "../common/parallel.h"
 #include "dag.h"
@@ -21,22 +20,6 @@ void dag_canonical_code_cpu(int64_t adj, int64_t labels, int64_t n, int64_t out_
   });
 }
 
-void dag_nb101_hash_cpu(int64_t adj, int64_t labels, int64_t n, int64_t out_digest, int64_t B, int64_t N,
-                        int64_t num_threads) {
-  check_batch("dag_nb101_hash", B, N, {{adj, "adj"}, {labels, "labels"}, {n, "n"}, {out_digest, "out_digest"}});
-  auto* a = reinterpret_cast<const uint8_t*>(adj);
-  auto* l = reinterpret_cast<const int8_t*>(labels);
-  auto* nn = reinterpret_cast<const int8_t*>(n);
-  auto* out = reinterpret_cast<uint8_t*>(out_digest);
-  parallel_for(B, num_threads, 256, [&](int64_t lo, int64_t hi) {
-    SmallGraph g;
-    for (int64_t b = lo; b < hi; ++b) {
-      if (load_graph(a + b * N * N, l + b * N, nn[b], N, g))
-        nb101_hash_one(g, out + 16 * b);
-      else
-        for (int i = 0; i < 16; ++i) out[16 * b + i] = 0;
-    }
-  });
-}
+// dag_nb101_hash_cpu: multi-buffer SIMD MD5, in nb101_hash_cpu.cpp.
 
 }  // namespace cgnf
