@@ -31,6 +31,7 @@ py::dict build_config() {
   d["cuda_architectures"] = py::none();
 #endif
   d["max_nodes"] = cgnf::kMaxNodes;
+  d["md5_lanes"] = cgnf::md5_lanes();
   d["compiler"] = std::string(CGNF_COMPILER);
   d["build_type"] = std::string(CGNF_BUILD_TYPE);
   d["version"] = std::string(CGNF_VERSION);

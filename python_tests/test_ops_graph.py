@@ -103,3 +103,30 @@ def test_random_garbage_batches_never_crash():
         codes = dag_canonical_code(adj, labels, n)
         assert (codes > 0).all()
         assert len(dag_nb101_hash(adj, labels, n)) == 500
+
+
+@pytest.mark.parametrize("simd", ["default", "avx2", "generic"])
+def test_nb101_hash_every_simd_path(simd, tmp_path):
+    """Each MD5 lane implementation this CPU can run gives NB101's keys (fresh process: the
+    choice is made once per process; CGNF_SIMD caps it)."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import json, sys\n"
+        "from cgnf_fast import Cell, _C\n"
+        "from cgnf_fast.ops import batch_from_cells, dag_nb101_hash\n"
+        f"rows = json.load(open({str(FIXTURES / 'nb101_hashes_200.json')!r}))['rows']\n"
+        "cells = [Cell.from_nb101(r['adjacency'], r['operations']).pruned() for r in rows] * 5\n"
+        "got = dag_nb101_hash(*batch_from_cells(cells, 7, nb101_labels=True))\n"
+        "assert got == [r['key'] for r in rows] * 5, 'mismatch'\n"
+        "print(_C.build_config()['md5_lanes'])\n"
+    )
+    env = dict(os.environ)
+    if simd != "default":
+        env["CGNF_SIMD"] = simd
+    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 0, r.stderr
+    lanes = int(r.stdout.strip())
+    assert lanes in (8, 16) and (simd == "default" or lanes == 8)

@@ -9,6 +9,8 @@
 // scalar path (graph_impl.h: nb101_hash_one) computes the same bytes; tests compare both with
 // the Python reference.
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 #include <cstring>
 #include <vector>
 
@@ -118,10 +120,14 @@ struct Md5Lanes {
   int lanes;
 };
 
+// The widest lane set the CPU supports; CGNF_SIMD=avx2|generic caps it (tests use this to
+// check every path the machine can run).
 Md5Lanes pick_md5() {
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f")) return {md5x16_avx512, 16};
-  if (__builtin_cpu_supports("avx2")) return {md5x8_avx2, 8};
+  const char* cap = std::getenv("CGNF_SIMD");
+  const std::string want = cap ? cap : "";
+  if (want != "avx2" && want != "generic" && __builtin_cpu_supports("avx512f")) return {md5x16_avx512, 16};
+  if (want != "generic" && __builtin_cpu_supports("avx2")) return {md5x8_avx2, 8};
   return {md5x8_generic, 8};
 }
 
@@ -337,12 +343,19 @@ void hash_chunk(Chunk& c, uint8_t* out, Md5Lanes md5x8) {
   run_jobs(c.jobs, c.sorted, md5x8);
 }
 
+const Md5Lanes& chosen_md5() {
+  static const Md5Lanes md5 = pick_md5();
+  return md5;
+}
+
 }  // namespace
+
+int md5_lanes() { return chosen_md5().lanes; }
 
 void dag_nb101_hash_cpu(int64_t adj, int64_t labels, int64_t n, int64_t out_digest, int64_t B, int64_t N,
                         int64_t num_threads) {
   check_batch("dag_nb101_hash", B, N, {{adj, "adj"}, {labels, "labels"}, {n, "n"}, {out_digest, "out_digest"}});
-  static const Md5Lanes md5x8 = pick_md5();
+  const Md5Lanes md5x8 = chosen_md5();
   auto* a = reinterpret_cast<const uint8_t*>(adj);
   auto* l = reinterpret_cast<const int8_t*>(labels);
   auto* nn = reinterpret_cast<const int8_t*>(n);
