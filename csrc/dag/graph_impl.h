@@ -332,35 +332,29 @@ CGNF_HD Wide pack_wide(int n, const uint64_t* chunk, int wbits) {
 
 // ---- MD5 (RFC 1321) on short messages ----------------------------------------------------
 // The MD5 tables: one copy for host code, one in constant memory for device code.
-static constexpr uint32_t kMd5KHost[64] = {
-    0xd76aa478u, 0xe8c7b756u, 0x242070dbu, 0xc1bdceeeu, 0xf57c0fafu, 0x4787c62au, 0xa8304613u, 0xfd469501u,
-    0x698098d8u, 0x8b44f7afu, 0xffff5bb1u, 0x895cd7beu, 0x6b901122u, 0xfd987193u, 0xa679438eu, 0x49b40821u,
-    0xf61e2562u, 0xc040b340u, 0x265e5a51u, 0xe9b6c7aau, 0xd62f105du, 0x02441453u, 0xd8a1e681u, 0xe7d3fbc8u,
-    0x21e1cde6u, 0xc33707d6u, 0xf4d50d87u, 0x455a14edu, 0xa9e3e905u, 0xfcefa3f8u, 0x676f02d9u, 0x8d2a4c8au,
-    0xfffa3942u, 0x8771f681u, 0x6d9d6122u, 0xfde5380cu, 0xa4beea44u, 0x4bdecfa9u, 0xf6bb4b60u, 0xbebfbc70u,
-    0x289b7ec6u, 0xeaa127fau, 0xd4ef3085u, 0x04881d05u, 0xd9d4d039u, 0xe6db99e5u, 0x1fa27cf8u, 0xc4ac5665u,
-    0xf4292244u, 0x432aff97u, 0xab9423a7u, 0xfc93a039u, 0x655b59c3u, 0x8f0ccc92u, 0xffeff47du, 0x85845dd1u,
-    0x6fa87e4fu, 0xfe2ce6e0u, 0xa3014314u, 0x4e0811a1u, 0xf7537e82u, 0xbd3af235u, 0x2ad7d2bbu, 0xeb86d391u};
-static constexpr uint8_t kMd5SHost[64] = {7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22,
-                                5, 9,  14, 20, 5, 9,  14, 20, 5, 9,  14, 20, 5, 9,  14, 20,
-                                4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23,
-                                6, 10, 15, 21, 6, 10, 15, 21, 6, 10, 15, 21, 6, 10, 15, 21};
-
+#define CGNF_MD5_K \
+  { \
+    0xd76aa478u, 0xe8c7b756u, 0x242070dbu, 0xc1bdceeeu, 0xf57c0fafu, 0x4787c62au, 0xa8304613u, 0xfd469501u, \
+    0x698098d8u, 0x8b44f7afu, 0xffff5bb1u, 0x895cd7beu, 0x6b901122u, 0xfd987193u, 0xa679438eu, 0x49b40821u, \
+    0xf61e2562u, 0xc040b340u, 0x265e5a51u, 0xe9b6c7aau, 0xd62f105du, 0x02441453u, 0xd8a1e681u, 0xe7d3fbc8u, \
+    0x21e1cde6u, 0xc33707d6u, 0xf4d50d87u, 0x455a14edu, 0xa9e3e905u, 0xfcefa3f8u, 0x676f02d9u, 0x8d2a4c8au, \
+    0xfffa3942u, 0x8771f681u, 0x6d9d6122u, 0xfde5380cu, 0xa4beea44u, 0x4bdecfa9u, 0xf6bb4b60u, 0xbebfbc70u, \
+    0x289b7ec6u, 0xeaa127fau, 0xd4ef3085u, 0x04881d05u, 0xd9d4d039u, 0xe6db99e5u, 0x1fa27cf8u, 0xc4ac5665u, \
+    0xf4292244u, 0x432aff97u, 0xab9423a7u, 0xfc93a039u, 0x655b59c3u, 0x8f0ccc92u, 0xffeff47du, 0x85845dd1u, \
+    0x6fa87e4fu, 0xfe2ce6e0u, 0xa3014314u, 0x4e0811a1u, 0xf7537e82u, 0xbd3af235u, 0x2ad7d2bbu, 0xeb86d391u \
+  }
+#define CGNF_MD5_S \
+  { \
+    7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22, \
+    5, 9, 14, 20, 5, 9, 14, 20, 5, 9, 14, 20, 5, 9, 14, 20, \
+    4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23, \
+    6, 10, 15, 21, 6, 10, 15, 21, 6, 10, 15, 21, 6, 10, 15, 21 \
+  }
+static constexpr uint32_t kMd5KHost[64] = CGNF_MD5_K;
+static constexpr uint8_t kMd5SHost[64] = CGNF_MD5_S;
 #ifdef __CUDACC__
-__device__ __constant__ uint32_t kMd5KDev[64] = {
-    0xd76aa478u, 0xe8c7b756u, 0x242070dbu, 0xc1bdceeeu, 0xf57c0fafu, 0x4787c62au, 0xa8304613u, 0xfd469501u,
-    0x698098d8u, 0x8b44f7afu, 0xffff5bb1u, 0x895cd7beu, 0x6b901122u, 0xfd987193u, 0xa679438eu, 0x49b40821u,
-    0xf61e2562u, 0xc040b340u, 0x265e5a51u, 0xe9b6c7aau, 0xd62f105du, 0x02441453u, 0xd8a1e681u, 0xe7d3fbc8u,
-    0x21e1cde6u, 0xc33707d6u, 0xf4d50d87u, 0x455a14edu, 0xa9e3e905u, 0xfcefa3f8u, 0x676f02d9u, 0x8d2a4c8au,
-    0xfffa3942u, 0x8771f681u, 0x6d9d6122u, 0xfde5380cu, 0xa4beea44u, 0x4bdecfa9u, 0xf6bb4b60u, 0xbebfbc70u,
-    0x289b7ec6u, 0xeaa127fau, 0xd4ef3085u, 0x04881d05u, 0xd9d4d039u, 0xe6db99e5u, 0x1fa27cf8u, 0xc4ac5665u,
-    0xf4292244u, 0x432aff97u, 0xab9423a7u, 0xfc93a039u, 0x655b59c3u, 0x8f0ccc92u, 0xffeff47du, 0x85845dd1u,
-    0x6fa87e4fu, 0xfe2ce6e0u, 0xa3014314u, 0x4e0811a1u, 0xf7537e82u, 0xbd3af235u, 0x2ad7d2bbu, 0xeb86d391u};
-__device__ __constant__ uint8_t kMd5SDev[64] = {7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22,
-                                5, 9,  14, 20, 5, 9,  14, 20, 5, 9,  14, 20, 5, 9,  14, 20,
-                                4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23,
-                                6, 10, 15, 21, 6, 10, 15, 21, 6, 10, 15, 21, 6, 10, 15, 21};
-
+__device__ __constant__ uint32_t kMd5KDev[64] = CGNF_MD5_K;
+__device__ __constant__ uint8_t kMd5SDev[64] = CGNF_MD5_S;
 #endif
 
 CGNF_HD uint32_t md5_k(int i) {
@@ -379,16 +373,18 @@ CGNF_HD int md5_s(int i) {
 #endif
 }
 
-CGNF_HD uint32_t rotl32(uint32_t x, int c) { return (x << c) | (x >> (32 - c)); }
-
-CGNF_HD void md5_block(uint32_t* h, const uint8_t* blk) {
-  uint32_t m[16];
-  for (int i = 0; i < 16; ++i)
-    m[i] = uint32_t(blk[4 * i]) | uint32_t(blk[4 * i + 1]) << 8 | uint32_t(blk[4 * i + 2]) << 16 |
-           uint32_t(blk[4 * i + 3]) << 24;
-  uint32_t a = h[0], b = h[1], c = h[2], d = h[3];
+// The 64 MD5 steps on one block, for a scalar state (T = uint32_t) or one state per SIMD lane
+// (T = a GCC vector of uint32_t, nb101_hash_cpu.cpp). m: the block's 16 little-endian words.
+template <typename T>
+CGNF_HD void md5_steps(T& a0, T& b0, T& c0, T& d0, const T* m) {
+  T a = a0, b = b0, c = c0, d = d0;
+#ifdef __CUDACC__
+#pragma unroll
+#else
+#pragma GCC unroll 64
+#endif
   for (int i = 0; i < 64; ++i) {
-    uint32_t f;
+    T f;
     int gi;
     if (i < 16) {
       f = (b & c) | (~b & d);
@@ -403,16 +399,25 @@ CGNF_HD void md5_block(uint32_t* h, const uint8_t* blk) {
       f = c ^ (b | ~d);
       gi = (7 * i) & 15;
     }
-    f = f + a + md5_k(i) + m[gi];
+    f = f + a + m[gi] + md5_k(i);
+    const int sh = md5_s(i);
     a = d;
     d = c;
     c = b;
-    b = b + rotl32(f, md5_s(i));
+    b = b + ((f << sh) | (f >> (32 - sh)));
   }
-  h[0] += a;
-  h[1] += b;
-  h[2] += c;
-  h[3] += d;
+  a0 += a;
+  b0 += b;
+  c0 += c;
+  d0 += d;
+}
+
+CGNF_HD void md5_block(uint32_t* h, const uint8_t* blk) {
+  uint32_t m[16];
+  for (int i = 0; i < 16; ++i)
+    m[i] = uint32_t(blk[4 * i]) | uint32_t(blk[4 * i + 1]) << 8 | uint32_t(blk[4 * i + 2]) << 16 |
+           uint32_t(blk[4 * i + 3]) << 24;
+  md5_steps(h[0], h[1], h[2], h[3], m);
 }
 
 // MD5 digest of msg[0..len) (len < 2**29).

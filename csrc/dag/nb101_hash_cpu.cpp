@@ -75,35 +75,7 @@ __attribute__((always_inline)) inline void md5_lanes_impl(const Job* jobs) {
   for (int blk = 0; blk < blocks; ++blk) {
     V m[16];
     load(jobs, blk, m);
-    V a = a0, b = b0, c = c0, d = d0;
-#pragma GCC unroll 64
-    for (int i = 0; i < 64; ++i) {
-      V f;
-      int gi;
-      if (i < 16) {
-        f = (b & c) | (~b & d);
-        gi = i;
-      } else if (i < 32) {
-        f = (d & b) | (~d & c);
-        gi = (5 * i + 1) & 15;
-      } else if (i < 48) {
-        f = b ^ c ^ d;
-        gi = (3 * i + 5) & 15;
-      } else {
-        f = c ^ (b | ~d);
-        gi = (7 * i) & 15;
-      }
-      f = f + a + m[gi] + md5_k(i);
-      const int sh = md5_s(i);
-      a = d;
-      d = c;
-      c = b;
-      b = b + ((f << sh) | (f >> (32 - sh)));
-    }
-    a0 += a;
-    b0 += b;
-    c0 += c;
-    d0 += d;
+    md5_steps(a0, b0, c0, d0, m);
   }
   for (int l = 0; l < L; ++l) {
     const uint32_t h[4] = {a0[l], b0[l], c0[l], d0[l]};
