@@ -39,29 +39,22 @@ def _check_batch(adj: torch.Tensor, labels: torch.Tensor, n: torch.Tensor) -> tu
     return B, N
 
 
+def _launch(name: str, adj: torch.Tensor, labels: torch.Tensor, n: torch.Tensor, *outs: torch.Tensor) -> None:
+    """Runs ``_C.<name>_cpu`` or ``_C.<name>_cuda`` on (adj, labels, n, *outs, B, N)."""
+    args = (adj.data_ptr(), labels.data_ptr(), n.data_ptr(), *(o.data_ptr() for o in outs), adj.shape[0], adj.shape[1])
+    if adj.device.type == "cuda":
+        _native.require_cuda(name)
+        with torch.cuda.device(adj.device):
+            getattr(_C, f"{name}_cuda")(*args, _native.stream_of(adj))
+    else:
+        getattr(_C, f"{name}_cpu")(*args, _native.num_threads())
+
+
 @torch.library.custom_op("cgnf_fast::dag_prune", mutates_args=())
 def _dag_prune(adj: torch.Tensor, labels: torch.Tensor, n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    B, N = adj.shape[0], adj.shape[1]
-    out_adj = torch.empty_like(adj)
-    out_labels = torch.empty_like(labels)
-    out_n = torch.empty_like(n)
-    args = (
-        adj.data_ptr(),
-        labels.data_ptr(),
-        n.data_ptr(),
-        out_adj.data_ptr(),
-        out_labels.data_ptr(),
-        out_n.data_ptr(),
-        B,
-        N,
-    )
-    if adj.device.type == "cuda":
-        _native.require_cuda("dag_prune")
-        with torch.cuda.device(adj.device):
-            _C.dag_prune_cuda(*args, _native.stream_of(adj))
-    else:
-        _C.dag_prune_cpu(*args, _native.num_threads())
-    return out_adj, out_labels, out_n
+    outs = (torch.empty_like(adj), torch.empty_like(labels), torch.empty_like(n))
+    _launch("dag_prune", adj, labels, n, *outs)
+    return outs
 
 
 @_dag_prune.register_fake
@@ -71,15 +64,8 @@ def _(adj: torch.Tensor, labels: torch.Tensor, n: torch.Tensor) -> tuple[torch.T
 
 @torch.library.custom_op("cgnf_fast::dag_canonical_code", mutates_args=())
 def _dag_canonical_code(adj: torch.Tensor, labels: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-    B, N = adj.shape[0], adj.shape[1]
-    out = torch.empty(B, dtype=torch.int64, device=adj.device)
-    args = (adj.data_ptr(), labels.data_ptr(), n.data_ptr(), out.data_ptr(), B, N)
-    if adj.device.type == "cuda":
-        _native.require_cuda("dag_canonical_code")
-        with torch.cuda.device(adj.device):
-            _C.dag_canonical_code_cuda(*args, _native.stream_of(adj))
-    else:
-        _C.dag_canonical_code_cpu(*args, _native.num_threads())
+    out = torch.empty(adj.shape[0], dtype=torch.int64, device=adj.device)
+    _launch("dag_canonical_code", adj, labels, n, out)
     return out
 
 
@@ -90,15 +76,8 @@ def _(adj: torch.Tensor, labels: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
 
 @torch.library.custom_op("cgnf_fast::dag_nb101_hash", mutates_args=())
 def _dag_nb101_hash(adj: torch.Tensor, labels: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-    B, N = adj.shape[0], adj.shape[1]
-    out = torch.empty(B, 16, dtype=torch.uint8, device=adj.device)
-    args = (adj.data_ptr(), labels.data_ptr(), n.data_ptr(), out.data_ptr(), B, N)
-    if adj.device.type == "cuda":
-        _native.require_cuda("dag_nb101_hash")
-        with torch.cuda.device(adj.device):
-            _C.dag_nb101_hash_cuda(*args, _native.stream_of(adj))
-    else:
-        _C.dag_nb101_hash_cpu(*args, _native.num_threads())
+    out = torch.empty(adj.shape[0], 16, dtype=torch.uint8, device=adj.device)
+    _launch("dag_nb101_hash", adj, labels, n, out)
     return out
 
 

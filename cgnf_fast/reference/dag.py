@@ -20,29 +20,17 @@ LABEL_BITS = 5
 NETWORK_WEIGHT_BITS = 7
 
 
-def reach_forward(adj: Sequence[Sequence[int]], start: int) -> set[int]:
+def reach(adj: Sequence[Sequence[int]], start: int, *, forward: bool = True) -> set[int]:
+    """Vertices reachable from ``start`` along the edges (``forward``) or against them."""
     n = len(adj)
     seen = {start}
     stack = [start]
     while stack:
-        u = stack.pop()
-        for v in range(n):
-            if adj[u][v] and v not in seen:
-                seen.add(v)
-                stack.append(v)
-    return seen
-
-
-def reach_backward(adj: Sequence[Sequence[int]], start: int) -> set[int]:
-    n = len(adj)
-    seen = {start}
-    stack = [start]
-    while stack:
-        v = stack.pop()
-        for u in range(n):
-            if adj[u][v] and u not in seen:
-                seen.add(u)
-                stack.append(u)
+        x = stack.pop()
+        for y in range(n):
+            if (adj[x][y] if forward else adj[y][x]) and y not in seen:
+                seen.add(y)
+                stack.append(y)
     return seen
 
 
@@ -54,10 +42,10 @@ def prune_keep(adj: Sequence[Sequence[int]]) -> list[int] | None:
     the input the spec is invalid.
     """
     n = len(adj)
-    fwd = reach_forward(adj, 0)
+    fwd = reach(adj, 0)
     if n - 1 not in fwd:
         return None
-    bwd = reach_backward(adj, n - 1)
+    bwd = reach(adj, n - 1, forward=False)
     return [v for v in range(n) if v in fwd and v in bwd]
 
 

@@ -57,16 +57,11 @@ __global__ void count_valid_kernel(int K, int max_edges, uint64_t lo, uint64_t h
 __global__ void count_unique_kernel(int k, uint64_t num_ops, int max_edges, uint64_t lo, uint64_t hi,
                                     unsigned long long* out) {
   unsigned long long unique = 0, skeletons = 0;
-  uint8_t pred[kMax];
   SmallGraph g;
   for (uint64_t mask = lo + blockIdx.x * uint64_t(blockDim.x) + threadIdx.x; mask < hi;
        mask += uint64_t(gridDim.x) * blockDim.x) {
-    if (popcount64(mask) > max_edges) continue;
-    preds_of(mask, k, pred);
-    if (!is_full(pred, k)) continue;
-    graph_from_preds(pred, k, g);
     uint64_t labelings = 0;
-    if (!burnside_if_canonical(g, 1, num_ops, &labelings)) continue;
+    if (!canonical_class(mask, k, max_edges, num_ops, g, &labelings)) continue;
     unique += labelings;
     ++skeletons;
   }
@@ -76,16 +71,11 @@ __global__ void count_unique_kernel(int k, uint64_t num_ops, int max_edges, uint
 
 __global__ void network_keys_kernel(int k, int max_edges, uint64_t lo, uint64_t hi, uint64_t* keys,
                                     unsigned long long capacity, unsigned long long* count) {
-  uint8_t pred[kMax];
   SmallGraph g, f;
   for (uint64_t mask = lo + blockIdx.x * uint64_t(blockDim.x) + threadIdx.x; mask < hi;
        mask += uint64_t(gridDim.x) * blockDim.x) {
-    if (popcount64(mask) > max_edges) continue;
-    preds_of(mask, k, pred);
-    if (!is_full(pred, k)) continue;
-    graph_from_preds(pred, k, g);
     uint64_t labelings = 0;
-    if (!burnside_if_canonical(g, 1, 1, &labelings)) continue;
+    if (!canonical_class(mask, k, max_edges, 1, g, &labelings)) continue;
     const uint32_t mids = ((1u << (k - 1)) - 1) & ~1u;
     for (uint32_t S = mids;; S = (S - 1) & mids) {
       fold(g, S, f);

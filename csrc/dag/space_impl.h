@@ -123,4 +123,16 @@ CGNF_HD bool burnside_if_canonical(const SmallGraph& g, int wbits, uint64_t base
   return true;
 }
 
+// Whether `mask` (a k-vertex matrix, column-major bits) is a pruned ("full") cell within the
+// edge limit and in canonical form for unlabelled graphs; if so, g holds it and *labelings its
+// Burnside count with `base` labels.
+CGNF_HD bool canonical_class(uint64_t mask, int k, int max_edges, uint64_t base, SmallGraph& g, uint64_t* labelings) {
+  if (popcount64(mask) > max_edges) return false;
+  uint8_t pred[kMax];
+  preds_of(mask, k, pred);
+  if (!is_full(pred, k)) return false;
+  graph_from_preds(pred, k, g);
+  return burnside_if_canonical(g, 1, base, labelings);
+}
+
 }  // namespace cgnf
