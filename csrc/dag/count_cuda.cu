@@ -22,13 +22,9 @@ namespace {
 
 constexpr int kThreads = 128;
 
-int grid_for(int64_t count) {
-  const int64_t blocks = (count + kThreads - 1) / kThreads;
-  return static_cast<int>(blocks < 1 ? 1 : (blocks > 65535 ? 65535 : blocks));
-}
-
 __device__ void block_add(unsigned long long value, unsigned long long* out) {
   __shared__ unsigned long long sums[kThreads];
+  __syncthreads();  // a previous block_add may still be reading sums
   sums[threadIdx.x] = value;
   __syncthreads();
   for (int s = kThreads / 2; s > 0; s >>= 1) {
@@ -102,7 +98,7 @@ void count_valid_cuda(int64_t K, int64_t max_edges, int64_t lo, int64_t hi, int6
   check_job(K, lo, hi);
   check_ptr(out, "out", 1);
   if (hi == lo) return;
-  count_valid_kernel<<<grid_for(hi - lo), kThreads, 0, as_stream(stream)>>>(
+  count_valid_kernel<<<grid_for(hi - lo, kThreads), kThreads, 0, as_stream(stream)>>>(
       int(K), max_edges < 0 ? (1 << 30) : int(max_edges), uint64_t(lo), uint64_t(hi),
       reinterpret_cast<unsigned long long*>(out));
   cuda_check(cudaGetLastError(), "count_valid_kernel launch");
@@ -114,7 +110,7 @@ void count_unique_cuda(int64_t k, int64_t num_ops, int64_t max_edges, int64_t lo
   check_arg(num_ops >= 1 && num_ops <= 31, "num_ops must be in [1, 31]");
   check_ptr(out, "out", 2);
   if (hi == lo) return;
-  count_unique_kernel<<<grid_for(hi - lo), kThreads, 0, as_stream(stream)>>>(
+  count_unique_kernel<<<grid_for(hi - lo, kThreads), kThreads, 0, as_stream(stream)>>>(
       int(k), uint64_t(num_ops), max_edges < 0 ? (1 << 30) : int(max_edges), uint64_t(lo), uint64_t(hi),
       reinterpret_cast<unsigned long long*>(out));
   cuda_check(cudaGetLastError(), "count_unique_kernel launch");
@@ -127,7 +123,7 @@ void network_keys_cuda(int64_t k, int64_t max_edges, int64_t lo, int64_t hi, int
   check_ptr(keys, "keys", capacity);
   check_ptr(count, "count", 1);
   if (hi == lo) return;
-  network_keys_kernel<<<grid_for(hi - lo), kThreads, 0, as_stream(stream)>>>(
+  network_keys_kernel<<<grid_for(hi - lo, kThreads), kThreads, 0, as_stream(stream)>>>(
       int(k), max_edges < 0 ? (1 << 30) : int(max_edges), uint64_t(lo), uint64_t(hi),
       reinterpret_cast<uint64_t*>(keys), (unsigned long long)capacity, reinterpret_cast<unsigned long long*>(count));
   cuda_check(cudaGetLastError(), "network_keys_kernel launch");

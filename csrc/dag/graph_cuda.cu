@@ -16,11 +16,6 @@ namespace cgnf {
 namespace {
 constexpr int kThreads = 128;
 
-int grid_for(int64_t B) {
-  const int64_t blocks = (B + kThreads - 1) / kThreads;
-  return static_cast<int>(blocks < 1 ? 1 : (blocks > 65535 ? 65535 : blocks));
-}
-
 __global__ void canonical_code_kernel(const uint8_t* __restrict__ adj, const int8_t* __restrict__ labels,
                                       const int8_t* __restrict__ n, int64_t* __restrict__ out, int64_t B, int64_t N) {
   for (int64_t b = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; b < B; b += int64_t(gridDim.x) * blockDim.x) {
@@ -46,7 +41,7 @@ void dag_canonical_code_cuda(int64_t adj, int64_t labels, int64_t n, int64_t out
                              int64_t stream) {
   check_batch("dag_canonical_code", B, N, {{adj, "adj"}, {labels, "labels"}, {n, "n"}, {out_code, "out_code"}});
   if (B == 0) return;
-  canonical_code_kernel<<<grid_for(B), kThreads, 0, as_stream(stream)>>>(
+  canonical_code_kernel<<<grid_for(B, kThreads), kThreads, 0, as_stream(stream)>>>(
       reinterpret_cast<const uint8_t*>(adj), reinterpret_cast<const int8_t*>(labels),
       reinterpret_cast<const int8_t*>(n), reinterpret_cast<int64_t*>(out_code), B, N);
   cuda_check(cudaGetLastError(), "canonical_code_kernel launch");
@@ -56,7 +51,7 @@ void dag_nb101_hash_cuda(int64_t adj, int64_t labels, int64_t n, int64_t out_dig
                          int64_t stream) {
   check_batch("dag_nb101_hash", B, N, {{adj, "adj"}, {labels, "labels"}, {n, "n"}, {out_digest, "out_digest"}});
   if (B == 0) return;
-  nb101_hash_kernel<<<grid_for(B), kThreads, 0, as_stream(stream)>>>(
+  nb101_hash_kernel<<<grid_for(B, kThreads), kThreads, 0, as_stream(stream)>>>(
       reinterpret_cast<const uint8_t*>(adj), reinterpret_cast<const int8_t*>(labels),
       reinterpret_cast<const int8_t*>(n), reinterpret_cast<uint8_t*>(out_digest), B, N);
   cuda_check(cudaGetLastError(), "nb101_hash_kernel launch");

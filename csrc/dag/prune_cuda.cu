@@ -24,8 +24,7 @@ void dag_prune_cuda(int64_t adj, int64_t labels, int64_t n, int64_t out_adj, int
               {{adj, "adj"}, {labels, "labels"}, {n, "n"}, {out_adj, "out_adj"}, {out_labels, "out_labels"}, {out_n, "out_n"}});
   if (B == 0) return;
   constexpr int threads = 256;
-  const int blocks = static_cast<int>(B / threads + 1 < 65535 ? B / threads + 1 : 65535);
-  dag_prune_kernel<<<blocks, threads, 0, as_stream(stream)>>>(
+  dag_prune_kernel<<<grid_for(B, threads), threads, 0, as_stream(stream)>>>(
       reinterpret_cast<const uint8_t*>(adj), reinterpret_cast<const int8_t*>(labels),
       reinterpret_cast<const int8_t*>(n), reinterpret_cast<uint8_t*>(out_adj), reinterpret_cast<int8_t*>(out_labels),
       reinterpret_cast<int8_t*>(out_n), B, N);
