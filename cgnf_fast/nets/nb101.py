@@ -1,0 +1,165 @@
+"""The NAS-Bench-101 macro skeleton (Ying et al. 2019), as google-research/nasbench builds it.
+
+Stem: conv3x3-bn-relu with 128 channels; 3 stacks of 3 cells; 2x2 max-pool and doubled
+channels between stacks (128, 256, 512); global average pooling and a linear classifier.
+Inside a cell (``build_module`` in NB101's model_builder): vertex channels come from
+``compute_vertex_channels``; the input reaches a vertex through a 1x1 conv-bn-relu projection,
+other vertices through channel truncation; a vertex sums its inputs and applies its op; the
+output concatenates the vertices that feed it and adds a projection of the input when the input
+feeds the output directly. Convolutions have no bias; batch norm has a scale and a shift (what
+NB101 counts in ``trainable_parameters``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..space import Cell
+
+STEM_CHANNELS = 128
+NUM_STACKS = 3
+CELLS_PER_STACK = 3
+
+
+def vertex_channels(in_channels: int, out_channels: int, matrix: list[list[int]]) -> list[int]:
+    """NB101's ``compute_vertex_channels``: channels of every vertex of a pruned cell."""
+    n = len(matrix)
+    ch = [0] * n
+    ch[0] = in_channels
+    ch[n - 1] = out_channels
+    if n == 2:
+        return ch
+    in_degree_out = sum(matrix[v][n - 1] for v in range(1, n))
+    interior, correction = divmod(out_channels, in_degree_out)
+    for v in range(1, n - 1):
+        if matrix[v][n - 1]:
+            ch[v] = interior
+            if correction:
+                ch[v] += 1
+                correction -= 1
+    for v in range(n - 3, 0, -1):
+        if not matrix[v][n - 1]:
+            for dst in range(v + 1, n - 1):
+                if matrix[v][dst]:
+                    ch[v] = max(ch[v], ch[dst])
+    return ch
+
+
+class ConvBNReLU(nn.Sequential):
+    def __init__(self, c_in: int, c_out: int, kernel: int) -> None:
+        super().__init__(
+            nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, bias=False),
+            nn.BatchNorm2d(c_out, eps=1e-5, momentum=0.003),
+            nn.ReLU(inplace=False),
+        )
+
+
+def _op(name: str, channels: int) -> nn.Module:
+    if name == "conv3x3-bn-relu":
+        return ConvBNReLU(channels, channels, 3)
+    if name == "conv1x1-bn-relu":
+        return ConvBNReLU(channels, channels, 1)
+    if name == "maxpool3x3":
+        return nn.MaxPool2d(3, stride=1, padding=1)
+    raise ValueError(f"op {name!r} has no NB101 implementation (NB101 ops: conv3x3-bn-relu, conv1x1-bn-relu, maxpool3x3)")
+
+
+class NB101Cell(nn.Module):
+    """One NB101 module for a pruned cell. Shapes: ``[B, in_channels, H, W] -> [B, out_channels, H, W]``."""
+
+    def __init__(self, cell: Cell, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        m = [list(r) for r in cell.adjacency]
+        self.n = n = len(m)
+        self.matrix = m
+        self.channels = ch = vertex_channels(in_channels, out_channels, m)
+        self.proj = nn.ModuleDict()
+        self.ops = nn.ModuleDict()
+        for t in range(1, n - 1):
+            if m[0][t]:
+                self.proj[str(t)] = ConvBNReLU(in_channels, ch[t], 1)
+            self.ops[str(t)] = _op(cell.ops[t], ch[t])
+        if m[0][n - 1]:
+            self.proj[str(n - 1)] = ConvBNReLU(in_channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m, n, ch = self.matrix, self.n, self.channels
+        tensors = [x]
+        concat = []
+        for t in range(1, n - 1):
+            add_in = [tensors[s][:, : ch[t]] for s in range(1, t) if m[s][t]]
+            if m[0][t]:
+                add_in.append(self.proj[str(t)](x))
+            h = add_in[0]
+            for a in add_in[1:]:
+                h = h + a
+            tensors.append(self.ops[str(t)](h))
+            if m[t][n - 1]:
+                concat.append(tensors[t])
+        if not concat:
+            return self.proj[str(n - 1)](x)
+        out = concat[0] if len(concat) == 1 else torch.cat(concat, dim=1)
+        if m[0][n - 1]:
+            out = out + self.proj[str(n - 1)](x)
+        return out
+
+
+class NB101Network(nn.Module):
+    """The full NB101 network of a cell. Shapes: ``[B, 3, H, W] -> [B, num_classes]``."""
+
+    def __init__(self, cell: Cell, num_classes: int = 10, stem_channels: int = STEM_CHANNELS,
+                 num_stacks: int = NUM_STACKS, cells_per_stack: int = CELLS_PER_STACK) -> None:
+        super().__init__()
+        cell = cell.pruned()
+        self.stem = ConvBNReLU(3, stem_channels, 3)
+        layers: list[nn.Module] = []
+        c_in = c = stem_channels
+        for stack in range(num_stacks):
+            if stack > 0:
+                layers.append(nn.MaxPool2d(2, stride=2))
+                c *= 2
+            for _ in range(cells_per_stack):
+                layers.append(NB101Cell(cell, c_in, c))
+                c_in = c
+        self.cells = nn.Sequential(*layers)
+        self.classifier = nn.Linear(c, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.cells(self.stem(x))
+        return self.classifier(h.mean(dim=(2, 3)))
+
+
+def param_count(cell: Cell, num_classes: int = 10, stem_channels: int = STEM_CHANNELS,
+                num_stacks: int = NUM_STACKS, cells_per_stack: int = CELLS_PER_STACK) -> int:
+    """Trainable parameters of ``NB101Network(cell, ...)``, computed without building it
+    (NB101's ``trainable_parameters`` convention: conv kernels, BN scale and shift, dense layer)."""
+    cell = cell.pruned()
+    m = [list(r) for r in cell.adjacency]
+    n = len(m)
+
+    def cbr(c_in: int, c_out: int, k: int) -> int:
+        return k * k * c_in * c_out + 2 * c_out
+
+    def module(c_in: int, c_out: int) -> int:
+        ch = vertex_channels(c_in, c_out, m)
+        total = 0
+        for t in range(1, n - 1):
+            if m[0][t]:
+                total += cbr(c_in, ch[t], 1)
+            k = {"conv3x3-bn-relu": 3, "conv1x1-bn-relu": 1}.get(cell.ops[t])
+            if k:
+                total += cbr(ch[t], ch[t], k)
+        if m[0][n - 1]:
+            total += cbr(c_in, c_out, 1)
+        return total
+
+    total = cbr(3, stem_channels, 3)
+    c_in = c = stem_channels
+    for stack in range(num_stacks):
+        if stack > 0:
+            c *= 2
+        for _ in range(cells_per_stack):
+            total += module(c_in, c)
+            c_in = c
+    return total + c * num_classes + num_classes
