@@ -125,9 +125,12 @@ class NB101Network(nn.Module):
         self.cells = nn.Sequential(*layers)
         self.classifier = nn.Linear(c, num_classes)
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Feature maps before global pooling."""
+        return self.cells(self.stem(x))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.cells(self.stem(x))
-        return self.classifier(h.mean(dim=(2, 3)))
+        return self.classifier(self.features(x).mean(dim=(2, 3)))
 
 
 def param_count(cell: Cell, num_classes: int = 10, stem_channels: int = STEM_CHANNELS,

@@ -130,9 +130,12 @@ class NB201Network(nn.Module):
         self.lastact = nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(inplace=True))
         self.classifier = nn.Linear(c, num_classes)
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Feature maps before global pooling: ``[B, 3, H, W] -> [B, 4 * channels, H / 4, W / 4]``."""
+        return self.lastact(self.cells(self.stem(x)))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.lastact(self.cells(self.stem(x)))
-        return self.classifier(h.mean(dim=(2, 3)))
+        return self.classifier(self.features(x).mean(dim=(2, 3)))
 
 
 def _op_params(name: str, c: int) -> int:

@@ -3,5 +3,6 @@
 from __future__ import annotations
 
 from .images import calibration_batch, cifar10_folder, load_folder
+from .score import ALL_PROXIES, score
 
-__all__ = ["calibration_batch", "cifar10_folder", "load_folder"]
+__all__ = ["ALL_PROXIES", "calibration_batch", "cifar10_folder", "load_folder", "score"]

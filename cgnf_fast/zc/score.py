@@ -1,0 +1,73 @@
+"""``score``: zero-cost proxies of one cell on a batch of images."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..nets import build, count_flops, count_params
+from ..space import Cell
+from .images import calibration_batch
+from .proxies import PROXIES
+
+#: Every proxy name ``score`` accepts.
+ALL_PROXIES: tuple[str, ...] = (*PROXIES, "params", "flops")
+#: Images taken from the embedded calibration batch when no batch is given.
+DEFAULT_BATCH = 64
+
+
+def check_proxies(proxies: str | list[str] | tuple[str, ...]) -> list[str]:
+    names = [p.strip() for p in proxies.split(",")] if isinstance(proxies, str) else list(proxies)
+    if not names or any(not isinstance(p, str) or not p for p in names):
+        raise ValueError(f"proxies must be a non-empty list of names from: {', '.join(ALL_PROXIES)}")
+    bad = [p for p in names if p not in ALL_PROXIES]
+    if bad:
+        raise ValueError(f"unknown proxies {bad}; choose from: {', '.join(ALL_PROXIES)}")
+    return names
+
+
+def score(
+    cell: Cell | str,
+    proxies: str | list[str] | tuple[str, ...] = ALL_PROXIES,
+    skeleton: str = "nb201",
+    batch: tuple[torch.Tensor, torch.Tensor] | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    num_classes: int = 10,
+) -> dict[str, float]:
+    """Zero-cost scores of a cell's network; deterministic for a seed on a given device.
+
+    Each proxy gets a freshly initialised network (``torch.manual_seed(seed)`` before
+    building), so proxies never see each other's side effects. ``batch=None`` uses the first
+    64 images of the embedded CIFAR-10 calibration batch. Non-finite values are returned as
+    they are (the caller decides; the score store flags them).
+
+    Shapes:
+        batch: ``(x [B, 3, H, W] float32, y [B] int64)``.
+    """
+    names = check_proxies(proxies)
+    if isinstance(cell, Cell) and skeleton == "nb101":
+        cell.pruned()  # a clear error for cells with no input -> output path
+    if batch is None:
+        batch = calibration_batch(DEFAULT_BATCH)
+    x, y = batch
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3:
+        raise ValueError(f"batch images must be a [B, 3, H, W] tensor, got {getattr(x, 'shape', type(x))}")
+    if not isinstance(y, torch.Tensor) or y.shape != (x.shape[0],):
+        raise ValueError(f"batch labels must be a [B] tensor matching {x.shape[0]} images")
+    device = torch.device(device)
+    x = x.to(device, torch.float32)
+    y = y.to(device, torch.int64)
+    out: dict[str, float] = {}
+    for name in names:
+        torch.manual_seed(seed)
+        net = build(cell, skeleton, num_classes=num_classes).to(device).train()
+        if name == "params":
+            out[name] = count_params(net) / 1e6
+        elif name == "flops":
+            out[name] = count_flops(net, tuple(x.shape[1:])) / 1e6
+        else:
+            value = PROXIES[name](net, (x, y))
+            out[name] = float(value) if not (isinstance(value, float) and math.isnan(value)) else float("nan")
+    return out
