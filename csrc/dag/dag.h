@@ -37,7 +37,8 @@ void dag_canonical_code_cpu(int64_t adj, int64_t labels, int64_t n, int64_t out_
 void dag_nb101_hash_cpu(int64_t adj, int64_t labels, int64_t n, int64_t out_digest, int64_t B, int64_t N,
                         int64_t num_threads);
 
-// SIMD lanes of the CPU NB101 hash on this machine (16 AVX-512, 8 AVX2 or SSE2).
+// SIMD lanes of the CPU NB101 hash on this machine (16 AVX-512, 8 AVX2 or SSE2; 1 for the
+// scalar path selected with CGNF_SIMD=scalar).
 int md5_lanes();
 
 #ifdef CGNF_WITH_CUDA

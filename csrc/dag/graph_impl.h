@@ -483,6 +483,42 @@ CGNF_HD void sort_by_digest(uint8_t* idx, int k, const uint8_t (*dig)[16]) {
   }
 }
 
+// NB101's first-round message: str((out_degree, in_degree, label)) as Python prints it.
+CGNF_HD int nb101_init_message(uint8_t* dst, int outd, int in, int label) {
+  int len = 0;
+  dst[len++] = '(';
+  len += put_int(dst + len, outd);
+  dst[len++] = ',';
+  dst[len++] = ' ';
+  len += put_int(dst + len, in);
+  dst[len++] = ',';
+  dst[len++] = ' ';
+  len += put_int(dst + len, label);
+  dst[len++] = ')';
+  return len;
+}
+
+// NB101's fingerprint message: str(sorted(hashes)) = "['h0', 'h1', ...]" (kMax * 36 + 4 bytes).
+CGNF_HD int nb101_final_message(uint8_t* dst, int n, const uint8_t (*dig)[16]) {
+  uint8_t idx[kMax];
+  for (int v = 0; v < n; ++v) idx[v] = uint8_t(v);
+  sort_by_digest(idx, n, dig);
+  int len = 0;
+  dst[len++] = '[';
+  for (int i = 0; i < n; ++i) {
+    if (i) {
+      dst[len++] = ',';
+      dst[len++] = ' ';
+    }
+    dst[len++] = '\'';
+    put_hex(dst + len, dig[idx[i]]);
+    len += 32;
+    dst[len++] = '\'';
+  }
+  dst[len++] = ']';
+  return len;
+}
+
 // NB101's graph_util.hash_module: labels are NB101's (-1 input, -2 output, 0..2 ops); reads
 // the 0/1 weights of g. Writes the 16-byte fingerprint digest.
 CGNF_HD void nb101_hash_one(const SmallGraph& g, uint8_t* out16) {
@@ -495,16 +531,7 @@ CGNF_HD void nb101_hash_one(const SmallGraph& g, uint8_t* out16) {
       if (u < v && g.w[u][v]) ++in;
       if (v < u && g.w[v][u]) ++outd;
     }
-    int len = 0;  // str((out_degree, in_degree, label))
-    buf[len++] = '(';
-    len += put_int(buf + len, outd);
-    buf[len++] = ',';
-    buf[len++] = ' ';
-    len += put_int(buf + len, in);
-    buf[len++] = ',';
-    buf[len++] = ' ';
-    len += put_int(buf + len, g.label[v]);
-    buf[len++] = ')';
+    const int len = nb101_init_message(buf, outd, in, g.label[v]);
     md5(buf, len, dig[v]);  // kept as digests; messages use their hex text, as Python does
   }
   for (int round = 0; round < n; ++round) {
@@ -530,23 +557,8 @@ CGNF_HD void nb101_hash_one(const SmallGraph& g, uint8_t* out16) {
       for (int i = 0; i < 16; ++i) dig[v][i] = nxt[v][i];
   }
   // md5(str(sorted(hashes))) = md5("['h0', 'h1', ...]")
-  uint8_t idx[kMax];
-  for (int v = 0; v < n; ++v) idx[v] = uint8_t(v);
-  sort_by_digest(idx, n, dig);
   uint8_t fin[kMax * 36 + 4];
-  int len = 0;
-  fin[len++] = '[';
-  for (int i = 0; i < n; ++i) {
-    if (i) {
-      fin[len++] = ',';
-      fin[len++] = ' ';
-    }
-    fin[len++] = '\'';
-    put_hex(fin + len, dig[idx[i]]);
-    len += 32;
-    fin[len++] = '\'';
-  }
-  fin[len++] = ']';
+  const int len = nb101_final_message(fin, n, dig);
   md5(fin, len, out16);
 }
 

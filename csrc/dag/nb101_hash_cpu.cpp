@@ -92,12 +92,14 @@ struct Md5Lanes {
   int lanes;
 };
 
-// The widest lane set the CPU supports; CGNF_SIMD=avx2|generic caps it (tests use this to
-// check every path the machine can run).
+// The widest lane set the CPU supports; CGNF_SIMD=avx2|generic caps it, CGNF_SIMD=scalar
+// selects the one-graph-at-a-time scalar path that the CUDA kernel runs (tests use this to
+// check every path on the CPU).
 Md5Lanes pick_md5() {
   __builtin_cpu_init();
   const char* cap = std::getenv("CGNF_SIMD");
   const std::string want = cap ? cap : "";
+  if (want == "scalar") return {nullptr, 1};
   if (want != "avx2" && want != "generic" && __builtin_cpu_supports("avx512f")) return {md5x16_avx512, 16};
   if (want != "generic" && __builtin_cpu_supports("avx2")) return {md5x8_avx2, 8};
   return {md5x8_generic, 8};
@@ -174,21 +176,6 @@ void run_jobs(std::vector<Job>& jobs, std::vector<Job>& sorted, Md5Lanes md5) {
   }
 }
 
-// str((out_degree, in_degree, label)) as NB101 formats it; returns its length.
-int init_message(uint8_t* dst, int outd, int in, int label) {
-  int len = 0;
-  dst[len++] = '(';
-  len += put_int(dst + len, outd);
-  dst[len++] = ',';
-  dst[len++] = ' ';
-  len += put_int(dst + len, in);
-  dst[len++] = ',';
-  dst[len++] = ' ';
-  len += put_int(dst + len, label);
-  dst[len++] = ')';
-  return len;
-}
-
 // Round-0 digests of every (out-degree, in-degree, label) with NB101's labels -2..2.
 struct InitTable {
   uint8_t d[kMax][kMax][5][16];
@@ -199,7 +186,7 @@ InitTable make_init_table() {
   uint8_t msg[32];
   for (int o = 0; o < kMax; ++o)
     for (int i = 0; i < kMax; ++i)
-      for (int l = -2; l <= 2; ++l) md5(msg, init_message(msg, o, i, l), t.d[o][i][l + 2]);
+      for (int l = -2; l <= 2; ++l) md5(msg, nb101_init_message(msg, o, i, l), t.d[o][i][l + 2]);
   return t;
 }
 
@@ -243,7 +230,7 @@ void hash_chunk(Chunk& c, uint8_t* out, Md5Lanes md5x8) {
         continue;
       }
       uint8_t* slot = c.arena.data() + (g * kMax + v) * kMaxPadded;
-      c.jobs.push_back({slot, pad_in_place(slot, init_message(slot, outd, in, lab)), D(dig, g, v)});
+      c.jobs.push_back({slot, pad_in_place(slot, nb101_init_message(slot, outd, in, lab)), D(dig, g, v)});
     }
   }
   run_jobs(c.jobs, c.sorted, md5x8);
@@ -293,22 +280,7 @@ void hash_chunk(Chunk& c, uint8_t* out, Md5Lanes md5x8) {
   for (size_t g = 0; g < G; ++g) {
     const SmallGraph& s = c.graphs[g];
     const uint8_t(*dg)[16] = reinterpret_cast<const uint8_t(*)[16]>(D(dig, g, 0));
-    uint8_t idx[kMax];
-    for (int v = 0; v < s.n; ++v) idx[v] = uint8_t(v);
-    sort_by_digest(idx, s.n, dg);
-    int len = 0;
-    msg[len++] = '[';
-    for (int i = 0; i < s.n; ++i) {
-      if (i) {
-        msg[len++] = ',';
-        msg[len++] = ' ';
-      }
-      msg[len++] = '\'';
-      put_hex(msg + len, dg[idx[i]]);
-      len += 32;
-      msg[len++] = '\'';
-    }
-    msg[len++] = ']';
+    const int len = nb101_final_message(msg, s.n, dg);
     uint8_t* slot = c.arena.data() + G * kMax * kMaxPadded + g * kMaxFinalPadded;
     c.jobs.push_back({slot, pad(msg, len, slot), out + 16 * g});
   }
@@ -332,6 +304,18 @@ void dag_nb101_hash_cpu(int64_t adj, int64_t labels, int64_t n, int64_t out_dige
   auto* l = reinterpret_cast<const int8_t*>(labels);
   auto* nn = reinterpret_cast<const int8_t*>(n);
   auto* out = reinterpret_cast<uint8_t*>(out_digest);
+  if (md5x8.lanes == 1) {  // scalar path (graph_impl.h), as on the GPU
+    parallel_for(B, num_threads, 256, [&](int64_t lo, int64_t hi) {
+      SmallGraph g;
+      for (int64_t b = lo; b < hi; ++b) {
+        if (load_graph(a + b * N * N, l + b * N, nn[b], N, g))
+          nb101_hash_one(g, out + 16 * b);
+        else
+          std::memset(out + 16 * b, 0, 16);
+      }
+    });
+    return;
+  }
   constexpr int64_t kChunk = 256;  // graphs hashed together (enough messages to fill the lanes)
   const int64_t chunks = (B + kChunk - 1) / kChunk;
   parallel_for(chunks, num_threads, 1, [&](int64_t lo, int64_t hi) {
