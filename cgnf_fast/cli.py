@@ -83,6 +83,37 @@ def _nonneg_int(text: str) -> int:
     return v
 
 
+def _zc_score(args: argparse.Namespace) -> int:
+    from .space import spaces
+    from .zc import calibration_batch, load_folder, run
+    from .zc.images import normalize
+
+    if (args.n is None) == (args.cells is None):
+        raise CLIError("give exactly one of --n N (cells sampled from the space) or --cells FILE.jsonl")
+    sp = spaces.get(args.space)
+    cells = sp.sample(args.n, seed=0, unique=True) if args.n is not None else run.read_cells_jsonl(args.cells)
+    if args.images:
+        x, y, _ = load_folder(args.images, per_class=max(1, args.batch_size // 10 + 1))
+        batch = (normalize(x)[: args.batch_size], y[: args.batch_size])
+    else:
+        batch = calibration_batch(args.batch_size)
+    t0 = time.perf_counter()
+    summary = run.score_cells(cells, space=sp.name, proxies=args.proxies, store=args.store, batch=batch,
+                              seed=args.seed, device=args.device, workers=args.workers,
+                              progress=not args.no_progress)
+    summary["seconds"] = round(time.perf_counter() - t0, 3)
+    print(json.dumps(summary))
+    return 0
+
+
+def _zc_export(args: argparse.Namespace) -> int:
+    from .zc import run
+
+    n = run.export_csv(args.store, args.out)
+    print(f"wrote {n:,} scores to {args.out}", file=sys.stderr)
+    return 0
+
+
 def _read_cells(stream: TextIO) -> Iterator[tuple[int, Any, str | None]]:
     """Yields ``(line number, Cell, NB201 string or None)`` for non-blank lines."""
     from .space import Cell, nb201
@@ -151,6 +182,26 @@ def _build_parser() -> argparse.ArgumentParser:
     en.add_argument("--out", required=True, help="output file (.jsonl)")
     en.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     en.set_defaults(func=_space_enumerate)
+
+    zp = sub.add_parser("zc", help="zero-cost proxies")
+    zps = zp.add_subparsers(dest="zc_command", metavar="SUBCOMMAND", required=True)
+    zs = zps.add_parser("score", help="score cells into a resumable SQLite store")
+    zs.add_argument("space", help=f"one of: {', '.join(spaces.names())}")
+    zs.add_argument("--n", type=_nonneg_int, help="score N distinct cells sampled from the space (seed 0)")
+    zs.add_argument("--cells", help="score the cells of a JSONL file ({'matrix', 'ops'} per line)")
+    zs.add_argument("--proxies", required=True, help="comma-separated proxy names")
+    zs.add_argument("--store", required=True, help="the SQLite store (created when missing)")
+    zs.add_argument("--workers", type=int, default=1)
+    zs.add_argument("--device", default="cpu")
+    zs.add_argument("--seed", type=int, default=0)
+    zs.add_argument("--batch-size", type=int, default=64)
+    zs.add_argument("--images", help="a folder of class sub-folders instead of the embedded CIFAR-10 batch")
+    zs.add_argument("--no-progress", action="store_true")
+    zs.set_defaults(func=_zc_score)
+    ze = zps.add_parser("export", help="write a store's scores as CSV")
+    ze.add_argument("--store", required=True)
+    ze.add_argument("--out", required=True)
+    ze.set_defaults(func=_zc_export)
 
     cp = sub.add_parser("cell", help="single cells")
     cps = cp.add_subparsers(dest="cell_command", metavar="SUBCOMMAND", required=True)

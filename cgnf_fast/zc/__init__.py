@@ -4,5 +4,6 @@ from __future__ import annotations
 
 from .images import calibration_batch, cifar10_folder, load_folder
 from .score import ALL_PROXIES, score
+from .store import ScoreStore, StoreError
 
-__all__ = ["ALL_PROXIES", "calibration_batch", "cifar10_folder", "load_folder", "score"]
+__all__ = ["ALL_PROXIES", "ScoreStore", "StoreError", "calibration_batch", "cifar10_folder", "load_folder", "score"]

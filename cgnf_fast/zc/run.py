@@ -1,0 +1,144 @@
+"""Scoring many cells into a :class:`ScoreStore`: resumable, shareable between processes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import sys
+import time
+import traceback
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from ..space import Cell
+from .score import check_proxies, score
+from .store import ScoreStore
+
+#: Bumped whenever a proxy's definition changes: stored scores of other versions are not reused.
+PROXY_VERSION = "1"
+
+
+def code_version() -> str:
+    from .. import __version__
+
+    return f"{__version__}+zc{PROXY_VERSION}"
+
+
+def data_fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    h.update(str(tuple(x.shape)).encode())
+    h.update(x.detach().cpu().contiguous().numpy().tobytes())
+    h.update(y.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def skeleton_of(space: str) -> str:
+    return "nb101" if space.startswith("nb101") else "nb201"
+
+
+def _score_loop(store_path: str, jobs: list[tuple[int, str]], space: str, proxies: list[str], batch, seed: int,
+                device: str, worker: int, progress: bool) -> dict[str, int]:
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    fp = data_fingerprint(*batch)
+    ver = code_version()
+    skeleton = skeleton_of(space)
+    computed = skipped = 0
+    with ScoreStore(store_path) as store:
+        order = jobs[worker:] + jobs[:worker]  # workers start at different places
+        bar = tqdm(order, desc=f"zc score {space}", unit="cell", disable=not progress or worker != 0,
+                   file=sys.stderr, leave=False)
+        for code, cell_json in bar:
+            if not store.claim(space, code, fp, seed, ver):
+                skipped += 1
+                continue
+            if code in store.done(space, fp, seed, ver, proxies):  # finished by another scorer
+                store.put(space, code, cell_json, fp, seed, ver, {})
+                skipped += 1
+                continue
+            cell = Cell.from_json(cell_json)
+            values: dict[str, float] = {}
+            seconds: dict[str, float] = {}
+            errors: dict[str, str] = {}
+            for p in proxies:
+                t0 = time.perf_counter()
+                try:
+                    values[p] = score(cell, [p], skeleton=skeleton, batch=batch, seed=seed, device=device)[p]
+                except Exception as e:  # kept in the store with status 'error', never dropped
+                    errors[p] = f"{type(e).__name__}: {e}"
+                    traceback.print_exc(file=sys.stderr)
+                seconds[p] = time.perf_counter() - t0
+            store.put(space, code, cell_json, fp, seed, ver, values, seconds, errors)
+            computed += 1
+    return {"computed": computed, "skipped": skipped}
+
+
+def _worker_main(args) -> dict[str, int]:
+    torch.set_num_threads(1)
+    return _score_loop(*args)
+
+
+def score_cells(cells: list[Cell], *, space: str, proxies: list[str] | str, store: str, batch, seed: int = 0,
+                device: str = "cpu", workers: int = 1, progress: bool = True) -> dict[str, Any]:
+    """Score every cell not yet in the store; returns counts of computed/skipped/total cells."""
+    proxies = check_proxies(proxies)
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    fp = data_fingerprint(*batch)
+    ver = code_version()
+    jobs: list[tuple[int, str]] = []
+    seen: set[int] = set()
+    for c in cells:
+        p = c.pruned(allow_zero=True)
+        code = p.canonical_code()
+        if code not in seen:
+            seen.add(code)
+            jobs.append((code, p.dumps()))
+    with ScoreStore(store) as st:
+        done = st.done(space, fp, seed, ver, proxies)
+    todo = [j for j in jobs if j[0] not in done]
+    if workers == 1 or len(todo) <= 1:
+        counts = _score_loop(store, todo, space, proxies, batch, seed, device, 0, progress)
+    else:
+        ctx = mp.get_context("spawn")
+        with ctx.Pool(workers) as pool:
+            parts = pool.map(_worker_main, [(store, todo, space, proxies, batch, seed, device, w, progress)
+                                            for w in range(workers)])
+        counts = {"computed": sum(p["computed"] for p in parts), "skipped": sum(p["skipped"] for p in parts)}
+    return {"cells": len(jobs), "already_done": len(jobs) - len(todo), **counts}
+
+
+def read_cells_jsonl(path: str) -> list[Cell]:
+    cells = []
+    with open(path) as f:
+        for lineno, line in enumerate(f, start=1):
+            if line.strip():
+                try:
+                    cells.append(Cell.from_json(line))
+                except ValueError as e:
+                    raise ValueError(f"{path}, line {lineno}: {e}") from None
+    if not cells:
+        raise ValueError(f"{path} has no cells")
+    return cells
+
+
+def export_csv(store: str, out: str) -> int:
+    """Write every stored score as CSV (``PATH.partial`` renamed at the end); returns rows written."""
+    import csv
+    import os
+
+    tmp = out + ".partial"
+    n = 0
+    with ScoreStore(store) as st, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["space", "code", "proxy", "value", "status", "message", "data_fp", "seed", "code_version",
+                    "seconds", "cell"])
+        for r in st.rows():
+            w.writerow([r["space"], r["code"], r["proxy"], repr(r["value"]) if r["value"] is not None else "",
+                        r["status"], r["message"] or "", r["data_fp"], r["seed"], r["code_version"],
+                        r["seconds"], json.dumps(r["cell"], separators=(",", ":"))])
+            n += 1
+    os.replace(tmp, out)
+    return n

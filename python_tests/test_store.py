@@ -1,0 +1,104 @@
+"""The score store: durability (SIGKILL and resume), concurrent scorers, bad files, NaN kept."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sqlite3
+import subprocess
+import time
+
+import pytest
+
+from cgnf_fast.zc import ScoreStore, StoreError
+from cgnf_fast.zc import run as zrun
+
+from test_cli import cgnf, cgnf_executable
+
+N_CELLS = 24
+CMD = ["zc", "score", "nb201-like", "--n", str(N_CELLS), "--proxies", "nwot,params", "--batch-size", "4", "--no-progress"]
+
+
+def stored(path) -> list[tuple]:
+    db = sqlite3.connect(str(path))
+    try:
+        return db.execute("SELECT code, proxy FROM scores").fetchall()
+    finally:
+        db.close()
+
+
+def test_sigkill_then_rerun_scores_every_cell_exactly_once(tmp_path):
+    store = tmp_path / "s.sqlite"
+    proc = subprocess.Popen([cgnf_executable(), *CMD, "--store", str(store)], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until some, not all, cells are stored
+        time.sleep(0.2)
+        if store.exists():
+            try:
+                n = len(stored(store))
+            except sqlite3.Error:
+                continue
+            if n >= 4:
+                break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = len(stored(store))
+    assert 4 <= partial < 2 * N_CELLS, "the kill should land mid-run"
+    r = cgnf(*CMD, "--store", str(store))
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["cells"] == N_CELLS and summary["already_done"] + summary["computed"] == N_CELLS
+    rows = stored(store)
+    assert len(rows) == len(set(rows)) == 2 * N_CELLS  # nothing lost, nothing duplicated
+    assert {p for _, p in rows} == {"nwot", "params"}
+
+
+def test_two_concurrent_scorers_share_the_work(tmp_path):
+    store = tmp_path / "s.sqlite"
+    procs = [subprocess.Popen([cgnf_executable(), *CMD, "--store", str(store)], cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    summaries = [json.loads(o[0]) for o in outs]
+    # claims: each cell computed by exactly one of them
+    assert sum(s["computed"] for s in summaries) + sum(s["already_done"] for s in summaries) >= N_CELLS
+    assert sum(s["computed"] for s in summaries) == N_CELLS - min(s["already_done"] for s in summaries)
+    rows = stored(store)
+    assert len(rows) == len(set(rows)) == 2 * N_CELLS
+
+
+def test_nonfinite_values_are_kept_and_flagged(tmp_path):
+    with ScoreStore(tmp_path / "s.sqlite") as st:
+        st.put("nb201", 7, '{"matrix":[[0,1],[0,0]],"ops":["input","output"]}', "fp", 0, "v",
+               {"a": float("nan"), "b": float("-inf"), "c": 1.5}, errors={"d": "RuntimeError: boom"})
+        rows = {r["proxy"]: r for r in st.rows()}
+    assert math.isnan(rows["a"]["value"]) and rows["a"]["status"] == "nonfinite"
+    assert rows["b"]["value"] == -math.inf and rows["b"]["status"] == "nonfinite"
+    assert rows["c"]["value"] == 1.5 and rows["c"]["status"] == "ok"
+    assert rows["d"]["status"] == "error" and "boom" in rows["d"]["message"]
+    out = tmp_path / "s.csv"
+    assert zrun.export_csv(str(tmp_path / "s.sqlite"), str(out)) == 4
+    assert "nan" in out.read_text() and "-inf" in out.read_text()
+
+
+def test_bad_store_files(tmp_path):
+    garbage = tmp_path / "garbage.sqlite"
+    garbage.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError, match="not a cgnf_fast score store"):
+        ScoreStore(garbage)
+    foreign = tmp_path / "foreign.sqlite"
+    db = sqlite3.connect(str(foreign))
+    db.execute("CREATE TABLE things (x)")
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError, match="no meta table"):
+        ScoreStore(foreign)
+    r = cgnf("zc", "export", "--store", str(garbage), "--out", str(tmp_path / "x.csv"))
+    assert r.returncode == 2 and "not a cgnf_fast score store" in r.stderr
+    assert not (tmp_path / "x.csv").exists()
+    r = cgnf("zc", "score", "nb201", "--proxies", "nwot", "--store", str(tmp_path / "y.sqlite"))
+    assert r.returncode == 2 and "exactly one of --n" in r.stderr
+    r = cgnf("zc", "score", "nb201", "--n", "2", "--proxies", "nwot,bogus", "--store", str(tmp_path / "y.sqlite"))
+    assert r.returncode == 2 and "unknown proxies ['bogus']" in r.stderr
