@@ -41,7 +41,6 @@ def skeleton_of(space: str) -> str:
 
 def _score_loop(store_path: str, jobs: list[tuple[int, str]], space: str, proxies: list[str], batch, seed: int,
                 device: str, worker: int, progress: bool) -> dict[str, int]:
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     fp = data_fingerprint(*batch)
     ver = code_version()
     skeleton = skeleton_of(space)
