@@ -4,6 +4,7 @@
         --proxies synflow,nwot,jacob_cov,snip,grad_norm --batch 64 --workers 2
 
 ``--target naslib``: the 725 NB201 cells of NASLib's file, against NASLib's CIFAR-10 scores.
+``--target throughput --space nb101``: ``--n`` cells sampled from a space (seed 0), timing only.
 ``--target accuracy``: a fixed random subset (seed 0) of ``--n`` NB201 cells, against NB201's
 CIFAR-10 test accuracy (200 epochs). Prints one JSON object per proxy and writes all raw scores
 with ``--out``. Scoring runs in ``--workers`` processes with one thread each.
@@ -49,18 +50,21 @@ def spearman(a, b) -> float:
 
 
 def _work(args):
-    arch, proxies, batch = args
+    arch, proxies, batch, skeleton = args
     import torch
 
     torch.set_num_threads(1)
+    from cgnf_fast import Cell
     from cgnf_fast.zc import calibration_batch, score
 
-    return score(arch, proxies, batch=calibration_batch(batch))
+    cell = Cell.from_json(arch) if arch.startswith("{") else arch
+    return score(cell, proxies, skeleton=skeleton, batch=calibration_batch(batch))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--target", choices=("naslib", "accuracy"), default="naslib")
+    ap.add_argument("--target", choices=("naslib", "accuracy", "throughput"), default="naslib")
+    ap.add_argument("--space", default="nb201", help="with --target throughput")
     ap.add_argument("--n", type=int, default=725)
     ap.add_argument("--proxies", default="synflow,nwot,jacob_cov,snip,grad_norm")
     ap.add_argument("--batch", type=int, default=64)
@@ -74,6 +78,11 @@ def main() -> None:
         items = list(d.items())[: args.n]
         archs = [naslib_arch(k) for k, _ in items]
         refs = {p: [v.get("jacov" if p == "jacob_cov" else p, {}).get("score", float("nan")) for _, v in items] for p in proxies}
+    elif args.target == "throughput":
+        from cgnf_fast.space import get
+
+        archs = [c.dumps() for c in get(args.space).sample(args.n, seed=0, unique=True)]
+        refs = None
     else:
         with open(data / "nb201" / "naswot_arch_score_acc.csv", newline="") as f:
             rows = list(csv.DictReader(f))
@@ -83,8 +92,13 @@ def main() -> None:
         refs = {p: acc for p in proxies}
     t0 = time.perf_counter()
     with ProcessPoolExecutor(args.workers) as ex:
-        scores = list(ex.map(_work, [(a, proxies, args.batch) for a in archs], chunksize=4))
+        skeleton = "nb101" if args.target == "throughput" and args.space.startswith("nb101") else "nb201"
+        scores = list(ex.map(_work, [(a, proxies, args.batch, skeleton) for a in archs], chunksize=4))
     seconds = time.perf_counter() - t0
+    if refs is None:
+        print(json.dumps({"target": "throughput", "space": args.space, "n": len(archs), "batch": args.batch,
+                          "proxies": proxies, "cells_per_s": round(len(archs) / seconds, 3)}))
+        return
     for p in proxies:
         print(json.dumps({"target": args.target, "proxy": p, "n": len(archs), "batch": args.batch,
                           "spearman": round(spearman([s[p] for s in scores], refs[p]), 4),
