@@ -100,7 +100,7 @@ def _zc_score(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     summary = run.score_cells(cells, space=sp.name, proxies=args.proxies, store=args.store, batch=batch,
                               seed=args.seed, device=args.device, workers=args.workers,
-                              progress=not args.no_progress)
+                              progress=not args.no_progress, ray=args.ray)
     summary["seconds"] = round(time.perf_counter() - t0, 3)
     print(json.dumps(summary))
     return 0
@@ -196,6 +196,9 @@ def _build_parser() -> argparse.ArgumentParser:
     zs.add_argument("--seed", type=int, default=0)
     zs.add_argument("--batch-size", type=int, default=64)
     zs.add_argument("--images", help="a folder of class sub-folders instead of the embedded CIFAR-10 batch")
+    zs.add_argument("--ray", metavar="local|auto|ADDRESS", default=None,
+                    help="score on Ray: 'local' starts a local instance, 'auto' or HOST:PORT joins a cluster "
+                    "(needs the distributed extra); the store stays with this process")
     zs.add_argument("--no-progress", action="store_true")
     zs.set_defaults(func=_zc_score)
     ze = zps.add_parser("export", help="write a store's scores as CSV")

@@ -102,3 +102,25 @@ def test_bad_store_files(tmp_path):
     assert r.returncode == 2 and "exactly one of --n" in r.stderr
     r = cgnf("zc", "score", "nb201", "--n", "2", "--proxies", "nwot,bogus", "--store", str(tmp_path / "y.sqlite"))
     assert r.returncode == 2 and "unknown proxies ['bogus']" in r.stderr
+
+
+def test_scoring_on_a_local_ray_instance(tmp_path):
+    """The distributed path against a real local Ray instance: the driver owns the store."""
+    pytest.importorskip("ray", reason="the distributed extra (ray) is not installed")
+    store = tmp_path / "s.sqlite"
+    r = cgnf("zc", "score", "nb201", "--n", "6", "--proxies", "nwot,params", "--batch-size", "4",
+             "--store", str(store), "--ray", "local", "--workers", "2", "--no-progress")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout)["computed"] == 6
+    rows = stored(store)
+    assert len(rows) == len(set(rows)) == 12
+    # the same scores as the in-process path
+    local = tmp_path / "l.sqlite"
+    r = cgnf("zc", "score", "nb201", "--n", "6", "--proxies", "nwot,params", "--batch-size", "4",
+             "--store", str(local), "--no-progress")
+    assert r.returncode == 0
+    with ScoreStore(store) as a, ScoreStore(local) as b:
+        va = {(x["code"], x["proxy"]): x["value"] for x in a.rows()}
+        vb = {(x["code"], x["proxy"]): x["value"] for x in b.rows()}
+    assert va.keys() == vb.keys()
+    assert all(va[k] == vb[k] or math.isclose(va[k], vb[k], rel_tol=1e-6) for k in va)  # -inf == -inf

@@ -43,7 +43,6 @@ def _score_loop(store_path: str, jobs: list[tuple[int, str]], space: str, proxie
                 device: str, worker: int, progress: bool) -> dict[str, int]:
     fp = data_fingerprint(*batch)
     ver = code_version()
-    skeleton = skeleton_of(space)
     computed = skipped = 0
     with ScoreStore(store_path) as store:
         order = jobs[worker:] + jobs[:worker]  # workers start at different places
@@ -57,18 +56,7 @@ def _score_loop(store_path: str, jobs: list[tuple[int, str]], space: str, proxie
                 store.put(space, code, cell_json, fp, seed, ver, {})
                 skipped += 1
                 continue
-            cell = Cell.from_json(cell_json)
-            values: dict[str, float] = {}
-            seconds: dict[str, float] = {}
-            errors: dict[str, str] = {}
-            for p in proxies:
-                t0 = time.perf_counter()
-                try:
-                    values[p] = score(cell, [p], skeleton=skeleton, batch=batch, seed=seed, device=device)[p]
-                except Exception as e:  # kept in the store with status 'error', never dropped
-                    errors[p] = f"{type(e).__name__}: {e}"
-                    traceback.print_exc(file=sys.stderr)
-                seconds[p] = time.perf_counter() - t0
+            values, seconds, errors = _score_one(cell_json, space, proxies, batch, seed, device)
             store.put(space, code, cell_json, fp, seed, ver, values, seconds, errors)
             computed += 1
     return {"computed": computed, "skipped": skipped}
@@ -79,9 +67,85 @@ def _worker_main(args) -> dict[str, int]:
     return _score_loop(*args)
 
 
+def _score_one(cell_json: str, space: str, proxies: list[str], batch, seed: int, device: str):
+    """Scores one cell: ``(values, seconds, errors)`` (errors are kept, never raised)."""
+    cell = Cell.from_json(cell_json)
+    values: dict[str, float] = {}
+    seconds: dict[str, float] = {}
+    errors: dict[str, str] = {}
+    for p in proxies:
+        t0 = time.perf_counter()
+        try:
+            values[p] = score(cell, [p], skeleton=skeleton_of(space), batch=batch, seed=seed, device=device)[p]
+        except Exception as e:  # kept in the store with status 'error', never dropped
+            errors[p] = f"{type(e).__name__}: {e}"
+            traceback.print_exc(file=sys.stderr)
+        seconds[p] = time.perf_counter() - t0
+    return values, seconds, errors
+
+
+def _score_ray(store: str, todo: list[tuple[int, str]], space: str, proxies: list[str], batch, seed: int,
+               device: str, address: str, workers: int, progress: bool) -> dict[str, int]:
+    """Scores on a Ray cluster: tasks compute, this process (the driver) owns the store.
+
+    Only the driver touches the SQLite file, so workers on other machines need no shared
+    filesystem; results are committed as they arrive, so an interrupted run resumes.
+    """
+    try:
+        import ray
+    except ImportError:
+        raise ValueError("--ray needs the distributed extra: pip install 'cgnf_fast[distributed]'") from None
+    started = not ray.is_initialized()
+    if started:
+        if address == "local":
+            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    try:
+        remote = ray.remote(num_cpus=1)(_score_one_threads1)
+        fp = data_fingerprint(*batch)
+        ver = code_version()
+        batch_ref = ray.put(batch)
+        pending = {}
+        computed = skipped = 0
+        with ScoreStore(store) as st:
+            queue = list(todo)
+            bar = tqdm(total=len(queue), desc=f"zc score {space} (ray)", unit="cell", disable=not progress,
+                       file=sys.stderr, leave=False)
+            while queue or pending:
+                while queue and len(pending) < 4 * max(1, workers):
+                    code, cell_json = queue.pop(0)
+                    if not st.claim(space, code, fp, seed, ver):
+                        skipped += 1
+                        bar.update(1)
+                        continue
+                    pending[remote.remote(cell_json, space, proxies, batch_ref, seed, device)] = (code, cell_json)
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                for ref in ready:
+                    code, cell_json = pending.pop(ref)
+                    values, seconds, errors = ray.get(ref)
+                    st.put(space, code, cell_json, fp, seed, ver, values, seconds, errors)
+                    computed += 1
+                    bar.update(1)
+            bar.close()
+        return {"computed": computed, "skipped": skipped}
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _score_one_threads1(*args):
+    torch.set_num_threads(1)
+    return _score_one(*args)
+
+
 def score_cells(cells: list[Cell], *, space: str, proxies: list[str] | str, store: str, batch, seed: int = 0,
-                device: str = "cpu", workers: int = 1, progress: bool = True) -> dict[str, Any]:
-    """Score every cell not yet in the store; returns counts of computed/skipped/total cells."""
+                device: str = "cpu", workers: int = 1, progress: bool = True, ray: str | None = None) -> dict[str, Any]:
+    """Score every cell not yet in the store; returns counts of computed/skipped/total cells.
+
+    ``ray``: None scores here (``workers`` processes); ``"local"`` starts a local Ray instance
+    with ``workers`` CPUs; ``"auto"`` or ``"HOST:PORT"`` joins a running Ray cluster.
+    """
     proxies = check_proxies(proxies)
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
@@ -98,7 +162,9 @@ def score_cells(cells: list[Cell], *, space: str, proxies: list[str] | str, stor
     with ScoreStore(store) as st:
         done = st.done(space, fp, seed, ver, proxies)
     todo = [j for j in jobs if j[0] not in done]
-    if workers == 1 or len(todo) <= 1:
+    if ray is not None:
+        counts = _score_ray(store, todo, space, proxies, batch, seed, device, ray, workers, progress)
+    elif workers == 1 or len(todo) <= 1:
         counts = _score_loop(store, todo, space, proxies, batch, seed, device, 0, progress)
     else:
         ctx = mp.get_context("spawn")
