@@ -152,7 +152,6 @@ void SpaceCounter::process(int64_t unit, int64_t num_threads) {
   const int max_edges = spec.max_edges < 0 ? 1 << 30 : spec.max_edges;
 
   if (wu.k == 0) {  // valid K-vertex matrices
-    std::vector<uint64_t> part(std::max<int64_t>(1, num_threads), 0);
     std::mutex m;
     uint64_t total = 0;
     parallel_for(int64_t(wu.hi - wu.lo), num_threads, 1 << 14, [&](int64_t lo, int64_t hi) {
