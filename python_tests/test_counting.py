@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from cgnf_fast.space import Cell, DesignSpace, counting, get
+from cgnf_fast.space import Cell, DesignSpace, counting
 
 from helpers import DEVICE_PARAMS
 

@@ -164,7 +164,7 @@ class Cell:
 
     def labels(self) -> list[int]:
         """Integer op labels (0 for input and output, 1..31 for ops; see ``_ops``)."""
-        return [0] + [_ops.op_label(o) for o in self._ops[1:-1]] + [0] if self.num_nodes >= 2 else []
+        return [0] + [_ops.op_label(o) for o in self._ops[1:-1]] + [0]
 
     @property
     def is_zero(self) -> bool:

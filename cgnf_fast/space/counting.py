@@ -124,13 +124,13 @@ def count(
 
 
 def _count_nb201() -> dict[str, int]:
-    cells = [nb201.to_cell(a) for a in nb201.all_archs()]
-    live = [c for c in cells if not c.is_zero]
+    # The zero cell is one class of each count and is not "valid" (no input -> output path).
+    c = nb201.class_counts()
     return {
         "labeled": nb201.NUM_ARCHS,
-        "valid": len(live),
-        "unique": len({c.canonical_code() for c in live}),
-        "unique_networks": len({c.network_code() for c in live}),
+        "valid": nb201.NUM_ARCHS - c["zero_cells"],
+        "unique": c["structural"] - 1,
+        "unique_networks": c["network"] - 1,
     }
 
 
@@ -144,14 +144,8 @@ def iter_cell_batches(
     """
     sp = _resolve(space, max_edges)
     if isinstance(sp, NB201Space):
-        seen: set[int] = set()
-        cells = []
-        for a in nb201.all_archs():
-            c = nb201.to_cell(a)
-            code = c.canonical_code()
-            if not c.is_zero and code not in seen:
-                seen.add(code)
-                cells.append(c)
+        all_cells = nb201.all_cells()
+        cells = [all_cells[i] for i in sorted(nb201._class_table()[1].values()) if not all_cells[i].is_zero]
         yield _cells_to_batch(cells, sp.max_nodes)
         return
     names = _op_order(sp)

@@ -85,7 +85,6 @@ def digits_to_cell(digits: tuple[int, ...]) -> Cell:
         ops.append(_ops.NB201_EDGE_OPS[d])
         preds.append(list(entering[src]))
         entering[dst].append(v)
-    out = len(ops)
     ops.append(_ops.OUTPUT)
     preds.append(list(entering[3]))
     n = len(ops)
@@ -93,7 +92,6 @@ def digits_to_cell(digits: tuple[int, ...]) -> Cell:
     for v, ps in enumerate(preds):
         for u in ps:
             m[u][v] = 1
-    del out
     return Cell._trusted(m, ops).pruned(allow_zero=True)
 
 
@@ -179,15 +177,36 @@ def all_archs() -> list[str]:
 
 
 @functools.cache
+def all_cells() -> tuple[Cell, ...]:
+    """Node form of every NB201 string, in official index order (computed once per process)."""
+    return tuple(digits_to_cell(_code_digits(int(c))) for c in _order())
+
+
+@functools.cache
 def _class_table() -> tuple[np.ndarray, dict[int, int]]:
     """Canonical code of the node form of every official index, and code -> lowest index."""
     codes = np.empty(NUM_ARCHS, dtype=np.uint64)
     first: dict[int, int] = {}
-    for idx, c in enumerate(_order()):
-        code = digits_to_cell(_code_digits(int(c))).canonical_code()
+    for idx, cell in enumerate(all_cells()):
+        code = cell.canonical_code()
         codes[idx] = code
         first.setdefault(code, idx)
     return codes, first
+
+
+def class_counts() -> dict[str, int]:
+    """Classes of the 15,625 cells under the three meanings of "unique", and the zero cells.
+
+    ``structural`` (canonical codes) and ``network`` (network codes) count the zero cell as one
+    class; ``nb201_unique_str`` is NATS-Bench's convention on the strings.
+    """
+    cells = all_cells()
+    return {
+        "structural": len(_class_table()[1]),
+        "network": len({c.network_code() for c in cells}),
+        "nb201_unique_str": len({unique_str(a) for a in all_archs()}),
+        "zero_cells": sum(c.is_zero for c in cells),
+    }
 
 
 def indices_of_cell(cell: Cell) -> list[int]:

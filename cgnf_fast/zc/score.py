@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ..nets import build, count_flops, count_params
@@ -68,6 +66,5 @@ def score(
         elif name == "flops":
             out[name] = count_flops(net, tuple(x.shape[1:])) / 1e6
         else:
-            value = PROXIES[name](net, (x, y))
-            out[name] = float(value) if not (isinstance(value, float) and math.isnan(value)) else float("nan")
+            out[name] = float(PROXIES[name](net, (x, y)))
     return out

@@ -60,27 +60,6 @@ inline void sort_unique(std::vector<Wide>& v) {
   v.erase(std::unique(v.begin(), v.end(), wide_eq), v.end());
 }
 
-// Automorphisms of g in canonical form (identity order minimal), or false if g is not.
-// Fills perms with every automorphism (as orders) when perms != nullptr.
-bool canonical_automorphisms(const SmallGraph& g, int wbits, std::vector<std::array<uint8_t, kMax>>* perms,
-                             uint64_t* burnside_sum, uint64_t base) {
-  uint64_t target[kMax];
-  identity_chunks(g, wbits, target);
-  CanonResult r;
-  uint64_t sum = 0;
-  canon_search(g, wbits, target, r, [&](const uint8_t* order) {
-    sum += ipow(base, cycles(order, g.n));
-    if (perms) {
-      std::array<uint8_t, kMax> a{};
-      for (int q = 0; q < g.n; ++q) a[q] = order[q];
-      perms->push_back(a);
-    }
-  });
-  if (r.aborted) return false;
-  *burnside_sum = sum / uint64_t(r.automorphisms);
-  return true;
-}
-
 // Decodes a network_key back into the weighted graph in canonical order.
 void unpack_wide(const Wide& x, int wbits, SmallGraph& g) {
   // Read fields from the least significant end: output chunk, then vertex chunks n-2..1.
@@ -175,22 +154,22 @@ void SpaceCounter::process(int64_t unit, int64_t num_threads) {
 
   const int k = wu.k;
   const bool networks = impl_->networks, emit = impl_->emit;
-  const int nonident = spec.num_ops - spec.num_identity;
   parallel_for(int64_t(wu.hi - wu.lo), num_threads, 1 << 12, [&](int64_t lo, int64_t hi) {
     uint64_t unique = 0, skeletons = 0;
     std::vector<Wide> local;
     Emitted out;
     std::vector<std::array<uint8_t, kMax>> perms;
-    uint8_t pred[kMax];
     SmallGraph g, f;
+    auto record = [&](const uint8_t* order) {  // automorphisms, needed only to emit cells
+      if (!emit) return;
+      std::array<uint8_t, kMax> a{};
+      for (int q = 0; q < k; ++q) a[q] = order[q];
+      perms.push_back(a);
+    };
     for (uint64_t mask = wu.lo + lo; mask < wu.lo + uint64_t(hi); ++mask) {
-      if (__builtin_popcountll(mask) > max_edges) continue;
-      preds_of(mask, k, pred);
-      if (!is_full(pred, k)) continue;
-      graph_from_preds(pred, k, g);
       perms.clear();
       uint64_t labelings = 0;
-      if (!canonical_automorphisms(g, 1, emit ? &perms : nullptr, &labelings, uint64_t(spec.num_ops))) continue;
+      if (!canonical_class(mask, k, max_edges, uint64_t(spec.num_ops), g, &labelings, record)) continue;
       ++skeletons;
       unique += labelings;
       if (networks) {
@@ -236,7 +215,7 @@ void SpaceCounter::process(int64_t unit, int64_t num_threads) {
           for (int v = 0; v < k; ++v) {
             if (v >= 1 && v < k - 1) out.labels[base * K + v] = lab[v];
             for (int u = 0; u < v; ++u)
-              if (pred[v] >> u & 1u) out.adj[base * K * K + u * K + v] = 1;
+              if (g.pred[v] >> u & 1u) out.adj[base * K * K + u * K + v] = 1;
           }
         }
       }
@@ -312,7 +291,7 @@ void SpaceCounter::finalize(int64_t num_threads) {
       for (const Wide& key : shards[s]) {
         unpack_wide(key, kNetworkWeightBits, g);
         uint64_t labelings = 0;
-        if (!canonical_automorphisms(g, kNetworkWeightBits, nullptr, &labelings, base))
+        if (!burnside_if_canonical(g, kNetworkWeightBits, base, &labelings))
           throw std::runtime_error("finalize: a stored network code is not in canonical form");
         sum += labelings;
       }

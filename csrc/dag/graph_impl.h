@@ -45,7 +45,6 @@ CGNF_HD void finish_graph(SmallGraph& g) {
 // Result of a canonical search.
 struct CanonResult {
   uint64_t chunk[kMax];   // best chunk per position (1..n-2 vertices, n-1 the output)
-  uint8_t order[kMax];    // one order achieving the minimum: order[p] = vertex at position p
   int32_t automorphisms;  // number of orders achieving the minimum (= |Aut| of the graph)
   bool aborted;           // target mode: some order beat the target (graph not in canonical form)
 };
@@ -114,8 +113,6 @@ CGNF_HD void canon_search(const SmallGraph& g, int wbits, const uint64_t* target
   uint32_t todo[kMax];
   uint8_t order[kMax];
   order[0] = 0;
-  r.order[0] = 0;
-  r.order[n - 1] = uint8_t(n - 1);
   for (int x = 0; x < n; ++x) acc[1][x] = g.w[0][x];
   uint32_t placed = 1u;
   // Entering depth p: the ready vertices with the smallest chunk, if it does not exceed
@@ -164,8 +161,6 @@ CGNF_HD void canon_search(const SmallGraph& g, int wbits, const uint64_t* target
         r.automorphisms = 0;
       }
       if (c == best[p]) {
-        if (r.automorphisms == 0)
-          for (int q = 0; q < n; ++q) r.order[q] = order[q];
         ++r.automorphisms;
         on_leaf(order);
       }
@@ -281,16 +276,6 @@ CGNF_HD uint64_t canonical_code_bits(const BitGraph& g) {
   uint64_t code = uint64_t(n);
   for (int q = 1; q < n - 1; ++q) code = (code << (kLabelBits + q)) | best[q];
   return (code << (n - 1)) | best[n - 1];
-}
-
-CGNF_HD uint64_t canonical_code_structural(const SmallGraph& g) {
-  BitGraph b;
-  b.n = g.n;
-  for (int v = 0; v < g.n; ++v) {
-    b.pred[v] = g.pred[v];
-    b.label[v] = uint8_t(g.label[v]) & ((1u << kLabelBits) - 1);
-  }
-  return canonical_code_bits(b);
 }
 
 // Loads graph b of a batch straight into bitmasks (see load_graph); false when n is out of

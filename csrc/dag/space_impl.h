@@ -104,20 +104,28 @@ CGNF_HD Wide network_key(const SmallGraph& f, const CanonResult& r) {
 }
 
 // Burnside count of the labellings (by `base` labels) of an unlabelled graph in canonical form,
-// up to its automorphisms; false when g is not in canonical form.
+// up to its automorphisms; false when g is not in canonical form. `on_aut(order)` is also
+// called for every automorphism (the CPU enumeration records them to emit each labelling once).
+template <typename OnAut>
 struct BurnsideLeaf {
   uint64_t* sum;
   uint64_t base;
   int n;
-  CGNF_HD void operator()(const uint8_t* order) const { *sum += ipow(base, cycles(order, n)); }
+  OnAut on_aut;
+  CGNF_HD void operator()(const uint8_t* order) const {
+    *sum += ipow(base, cycles(order, n));
+    on_aut(order);
+  }
 };
 
-CGNF_HD bool burnside_if_canonical(const SmallGraph& g, int wbits, uint64_t base, uint64_t* labelings) {
+template <typename OnAut = NoLeaf>
+CGNF_HD bool burnside_if_canonical(const SmallGraph& g, int wbits, uint64_t base, uint64_t* labelings,
+                                   OnAut on_aut = OnAut{}) {
   uint64_t target[kMax];
   identity_chunks(g, wbits, target);
   CanonResult r;
   uint64_t sum = 0;
-  canon_search(g, wbits, target, r, BurnsideLeaf{&sum, base, g.n});
+  canon_search(g, wbits, target, r, BurnsideLeaf<OnAut>{&sum, base, g.n, on_aut});
   if (r.aborted) return false;
   *labelings = sum / uint64_t(r.automorphisms);
   return true;
@@ -125,14 +133,16 @@ CGNF_HD bool burnside_if_canonical(const SmallGraph& g, int wbits, uint64_t base
 
 // Whether `mask` (a k-vertex matrix, column-major bits) is a pruned ("full") cell within the
 // edge limit and in canonical form for unlabelled graphs; if so, g holds it and *labelings its
-// Burnside count with `base` labels.
-CGNF_HD bool canonical_class(uint64_t mask, int k, int max_edges, uint64_t base, SmallGraph& g, uint64_t* labelings) {
+// Burnside count with `base` labels (on_aut as in burnside_if_canonical).
+template <typename OnAut = NoLeaf>
+CGNF_HD bool canonical_class(uint64_t mask, int k, int max_edges, uint64_t base, SmallGraph& g, uint64_t* labelings,
+                             OnAut on_aut = OnAut{}) {
   if (popcount64(mask) > max_edges) return false;
   uint8_t pred[kMax];
   preds_of(mask, k, pred);
   if (!is_full(pred, k)) return false;
   graph_from_preds(pred, k, g);
-  return burnside_if_canonical(g, 1, base, labelings);
+  return burnside_if_canonical(g, 1, base, labelings, on_aut);
 }
 
 }  // namespace cgnf
