@@ -38,6 +38,10 @@ def test_nb201_membership_and_index():
     assert sp.index(c) == min(sp.indices(c))
     assert 9930 in sp.indices(c)
     assert sp.contains(Cell.zero())  # 341 NB201 strings have no path
+    assert get("nb201-like").contains(Cell.zero())  # valid where the space allows it ...
+    for name in ("nb101", "nb101-like"):  # ... and invalid where it does not
+        assert not get(name).contains(Cell.zero())
+    assert not DesignSpace(("nor_conv_3x3",), max_nodes=4).contains(Cell.zero())
     chain = Cell([[1 if j == i + 1 else 0 for j in range(6)] for i in range(6)], ["input"] + ["nor_conv_1x1"] * 4 + ["output"])
     assert get("nb201-like").contains(chain) and not sp.contains(chain)
     assert sp.index(chain) is None
