@@ -10,6 +10,7 @@
 #include "common/checks.h"
 #include "dag/dag.h"
 #include "dag/enumerate.h"
+#include "gnn/gnn.h"
 
 #ifdef CGNF_WITH_CUDA
 #include <cuda_runtime.h>
@@ -32,6 +33,8 @@ py::dict build_config() {
 #endif
   d["max_nodes"] = cgnf::kMaxNodes;
   d["md5_lanes"] = cgnf::md5_lanes();
+  d["gin_max_nodes"] = cgnf::kGinMaxNodes;
+  d["gin_simd"] = std::string(cgnf::gin_simd());
   d["compiler"] = std::string(CGNF_COMPILER);
   d["build_type"] = std::string(CGNF_BUILD_TYPE);
   d["version"] = std::string(CGNF_VERSION);
@@ -73,6 +76,12 @@ PYBIND11_MODULE(_C, m) {
   m.def("dag_nb101_hash_cpu", &cgnf::dag_nb101_hash_cpu, py::arg("adj"), py::arg("labels"), py::arg("n"),
         py::arg("out_digest"), py::arg("B"), py::arg("N"), py::arg("num_threads"),
         py::call_guard<py::gil_scoped_release>());
+  m.def("gin_aggregate_fwd_cpu", &cgnf::gin_aggregate_fwd_cpu, py::arg("adj"), py::arg("h"), py::arg("out"),
+        py::arg("B"), py::arg("N"), py::arg("H"), py::arg("eps"), py::arg("float64"), py::arg("num_threads"),
+        py::call_guard<py::gil_scoped_release>());
+  m.def("gin_aggregate_bwd_cpu", &cgnf::gin_aggregate_bwd_cpu, py::arg("grad_out"), py::arg("adj"), py::arg("h"),
+        py::arg("grad_h"), py::arg("grad_adj"), py::arg("B"), py::arg("N"), py::arg("H"), py::arg("eps"),
+        py::arg("float64"), py::arg("num_threads"), py::call_guard<py::gil_scoped_release>());
 
   py::class_<cgnf::SpaceCounter>(m, "SpaceCounter",
                                  "Exact counting / enumeration of a cell space in work units (see enumerate_cpu.cpp).")
@@ -136,5 +145,11 @@ PYBIND11_MODULE(_C, m) {
   m.def("dag_prune_cuda", &cgnf::dag_prune_cuda, py::arg("adj"), py::arg("labels"), py::arg("n"), py::arg("out_adj"),
         py::arg("out_labels"), py::arg("out_n"), py::arg("B"), py::arg("N"), py::arg("stream"),
         py::call_guard<py::gil_scoped_release>());
+  m.def("gin_aggregate_fwd_cuda", &cgnf::gin_aggregate_fwd_cuda, py::arg("adj"), py::arg("h"), py::arg("out"),
+        py::arg("B"), py::arg("N"), py::arg("H"), py::arg("eps"), py::arg("float64"), py::arg("stream"),
+        py::call_guard<py::gil_scoped_release>());
+  m.def("gin_aggregate_bwd_cuda", &cgnf::gin_aggregate_bwd_cuda, py::arg("grad_out"), py::arg("adj"), py::arg("h"),
+        py::arg("grad_h"), py::arg("grad_adj"), py::arg("B"), py::arg("N"), py::arg("H"), py::arg("eps"),
+        py::arg("float64"), py::arg("stream"), py::call_guard<py::gil_scoped_release>());
 #endif
 }

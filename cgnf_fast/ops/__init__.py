@@ -10,5 +10,14 @@ from .dag import (
     dag_prune,
     dag_valid,
 )
+from .gnn import gin_aggregate
 
-__all__ = ["batch_from_cells", "dag_canonical_code", "dag_nb101_digest", "dag_nb101_hash", "dag_prune", "dag_valid"]
+__all__ = [
+    "batch_from_cells",
+    "dag_canonical_code",
+    "dag_nb101_digest",
+    "dag_nb101_hash",
+    "dag_prune",
+    "dag_valid",
+    "gin_aggregate",
+]
