@@ -108,6 +108,45 @@ def _zc_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_gvae(args: argparse.Namespace) -> int:
+    from .train.gvae import TrainGVAEConfig, train_gvae
+
+    attrs = [a.strip() for a in args.attributes.split(",")] if args.attributes else None
+    cfg = TrainGVAEConfig(space=args.space, store=args.store, attributes=attrs, n_unlabelled=args.unlabelled,
+                          include_seed_space=args.seed_space_cells, heldout=args.heldout, latent=args.latent,
+                          hidden=args.hidden, layers=args.layers, batch=args.batch, epochs=args.epochs, lr=args.lr,
+                          beta=args.beta, margin=args.margin, triplet_weight=args.triplet_weight,
+                          predictor_weight=args.predictor_weight, seed=args.seed)
+    metrics = train_gvae(cfg, args.out, device=args.device, backend=args.backend, progress=not args.no_progress)
+    print(json.dumps(metrics))
+    return 0
+
+
+def _evaluate_predictor(args: argparse.Namespace) -> int:
+    from .evaluate.predictor import evaluate_predictor
+
+    r = evaluate_predictor(args.gvae, args.truth, args.space, n=args.n, device=args.device, workers=args.workers,
+                           progress=not args.no_progress)
+    if args.json:
+        print(json.dumps(r))
+        return 0
+    print(f"{r['space']}: {r['cells']:,} cells ({r['networks']:,} networks); error as % of the max training value")
+    print(f"{'attribute':<12} {'n':>7} {'mean %':>8} {'max %':>8}")
+    for a, d in r["per_attribute"].items():
+        print(f"{a:<12} {d['n']:>7,} {d['mean_error_pct']:>8.3f} {d['max_error_pct']:>8.3f}")
+    print(f"{'ZC pooled':<12} {r['n']:>7,} {r['mean_error_pct']:>8.3f} {r['max_error_pct']:>8.3f}")
+    return 0
+
+
+def _evaluate_latent(args: argparse.Namespace) -> int:
+    from .evaluate.predictor import evaluate_latent
+
+    r = evaluate_latent(args.gvae, args.truth, args.space, png=args.png, color=args.color, n=args.n,
+                        device=args.device, workers=args.workers, progress=not args.no_progress)
+    print(json.dumps(r))
+    return 0
+
+
 def _read_cells(stream: TextIO) -> Iterator[tuple[int, Any, str | None]]:
     """Yields ``(line number, Cell, NB201 string or None)`` for non-blank lines."""
     from .space import Cell, nb201
@@ -199,6 +238,54 @@ def _build_parser() -> argparse.ArgumentParser:
     ze.add_argument("--store", required=True)
     ze.add_argument("--out", required=True)
     ze.set_defaults(func=_zc_export)
+
+    tp = sub.add_parser("train", help="train models")
+    tps = tp.add_subparsers(dest="train_command", metavar="SUBCOMMAND", required=True)
+    tg = tps.add_parser("gvae", help="train the graph VAE + attribute predictor (resumable: rerun to continue)")
+    tg.add_argument("--space", required=True, help=f"one of: {', '.join(spaces.names())}")
+    tg.add_argument("--store", required=True, help="score store with ZC labels for cells of the space")
+    tg.add_argument("--out", required=True, help="run directory (checkpoints, final model, metrics)")
+    tg.add_argument("--attributes", help="comma-separated proxies to learn (default: those in the store)")
+    tg.add_argument("--unlabelled", type=_nonneg_int, default=100_000, help="distinct unlabelled cells sampled")
+    tg.add_argument("--seed-space-cells", type=_nonneg_int, default=20_000,
+                    help="also learn (without labels) up to this many seed-space structures")
+    tg.add_argument("--heldout", type=_nonneg_int, default=2000, help="cells kept out to measure reconstruction")
+    tg.add_argument("--latent", type=int, default=32)
+    tg.add_argument("--hidden", type=int, default=128)
+    tg.add_argument("--layers", type=int, default=4)
+    tg.add_argument("--batch", type=int, default=512)
+    tg.add_argument("--epochs", type=int, default=40)
+    tg.add_argument("--lr", type=float, default=1e-3)
+    tg.add_argument("--beta", type=float, default=1e-3, help="weight of the KL term")
+    tg.add_argument("--margin", type=float, default=0.5, help="triplet margin m")
+    tg.add_argument("--triplet-weight", type=float, default=1.0, help="0 disables the triplet loss (ablation)")
+    tg.add_argument("--predictor-weight", type=float, default=10.0)
+    tg.add_argument("--seed", type=int, default=0)
+    tg.add_argument("--device", default="cpu")
+    tg.add_argument("--backend", choices=("native", "torch"), default="native", help="message-passing kernel")
+    tg.add_argument("--no-progress", action="store_true")
+    tg.set_defaults(func=_train_gvae)
+
+    ev = sub.add_parser("evaluate", help="measure trained models")
+    evs = ev.add_subparsers(dest="evaluate_command", metavar="SUBCOMMAND", required=True)
+    ep = evs.add_parser("predictor", help="attribute-predictor error on a whole seed space (paper, Sec. 4.2)")
+    el = evs.add_parser("latent", help="how the latent space clusters by ZC score (numbers + PNG), e.g. "
+                        "with vs without the triplet loss")
+    for e in (ep, el):
+        e.add_argument("--space", default="nb201", choices=("nb201", "nb101"))
+        e.add_argument("--truth", required=True,
+                       help="score store with (or to receive) the seed space's true scores")
+        e.add_argument("--n", type=_nonneg_int, default=None, help="NB101: cells sampled (default 4000)")
+        e.add_argument("--device", default="cpu")
+        e.add_argument("--workers", type=int, default=1, help="processes scoring missing cells")
+        e.add_argument("--no-progress", action="store_true")
+    ep.add_argument("--gvae", required=True, help="a G-VAE run directory")
+    ep.add_argument("--json", action="store_true", help="print one JSON object")
+    ep.set_defaults(func=_evaluate_predictor)
+    el.add_argument("--gvae", required=True, action="append", help="a G-VAE run directory (repeat to compare)")
+    el.add_argument("--png", help="write the 2-D projections coloured by a ZC score here")
+    el.add_argument("--color", help="attribute that colours the points (default: the first ZC proxy)")
+    el.set_defaults(func=_evaluate_latent)
 
     cp = sub.add_parser("cell", help="single cells")
     cps = cp.add_subparsers(dest="cell_command", metavar="SUBCOMMAND", required=True)

@@ -1,0 +1,120 @@
+"""``GraphVAE``: a trained G-VAE + attribute predictor behind a cell-level API.
+
+    vae = GraphVAE.load("runs/gvae")           # gvae.safetensors + gvae.json
+    z = vae.encode(cells)                      # [B, latent] posterior means
+    cells = vae.decode(z)                      # most likely cells (pruned)
+    attrs = vae.predict(cells)                 # {"synflow": array [B], ...}
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..space import Cell
+from ..train.checkpoint import CheckpointError, load_json, load_module, load_tensors
+from .codec import CellCodec
+from .gvae import BACKENDS, GVAE, GVAEConfig
+
+WEIGHTS = "gvae.safetensors"
+CONFIG = "gvae.json"
+
+
+class GraphVAE:
+    """A trained G-VAE for one design space (see :mod:`cgnf_fast.models.gvae`)."""
+
+    def __init__(self, model: GVAE, *, device: str | torch.device = "cpu", backend: str = "native",
+                 info: dict | None = None) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.model = model.to(device).eval()
+        self.cfg: GVAEConfig = model.cfg
+        self.space = self.cfg.design_space()
+        self.codec = CellCodec(self.space)
+        self.device = torch.device(device)
+        self.backend = backend
+        self.info = info or {}
+
+    @property
+    def attributes(self) -> list[str]:
+        return list(self.cfg.attributes)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, *, device: str | torch.device = "cpu", backend: str = "native") -> GraphVAE:
+        d = Path(directory)
+        if not d.is_dir():
+            raise CheckpointError(f"{d}: no such directory (expected {WEIGHTS} and {CONFIG} in it)")
+        meta = load_json(d / CONFIG)
+        if not isinstance(meta, dict) or meta.get("format") != "cgnf_fast.gvae" or "config" not in meta:
+            raise CheckpointError(f"{d / CONFIG}: not a cgnf_fast G-VAE config (missing format/config keys)")
+        try:
+            cfg = GVAEConfig.from_dict(meta["config"])
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{d / CONFIG}: bad G-VAE config ({e})") from None
+        try:
+            cfg.design_space()
+        except ValueError as e:
+            raise CheckpointError(f"{d / CONFIG}: {e}") from None
+        model = GVAE(cfg)
+        tensors, _ = load_tensors(d / WEIGHTS)
+        load_module(model, tensors, str(d / WEIGHTS))
+        return cls(model, device=device, backend=backend, info=meta)
+
+    # -- cells <-> latents ----------------------------------------------------------------
+    def _tensors(self, cells: Sequence[Cell]) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(cells, Cell):
+            raise ValueError("pass a list of cells (got a single Cell)")
+        for i, c in enumerate(cells):
+            if not isinstance(c, Cell):
+                raise ValueError(f"cells[{i}] is a {type(c).__name__}, expected a Cell")
+            try:
+                self.space.validate(c)
+            except ValueError as e:
+                raise ValueError(f"cells[{i}] is not in space {self.space.name!r}: {e}") from None
+        adj, ops = self.codec.encode(list(cells))
+        return adj.to(self.device), ops.to(self.device)
+
+    @torch.no_grad()
+    def encode(self, cells: Sequence[Cell], batch_size: int = 4096) -> torch.Tensor:
+        """Posterior means ``z [B, latent]`` (float32, on the model's device)."""
+        cells = list(cells)
+        out = []
+        for i in range(0, len(cells), batch_size):
+            adj, ops = self._tensors(cells[i:i + batch_size])
+            mu, _ = self.model.encode(adj, ops, self.backend)
+            out.append(mu)
+        return torch.cat(out) if out else torch.zeros(0, self.cfg.latent, device=self.device)
+
+    def _check_z(self, z: torch.Tensor | np.ndarray) -> torch.Tensor:
+        z = torch.as_tensor(z, dtype=torch.float32, device=self.device)
+        if z.dim() != 2 or z.shape[1] != self.cfg.latent:
+            raise ValueError(f"z must have shape [B, {self.cfg.latent}], got {list(z.shape)}")
+        if not torch.isfinite(z).all():
+            raise ValueError("z has non-finite entries")
+        return z
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor | np.ndarray) -> list[Cell]:
+        """The most likely cell of each latent (pruned; the zero cell when nothing connects)."""
+        z = self._check_z(z)
+        op_logits, edge_logits = self.model.decode_logits(z)
+        adj, ops = self.model.layout_from_logits(op_logits, edge_logits)
+        return self.codec.decode(adj, ops)
+
+    @torch.no_grad()
+    def predict(self, cells_or_z: Sequence[Cell] | torch.Tensor | np.ndarray) -> dict[str, np.ndarray]:
+        """Predicted attributes (units of the score store) of cells or latents: name -> ``[B]``."""
+        if isinstance(cells_or_z, (torch.Tensor, np.ndarray)):
+            z = self._check_z(cells_or_z)
+        else:
+            z = self.encode(list(cells_or_z))
+        p = self.model.predict(z).double().cpu().numpy()
+        return {a: p[:, i] for i, a in enumerate(self.cfg.attributes)}
+
+    def predict_tensor(self, z: torch.Tensor) -> torch.Tensor:
+        """Differentiable predictions ``[B, A]`` for latents already on the device."""
+        return self.model.predict(z)

@@ -1,0 +1,232 @@
+"""The graph VAE: a GIN encoder over cells' dense adjacency, a per-graph Gaussian latent, an
+MLP decoder back to a slot layout (see :mod:`cgnf_fast.models.codec`), and the attribute
+predictor on the latent.
+
+Latent: one vector per *graph* (``latent`` dims), not per node. The flow that navigates the
+latent space and the attribute predictor both need one fixed-size vector per cell whatever its
+vertex count, and a graph-level code makes "distance between two cells" (what the triplet loss
+shapes) a plain vector distance. The encoder is exact-isomorphism aware: cells are laid out in
+their canonical vertex order, so slot embeddings are a function of the cell, not of how it was
+numbered, and they let the GIN tell apart graphs a plain WL-style GNN could not.
+
+Encoder layer (``layers`` times, residual): ``h = h + relu(Linear(2H -> H)(gin_aggregate(adj, h)))``
+where :func:`cgnf_fast.ops.gnn.gin_aggregate` sends messages along edges (summed with
+``(1 + eps) * h``) and against edges, concatenated; ``backend="native"`` uses the fused C++/CUDA
+kernel, ``"torch"`` its pure-PyTorch reference (identical results).
+Readout: masked sum over present vertices, concatenated with the output vertex's state ->
+MLP -> ``(mu, logvar)``.
+
+Decoder: ``z`` -> MLP -> op logits for the op slots 1 .. N-2 (``absent`` or an op of the
+space) and edge logits for every pair ``i < j`` of slots.
+
+Shapes:
+    adj [B, N, N] float32, ops [B, N] int64, z [B, latent], attributes [B, A].
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+BACKENDS = ("native", "torch")
+
+
+@dataclass
+class GVAEConfig:
+    """Everything needed to rebuild a G-VAE (saved as JSON next to its weights)."""
+
+    space: str
+    num_nodes: int
+    ops: list[str]
+    hidden: int = 128
+    layers: int = 4
+    latent: int = 32
+    dec_hidden: int = 512
+    pred_hidden: int = 256
+    attributes: list[str] = field(default_factory=list)
+    eps: float = 0.0
+    max_edges: int | None = None
+    allow_zero: bool = True
+
+    def design_space(self):
+        """The design space: a built-in one by name, else rebuilt from the stored definition."""
+        from ..space import DesignSpace, spaces
+
+        if self.space in spaces.names():
+            return spaces.get(self.space)
+        return DesignSpace(tuple(self.ops), self.num_nodes, self.max_edges, self.allow_zero, name=self.space)
+
+    @property
+    def num_op_classes(self) -> int:
+        return len(self.ops) + 3
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GVAEConfig:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown G-VAE config keys {unknown}")
+        return cls(**d)
+
+
+def _mlp(sizes: list[int]) -> nn.Sequential:
+    mods: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        mods.append(nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
+            mods.append(nn.ReLU())
+    return nn.Sequential(*mods)
+
+
+class GINEncoder(nn.Module):
+    def __init__(self, cfg: GVAEConfig) -> None:
+        super().__init__()
+        H, N = cfg.hidden, cfg.num_nodes
+        self.eps = float(cfg.eps)
+        self.op_embed = nn.Embedding(cfg.num_op_classes, H)
+        self.pos_embed = nn.Embedding(N, H)
+        self.lins = nn.ModuleList(nn.Linear(2 * H, H) for _ in range(cfg.layers))
+        self.head = _mlp([2 * H, 2 * H, 2 * cfg.latent])
+        self.register_buffer("slots", torch.arange(N), persistent=False)
+
+    def forward(self, adj: torch.Tensor, ops: torch.Tensor, backend: str = "native") -> tuple[torch.Tensor, torch.Tensor]:
+        from ..ops.gnn import gin_aggregate
+
+        h = self.op_embed(ops) + self.pos_embed(self.slots)[None]  # [B, N, H]
+        for lin in self.lins:
+            h = h + F.relu(lin(gin_aggregate(adj, h, eps=self.eps, backend=backend)))
+        present = (ops != 0).to(h.dtype)[..., None]  # [B, N, 1]
+        g = torch.cat([(h * present).sum(1), h[:, -1]], dim=-1)  # [B, 2H]
+        mu, logvar = self.head(g).chunk(2, dim=-1)
+        return mu, logvar.clamp(-12.0, 8.0)
+
+
+class MLPDecoder(nn.Module):
+    def __init__(self, cfg: GVAEConfig) -> None:
+        super().__init__()
+        N = cfg.num_nodes
+        self.N = N
+        self.op_classes = len(cfg.ops) + 1  # absent + ops
+        self.num_pairs = N * (N - 1) // 2
+        D = cfg.dec_hidden
+        self.net = _mlp([cfg.latent, D, D, D])
+        self.op_out = nn.Linear(D, (N - 2) * self.op_classes)
+        self.edge_out = nn.Linear(D, self.num_pairs)
+        iu = torch.triu_indices(N, N, 1)
+        self.register_buffer("iu", iu, persistent=False)
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(op_logits [B, N-2, K+1], edge_logits [B, N(N-1)/2])``."""
+        h = F.relu(self.net(z))
+        return self.op_out(h).view(-1, self.N - 2, self.op_classes), self.edge_out(h)
+
+
+class AttributePredictor(nn.Module):
+    """MLP from a latent to the (standardised) attribute vector."""
+
+    def __init__(self, cfg: GVAEConfig) -> None:
+        super().__init__()
+        A = max(len(cfg.attributes), 1)
+        self.net = _mlp([cfg.latent, cfg.pred_hidden, cfg.pred_hidden, A])
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+class GVAE(nn.Module):
+    """Encoder + decoder + attribute predictor (one module, one checkpoint)."""
+
+    def __init__(self, cfg: GVAEConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = GINEncoder(cfg)
+        self.decoder = MLPDecoder(cfg)
+        self.predictor = AttributePredictor(cfg)
+        A = max(len(cfg.attributes), 1)
+        # standardisation of attributes (set from the labelled training data)
+        self.register_buffer("attr_mean", torch.zeros(A))
+        self.register_buffer("attr_std", torch.ones(A))
+        self.register_buffer("attr_max", torch.ones(A))  # max |value| in training: the error scale
+
+    def encode(self, adj: torch.Tensor, ops: torch.Tensor, backend: str = "native") -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encoder(adj, ops, backend)
+
+    def decode_logits(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.decoder(z)
+
+    def predict_std(self, z: torch.Tensor) -> torch.Tensor:
+        """Standardised attribute predictions ``[B, A]``."""
+        return self.predictor(z)
+
+    def predict(self, z: torch.Tensor) -> torch.Tensor:
+        """Attribute predictions ``[B, A]`` in the units of the score store."""
+        return self.predictor(z) * self.attr_std + self.attr_mean
+
+    def layout_from_logits(self, op_logits: torch.Tensor, edge_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Most likely slot layout ``(adj [B, N, N] float32, ops [B, N] int64)`` (slot 0 input, N-1 output)."""
+        B, N = op_logits.shape[0], self.cfg.num_nodes
+        K = len(self.cfg.ops)
+        ops = torch.zeros(B, N, dtype=torch.long, device=op_logits.device)
+        ops[:, 0], ops[:, -1] = K + 1, K + 2
+        ops[:, 1:-1] = op_logits.argmax(-1)
+        adj = torch.zeros(B, N, N, device=op_logits.device)
+        adj[:, self.decoder.iu[0], self.decoder.iu[1]] = (edge_logits > 0).float()
+        return adj, ops
+
+
+def reconstruction_loss(model: GVAE, op_logits: torch.Tensor, edge_logits: torch.Tensor, adj: torch.Tensor,
+                        ops: torch.Tensor) -> torch.Tensor:
+    """Sum over slots of op cross-entropy plus sum over pairs of edge BCE, mean over the batch."""
+    iu = model.decoder.iu
+    target_edges = adj[:, iu[0], iu[1]]
+    target_ops = ops[:, 1:-1]
+    l_ops = F.cross_entropy(op_logits.reshape(-1, op_logits.shape[-1]), target_ops.reshape(-1), reduction="sum")
+    l_edges = F.binary_cross_entropy_with_logits(edge_logits, target_edges, reduction="sum")
+    return (l_ops + l_edges) / adj.shape[0]
+
+
+def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(q(z|x) || N(0, I)) summed over latent dims, mean over the batch."""
+    return (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(-1)).mean()
+
+
+def mine_triplets(targets: torch.Tensor, generator: torch.Generator | None = None,
+                  min_gap: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Triplets (anchor, positive, negative) by ZC distance among ``targets [M, A]``.
+
+    For each anchor two other labelled cells are drawn at random; the one closer to the anchor
+    in (normalised) ZC space is the positive, the other the negative. Triplets whose two ZC
+    distances differ by less than ``min_gap`` carry no order and are dropped. So every kept
+    triplet asks the latent to order distances as the ZC scores do.
+    """
+    M = targets.shape[0]
+    if M < 3:
+        empty = torch.zeros(0, dtype=torch.long, device=targets.device)
+        return empty, empty, empty
+    dev = targets.device
+    a = torch.arange(M, device=dev)
+    x = (a + torch.randint(1, M, (M,), generator=generator, device="cpu").to(dev)) % M
+    y = (a + torch.randint(1, M, (M,), generator=generator, device="cpu").to(dev)) % M
+    dx = (targets[a] - targets[x]).norm(dim=-1)
+    dy = (targets[a] - targets[y]).norm(dim=-1)
+    keep = ((dx - dy).abs() >= min_gap) & (x != y)
+    pos = torch.where(dx < dy, x, y)
+    neg = torch.where(dx < dy, y, x)
+    return a[keep], pos[keep], neg[keep]
+
+
+def triplet_loss(mu: torch.Tensor, targets: torch.Tensor, margin: float,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """Triplet-margin loss on latents ``mu [M, D]`` with triplets mined by ``targets [M, A]``:
+    mean over triplets of ``max(0, |mu_a - mu_p| - |mu_a - mu_n| + margin)``."""
+    a, p, n = mine_triplets(targets, generator)
+    if a.numel() == 0:
+        return mu.sum() * 0.0
+    return F.triplet_margin_loss(mu[a], mu[p], mu[n], margin=margin)

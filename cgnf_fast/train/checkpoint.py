@@ -1,0 +1,118 @@
+"""Checkpoints: tensors in safetensors, everything else in JSON. No pickle anywhere.
+
+Every file is written to ``NAME.partial`` and renamed into place, so an interrupted write
+never leaves a half-written checkpoint under the real name. Loading checks what can go wrong
+(missing file, truncated or foreign file, missing or extra tensors, wrong shapes) and raises
+:class:`CheckpointError` naming the file and the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, corrupt, or does not match the model it is loaded into."""
+
+
+def _atomic(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.with_name(path.name + ".partial")
+
+
+def save_json(path: str | os.PathLike, obj: Any) -> None:
+    path = Path(path)
+    tmp = _atomic(path)
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e}); the file is corrupt or truncated") from None
+
+
+def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tmp = _atomic(path)
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import SafetensorError
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    try:
+        out: dict[str, torch.Tensor] = {}
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            for k in f.keys():
+                out[k] = f.get_tensor(k)
+        return out, meta
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e}); the file is corrupt or truncated") from None
+
+
+def load_module(module: nn.Module, tensors: dict[str, torch.Tensor], where: str) -> None:
+    """Load ``tensors`` into ``module`` strictly, with a clear error on any mismatch."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(tensors))
+    extra = sorted(set(tensors) - set(own))
+    if missing or extra:
+        raise CheckpointError(f"{where}: tensors do not match the model (missing {missing[:5]}, unexpected {extra[:5]})")
+    bad = [f"{k}: {list(tensors[k].shape)} vs {list(v.shape)}" for k, v in own.items() if tensors[k].shape != v.shape]
+    if bad:
+        raise CheckpointError(f"{where}: tensor shapes do not match the model's config ({'; '.join(bad[:3])})")
+    module.load_state_dict(tensors, strict=True)
+
+
+def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """An optimizer's state as flat tensors (``opt.<param index>.<name>``) plus JSON-able rest."""
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"opt.{idx}.{k}"] = v
+            else:
+                scalars.setdefault(str(idx), {})[k] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], rest: dict[str, Any], where: str) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for name, v in tensors.items():
+        if not name.startswith("opt."):
+            continue
+        _, idx, k = name.split(".", 2)
+        state.setdefault(int(idx), {})[k] = v
+    for idx, d in rest.get("scalars", {}).items():
+        state.setdefault(int(idx), {}).update(d)
+    try:
+        opt.load_state_dict({"state": state, "param_groups": rest["param_groups"]})
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{where}: optimizer state does not match the model ({e})") from None

@@ -1,0 +1,332 @@
+"""Semi-supervised G-VAE training: reconstruction + KL on every cell, a triplet-margin loss on
+normalised ZC vectors and an attribute predictor on the labelled ones.
+
+A run lives in one directory:
+
+    train.json          the training config (a rerun with a different one is refused)
+    data.safetensors    the exact training data: unlabelled, labelled (+ values), held-out cells
+    checkpoint.safetensors + checkpoint.json
+                        model + optimizer state and the step reached (written every
+                        ``ckpt_every`` steps, on Ctrl-C and at the end; atomic renames)
+    gvae.safetensors + gvae.json
+                        the final model (what :class:`cgnf_fast.models.GraphVAE` loads)
+    metrics.json        held-out reconstruction, prior validity/uniqueness, predictor error
+
+Rerunning the same command resumes from the last checkpoint. Every step's randomness is seeded
+from ``(seed, step)`` and each epoch's order from ``(seed, epoch)``, so a resumed run takes the
+same steps an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..models.api import CONFIG, WEIGHTS, GraphVAE
+from ..models.codec import CellCodec
+from ..models.gvae import BACKENDS, GVAE, GVAEConfig, kl_divergence, reconstruction_loss, triplet_loss
+from ..space import Cell
+from ..space import get as get_space
+from .checkpoint import (CheckpointError, load_json, load_module, load_tensors, optimizer_tensors, restore_optimizer,
+                         save_json, save_tensors)
+from .data import load_labelled, unlabelled_cells
+
+
+@dataclass
+class TrainGVAEConfig:
+    space: str
+    store: str
+    attributes: list[str] | None = None
+    n_unlabelled: int = 100_000
+    include_seed_space: int = 20_000
+    heldout: int = 2000
+    val_fraction: float = 0.1
+    hidden: int = 128
+    layers: int = 4
+    latent: int = 32
+    dec_hidden: int = 512
+    pred_hidden: int = 256
+    batch: int = 512
+    labelled_batch: int = 128
+    epochs: int = 40
+    lr: float = 1e-3
+    beta: float = 1e-3
+    margin: float = 0.5
+    triplet_weight: float = 1.0
+    predictor_weight: float = 10.0
+    seed: int = 0
+    ckpt_every: int = 500
+    #: a user space: {"ops": [...], "max_nodes": n, "max_edges": e or None, "allow_zero": bool}
+    space_spec: dict[str, Any] | None = None
+
+    #: fields that may change between a run and its resumption
+    RESUMABLE_CHANGES = ("epochs", "ckpt_every")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def design_space(self):
+        """The space by name, or the user space described by ``space_spec``."""
+        from ..space import DesignSpace
+
+        if self.space_spec is None:
+            return get_space(self.space)
+        spec = dict(self.space_spec)
+        unknown = sorted(set(spec) - {"ops", "max_nodes", "max_edges", "allow_zero"})
+        if unknown or "ops" not in spec or "max_nodes" not in spec:
+            raise ValueError(f"space_spec needs ops and max_nodes (optional max_edges, allow_zero); got keys {sorted(spec)}")
+        return DesignSpace(tuple(spec["ops"]), spec["max_nodes"], spec.get("max_edges"), spec.get("allow_zero", False),
+                           name=self.space)
+
+    def validate(self) -> None:
+        self.design_space()
+        for f in ("n_unlabelled", "heldout", "hidden", "layers", "latent", "batch", "labelled_batch", "epochs",
+                  "ckpt_every", "dec_hidden", "pred_hidden"):
+            v = getattr(self, f)
+            if not isinstance(v, int) or v < (0 if f in ("n_unlabelled", "heldout") else 1):
+                raise ValueError(f"{f} must be a positive int, got {v!r}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        for f in ("lr", "beta", "margin", "triplet_weight", "predictor_weight"):
+            v = getattr(self, f)
+            if not isinstance(v, (int, float)) or v < 0 or not math.isfinite(v):
+                raise ValueError(f"{f} must be a finite non-negative number, got {v!r}")
+
+
+def _stack(codec: CellCodec, cells: list[Cell]) -> tuple[torch.Tensor, torch.Tensor]:
+    adj, ops = codec.encode(cells)
+    return adj.to(torch.uint8), ops
+
+
+def _build_data(cfg: TrainGVAEConfig, codec: CellCodec, progress: bool) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    lab = load_labelled(cfg.store, cfg.space, cfg.attributes)
+    rng = np.random.default_rng(cfg.seed)
+    perm = rng.permutation(len(lab.cells))
+    n_val = int(round(cfg.val_fraction * len(perm)))
+    val_idx, tr_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    lab_codes = {c.canonical_code() for c in lab.cells}
+    if progress:
+        print(f"sampling {cfg.n_unlabelled} unlabelled cells of {cfg.space} ...", file=sys.stderr)
+    unl = unlabelled_cells(cfg.design_space(), cfg.n_unlabelled + cfg.heldout, cfg.seed, cfg.include_seed_space)
+    seen: set[int] = set()
+    pool: list[Cell] = []
+    for c in unl:
+        k = c.pruned(allow_zero=True).canonical_code()
+        if k in seen or k in lab_codes:
+            continue
+        seen.add(k)
+        pool.append(c)
+    # held-out cells: drawn from the extended-space sample only (not the seed space structures)
+    n_ext = min(len(pool), cfg.n_unlabelled + cfg.heldout)
+    hperm = rng.permutation(n_ext)[: cfg.heldout]
+    hset = set(hperm.tolist())
+    held = [pool[i] for i in sorted(hset)]
+    train = [c for i, c in enumerate(pool) if i not in hset]
+    ua, uo = _stack(codec, train)
+    la, lo = _stack(codec, lab.cells)
+    ha, ho = _stack(codec, held)
+    values = torch.from_numpy(lab.values)
+    tensors = {
+        "unl_adj": ua, "unl_ops": uo,
+        "lab_adj": la[tr_idx], "lab_ops": lo[tr_idx], "lab_values": values[tr_idx],
+        "val_adj": la[val_idx], "val_ops": lo[val_idx], "val_values": values[val_idx],
+        "held_adj": ha, "held_ops": ho,
+    }
+    info = {"labelled": lab.info(), "unlabelled": len(train), "heldout": len(held),
+            "labelled_train": int(len(tr_idx)), "labelled_val": int(len(val_idx))}
+    return tensors, info
+
+
+def _model_config(cfg: TrainGVAEConfig, attributes: list[str]) -> GVAEConfig:
+    sp = cfg.design_space()
+    return GVAEConfig(space=cfg.space, num_nodes=sp.max_nodes, ops=list(sp.ops), hidden=cfg.hidden, layers=cfg.layers,
+                      latent=cfg.latent, dec_hidden=cfg.dec_hidden, pred_hidden=cfg.pred_hidden,
+                      attributes=list(attributes), max_edges=sp.max_edges, allow_zero=sp.allow_zero)
+
+
+def _check_resume(out: Path, cfg: TrainGVAEConfig) -> None:
+    old = load_json(out / "train.json")
+    new = cfg.to_dict()
+    diff = sorted(k for k in set(old) | set(new)
+                  if k not in TrainGVAEConfig.RESUMABLE_CHANGES and old.get(k) != new.get(k))
+    if diff:
+        detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:4])
+        raise ValueError(f"{out} holds a run with a different config ({detail}); use a new --out to start another run")
+
+
+def _batches(data: dict[str, torch.Tensor], key: str, idx: torch.Tensor, device: torch.device):
+    adj = data[f"{key}_adj"][idx].to(device=device, dtype=torch.float32)
+    ops = data[f"{key}_ops"][idx].to(device)
+    return adj, ops
+
+
+@torch.no_grad()
+def evaluate_run(vae: GraphVAE, data: dict[str, torch.Tensor], n_prior: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Held-out reconstruction, prior validity/uniqueness and predictor error on the validation labels."""
+    codec = vae.codec
+    out: dict[str, Any] = {}
+    for key in ("held", "val"):
+        if f"{key}_adj" not in data or data[f"{key}_adj"].shape[0] == 0:
+            continue
+        adj = data[f"{key}_adj"].float()
+        ops = data[f"{key}_ops"]
+        cells = codec.decode(adj, ops)
+        z = vae.encode(cells)
+        back = vae.decode(z)
+        exact = sum(a.canonical_code() == b.canonical_code() for a, b in zip(cells, back))
+        out[f"{key}_reconstruction"] = {"n": len(cells), "exact": exact, "rate": exact / len(cells)}
+        if key == "val":
+            pred = vae.model.predict(z).double().cpu()
+            true = data["val_values"].double()
+            scale = vae.model.attr_max.double().cpu()
+            err = ((pred - true).abs() / scale * 100.0)
+            out["val_predictor_error_pct"] = {
+                a: {"mean": float(err[:, i].mean()), "max": float(err[:, i].max())}
+                for i, a in enumerate(vae.attributes)}
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n_prior, vae.cfg.latent, generator=g)
+    cells = vae.decode(z)
+    valid = [c for c in cells if vae.space.contains(c) and not c.is_zero]
+    nets = {c.network_code() for c in valid}
+    out["prior"] = {"n": n_prior, "valid": len(valid), "validity": len(valid) / n_prior,
+                    "unique_networks": len(nets), "uniqueness": len(nets) / max(len(valid), 1)}
+    return out
+
+
+def train_gvae(cfg: TrainGVAEConfig, out: str, *, device: str = "cpu", backend: str = "native",
+               progress: bool = True) -> dict[str, Any]:
+    """Train (or resume) a G-VAE run in directory ``out``; returns the final metrics."""
+    cfg.validate()
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    outp = Path(out)
+    outp.mkdir(parents=True, exist_ok=True)
+    dev = torch.device(device)
+    sp = cfg.design_space()
+    codec = CellCodec(sp)
+    if (outp / "train.json").exists():
+        _check_resume(outp, cfg)
+    save_json(outp / "train.json", cfg.to_dict())
+    if (outp / "data.safetensors").exists():
+        data, meta = load_tensors(outp / "data.safetensors")
+        data_info = load_json(outp / "data.json")
+    else:
+        data, data_info = _build_data(cfg, codec, progress)
+        save_json(outp / "data.json", data_info)
+        save_tensors(outp / "data.safetensors", data)
+    attributes = data_info["labelled"]["attributes"]
+    mcfg = _model_config(cfg, attributes)
+    torch.manual_seed(cfg.seed)
+    model = GVAE(mcfg)
+    vals = data["lab_values"].double()
+    model.attr_mean.copy_(vals.mean(0).float())
+    model.attr_std.copy_(vals.std(0).clamp_min(1e-12).float())
+    model.attr_max.copy_(vals.abs().max(0).values.clamp_min(1e-12).float())
+    model.to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    U = data["unl_adj"].shape[0]
+    M = data["lab_adj"].shape[0]
+    steps_per_epoch = max(1, math.ceil(U / cfg.batch))
+    total = cfg.epochs * steps_per_epoch
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    step = 0
+    history: list[dict[str, float]] = []
+    if (outp / "checkpoint.json").exists():
+        ck = load_json(outp / "checkpoint.json")
+        tens, _ = load_tensors(outp / "checkpoint.safetensors")
+        load_module(model, {k[6:]: v for k, v in tens.items() if k.startswith("model.")}, str(outp / "checkpoint.safetensors"))
+        restore_optimizer(opt, tens, ck["optimizer"], str(outp / "checkpoint.safetensors"))
+        step = int(ck["step"])
+        history = ck.get("history", [])
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+        sched.last_epoch = step
+        for g, lr in zip(opt.param_groups, sched.get_lr()):
+            g["lr"] = lr
+
+    def save_checkpoint() -> None:
+        ot, orest = optimizer_tensors(opt)
+        tens = {f"model.{k}": v for k, v in model.state_dict().items()}
+        tens.update(ot)
+        save_tensors(outp / "checkpoint.safetensors", tens)
+        save_json(outp / "checkpoint.json", {"step": step, "optimizer": orest, "history": history[-200:],
+                                             "total_steps": total})
+
+    vmean = model.attr_mean.double().cpu()
+    vstd = model.attr_std.double().cpu()
+    lab_std = ((data["lab_values"].double() - vmean) / vstd).float()
+    bar = tqdm(total=total, initial=step, desc=f"train gvae {cfg.space}", unit="step", disable=not progress,
+               file=sys.stderr, dynamic_ncols=True)
+    model.train()
+    t0 = time.time()
+    acc: dict[str, float] = {}
+    try:
+        while step < total:
+            epoch, k = divmod(step, steps_per_epoch)
+            perm = torch.randperm(U, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+            idx = perm[k * cfg.batch:(k + 1) * cfg.batch]
+            torch.manual_seed(cfg.seed * 1_000_003 + step)
+            lidx = torch.randint(0, M, (min(cfg.labelled_batch, M),))
+            ua, uo = _batches(data, "unl", idx, dev)
+            la, lo = _batches(data, "lab", lidx, dev)
+            adj, ops = torch.cat([ua, la]), torch.cat([uo, lo])
+            mu, logvar = model.encode(adj, ops, backend)
+            z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+            op_logits, edge_logits = model.decode_logits(z)
+            rec = reconstruction_loss(model, op_logits, edge_logits, adj, ops)
+            kl = kl_divergence(mu, logvar)
+            nl = la.shape[0]
+            target = lab_std[lidx].to(dev)
+            trip = triplet_loss(mu[-nl:], target, cfg.margin)
+            pred = torch.nn.functional.mse_loss(model.predict_std(z[-nl:]), target)
+            loss = rec + cfg.beta * kl + cfg.triplet_weight * trip + cfg.predictor_weight * pred
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower --lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+            opt.step()
+            sched.step()
+            step += 1
+            parts = {"rec": rec.item(), "kl": kl.item(), "trip": trip.item(), "pred": pred.item()}
+            for key, v in parts.items():
+                acc[key] = 0.98 * acc.get(key, v) + 0.02 * v
+            if step % 50 == 0 or step == total:
+                history.append({"step": step, **{k2: round(v, 5) for k2, v in acc.items()}})
+                bar.set_postfix({k2: f"{v:.3g}" for k2, v in acc.items()})
+            bar.update(1)
+            if step % cfg.ckpt_every == 0:
+                save_checkpoint()
+    except KeyboardInterrupt:
+        save_checkpoint()
+        bar.close()
+        print(f"interrupted at step {step}/{total}; checkpoint saved, rerun the same command to resume",
+              file=sys.stderr)
+        raise
+    bar.close()
+    save_checkpoint()
+    model.eval()
+    save_tensors(outp / WEIGHTS, model.state_dict())
+    meta = {"format": "cgnf_fast.gvae", "config": mcfg.to_dict(), "train": cfg.to_dict(), "data": data_info,
+            "steps": step}
+    save_json(outp / CONFIG, meta)
+    vae = GraphVAE(model, device=dev, backend=backend, info=meta)
+    metrics = evaluate_run(vae, data, seed=cfg.seed)
+    metrics["train_seconds_this_session"] = round(time.time() - t0, 1)
+    metrics["final_losses"] = acc
+    save_json(outp / "metrics.json", metrics)
+    return metrics
+
+
+def train_config_fields() -> list[str]:
+    return [f.name for f in fields(TrainGVAEConfig)]
+
+
+__all__ = ["CheckpointError", "TrainGVAEConfig", "evaluate_run", "train_gvae"]

@@ -1,0 +1,248 @@
+"""G-VAE: cell codec, losses, checkpoints, training (resumable, deterministic), API and CLI errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cgnf_fast import get_space
+from cgnf_fast.models.api import GraphVAE
+from cgnf_fast.models.codec import CellCodec, canonical_cell, code_to_graph
+from cgnf_fast.models.gvae import GVAE, GVAEConfig, mine_triplets, triplet_loss
+from cgnf_fast.reference import dag as ref
+from cgnf_fast.space import Cell
+from cgnf_fast.train.checkpoint import CheckpointError, load_module, load_tensors, save_tensors
+from cgnf_fast.train.gvae import TrainGVAEConfig, train_gvae
+
+from helpers import dags, permute, topo_permutations
+
+NB201_OPS = get_space("nb201-like").ops
+
+
+# -- codec ---------------------------------------------------------------------------------
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_codec_round_trip_and_permutation_invariance(data) -> None:
+    cell = data.draw(dags(ops=NB201_OPS))
+    codec = CellCodec(get_space("nb201-like"))
+    adj, ops = codec.encode([cell])
+    back = codec.decode(adj, ops)[0]
+    assert back.canonical_code() == cell.pruned(allow_zero=True).canonical_code()
+    other = permute(cell, data.draw(topo_permutations(cell)))  # any topological renumbering
+    a2, o2 = codec.encode([other])
+    assert torch.equal(a2, adj) and torch.equal(o2, ops)
+
+
+@settings(max_examples=100, deadline=None)
+@given(dags(ops=NB201_OPS))
+def test_code_to_graph_inverts_the_canonical_code(cell: Cell) -> None:
+    p = cell.pruned(allow_zero=True)
+    adj, labels = code_to_graph(p.canonical_code())
+    assert ref.canonical_code(adj, labels) == p.canonical_code()
+    assert canonical_cell(cell).canonical_code() == p.canonical_code()
+
+
+def test_codec_zero_cell_and_errors() -> None:
+    codec = CellCodec(get_space("nb201-like"))
+    adj, ops = codec.encode([Cell.zero()])
+    assert adj.sum() == 0 and ops[0, 1:-1].sum() == 0
+    assert codec.decode(adj, ops)[0].is_zero
+    with pytest.raises(ValueError, match="not in space"):
+        codec.encode([Cell([[0, 1, 0], [0, 0, 1], [0, 0, 0]], ["input", "conv3x3-bn-relu", "output"])])
+    with pytest.raises(ValueError, match="not a structural canonical code"):
+        code_to_graph(1)
+
+
+# -- losses --------------------------------------------------------------------------------
+def test_triplets_order_positives_before_negatives() -> None:
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(64, 3, generator=g)
+    a, p, n = mine_triplets(t, g)
+    assert a.numel() > 40
+    dp = (t[a] - t[p]).norm(dim=1)
+    dn = (t[a] - t[n]).norm(dim=1)
+    assert bool((dp < dn).all())
+    assert not bool(((a == p) | (a == n) | (p == n)).any())
+
+
+def test_triplet_loss_is_zero_when_latents_mirror_scores_and_positive_when_reversed() -> None:
+    g = torch.Generator().manual_seed(1)
+    t = torch.randn(128, 1, generator=g).double()
+    good = torch.cat([t * 100, torch.zeros_like(t)], 1)  # latent distances = 100 x ZC distances
+    assert triplet_loss(good, t, margin=0.01, generator=torch.Generator().manual_seed(2)).item() < 0.05
+    bad = torch.randn(128, 2, generator=g).double()
+    assert triplet_loss(bad, t, margin=1.0, generator=torch.Generator().manual_seed(2)).item() > 0.3
+
+
+# -- checkpoints ---------------------------------------------------------------------------
+def _tiny_model() -> GVAE:
+    return GVAE(GVAEConfig(space="nb201-like", num_nodes=8, ops=list(NB201_OPS), hidden=8, layers=1, latent=4,
+                           dec_hidden=16, pred_hidden=8, attributes=["params"]))
+
+
+def test_checkpoint_round_trip_and_clear_errors(tmp_path: Path) -> None:
+    m = _tiny_model()
+    path = tmp_path / "w.safetensors"
+    save_tensors(path, m.state_dict())
+    m2 = _tiny_model()
+    tens, _ = load_tensors(path)
+    load_module(m2, tens, str(path))
+    for (k, v), (_, v2) in zip(m.state_dict().items(), m2.state_dict().items()):
+        assert torch.equal(v, v2), k
+    data = path.read_bytes()
+    (tmp_path / "trunc.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_tensors(tmp_path / "trunc.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(CheckpointError):
+        load_tensors(tmp_path / "junk.safetensors")
+    with pytest.raises(CheckpointError, match="no such file"):
+        load_tensors(tmp_path / "missing.safetensors")
+    big = GVAE(GVAEConfig(space="nb201-like", num_nodes=8, ops=list(NB201_OPS), hidden=16, layers=1, latent=4,
+                          dec_hidden=16, pred_hidden=8, attributes=["params"]))
+    with pytest.raises(CheckpointError, match="shapes do not match"):
+        load_module(big, tens, str(path))
+
+
+# -- training ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def label_store(tmp_path_factory) -> str:
+    """40 nb201-like cells with real params/flops labels (fast to compute)."""
+    from cgnf_fast.zc import calibration_batch
+    from cgnf_fast.zc.run import score_cells
+
+    path = str(tmp_path_factory.mktemp("store") / "labels.sqlite")
+    cells = get_space("nb201-like").sample(40, seed=3, unique=True)
+    score_cells(cells, space="nb201-like", proxies=["params", "flops"], store=path, batch=calibration_batch(2),
+                progress=False)
+    return path
+
+
+TINY = dict(n_unlabelled=600, include_seed_space=100, heldout=50, hidden=16, layers=2, latent=4, dec_hidden=32,
+            pred_hidden=16, batch=128, labelled_batch=16, epochs=3, ckpt_every=2)
+
+
+def _final_weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_tensors(run / "gvae.safetensors")[0]
+
+
+def test_train_writes_a_loadable_model_and_metrics(label_store: str, tmp_path: Path) -> None:
+    cfg = TrainGVAEConfig(space="nb201-like", store=label_store, **TINY)
+    metrics = train_gvae(cfg, str(tmp_path / "run"), backend="torch", progress=False)
+    for f in ("train.json", "data.safetensors", "checkpoint.safetensors", "gvae.safetensors", "gvae.json",
+              "metrics.json"):
+        assert (tmp_path / "run" / f).is_file(), f
+    assert set(metrics) >= {"held_reconstruction", "prior", "val_predictor_error_pct"}
+    info = json.loads((tmp_path / "run" / "data.json").read_text())
+    assert info["labelled"]["attributes"] == ["params", "flops"]
+    vae = GraphVAE.load(tmp_path / "run", backend="torch")
+    cells = get_space("nb201-like").sample(5, seed=9)
+    z = vae.encode(cells)
+    assert z.shape == (5, 4)
+    assert len(vae.decode(z)) == 5
+    pred = vae.predict(cells)
+    assert set(pred) == {"params", "flops"} and pred["params"].shape == (5,)
+    assert np.allclose(vae.predict(z)["flops"], pred["flops"])
+    with pytest.raises(ValueError, match=r"z must have shape \[B, 4\]"):
+        vae.decode(torch.zeros(2, 5))
+    with pytest.raises(ValueError, match="not in space"):
+        vae.encode([Cell([[0, 1, 0], [0, 0, 1], [0, 0, 0]], ["input", "conv3x3-bn-relu", "output"])])
+    # a rerun with another config into the same directory is refused
+    with pytest.raises(ValueError, match="different config"):
+        train_gvae(TrainGVAEConfig(space="nb201-like", store=label_store, **{**TINY, "latent": 8}),
+                   str(tmp_path / "run"), backend="torch", progress=False)
+
+
+def test_native_and_torch_backends_train_alike(label_store: str, tmp_path: Path) -> None:
+    cfg = TrainGVAEConfig(space="nb201-like", store=label_store, **{**TINY, "epochs": 1})
+    train_gvae(cfg, str(tmp_path / "a"), backend="torch", progress=False)
+    train_gvae(cfg, str(tmp_path / "b"), backend="native", progress=False)
+    wa, wb = _final_weights(tmp_path / "a"), _final_weights(tmp_path / "b")
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)
+
+
+_TRAIN_SCRIPT = """
+import sys, time, torch
+torch.set_num_threads(1)
+from cgnf_fast.train.gvae import TrainGVAEConfig, train_gvae
+cfg = TrainGVAEConfig(space="nb201-like", store=sys.argv[1], **{tiny})
+train_gvae(cfg, sys.argv[2], backend="torch", progress=False)
+"""
+
+
+def test_sigkill_then_rerun_gives_the_uninterrupted_result(label_store: str, tmp_path: Path) -> None:
+    tiny = {**TINY, "epochs": 6, "ckpt_every": 3}
+    script = tmp_path / "train.py"
+    script.write_text(_TRAIN_SCRIPT.replace("{tiny}", repr(tiny)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    subprocess.run([sys.executable, str(script), label_store, str(straight)], check=True, env=env, cwd=tmp_path)
+    proc = subprocess.Popen([sys.executable, str(script), label_store, str(killed)], env=env, cwd=tmp_path)
+    deadline = time.time() + 120
+    while not (killed / "checkpoint.json").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "gvae.safetensors").exists(), "the run finished before it could be killed"
+    step = json.loads((killed / "checkpoint.json").read_text())["step"]
+    assert 0 < step < 6 * 5
+    subprocess.run([sys.executable, str(script), label_store, str(killed)], check=True, env=env, cwd=tmp_path)
+    ws, wk = _final_weights(straight), _final_weights(killed)
+    for k in ws:
+        assert torch.equal(ws[k], wk[k]), k
+
+
+def test_corrupt_gvae_dir_gives_clear_errors(label_store: str, tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="no such directory"):
+        GraphVAE.load(tmp_path / "nope")
+    d = tmp_path / "bad"
+    d.mkdir()
+    (d / "gvae.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        GraphVAE.load(d)
+    (d / "gvae.json").write_text(json.dumps({"format": "something else"}))
+    with pytest.raises(CheckpointError, match="not a cgnf_fast G-VAE config"):
+        GraphVAE.load(d)
+
+
+def test_cli_errors_are_one_line(tmp_path: Path) -> None:
+    from cgnf_fast.cli import main
+
+    assert main(["train", "gvae", "--space", "nb201-like", "--store", str(tmp_path / "none.sqlite"),
+                 "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    assert main(["evaluate", "predictor", "--gvae", str(tmp_path / "none"), "--truth", str(tmp_path / "t.sqlite")]) == 2
+    assert main(["train", "gvae", "--space", "nope", "--store", "x", "--out", str(tmp_path / "o")]) == 2
+
+
+def test_evaluate_predictor_and_latent_on_nb201_cells(label_store: str, tmp_path: Path) -> None:
+    from cgnf_fast.cli import main
+    from cgnf_fast.evaluate.predictor import evaluate_latent, evaluate_predictor
+
+    run = tmp_path / "run"
+    train_gvae(TrainGVAEConfig(space="nb201-like", store=label_store, **{**TINY, "epochs": 1}), str(run),
+               backend="torch", progress=False)
+    truth = str(tmp_path / "truth.sqlite")
+    r = evaluate_predictor(str(run), truth, "nb201", n=25, progress=False)
+    assert r["cells"] == 25 and r["n"] == 25 - r["per_attribute"]["params"]["nonfinite_truth"]
+    assert set(r["per_attribute"]) == {"params", "flops"}
+    for d in r["per_attribute"].values():
+        assert 0 <= d["mean_error_pct"] <= d["max_error_pct"] < float("inf")
+    # the truth store now holds the scores: a second evaluation reads them (same numbers, no scoring)
+    assert evaluate_predictor(str(run), truth, "nb201", n=25, progress=False) == r
+    lat = evaluate_latent([str(run), str(run)], truth, "nb201", n=25, png=str(tmp_path / "lat.png"), progress=False)
+    assert len(lat["models"]) == 2 and -1 <= lat["models"][0]["distance_spearman"] <= 1
+    assert (tmp_path / "lat.png").stat().st_size > 1000
+    assert main(["evaluate", "predictor", "--gvae", str(run), "--truth", truth, "--n", "25", "--json",
+                 "--no-progress"]) == 0
