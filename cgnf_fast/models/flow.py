@@ -1,0 +1,529 @@
+"""The conditional continuous normalizing flow (CCNF) over G-VAE latents, FFJORD style.
+
+A CNF moves a latent ``z`` along the ODE ``dz/dt = f(t, z, c)`` from *data* at ``t = 0`` to
+*noise* at ``t = T`` (FFJORD's convention). ``f`` is an MLP of :class:`ConcatSquashLinear`
+layers that read the time and the condition vector ``c`` (predicted attributes: ZC proxies,
+log-params, log-FLOPs). Densities follow the instantaneous change of variables
+``d log p(z(t)) / dt = -tr(df/dz)``, so
+
+    log p(z | c) = log N(z(T); 0, I) + integral_0^T tr(df/dz)(t, z(t), c) dt.
+
+Sign convention used throughout: every map here returns ``logdet = log |det d out / d in|`` of
+the map it applied. For the CNF that is the integral of the divergence along the solve, in the
+direction of the solve: ``+integral_0^T div dt`` from data to noise (:meth:`ConditionalCNF.transform`
+with ``reverse=False``), ``-integral_0^T div dt`` from noise to data (``reverse=True``). Hence
+``log_prob(z) = log N(noise) + logdet_forward`` and, for a sample ``z`` drawn from noise ``e``,
+``log_prob(z) = log N(e) - logdet_reverse``.
+
+Divergence ``tr(df/dz)``: ``"exact"`` propagates the Jacobian through the MLP in forward mode
+(``J_k = diag(act'(pre_k) * gate_k) W_k J_{k-1}``, ``J_0 = I``; the trace of the last layer is
+read without forming its matrix), one batched pass of ``[B, H, D]`` tangents, no autograd, so it
+runs under ``torch.no_grad`` and stays differentiable for training (latent sizes up to 64 are
+cheap this way). ``"hutchinson"`` propagates one noise vector ``e`` the same way and returns
+``e^T J e``, an unbiased estimate; the noise is drawn once per solve (Rademacher or Gaussian)
+and kept fixed for every evaluation of that solve, including the adjoint's backward pass.
+
+Adjoint: with ``adjoint=True`` the solve uses ``torchdiffeq.odeint_adjoint``; the ODE function
+is an ``nn.Module`` holding the dynamics (so the adjoint sees its parameters) and the condition,
+which is passed to the adjoint as an extra parameter when it requires grad, so gradients reach
+``c`` as well as the weights.
+
+Optional moving batch-norm (FFJORD's ``MovingBatchNorm1d``, ``moving_batchnorm=True``): the
+flow becomes ``bn_in -> CNF -> bn_out`` from data to noise. In training mode the forward
+direction normalises with batch statistics and updates the running ones; in eval mode, and in
+the reverse direction always, it uses the running statistics (as FFJORD does), so ``sample``
+inverts ``log_prob`` exactly in eval mode.
+
+Shapes:
+    z [B, D] (D = ``latent``), c [B, C] (C = ``cond_dim``, may be 0), log-densities [B],
+    one flow dtype (float32 or float64) and device for all of them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "ACTIVATIONS",
+    "DIVERGENCES",
+    "FIXED_STEP_SOLVERS",
+    "HUTCHINSON_NOISES",
+    "SOLVERS",
+    "ConcatSquashLinear",
+    "ConditionalCNF",
+    "MovingBatchNorm1d",
+    "ODEDynamics",
+    "standard_normal_log_prob",
+]
+
+#: Nonlinearities between ConcatSquash layers (none after the last one).
+ACTIVATIONS = ("tanh", "softplus")
+#: Ways to compute ``tr(df/dz)``.
+DIVERGENCES = ("exact", "hutchinson")
+#: Noise distributions for the Hutchinson estimator.
+HUTCHINSON_NOISES = ("rademacher", "gaussian")
+#: torchdiffeq solvers the flow accepts (all of torchdiffeq >= 0.2.3 except ``scipy_solver``).
+SOLVERS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "euler", "midpoint", "rk4",
+           "explicit_adams", "implicit_adams")
+#: The fixed-grid solvers of :data:`SOLVERS`: they need ``step_size``.
+FIXED_STEP_SOLVERS = ("euler", "midpoint", "rk4", "explicit_adams", "implicit_adams")
+
+_LOG_2PI = math.log(2.0 * math.pi)
+_DTYPES = (torch.float32, torch.float64)
+
+
+# -- argument checks ------------------------------------------------------------------------
+def _check_choice(name: str, value: object, choices: Sequence[str]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f'{name} must be one of {{"' + '", "'.join(choices) + f'"}}, got {value!r}')
+    return value
+
+
+def _check_int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_positive(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)) or value <= 0:
+        raise ValueError(f"{name} must be a finite float > 0, got {value!r}")
+    return float(value)
+
+
+def _check_hidden(hidden: object) -> tuple[int, ...]:
+    if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence) or not all(
+            isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hidden):
+        raise ValueError(f"hidden must be a sequence of ints >= 1 (widths of the hidden layers), got {hidden!r}")
+    return tuple(int(h) for h in hidden)
+
+
+def _check_tensor(name: str, x: object, shape_doc: str, dim1: int, dtype: torch.dtype, device: torch.device,
+                  batch: int | None = None, finite: bool = True) -> torch.Tensor:
+    """``x`` must be a ``[B, dim1]`` tensor of the flow's dtype and device (and ``B == batch``)."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor {shape_doc} {dtype}, got {type(x).__name__}")
+    if x.dim() != 2 or x.shape[1] != dim1 or (batch is not None and x.shape[0] != batch):
+        want = f"[{batch if batch is not None else 'B'}, {dim1}]"
+        raise ValueError(f"{name} must have shape {shape_doc} = {want}, got {list(x.shape)}")
+    if x.dtype != dtype:
+        raise ValueError(f"{name} must have dtype {dtype} (the flow's parameter dtype), got {x.dtype}")
+    if x.device != device:
+        raise ValueError(f"{name} is on {x.device} but the flow's parameters are on {device}")
+    if finite and x.numel() and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} must be finite, got {int((~torch.isfinite(x)).sum())} NaN/inf entries")
+    return x
+
+
+def _check_generator(generator: object, device: torch.device) -> torch.Generator | None:
+    if generator is None:
+        return None
+    if not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    if generator.device.type != device.type:
+        raise ValueError(f"generator is a {generator.device.type} generator but the flow is on {device}")
+    return generator
+
+
+def standard_normal_log_prob(e: torch.Tensor) -> torch.Tensor:
+    """``log N(e; 0, I)`` per row.
+
+    Shapes:
+        e [B, D] -> [B]
+    """
+    return -0.5 * (e * e).sum(-1) - 0.5 * e.shape[-1] * _LOG_2PI
+
+
+# -- layers ---------------------------------------------------------------------------------
+class ConcatSquashLinear(nn.Module):
+    """FFJORD's ConcatSquash layer with a context vector instead of the time alone.
+
+    ``out = (W x + b) * sigmoid(G ctx + g) + H ctx`` where ``ctx = [t, c]`` (time first, then
+    the condition). ``W, b`` is :attr:`layer`; ``G, g`` is :attr:`hyper_gate`; ``H`` (no bias:
+    ``b`` already shifts the output) is :attr:`hyper_bias`. The gate rescales each output unit
+    by a factor in (0, 1) that depends on time and condition; ``H ctx`` shifts it.
+
+    Shapes:
+        x [B, dim_in], ctx [B, dim_ctx] -> [B, dim_out]
+    """
+
+    def __init__(self, dim_in: int, dim_out: int, dim_ctx: int) -> None:
+        super().__init__()
+        dim_in = _check_int("dim_in", dim_in, 1)
+        dim_out = _check_int("dim_out", dim_out, 1)
+        dim_ctx = _check_int("dim_ctx", dim_ctx, 1)
+        self.layer = nn.Linear(dim_in, dim_out)
+        self.hyper_gate = nn.Linear(dim_ctx, dim_out)
+        self.hyper_bias = nn.Linear(dim_ctx, dim_out, bias=False)
+
+    def forward_with_gate(self, x: torch.Tensor, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(out [B, dim_out], gate [B, dim_out])``; ``d out / d x = diag(gate) W``."""
+        gate = torch.sigmoid(self.hyper_gate(ctx))  # [B, dim_out]
+        return self.layer(x) * gate + self.hyper_bias(ctx), gate
+
+    def forward(self, x: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_gate(x, ctx)[0]
+
+
+class ODEDynamics(nn.Module):
+    """``dz/dt = f(t, z, c)``: ConcatSquash layers ``latent -> *hidden -> latent``, each fed
+    with ``ctx = [t, c]``, an activation between layers and none after the last.
+
+    ``zero_init=True`` zeroes the last layer (``W``, ``b`` and ``H``), so ``f == 0`` and the flow
+    starts as the identity (gradients still reach every weight).
+
+    Shapes:
+        t scalar (float or 0-d / one-element tensor), z [B, latent], c [B, cond_dim]
+        -> dz/dt [B, latent] (and divergence [B]).
+    """
+
+    def __init__(self, latent: int, cond_dim: int, hidden: Sequence[int] = (256, 256), activation: str = "tanh",
+                 zero_init: bool = False) -> None:
+        super().__init__()
+        self.latent = _check_int("latent", latent, 1)
+        self.cond_dim = _check_int("cond_dim", cond_dim, 0)
+        self.hidden = _check_hidden(hidden)
+        self.activation = _check_choice("activation", activation, ACTIVATIONS)
+        dims = (self.latent, *self.hidden, self.latent)
+        self.layers = nn.ModuleList(
+            ConcatSquashLinear(dims[i], dims[i + 1], 1 + self.cond_dim) for i in range(len(dims) - 1))
+        if zero_init:
+            last = self.layers[-1]
+            with torch.no_grad():
+                last.layer.weight.zero_()
+                last.layer.bias.zero_()
+                last.hyper_bias.weight.zero_()
+
+    def extra_repr(self) -> str:
+        return f"latent={self.latent}, cond_dim={self.cond_dim}, hidden={self.hidden}, activation={self.activation!r}"
+
+    # public, validated entry points ------------------------------------------------------
+    def forward(self, t: float | torch.Tensor, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """``dz/dt`` [B, latent]."""
+        self._check(z, c, None)
+        return self._eval(t, z, c, None, None)[0]
+
+    def forward_with_divergence(self, t: float | torch.Tensor, z: torch.Tensor, c: torch.Tensor,
+                                divergence: str = "exact",
+                                noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(dz/dt [B, latent], div [B])`` with ``div = tr(df/dz)`` (``"exact"``) or its
+        Hutchinson estimate ``noise^T (df/dz) noise`` (``"hutchinson"``; ``noise [B, latent]``
+        is required: zero-mean, identity-covariance probes such as Rademacher or Gaussian)."""
+        _check_choice("divergence", divergence, DIVERGENCES)
+        if divergence == "hutchinson" and noise is None:
+            raise ValueError("noise [B, latent] is required when divergence='hutchinson', got None")
+        if divergence == "exact" and noise is not None:
+            raise ValueError("noise must be None when divergence='exact' (the trace is computed exactly)")
+        self._check(z, c, noise)
+        return self._eval(t, z, c, divergence, noise)  # type: ignore[return-value]
+
+    def _check(self, z: torch.Tensor, c: torch.Tensor, noise: torch.Tensor | None) -> None:
+        p = self.layers[0].layer.weight
+        _check_tensor("z", z, "[B, latent]", self.latent, p.dtype, p.device, finite=False)
+        _check_tensor("c", c, "[B, cond_dim]", self.cond_dim, p.dtype, p.device, batch=z.shape[0], finite=False)
+        if noise is not None:
+            _check_tensor("noise", noise, "[B, latent]", self.latent, p.dtype, p.device, batch=z.shape[0],
+                          finite=False)
+
+    # the computation (no checks: the solver calls this at every step) ---------------------
+    def _eval(self, t: float | torch.Tensor, z: torch.Tensor, c: torch.Tensor, divergence: str | None,
+              noise: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B = z.shape[0]
+        t_col = torch.as_tensor(t, dtype=z.dtype, device=z.device).reshape(1, 1).expand(B, 1)  # [B, 1]
+        ctx = torch.cat([t_col, c], dim=1)  # [B, 1 + C]
+        h = z  # [B, width]
+        # Forward-mode tangents: row k of tan[b] is d h / d z applied to probe vector k, laid out
+        # [B, K, width] so each layer is one GEMM over B*K rows. None = the identity (exact,
+        # before the first layer); K = latent (exact) or 1 (Hutchinson, the probe is the noise).
+        tan = noise.unsqueeze(1) if divergence == "hutchinson" else None
+        last = len(self.layers) - 1
+        for i, lay in enumerate(self.layers):
+            pre, gate = lay.forward_with_gate(h, ctx)  # [B, out], [B, out]
+            W = lay.layer.weight  # [out, in]
+            if i == last:
+                if divergence is None:
+                    return pre, None
+                if tan is None:  # exact, a single layer: J = diag(gate) W
+                    div = (gate * torch.diagonal(W)).sum(-1)
+                elif divergence == "exact":  # tr(diag(gate) W T) = sum_i gate_i sum_k W_ik tan_ik
+                    div = (gate * (tan * W).sum(-1)).sum(-1)
+                else:  # e^T diag(gate) W (T e), T e = tan[:, 0]
+                    div = (noise * gate * (tan[:, 0] @ W.t())).sum(-1)
+                return pre, div
+            if self.activation == "tanh":
+                h = torch.tanh(pre)
+                dact = 1.0 - h * h
+            else:
+                h = nn.functional.softplus(pre)
+                dact = torch.sigmoid(pre)
+            if divergence is not None:
+                scale = (dact * gate).unsqueeze(1)  # [B, 1, out]
+                tan = scale * (W.t() if tan is None else tan @ W.t())  # [B, K, out]
+        raise AssertionError("unreachable: ODEDynamics has at least one layer")
+
+
+class MovingBatchNorm1d(nn.Module):
+    """FFJORD's moving batch-norm as an invertible map with its log-determinant.
+
+    Data -> noise direction: ``y = (x - m) / sqrt(v + eps) * exp(weight) + bias`` with
+    ``(m, v)`` the batch mean and biased variance in training mode (the running statistics are
+    then updated: ``r <- (1 - decay) r + decay * batch``) and the running statistics in eval
+    mode; ``logdet = sum(weight - 0.5 log(v + eps))``, the same for every row. The reverse
+    direction always uses the running statistics. ``weight`` is a log-scale (0 at init).
+
+    Shapes:
+        x [B, dim] -> (y [B, dim], logdet [B])
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-4, decay: float = 0.1) -> None:
+        super().__init__()
+        self.dim = _check_int("dim", dim, 1)
+        self.eps = _check_positive("eps", eps)
+        self.decay = _check_positive("decay", decay)
+        if self.decay > 1:
+            raise ValueError(f"decay must be in (0, 1], got {decay!r}")
+        self.weight = nn.Parameter(torch.zeros(self.dim))
+        self.bias = nn.Parameter(torch.zeros(self.dim))
+        self.register_buffer("running_mean", torch.zeros(self.dim))
+        self.register_buffer("running_var", torch.ones(self.dim))
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, eps={self.eps}, decay={self.decay}"
+
+    def transform(self, x: torch.Tensor, reverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        if not reverse and self.training:
+            mean = x.mean(0)  # [dim]
+            var = ((x - mean) ** 2).mean(0)  # [dim], biased
+            with torch.no_grad():
+                self.running_mean.lerp_(mean.detach(), self.decay)
+                self.running_var.lerp_(var.detach(), self.decay)
+        else:
+            mean, var = self.running_mean, self.running_var
+        log_scale = self.weight - 0.5 * torch.log(var + self.eps)  # [dim]
+        logdet = log_scale.sum().expand(x.shape[0])  # [B]
+        if reverse:
+            return (x - self.bias) * torch.exp(-log_scale) + mean, -logdet
+        return (x - mean) * torch.exp(log_scale) + self.bias, logdet
+
+    def forward(self, x: torch.Tensor, reverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.transform(x, reverse)
+
+
+class _ODEFunc(nn.Module):
+    """What torchdiffeq integrates for one solve: the dynamics with this solve's condition
+    and Hutchinson noise bound. State: ``z [B, D]`` alone (``divergence=None``) or the tuple
+    ``(z [B, D], logdet [B])`` with ``d logdet / dt = div``. Kept alive by the adjoint's graph,
+    so the backward pass sees the same condition and noise."""
+
+    def __init__(self, dynamics: ODEDynamics, c: torch.Tensor, divergence: str | None,
+                 noise: torch.Tensor | None) -> None:
+        super().__init__()
+        self.dynamics = dynamics
+        self.c = c  # [B, C]
+        self.divergence = divergence
+        self.noise = noise  # [B, D] or None
+        self.nfe = 0
+
+    def forward(self, t: torch.Tensor, state: torch.Tensor | tuple[torch.Tensor, torch.Tensor]):
+        self.nfe += 1
+        if self.divergence is None:
+            return self.dynamics._eval(t, state, self.c, None, None)[0]
+        dz, div = self.dynamics._eval(t, state[0], self.c, self.divergence, self.noise)
+        return dz, div
+
+
+class ConditionalCNF(nn.Module):
+    """The conditional CNF: log-density of latents given a condition, and sampling.
+
+    Args:
+        latent: D, the latent size (the G-VAE's, 32 by default there).
+        cond_dim: C, the condition size (0 for an unconditional flow).
+        hidden, activation, zero_init: the dynamics MLP (:class:`ODEDynamics`).
+        divergence: ``"exact"`` or ``"hutchinson"`` (default of :meth:`log_prob`).
+        hutchinson_noise: ``"rademacher"`` or ``"gaussian"``.
+        T: integration time (data at 0, noise at T).
+        solver, rtol, atol: torchdiffeq method and tolerances (``rtol``/``atol`` also for the
+            adjoint solve). ``step_size`` is required by the fixed-grid solvers
+            (:data:`FIXED_STEP_SOLVERS`) and refused by the adaptive ones.
+        adjoint: backpropagate with ``odeint_adjoint`` (memory O(1) in the number of steps)
+            instead of through the solver's operations.
+        moving_batchnorm: wrap the CNF as ``bn_in -> CNF -> bn_out`` (:class:`MovingBatchNorm1d`).
+
+    :meth:`forward` is :meth:`log_prob` (so ``loss = -flow(z, c).mean()``).
+
+    Shapes:
+        z [B, D], c [B, C], noise [B, D] -> log_prob [B], sample [B, D]; the flow's dtype and
+        device (that of its parameters) for every tensor. ``B = 0`` is allowed.
+    """
+
+    def __init__(self, latent: int, cond_dim: int, *, hidden: Sequence[int] = (256, 256), activation: str = "tanh",
+                 divergence: str = "exact", hutchinson_noise: str = "rademacher", T: float = 1.0,
+                 solver: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5, step_size: float | None = None,
+                 adjoint: bool = True, moving_batchnorm: bool = False, zero_init: bool = False) -> None:
+        super().__init__()
+        self.divergence = _check_choice("divergence", divergence, DIVERGENCES)
+        self.hutchinson_noise = _check_choice("hutchinson_noise", hutchinson_noise, HUTCHINSON_NOISES)
+        self.T = _check_positive("T", T)
+        self.solver = _check_choice("solver", solver, SOLVERS)
+        self.rtol = _check_positive("rtol", rtol)
+        self.atol = _check_positive("atol", atol)
+        if self.solver in FIXED_STEP_SOLVERS:
+            if step_size is None:
+                raise ValueError(f"step_size is required for the fixed-grid solver {solver!r}, got None")
+            self.step_size: float | None = _check_positive("step_size", step_size)
+        elif step_size is not None:
+            raise ValueError(f"step_size must be None for the adaptive solver {solver!r} (it picks its own steps; "
+                             f"use rtol/atol), got {step_size!r}")
+        else:
+            self.step_size = None
+        for name, flag in (("adjoint", adjoint), ("moving_batchnorm", moving_batchnorm), ("zero_init", zero_init)):
+            if not isinstance(flag, bool):
+                raise ValueError(f"{name} must be a bool, got {flag!r}")
+        self.adjoint = adjoint
+        self.moving_batchnorm = moving_batchnorm
+        self._zero_init = zero_init
+        self.dynamics = ODEDynamics(latent, cond_dim, hidden, activation, zero_init=zero_init)
+        self.latent, self.cond_dim = self.dynamics.latent, self.dynamics.cond_dim
+        if moving_batchnorm:
+            self.bn_in: MovingBatchNorm1d | None = MovingBatchNorm1d(self.latent)
+            self.bn_out: MovingBatchNorm1d | None = MovingBatchNorm1d(self.latent)
+        else:
+            self.bn_in = self.bn_out = None
+        #: Dynamics evaluations of the last forward solve (0 before any, and for an empty batch).
+        self.nfe = 0
+
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments: ``ConditionalCNF(**flow.config())`` rebuilds the architecture."""
+        d = self.dynamics
+        return dict(latent=d.latent, cond_dim=d.cond_dim, hidden=list(d.hidden), activation=d.activation,
+                    divergence=self.divergence, hutchinson_noise=self.hutchinson_noise, T=self.T,
+                    solver=self.solver, rtol=self.rtol, atol=self.atol, step_size=self.step_size,
+                    adjoint=self.adjoint, moving_batchnorm=self.moving_batchnorm, zero_init=self._zero_init)
+
+    def extra_repr(self) -> str:
+        return (f"divergence={self.divergence!r}, T={self.T}, solver={self.solver!r}, rtol={self.rtol}, "
+                f"atol={self.atol}, adjoint={self.adjoint}")
+
+    @property
+    def _param(self) -> torch.Tensor:
+        return self.dynamics.layers[0].layer.weight
+
+    # solving ---------------------------------------------------------------------------------
+    def _hutchinson_noise(self, shape: tuple[int, int], like: torch.Tensor,
+                          generator: torch.Generator | None) -> torch.Tensor:
+        if self.hutchinson_noise == "gaussian":
+            return torch.randn(shape, generator=generator, dtype=like.dtype, device=like.device)
+        bits = torch.randint(0, 2, shape, generator=generator, device=like.device)
+        return bits.to(like.dtype) * 2 - 1
+
+    def _solve(self, z: torch.Tensor, c: torch.Tensor, t0: float, t1: float, divergence: str | None,
+               generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Integrates ``z [B, D]`` from ``t0`` to ``t1``; returns ``(z(t1), integral of div or None)``."""
+        from torchdiffeq import odeint, odeint_adjoint
+
+        noise = self._hutchinson_noise(tuple(z.shape), z, generator) if divergence == "hutchinson" else None
+        func = _ODEFunc(self.dynamics, c, divergence, noise)
+        t = torch.tensor([t0, t1], dtype=z.dtype, device=z.device)
+        state: torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+        state = z if divergence is None else (z, z.new_zeros(z.shape[0]))
+        kw: dict[str, Any] = dict(rtol=self.rtol, atol=self.atol, method=self.solver)
+        if self.step_size is not None:
+            kw["options"] = dict(step_size=self.step_size)
+        if self.adjoint:
+            params = tuple(p for p in self.dynamics.parameters() if p.requires_grad)
+            params += (c,) if c.requires_grad else ()
+            out = odeint_adjoint(func, state, t, adjoint_params=params, **kw)
+        else:
+            out = odeint(func, state, t, **kw)
+        self.nfe = func.nfe
+        if divergence is None:
+            return out[-1], None
+        return out[0][-1], out[1][-1]
+
+    # public API --------------------------------------------------------------------------
+    def _check_inputs(self, z: torch.Tensor, c: torch.Tensor, divergence: str | None,
+                      generator: torch.Generator | None, z_name: str = "z", batch: int | None = None) -> str:
+        p = self._param
+        _check_tensor(z_name, z, "[B, latent]", self.latent, p.dtype, p.device, batch=batch)
+        _check_tensor("c", c, "[B, cond_dim]", self.cond_dim, p.dtype, p.device, batch=z.shape[0])
+        _check_generator(generator, p.device)
+        return self.divergence if divergence is None else _check_choice("divergence", divergence, DIVERGENCES)
+
+    def transform(self, z: torch.Tensor, c: torch.Tensor, *, reverse: bool = False, divergence: str | None = None,
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Runs the flow: data -> noise (``reverse=False``) or noise -> data (``reverse=True``).
+
+        Returns ``(out, logdet)`` with ``logdet = log |det d out / d z|`` of the map applied
+        (see the module docstring for the sign convention). ``divergence`` overrides the flow's
+        default; ``generator`` draws the Hutchinson noise.
+
+        Shapes:
+            z [B, D], c [B, C] -> out [B, D], logdet [B]
+        """
+        div = self._check_inputs(z, c, divergence, generator, "noise" if reverse else "z")
+        return self._transform(z, c, reverse, div, generator)  # type: ignore[return-value]
+
+    def _transform(self, z: torch.Tensor, c: torch.Tensor, reverse: bool, divergence: str | None,
+                   generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if z.shape[0] == 0:
+            self.nfe = 0
+            return z.clone(), (z.new_zeros(0) if divergence is not None else None)
+        first, last = (self.bn_out, self.bn_in) if reverse else (self.bn_in, self.bn_out)
+        logdet = z.new_zeros(z.shape[0])  # [B]
+        if first is not None:
+            z, ld = first.transform(z, reverse)
+            logdet = logdet + ld
+        t0, t1 = (self.T, 0.0) if reverse else (0.0, self.T)
+        z, ld_cnf = self._solve(z, c, t0, t1, divergence, generator)
+        if ld_cnf is not None:
+            logdet = logdet + ld_cnf
+        if last is not None:
+            z, ld = last.transform(z, reverse)
+            logdet = logdet + ld
+        return z, (logdet if divergence is not None else None)
+
+    def log_prob(self, z: torch.Tensor, c: torch.Tensor, *, divergence: str | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """``log p(z | c)``: ``log N(noise) + logdet`` of the data -> noise map.
+
+        Exact with ``divergence="exact"`` (up to the solver tolerance); an unbiased estimate
+        with ``"hutchinson"`` (noise from ``generator``, fixed for the whole solve).
+
+        Shapes:
+            z [B, D], c [B, C] -> [B]
+        """
+        div = self._check_inputs(z, c, divergence, generator)
+        e, logdet = self._transform(z, c, False, div, generator)
+        return standard_normal_log_prob(e) + logdet
+
+    def forward(self, z: torch.Tensor, c: torch.Tensor, *, divergence: str | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """Same as :meth:`log_prob`."""
+        return self.log_prob(z, c, divergence=divergence, generator=generator)
+
+    def sample(self, c: torch.Tensor, *, noise: torch.Tensor | None = None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """Latents for the conditions ``c``: ``noise`` (default: standard normal drawn from
+        ``generator``) integrated from ``t = T`` back to ``t = 0``; no divergence is computed.
+        Pass either ``noise`` or ``generator``, not both.
+
+        Shapes:
+            c [B, C], noise [B, D] -> z [B, D]
+        """
+        p = self._param
+        if not isinstance(c, torch.Tensor):
+            raise ValueError(f"c must be a torch.Tensor [B, cond_dim] {p.dtype}, got {type(c).__name__}")
+        if c.dim() != 2:
+            raise ValueError(f"c must have shape [B, cond_dim] = [B, {self.cond_dim}], got {list(c.shape)}")
+        if noise is not None and generator is not None:
+            raise ValueError("pass either noise or generator to sample(), not both (the generator only draws noise)")
+        if noise is None:
+            gen = _check_generator(generator, p.device)
+            noise = torch.randn((c.shape[0], self.latent), generator=gen, dtype=p.dtype, device=p.device)
+        self._check_inputs(noise, c, None, None, "noise", batch=c.shape[0])
+        return self._transform(noise, c, True, None, None)[0]
