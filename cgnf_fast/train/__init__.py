@@ -1,7 +1,8 @@
 """Training loops and checkpoints (safetensors + JSON, no pickle).
 
-``TrainGVAEConfig`` and ``train_gvae`` are imported on first use (the models import the
-checkpoint helpers from here, and the training loop imports the models).
+``TrainGVAEConfig``/``train_gvae`` and ``TrainFlowConfig``/``train_flow``/``load_flow`` are
+imported on first use (the models import the checkpoint helpers from here, and the training
+loops import the models).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from typing import Any
 
 from .checkpoint import CheckpointError
 
-__all__ = ["CheckpointError", "TrainGVAEConfig", "train_gvae"]
+__all__ = ["CheckpointError", "TrainFlowConfig", "TrainGVAEConfig", "load_flow", "train_flow", "train_gvae"]
 
 
 def __getattr__(name: str) -> Any:
@@ -18,4 +19,8 @@ def __getattr__(name: str) -> Any:
         from . import gvae
 
         return getattr(gvae, name)
+    if name in ("TrainFlowConfig", "train_flow", "load_flow"):
+        from . import flow
+
+        return getattr(flow, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
