@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from ._native import BUILT_WITH_CUDA, _C, cuda_available
 from .models import GraphVAE
+from .sample import SampledCell, sample
 from .space import Cell, DesignSpace
 from .space import get as get_space
 
 __version__ = str(_C.build_config()["version"])
 
-__all__ = ["BUILT_WITH_CUDA", "Cell", "DesignSpace", "GraphVAE", "__version__", "cuda_available", "get_space"]
+__all__ = ["BUILT_WITH_CUDA", "Cell", "DesignSpace", "GraphVAE", "SampledCell", "__version__", "cuda_available",
+           "get_space", "sample"]

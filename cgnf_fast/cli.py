@@ -1,4 +1,5 @@
-"""The ``cgnf`` command: ``space info|count|enumerate``, ``cell hash`` (more come with later work).
+"""The ``cgnf`` command: ``space info|count|enumerate``, ``zc score|export``, ``train gvae|flow``,
+``evaluate predictor|latent``, ``sample``, ``cell hash``.
 
 Bad input exits with status 2 and one line on stderr naming the problem.
 """
@@ -122,6 +123,145 @@ def _train_gvae(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        v = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not v:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    return v
+
+
+def _train_flow(args: argparse.Namespace) -> int:
+    from .train.flow import TrainFlowConfig, train_flow
+
+    given = {
+        "conditions": [a.strip() for a in args.conditions.split(",") if a.strip()] if args.conditions else None,
+        "hidden": args.hidden, "activation": args.activation, "divergence": args.divergence,
+        "latent_norm": args.latent_norm, "solver": args.solver, "rtol": args.rtol, "atol": args.atol,
+        "eval_rtol": args.eval_rtol, "eval_atol": args.eval_atol, "batch": args.batch, "epochs": args.epochs,
+        "lr": args.lr, "weight_decay": args.weight_decay, "clip": args.clip, "seed": args.seed,
+        "ckpt_every": args.ckpt_every, "val_fraction": args.val_fraction, "sanity_n": args.sanity_n,
+    }
+    kw = {k: v for k, v in given.items() if v is not None}  # unset: TrainFlowConfig's defaults
+    if args.max_cells is not None:
+        kw["max_cells"] = None if args.max_cells == 0 else args.max_cells
+    if args.no_adjoint:
+        kw["adjoint"] = False
+    if args.no_zero_init:
+        kw["zero_init"] = False
+    metrics = train_flow(TrainFlowConfig(**kw), args.gvae, args.out, device=args.device,
+                         progress=not args.no_progress)
+    print(json.dumps(metrics))
+    return 0
+
+
+def _cell_text(cell: Any) -> str:
+    """A compact one-line cell: ``op<inputs`` per op vertex, then the output's inputs."""
+    from .sample import short_op
+
+    adj = cell.adjacency
+    n = cell.num_nodes
+    parts = []
+    for v in range(1, n):
+        preds = ",".join(str(u) for u in range(v) if adj[u][v])
+        name = "out" if v == n - 1 else f"{v}:{short_op(cell.ops[v])}"
+        parts.append(f"{name}<{preds}")
+    return " ".join(parts)
+
+
+def _write_json_list_atomic(path: str, rows: list[Any]) -> None:
+    """A JSON list, one element per line, written to ``PATH.partial`` and renamed into place."""
+    import os
+    from pathlib import Path
+
+    p = Path(path)
+    tmp = p.with_name(p.name + ".partial")
+    try:
+        with open(tmp, "w") as f:
+            f.write("[\n" + ",\n".join(json.dumps(r) for r in rows) + "\n]\n")
+        os.replace(tmp, p)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _sample(args: argparse.Namespace) -> int:
+    import importlib.util
+    import os
+    from pathlib import Path
+
+    from .sample import COUNT_ATTRIBUTES, draw_cells, parse_condition_args, sample_with_info
+
+    if args.png and importlib.util.find_spec("matplotlib") is None:
+        raise CLIError("--png needs matplotlib: pip install 'cgnf_fast[plot]'")
+    for flag, path in (("--out", args.out), ("--png", args.png)):
+        if path and not Path(path).resolve().parent.is_dir():
+            raise CLIError(f"{flag} {path}: the folder {Path(path).resolve().parent} does not exist")
+    condition = parse_condition_args(args.condition or [])
+    reference: Any = args.reference
+    if reference.lstrip().startswith("{"):
+        try:
+            obj = json.loads(reference)
+        except json.JSONDecodeError as e:
+            raise CLIError(f"--reference: not valid JSON ({e})") from None
+        if not isinstance(obj, dict) or "matrix" not in obj or "ops" not in obj:
+            raise CLIError('--reference: a JSON cell is an object with keys "matrix" and "ops"')
+        reference = (obj["matrix"], obj["ops"])
+    t0 = time.perf_counter()
+    cells, info = sample_with_info(reference, condition or None, n=args.n, space=args.space,
+                                   temperature=args.temperature, seed=args.seed, novel_only=args.novel_only,
+                                   device=args.device, model=args.model)
+    seconds = time.perf_counter() - t0
+    png_tmp = None
+    if args.png:  # drawn first, both files renamed into place only once everything succeeded
+        png_tmp = args.png + ".drawing.png"
+        draw_cells(cells, png_tmp, key_attribute=next(iter(condition), None) if condition else None)
+    try:
+        if args.out:
+            _write_json_list_atomic(args.out, [c.to_json() for c in cells])
+        if png_tmp:
+            os.replace(png_tmp, args.png)
+    finally:
+        if png_tmp and os.path.exists(png_tmp):
+            os.unlink(png_tmp)
+
+    def fmt(a: str, v: float) -> str:
+        return f"{v:.4f}M" if a in COUNT_ATTRIBUTES else f"{v:.4g}"
+
+    ref = info["reference_nb201"] or _cell_text(info["reference"])
+    print(f"reference  {ref}")
+    print("predicted  " + ", ".join(f"{a}={fmt(a, v)}" for a, v in info["reference_predicted"].items()))
+    tg = ", ".join(f"{a}={fmt(a, v)}" + (f" ({info['condition'][a].text})" if a in info["condition"] else "")
+                   for a, v in info["targets"].items())
+    filters = [t for t in info["condition"].values() if t.attribute in COUNT_ATTRIBUTES
+               and t.kind in ("at_most", "at_least")]
+    if filters:
+        tg += "; filters on exact counts: " + ", ".join(f"{t.attribute}{t.text}" for t in filters)
+    print(f"targets    {tg}")
+    print(f"drew       {info['drawn']} latents in {info['rounds']} round(s), {seconds:.1f} s: {info['repaired']} "
+          f"repaired, {info['invalid']} invalid, {info['duplicates']} duplicates"
+          + (f", {info['in_seed_space_dropped']} in the seed space dropped" if args.novel_only else "")
+          + (f", {info['outside_bounds']} outside the bounds" if filters else ""))
+    attrs = list(cells[0].predicted) if cells else []
+    head = [f"{'#':>3}", f"{'seed':>4}", f"{'params':>9}", f"{'FLOPs':>9}"] + [f"{a:>10}" for a in attrs] + ["cell"]
+    print()
+    print("  ".join(head))
+    for i, c in enumerate(cells, start=1):
+        seed_mark = "-" if c.in_seed_space is None else ("yes" if c.in_seed_space else "no")
+        row = [f"{i:>3}", f"{seed_mark:>4}", f"{c.params / 1e6:>8.4f}M", f"{c.flops / 1e6:>8.2f}M"]
+        row += [f"{fmt(a, c.predicted[a]):>10}" for a in attrs]
+        row.append(c.nb201 or _cell_text(c.cell))
+        print("  ".join(row))
+    print("\nparams/FLOPs: exact, of the network the cell builds; other columns: G-VAE predictions; seed: inside "
+          f"the seed space ({info['seed_space'] or 'none'})")
+    for flag, path in (("--out", args.out), ("--png", args.png)):
+        if path:
+            print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
 def _evaluate_predictor(args: argparse.Namespace) -> int:
     from .evaluate.predictor import evaluate_predictor
 
@@ -192,7 +332,8 @@ def _cell_hash(args: argparse.Namespace) -> int:
 def _build_parser() -> argparse.ArgumentParser:
     from .space import spaces
 
-    p = argparse.ArgumentParser(prog="cgnf", description="cgnf_fast: cells, design spaces and (soon) sampling.")
+    p = argparse.ArgumentParser(prog="cgnf",
+                                description="cgnf_fast: cells, design spaces, zero-cost scores, models and sampling.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     sp = sub.add_parser("space", help="design spaces")
@@ -265,6 +406,60 @@ def _build_parser() -> argparse.ArgumentParser:
     tg.add_argument("--backend", choices=("native", "torch"), default="native", help="message-passing kernel")
     tg.add_argument("--no-progress", action="store_true")
     tg.set_defaults(func=_train_gvae)
+
+    tf = tps.add_parser("flow", help="train the conditional flow on a trained G-VAE's latents (resumable: rerun to "
+                        "continue); prints the metrics as JSON")
+    tf.add_argument("--gvae", required=True, help="the G-VAE run directory (what train gvae wrote)")
+    tf.add_argument("--out", required=True, help="run directory (checkpoints, final flow, metrics); for `cgnf sample "
+                    "--model DIR` use DIR/flow next to DIR/gvae")
+    tf.add_argument("--conditions", help="comma-separated G-VAE attributes to condition on (default: all of them)")
+    tf.add_argument("--hidden", type=_int_list, help="hidden sizes of the dynamics MLP, e.g. 128,128")
+    tf.add_argument("--activation", choices=("tanh", "softplus"))
+    tf.add_argument("--divergence", choices=("exact", "hutchinson"),
+                    help="default: exact for latents up to 64 dims, else hutchinson")
+    tf.add_argument("--latent-norm", choices=("data", "none"))
+    tf.add_argument("--solver", help="an adaptive torchdiffeq solver (default dopri5)")
+    tf.add_argument("--rtol", type=float, help="training solver tolerance")
+    tf.add_argument("--atol", type=float, help="training solver tolerance")
+    tf.add_argument("--eval-rtol", type=float, help="tolerance saved with the flow (evaluation, sampling)")
+    tf.add_argument("--eval-atol", type=float, help="tolerance saved with the flow (evaluation, sampling)")
+    tf.add_argument("--no-adjoint", action="store_true", help="backpropagate through the solver instead")
+    tf.add_argument("--no-zero-init", action="store_true", help="do not start from the identity flow")
+    tf.add_argument("--batch", type=int)
+    tf.add_argument("--epochs", type=int)
+    tf.add_argument("--lr", type=float)
+    tf.add_argument("--weight-decay", type=float)
+    tf.add_argument("--clip", type=float, help="gradient-norm clip")
+    tf.add_argument("--seed", type=int)
+    tf.add_argument("--ckpt-every", type=int, help="steps between checkpoints")
+    tf.add_argument("--val-fraction", type=float)
+    tf.add_argument("--max-cells", type=_nonneg_int, help="cap on the latents used (0: all)")
+    tf.add_argument("--sanity-n", type=_nonneg_int, help="validation rows of the conditioning check")
+    tf.add_argument("--device", default="cpu")
+    tf.add_argument("--no-progress", action="store_true")
+    tf.set_defaults(func=_train_flow)
+
+    sm = sub.add_parser(
+        "sample", help="new cells around a reference under target attributes (prints a table)",
+        description="Draws N distinct new cells around a reference with a trained G-VAE + conditional flow "
+        "(--model DIR: a directory with gvae/ and flow/ sub-directories, from `cgnf train gvae --out DIR/gvae` "
+        "and `cgnf train flow --gvae DIR/gvae --out DIR/flow`). Conditions: ATTR=VALUE with VALUE a number "
+        "(store units; params/flops in millions or with K/M/G), a relative change of the reference's predicted "
+        "value (+10%, -5%) or a bound (<=0.8M, >=1.2M; params/flops bounds filter on exact counts).")
+    sm.add_argument("--space", default="nb201-like", help=f"one of: {', '.join(spaces.names())} (default nb201-like)")
+    sm.add_argument("--reference", default="best", help="'best', an NB201 string, or a JSON cell "
+                    "{\"matrix\": ..., \"ops\": ...} (default best)")
+    sm.add_argument("--n", type=int, default=20, help="distinct cells to return (default 20)")
+    sm.add_argument("--seed", type=int, default=0)
+    sm.add_argument("--condition", action="append", metavar="ATTR=VALUE",
+                    help="e.g. synflow=+10%% or 'params=<=0.8M'; repeatable or comma-separated")
+    sm.add_argument("--temperature", type=float, default=1.0, help="std of the flow's base noise (default 1)")
+    sm.add_argument("--novel-only", action="store_true", help="drop cells inside the seed space")
+    sm.add_argument("--model", help="model directory with gvae/ and flow/ (default: the installed pretrained one)")
+    sm.add_argument("--out", help="write the cells as a JSON list here")
+    sm.add_argument("--png", help="draw the cells as a grid of DAGs here (needs matplotlib)")
+    sm.add_argument("--device", default="cpu")
+    sm.set_defaults(func=_sample)
 
     ev = sub.add_parser("evaluate", help="measure trained models")
     evs = ev.add_subparsers(dest="evaluate_command", metavar="SUBCOMMAND", required=True)

@@ -1,0 +1,422 @@
+"""``cgnf_fast.sample()`` and the ``cgnf sample`` / ``cgnf train flow`` commands.
+
+One tiny model directory (``gvae/`` + ``flow/``) is built once for the module: a G-VAE (latent
+4) on nb201-like cells labelled with real params/FLOPs and a synthetic identity-transformed
+attribute stored as ``nwot`` (as in test_train_flow.py), and a flow trained on it through
+``cgnf train flow`` itself. Sampling is checked for what it promises (n distinct valid cells,
+determinism, repair, bounds on exact counts, novelty, the JSON form), not for how well a model
+this small conditions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cgnf_fast import get_space, nets
+from cgnf_fast.models.codec import CellCodec
+from cgnf_fast.sample import (BEST_NB101, BEST_NB101_HASH, BEST_NB201, BEST_NB201_INDEX, NoDefaultModelError,
+                              SampledCell, SamplingError, SamplingModel, Target, decode_logits, default_model_dir,
+                              parse_condition, parse_condition_args, resolve_reference, sample, sample_with_info)
+from cgnf_fast.space import Cell, nb201
+from cgnf_fast.train.checkpoint import CheckpointError
+
+GVAE_TINY = dict(n_unlabelled=400, include_seed_space=100, heldout=20, hidden=16, layers=2, latent=4, dec_hidden=32,
+                 pred_hidden=16, batch=128, labelled_batch=16, epochs=3, ckpt_every=100)
+JSON_KEYS = {"matrix", "ops", "code", "in_seed_space", "nb201", "nb101_hash", "predicted", "params", "flops",
+             "repaired", "latent"}
+
+
+def _run_cli(*args: str) -> tuple[int, str, str]:
+    from cgnf_fast.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(list(args))
+    return rc, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    from cgnf_fast.train.gvae import TrainGVAEConfig, train_gvae
+    from cgnf_fast.zc import calibration_batch
+    from cgnf_fast.zc.run import score_cells
+    from cgnf_fast.zc.store import ScoreStore
+
+    root = tmp_path_factory.mktemp("model")
+    store = str(root / "labels.sqlite")
+    cells = get_space("nb201-like").sample(40, seed=3, unique=True)
+    score_cells(cells, space="nb201-like", proxies=["params", "flops"], store=store, batch=calibration_batch(2),
+                progress=False)
+    with ScoreStore(store) as st:
+        for r in [r for r in st.rows() if r["proxy"] == "params"]:
+            cell = Cell.from_json(r["cell"])  # synthetic "nwot": edges + 0.5 * conv ops
+            v = float(np.asarray(cell.matrix).sum()) + 0.5 * sum("conv" in o for o in cell.ops)
+            st.put(r["space"], r["code"], json.dumps(r["cell"]), r["data_fp"], r["seed"], r["code_version"],
+                   {"nwot": v})
+    d = root / "tiny"
+    train_gvae(TrainGVAEConfig(space="nb201-like", store=store, attributes=["nwot", "params", "flops"], **GVAE_TINY),
+               str(d / "gvae"), backend="torch", progress=False)
+    # the flow through the CLI: `cgnf train flow` prints the metrics JSON
+    rc, out, err = _run_cli("train", "flow", "--gvae", str(d / "gvae"), "--out", str(d / "flow"), "--hidden", "16,16",
+                            "--batch", "64", "--epochs", "2", "--lr", "1e-2", "--max-cells", "300",
+                            "--val-fraction", "0.2", "--sanity-n", "16", "--no-progress")
+    assert rc == 0, err
+    metrics = json.loads(out)
+    assert metrics["steps"] == 2 * 4 and "conditioning" in metrics
+    assert json.loads((d / "flow" / "flow.json").read_text())["train"]["hidden"] == [16, 16]
+    return d
+
+
+@pytest.fixture(scope="module")
+def model(model_dir: Path) -> SamplingModel:
+    return SamplingModel.load(model_dir)
+
+
+@pytest.fixture(scope="module")
+def twelve(model: SamplingModel) -> list[SampledCell]:
+    return sample("best", n=12, seed=0, model=model)
+
+
+# -- sampling ------------------------------------------------------------------------------
+def test_returns_n_distinct_valid_cells_with_exact_facts(twelve: list[SampledCell]) -> None:
+    sp, seed_sp = get_space("nb201-like"), get_space("nb201")
+    assert len(twelve) == 12
+    assert len({s.network_code for s in twelve}) == 12
+    for s in twelve:
+        assert sp.contains(s.cell) and not s.cell.is_zero
+        assert s.cell == s.cell.pruned()
+        assert s.code == s.cell.canonical_code() and s.network_code == s.cell.network_code()
+        assert set(s.predicted) == {"nwot", "params", "flops"}
+        assert all(math.isfinite(v) for v in s.predicted.values())
+        assert s.in_seed_space == seed_sp.contains(s.cell)
+        if s.nb201 is not None:  # the NB201 string names this very class
+            assert s.in_seed_space and nb201.to_cell(s.nb201).canonical_code() == s.code
+        assert s.nb101_hash is None  # NB201 ops
+        assert len(s.latent) == 4
+    s = twelve[0]
+    m = nets.build(s.cell, "nb201")
+    assert (s.params, s.flops) == (nets.count_params(m), nets.count_flops(m))
+
+
+def test_deterministic_per_seed_prefix_stable_and_seeds_differ(model: SamplingModel,
+                                                               twelve: list[SampledCell]) -> None:
+    again = sample("best", n=12, seed=0, model=model)
+    assert [s.to_json() for s in again] == [s.to_json() for s in twelve]
+    # draws come in fixed chunks, so a smaller n is a prefix of a larger one
+    five = sample("best", n=5, seed=0, model=model)
+    assert [s.code for s in five] == [s.code for s in twelve[:5]]
+    other = sample("best", n=12, seed=1, model=model)
+    assert [s.latent for s in other] != [s.latent for s in twelve]
+    assert [s.code for s in other] != [s.code for s in twelve]
+
+
+def test_reference_forms_give_the_same_samples(model: SamplingModel, twelve: list[SampledCell]) -> None:
+    codes = [s.code for s in twelve]
+    for ref in (BEST_NB201, nb201.to_cell(BEST_NB201)):
+        assert [s.code for s in sample(ref, n=12, model=model)] == codes
+
+
+def test_novel_only(model: SamplingModel) -> None:
+    novel = sample("best", n=8, seed=2, novel_only=True, model=model)
+    assert len(novel) == 8 and all(s.in_seed_space is False for s in novel)
+
+
+def test_latents_are_the_flow_of_seeded_tempered_noise(model: SamplingModel) -> None:
+    # the mechanism, replayed by hand: c = the reference's predicted attributes through the flow's
+    # condition map, noise = temperature * N(0, I) from a CPU generator seeded with `seed`
+    got, info = sample_with_info("best", n=1, seed=7, temperature=0.5, model=model, chunk=16)
+    c = model.conditions.to_flow(torch.tensor([[info["reference_predicted"][a] for a in model.conditions.names]],
+                                              dtype=torch.float64)).float()
+    noise = torch.randn((16, 4), generator=torch.Generator().manual_seed(7), dtype=torch.float64) * 0.5
+    with torch.no_grad():
+        z = model.flow.sample(c.expand(16, -1).contiguous(), noise=noise.float())
+    # the first draw is always kept (repair makes it valid; no filter is active)
+    np.testing.assert_allclose(got[0].latent, z[0].double().numpy(), rtol=0, atol=1e-6)
+    assert got[0].cell == model.vae.decode(z[:1])[0] or got[0].repaired
+
+
+def test_params_bounds_filter_on_exact_counts(model: SamplingModel, twelve: list[SampledCell]) -> None:
+    params = sorted(s.params for s in twelve)
+    bound = params[len(params) // 2] / 1e6  # the median of an unconstrained draw, in millions
+    low = sample("best", {"params": f"<={bound}M"}, n=5, model=model)
+    assert all(s.params <= bound * 1e6 for s in low)
+    high = sample("best", {"params": f">={bound * 1000}K"}, n=5, model=model)
+    assert all(s.params >= bound * 1e6 for s in high)
+    # below the smallest network of the skeleton: refused before drawing anything
+    with pytest.raises(ValueError, match=r"condition 'params': '<=0.1K' is impossible in space 'nb201-like': the "
+                       r"smallest network \(input -> output\) has 0.0\d+M params"):
+        sample("best", {"params": "<=0.1K"}, n=3, model=model)
+    # possible in principle, never met within the draws allowed: the error says what was dropped
+    with pytest.raises(SamplingError, match=r"found 0 of 2 distinct valid cells after drawing 16 latents in 1 "
+                       r"rounds \(.*\d+ outside bounds.*\) under params>=1000"):
+        sample("best", {"params": ">=1G"}, n=2, model=model, chunk=16, max_draws=16)
+    with pytest.raises(SamplingError, match=r"found [1-8] of 10 distinct valid cells after drawing 8 latents"):
+        sample("best", n=10, model=model, chunk=8, max_draws=8)
+
+
+def test_conditions_move_the_flow_condition(model: SamplingModel) -> None:
+    _, base = sample_with_info("best", n=2, model=model, chunk=32)
+    _, up = sample_with_info("best", {"nwot": "+10%", "flops": 50.0}, n=2, model=model, chunk=32)
+    ref = base["reference_predicted"]
+    assert base["targets"] == pytest.approx({a: ref[a] for a in ("nwot", "params", "flops")})
+    assert up["targets"]["nwot"] == pytest.approx(ref["nwot"] + 0.1 * abs(ref["nwot"]))
+    assert up["targets"]["flops"] == 50.0 and up["targets"]["params"] == pytest.approx(ref["params"])
+
+
+def test_json_form(twelve: list[SampledCell]) -> None:
+    rows = json.loads(json.dumps([s.to_json() for s in twelve]))
+    for s, r in zip(twelve, rows):
+        assert set(r) == JSON_KEYS
+        assert Cell(r["matrix"], r["ops"]) == s.cell
+        assert isinstance(r["code"], int) and isinstance(r["params"], int) and isinstance(r["flops"], int)
+        assert isinstance(r["in_seed_space"], bool) and set(r["predicted"]) == {"nwot", "params", "flops"}
+
+
+# -- repair --------------------------------------------------------------------------------
+def test_repair_makes_valid_cells_from_garbage_latents(model: SamplingModel) -> None:
+    vae = model.vae
+    z = torch.randn(200, 4, generator=torch.Generator().manual_seed(0)) * 40.0
+    with torch.no_grad():
+        ops, edges = vae.model.decode_logits(z)
+    out = decode_logits(ops, edges, vae.codec)
+    assert all(c is not None and vae.space.contains(c) and not c.is_zero for c, _ in out)
+    # pure noise logits: most greedy layouts are invalid, all repaired ones valid
+    g = torch.Generator().manual_seed(1)
+    noise = decode_logits(torch.randn(300, 6, 5, generator=g) * 3, torch.randn(300, 28, generator=g) * 3 - 2,
+                          vae.codec)
+    assert sum(r for _, r in noise) > 50
+    assert all(c is not None and vae.space.contains(c) and not c.is_zero for c, _ in noise)
+
+
+def test_path_repair_takes_the_most_likely_path() -> None:
+    codec = CellCodec(get_space("nb201-like"))  # N = 8 slots, ops: absent + 4
+    op_logits = torch.zeros(1, 6, 5)
+    op_logits[0, :, 0] = 5.0  # every slot prefers "absent"
+    k3 = 1 + codec.ops.index("nor_conv_3x3")
+    op_logits[0, 2, k3] = 4.5  # slot 3: conv3x3 is a close second (cost 0.5)
+    iu = torch.triu_indices(8, 8, 1)
+    edge = torch.full((1, 28), -10.0)  # no edge is likely
+
+    def set_edge(i: int, j: int, v: float) -> None:
+        edge[0, int(((iu[0] == i) & (iu[1] == j)).nonzero())] = v
+
+    set_edge(0, 3, -1.0)
+    set_edge(3, 7, -1.0)
+    set_edge(0, 7, -3.0)  # direct input -> output costs 3, the detour through slot 3 costs 2.5
+    (cell, repaired), = decode_logits(op_logits, edge, codec)
+    assert repaired
+    assert cell == Cell([[0, 1, 0], [0, 0, 1], [0, 0, 0]], ["input", "nor_conv_3x3", "output"])
+    set_edge(0, 7, -2.0)  # now the direct edge is cheaper
+    (cell, repaired), = decode_logits(op_logits, edge, codec)
+    assert repaired and cell == Cell([[0, 1], [0, 0]], ["input", "output"])
+    # a valid greedy layout is kept as is
+    set_edge(0, 7, 1.0)
+    (cell, repaired), = decode_logits(op_logits, edge, codec)
+    assert not repaired and cell == Cell([[0, 1], [0, 0]], ["input", "output"])
+
+
+def test_edge_limit_repair_drops_the_least_likely_edges() -> None:
+    sp = get_space("nb101")  # at most 9 edges
+    codec = CellCodec(sp)
+    N = codec.num_nodes
+    P = N * (N - 1) // 2
+    op_logits = torch.zeros(2, N - 2, len(codec.ops) + 1)
+    op_logits[:, :, 1] = 3.0  # every op slot present (the first NB101 op)
+    edge = torch.stack([torch.linspace(1.0, 5.0, P), torch.linspace(5.0, 1.0, P)])  # the complete DAG (21 edges)
+    out = decode_logits(op_logits, edge, codec)
+    for cell, repaired in out:
+        # removals that lose no vertex come first: all 7 vertices survive with exactly 9 edges
+        assert repaired and sp.contains(cell) and cell.num_nodes == N and cell.num_edges == 9
+    # the two logit orders keep different edges: row 0 keeps the most likely pairs (the last ones)
+    assert out[0][0].canonical_code() != out[1][0].canonical_code()
+    iu = np.triu_indices(N, 1)
+    kept = [k for k, (i, j) in enumerate(zip(*iu)) if out[0][0].adjacency[i][j]]
+    assert kept[-3:] == [P - 3, P - 2, P - 1]
+    # without a limit (nb101-like) the same logits decode as they are
+    (full, repaired), _ = decode_logits(op_logits, edge, CellCodec(get_space("nb101-like")))
+    assert not repaired and full.num_edges == P
+
+
+def test_decode_logits_checks_shapes() -> None:
+    codec = CellCodec(get_space("nb201-like"))
+    with pytest.raises(ValueError, match=r"op_logits must have shape \[B, 6, 5\]"):
+        decode_logits(torch.zeros(2, 6, 4), torch.zeros(2, 28), codec)
+    with pytest.raises(ValueError, match=r"edge_logits must have shape \[2, 28\]"):
+        decode_logits(torch.zeros(2, 6, 5), torch.zeros(2, 27), codec)
+
+
+# -- conditions ----------------------------------------------------------------------------
+ATTRS = ["nwot", "params", "flops"]
+
+
+def test_condition_parsing_good() -> None:
+    t = parse_condition({"nwot": 3.5, "params": "<=0.8M", "flops": "+10%"}, ATTRS)
+    assert t["nwot"] == Target("nwot", "absolute", 3.5, "3.5")
+    assert (t["params"].kind, t["params"].value) == ("at_most", 0.8)
+    assert (t["flops"].kind, t["flops"].value) == ("relative", pytest.approx(0.1))
+    assert parse_condition({"params": "800K"}, ATTRS)["params"].value == pytest.approx(0.8)
+    assert parse_condition({"flops": ">= 1.2G"}, ATTRS)["flops"] == Target("flops", "at_least", 1200.0, ">= 1.2G")
+    assert parse_condition({"nwot": "-5%"}, ATTRS)["nwot"].target(-20.0) == pytest.approx(-21.0)  # "-" = lower
+    assert parse_condition({"nwot": "+10%"}, ATTRS)["nwot"].target(-20.0) == pytest.approx(-18.0)  # "+" = higher
+    assert parse_condition({"nwot": "-1.5e2"}, ATTRS)["nwot"].value == -150.0
+    assert parse_condition(None, ATTRS) == {}
+    # a params bound on a flow that is not conditioned on params: a filter only
+    f = parse_condition({"params": "<=1M"}, ["nwot"])["params"]
+    assert f.filter_only and f.admits(0.5) and not f.admits(1.5)
+    assert parse_condition_args(["nwot=+10%", "params=<=0.8M, flops=>=100M"]) == {
+        "nwot": "+10%", "params": "<=0.8M", "flops": ">=100M"}
+
+
+@pytest.mark.parametrize("cond, attrs, match", [
+    ({"synflow": "+10%"}, ATTRS, "condition 'synflow': unknown attribute; the model is conditioned on nwot"),
+    ({"nwot": float("nan")}, ATTRS, "condition 'nwot': value must be a finite number"),
+    ({"nwot": "inf"}, ATTRS, "condition 'nwot': value must be a finite number"),
+    ({"nwot": "3M"}, ATTRS, "condition 'nwot': the unit suffix 'M' in '3M' only applies to params and flops"),
+    ({"params": "0.8X"}, ATTRS, "condition 'params': unknown unit suffix 'X'"),
+    ({"params": "0.8m"}, ATTRS, "condition 'params': unknown unit suffix 'm'"),
+    ({"params": 800000}, ATTRS, "condition 'params': 800000 would mean 800000 million params"),
+    ({"params": "<=0"}, ATTRS, r"condition 'params': '<=0' is impossible \(params is positive\)"),
+    ({"flops": "-100%"}, ATTRS, "condition 'flops': '-100%' is impossible"),
+    ({"nwot": "10%"}, ATTRS, "a relative change needs a sign"),
+    ({"params": "<0.8M"}, ATTRS, "bounds are written '<=X' or '>=X'"),
+    ({"nwot": "lots"}, ATTRS, r"condition 'nwot': cannot read 'lots'; expected a number"),
+    ({"nwot": True}, ATTRS, "condition 'nwot': expected a number or a string"),
+    ({"params": "+10%"}, ["nwot"], "the model is not conditioned on params .* only a bound"),
+    (["nwot"], ATTRS, "condition must be a mapping"),
+])
+def test_condition_parsing_errors_name_the_entry(cond, attrs, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        parse_condition(cond, attrs)
+
+
+def test_condition_args_errors() -> None:
+    with pytest.raises(ValueError, match="expected ATTRIBUTE=VALUE"):
+        parse_condition_args(["nwot+10%"])
+    with pytest.raises(ValueError, match="condition 'nwot' is given twice"):
+        parse_condition_args(["nwot=1", "nwot=2"])
+
+
+# -- references ----------------------------------------------------------------------------
+def test_reference_forms_and_errors() -> None:
+    best = resolve_reference("best", "nb201-like")
+    assert best == nb201.to_cell(BEST_NB201) and nb201.index_of(BEST_NB201) == BEST_NB201_INDEX
+    assert resolve_reference(BEST_NB201, "nb201") == best
+    b101 = resolve_reference("best", "nb101-like")
+    assert b101.nb101_hash() == BEST_NB101_HASH
+    # an NB101 (matrix, ops) pair, with op names or NB101's integer labels
+    assert resolve_reference(BEST_NB101, "nb101") == b101
+    labels = [-1, 1, 1, 2, 0, -2]
+    assert resolve_reference((np.array(BEST_NB101[0]), labels), "nb101-like") == b101
+    for ref, space, match in [
+        ("nb201-best", "nb201-like", "unknown reference string 'nb201-best'"),
+        ("|nor_conv_3x3~0|+|bogus~0|", "nb201-like", "not a valid NB201 string"),
+        (BEST_NB101, "nb201-like", "the reference is not in space 'nb201-like'"),
+        (BEST_NB201, "nb101-like", "the reference is not in space 'nb101-like'"),
+        ("|none~0|+|none~0|none~1|+|none~0|none~1|none~2|", "nb201-like", "the reference is the zero cell"),
+        (42, "nb201-like", "reference must be a Cell, an NB201 string"),
+        (([[0, 1], [1, 0]], ["input", "output"]), "nb101-like", "not a valid NB101 \\(matrix, ops\\) pair"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            resolve_reference(ref, space)
+
+
+@pytest.mark.data
+def test_best_references_match_the_data(shared_data: Path) -> None:
+    import csv
+
+    with open(shared_data / "nb201" / "naswot_arch_score_acc.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    acc = np.array([float(r["cifar10_test_200ep"]) for r in rows])
+    top = np.flatnonzero(acc == acc.max())
+    # two cells tie at 94.3733 %: 6111 and 13714; the lower index is the embedded reference
+    assert top.tolist() == [6111, 13714] and acc.max() == pytest.approx(94.37333, abs=1e-5)
+    assert rows[BEST_NB201_INDEX]["cellstr"] == BEST_NB201 and int(rows[6111]["arch"]) == 6111
+    assert nb201.arch_at(BEST_NB201_INDEX) == BEST_NB201
+    d = json.loads((shared_data / "nb101" / "naslib_nb101_dummy_30.json").read_text())
+    mean = {h: float(np.mean([r["final_test_accuracy"] for r in v["108"]])) for h, v in d.items()}
+    best = max(mean, key=mean.get)
+    assert best == BEST_NB101_HASH and mean[best] == pytest.approx(0.92969, abs=1e-5)
+    rec = d[best]
+    assert Cell.from_nb101(rec["module_adjacency"], rec["module_operations"]) == Cell.from_nb101(*BEST_NB101)
+    assert Cell.from_nb101(*BEST_NB101).nb101_hash() == best
+
+
+# -- models and errors ---------------------------------------------------------------------
+def test_no_model_is_a_clear_error() -> None:
+    assert default_model_dir("nb201-like") is None
+    with pytest.raises(NoDefaultModelError, match=r"no pretrained model is installed for space 'nb201-like'.*"
+                       r"cgnf train flow --gvae DIR/gvae --out DIR/flow"):
+        sample("best")
+
+
+def test_bad_model_dirs_and_arguments(model_dir: Path, model: SamplingModel, tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="no such model directory"):
+        sample("best", model=tmp_path / "nope")
+    (tmp_path / "half" / "gvae").mkdir(parents=True)
+    with pytest.raises(CheckpointError, match="missing the flow/ sub-directory"):
+        sample("best", model=tmp_path / "half")
+    with pytest.raises(ValueError, match="was trained for space 'nb201-like', not 'nb101-like'"):
+        sample("best", space="nb101-like", model=model_dir)
+    with pytest.raises(ValueError, match="space 'nb201' is its own seed space"):
+        sample("best", space="nb201", novel_only=True, model=model)
+    for kw, match in [({"n": 0}, "n must be an int >= 1"), ({"temperature": 0.0}, "temperature must be"),
+                      ({"seed": -1}, "seed must be"), ({"novel_only": "yes"}, "novel_only must be a bool")]:
+        with pytest.raises(ValueError, match=match):
+            sample("best", model=model, **kw)
+
+
+# -- CLI -----------------------------------------------------------------------------------
+def test_cli_sample_round_trip(model_dir: Path, model: SamplingModel, tmp_path: Path) -> None:
+    out, png = tmp_path / "samples.json", tmp_path / "cells.png"
+    args = ["sample", "--space", "nb201-like", "--reference", "best", "--n", "6", "--seed", "3", "--model",
+            str(model_dir), "--condition", "nwot=+10%", "--out", str(out)]
+    has_mpl = __import__("importlib").util.find_spec("matplotlib") is not None
+    if has_mpl:
+        args += ["--png", str(png)]
+    rc, stdout, err = _run_cli(*args)
+    assert rc == 0, err
+    rows = json.loads(out.read_text())
+    direct = sample("best", {"nwot": "+10%"}, n=6, seed=3, model=model)
+    assert rows == [s.to_json() for s in direct]
+    assert "reference  " + BEST_NB201 in stdout and "nwot=" in stdout and "(+10%)" in stdout
+    assert len([ln for ln in stdout.splitlines() if ln[:3].strip().isdigit()]) == 6
+    if has_mpl:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(tmp_path.glob("*.partial")) and not list(tmp_path.glob("*.drawing.png"))
+
+
+def test_cli_sample_errors_are_one_line_and_write_nothing(model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "samples.json"
+    for args, match in [
+        (["sample", "--out", str(out)], "no pretrained model is installed for space 'nb201-like'"),
+        (["sample", "--model", str(model_dir), "--condition", "nwot=lots", "--out", str(out)],
+         "condition 'nwot': cannot read 'lots'"),
+        (["sample", "--model", str(model_dir), "--reference", "{nope", "--out", str(out)], "--reference: not valid"),
+        (["sample", "--model", str(model_dir), "--out", str(tmp_path / "no" / "dir.json")], "does not exist"),
+        (["sample", "--model", str(model_dir), "--n", "2", "--condition", "params=<=0.1K", "--out", str(out)],
+         "condition 'params': '<=0.1K' is impossible in space 'nb201-like'"),
+    ]:
+        rc, _, err = _run_cli(*args)
+        lines = err.strip().splitlines()
+        assert rc == 2 and len(lines) == 1 and match in lines[0], (args, err)
+        assert not out.exists()
+    rc, _, err = _run_cli("train", "flow", "--gvae", str(tmp_path / "none"), "--out", str(tmp_path / "f"))
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "gvae.safetensors: no such file" in err
+
+
+def test_cli_sample_json_reference(model_dir: Path, tmp_path: Path) -> None:
+    cell = nb201.to_cell(BEST_NB201)
+    out = tmp_path / "s.json"
+    rc, _, err = _run_cli("sample", "--model", str(model_dir), "--n", "3", "--reference", json.dumps(cell.to_json()),
+                          "--out", str(out))
+    assert rc == 0, err
+    ref = sample("best", n=3, model=str(model_dir))
+    assert json.loads(out.read_text()) == [s.to_json() for s in ref]
