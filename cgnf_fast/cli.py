@@ -86,7 +86,10 @@ def _zc_score(args: argparse.Namespace) -> int:
     if (args.n is None) == (args.cells is None):
         raise CLIError("give exactly one of --n N (cells sampled from the space) or --cells FILE.jsonl")
     sp = spaces.get(args.space)
-    cells = sp.sample(args.n, seed=0, unique=True) if args.n is not None else run.read_cells_jsonl(args.cells)
+    if args.n is not None:
+        cells = sp.sample_stratified(args.n, seed=0) if args.stratified else sp.sample(args.n, seed=0, unique=True)
+    else:
+        cells = run.read_cells_jsonl(args.cells)
     if args.images:
         x, y, _ = load_folder(args.images, per_class=max(1, args.batch_size // 10 + 1))
         batch = (normalize(x)[: args.batch_size], y[: args.batch_size])
@@ -362,6 +365,8 @@ def _build_parser() -> argparse.ArgumentParser:
     zs = zps.add_parser("score", help="score cells into a resumable SQLite store")
     zs.add_argument("space", help=f"one of: {', '.join(spaces.names())}")
     zs.add_argument("--n", type=_nonneg_int, help="score N distinct cells sampled from the space (seed 0)")
+    zs.add_argument("--stratified", action="store_true",
+                    help="with --n: spread the cells evenly over vertex counts (small cells are rare otherwise)")
     zs.add_argument("--cells", help="score the cells of a JSONL file ({'matrix', 'ops'} per line)")
     zs.add_argument("--proxies", required=True, help="comma-separated proxy names")
     zs.add_argument("--store", required=True, help="the SQLite store (created when missing)")

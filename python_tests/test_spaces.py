@@ -89,3 +89,21 @@ def test_info():
     info = get("nb101-like").info()
     assert info["labeled_graphs"] == 2**21 * 3**5
     assert get("nb201").info()["nb201_strings"] == 15625
+
+
+def test_sample_stratified_spreads_vertex_counts():
+    from collections import Counter
+
+    sp = get("nb201-like")
+    cells = sp.sample_stratified(300, seed=0)
+    assert cells == sp.sample_stratified(300, seed=0)  # deterministic
+    assert len(cells) == 300
+    assert len({c.network_code() for c in cells}) == 300  # distinct networks
+    assert all(sp.contains(c) for c in cells)
+    by = Counter(c.num_nodes for c in cells)
+    # 3 vertices = one op: only 8 distinct NB201-like networks exist (4 ops x skip edge or not);
+    # the unused share goes to larger counts, which split the rest evenly
+    assert by[3] == 8
+    assert all(by[k] >= 50 for k in range(4, 9))
+    with pytest.raises(ValueError, match="non-negative"):
+        sp.sample_stratified(-1)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -171,7 +172,7 @@ def evaluate_latent(gvaes: list[str], truth: str, space: str = "nb201", *, png: 
         tw = vae.info.get("train", {}).get("triplet_weight")
         m.update({"gvae": str(g), "triplet_weight": tw})
         out["models"].append(m)
-        title = f"{g}\ntriplet weight {tw}: rank corr. of distances {m['distance_spearman']:.3f}"
+        title = f"{Path(g).name}\ntriplet weight {tw}: rank corr. of distances {m['distance_spearman']:.3f}"
         panels.append((title, z, values[ok][:, attrs.index(color)]))
     if png:
         plot_latents(panels, color, png)

@@ -130,6 +130,41 @@ class DesignSpace:
                     break
         return out
 
+    def sample_stratified(self, n: int, seed: int = 0) -> list[Cell]:
+        """Up to ``n`` distinct networks spread evenly over pruned vertex counts ``3 .. max_nodes``.
+
+        :meth:`sample` draws with the frequency of labelled graphs, so small cells (few op
+        vertices) are rare in it; labelled training data wants them too. Each vertex count gets
+        an equal share (a count with fewer distinct networks gives all it has and its unused share
+        goes to the larger counts). Cells of ``k`` vertices are drawn with :meth:`sample`'s
+        distribution on a ``k``-vertex copy of this space, keeping those that stay at ``k``
+        vertices after pruning. Deterministic for a seed.
+        """
+        if not isinstance(n, int) or n < 0:
+            raise ValueError(f"n must be a non-negative int, got {n!r}")
+        counts = list(range(3, self.max_nodes + 1))
+        out: list[Cell] = []
+        seen: set[int] = set()
+        for i, k in enumerate(counts):
+            want = (n - len(out)) // (len(counts) - i)
+            sub = DesignSpace(self.ops, k, self.max_edges, self.allow_zero, name=f"{self.name}[{k}]")
+            got = 0
+            for round_ in range(20):
+                if got >= want:
+                    break
+                for c in sub.sample(max(64, 4 * (want - got)), seed=seed * 1000 + k * 50 + round_):
+                    if c.num_nodes != k or not self.contains(c):
+                        continue
+                    key = c.network_code()
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                    out.append(c)
+                    got += 1
+                    if got >= want:
+                        break
+        return out
+
     # -- description --------------------------------------------------------------------
     def num_labeled_graphs(self) -> int:
         """Labelled graphs on ``max_nodes`` vertices before pruning (what :meth:`sample` draws from)."""
