@@ -192,12 +192,12 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_result(label_store: str, tmp
     subprocess.run([sys.executable, str(script), label_store, str(straight)], check=True, env=env, cwd=tmp_path)
     proc = subprocess.Popen([sys.executable, str(script), label_store, str(killed)], env=env, cwd=tmp_path)
     deadline = time.time() + 120
-    while not (killed / "checkpoint.json").exists() and proc.poll() is None and time.time() < deadline:
+    while not (killed / "checkpoint.safetensors").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "gvae.safetensors").exists(), "the run finished before it could be killed"
-    step = json.loads((killed / "checkpoint.json").read_text())["step"]
+    step = json.loads(load_tensors(killed / "checkpoint.safetensors")[1]["checkpoint"])["step"]
     assert 0 < step < 6 * 5
     subprocess.run([sys.executable, str(script), label_store, str(killed)], check=True, env=env, cwd=tmp_path)
     ws, wk = _final_weights(straight), _final_weights(killed)

@@ -5,9 +5,10 @@ A run lives in one directory:
 
     train.json          the training config (a rerun with a different one is refused)
     data.safetensors    the exact training data: unlabelled, labelled (+ values), held-out cells
-    checkpoint.safetensors + checkpoint.json
-                        model + optimizer state and the step reached (written every
-                        ``ckpt_every`` steps, on Ctrl-C and at the end; atomic renames)
+    checkpoint.safetensors  model + optimizer state, with the step reached and the rest of the
+                        state as JSON metadata in the same file (written every ``ckpt_every``
+                        steps, on Ctrl-C and at the end; atomic rename); checkpoint.json
+                        mirrors the metadata for people
     gvae.safetensors + gvae.json
                         the final model (what :class:`cgnf_fast.models.GraphVAE` loads)
     metrics.json        held-out reconstruction, prior validity/uniqueness, predictor error
@@ -19,6 +20,7 @@ same steps an uninterrupted one would.
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
@@ -236,28 +238,36 @@ def train_gvae(cfg: TrainGVAEConfig, out: str, *, device: str = "cpu", backend: 
     M = data["lab_adj"].shape[0]
     steps_per_epoch = max(1, math.ceil(U / cfg.batch))
     total = cfg.epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    def cosine(s: int) -> float:
+        return 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine)
     step = 0
     history: list[dict[str, float]] = []
-    if (outp / "checkpoint.json").exists():
-        ck = load_json(outp / "checkpoint.json")
-        tens, _ = load_tensors(outp / "checkpoint.safetensors")
-        load_module(model, {k[6:]: v for k, v in tens.items() if k.startswith("model.")}, str(outp / "checkpoint.safetensors"))
-        restore_optimizer(opt, tens, ck["optimizer"], str(outp / "checkpoint.safetensors"))
-        step = int(ck["step"])
+    ck_path = outp / "checkpoint.safetensors"
+    if ck_path.exists():
+        # everything a resume needs is in this one file (tensors + JSON metadata, renamed into
+        # place atomically); checkpoint.json is a human-readable mirror written after it
+        tens, meta = load_tensors(ck_path)
+        try:
+            ck = json.loads(meta["checkpoint"])
+            step = int(ck["step"])
+        except (KeyError, ValueError, TypeError):
+            raise CheckpointError(f"{ck_path}: no readable checkpoint metadata; delete it to restart the run") from None
+        load_module(model, {k[6:]: v for k, v in tens.items() if k.startswith("model.")}, str(ck_path))
+        restore_optimizer(opt, tens, ck["optimizer"], str(ck_path))
         history = ck.get("history", [])
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
         sched.last_epoch = step
-        for g, lr in zip(opt.param_groups, sched.get_lr()):
-            g["lr"] = lr
+        for g, base in zip(opt.param_groups, sched.base_lrs):
+            g["lr"] = base * cosine(step)
 
     def save_checkpoint() -> None:
         ot, orest = optimizer_tensors(opt)
         tens = {f"model.{k}": v for k, v in model.state_dict().items()}
         tens.update(ot)
-        save_tensors(outp / "checkpoint.safetensors", tens)
-        save_json(outp / "checkpoint.json", {"step": step, "optimizer": orest, "history": history[-200:],
-                                             "total_steps": total})
+        state = {"step": step, "optimizer": orest, "history": history[-200:], "total_steps": total}
+        save_tensors(ck_path, tens, metadata={"checkpoint": json.dumps(state)})
+        save_json(outp / "checkpoint.json", state)
 
     vmean = model.attr_mean.double().cpu()
     vstd = model.attr_std.double().cpu()
