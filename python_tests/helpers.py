@@ -71,3 +71,25 @@ def permute(cell: Cell, order: list[int]) -> Cell:
     """The same cell with vertex ``order[p]`` moved to position ``p``."""
     m = cell.matrix[np.ix_(order, order)]
     return Cell(m, [cell.ops[v] for v in order])
+
+
+def tiny_label_store(path: str) -> str:
+    """A score store with real params/flops of 40 NB201-like cells plus a synthetic "nwot"
+    (edges + 0.5 x conv ops: cheap, deterministic, and not a cost attribute) for tiny model tests."""
+    import json
+
+    from cgnf_fast import get_space
+    from cgnf_fast.zc import calibration_batch
+    from cgnf_fast.zc.run import score_cells
+    from cgnf_fast.zc.store import ScoreStore
+
+    cells = get_space("nb201-like").sample(40, seed=3, unique=True)
+    score_cells(cells, space="nb201-like", proxies=["params", "flops"], store=path, batch=calibration_batch(2),
+                progress=False)
+    with ScoreStore(path) as st:
+        for r in [r for r in st.rows() if r["proxy"] == "params"]:
+            cell = Cell.from_json(r["cell"])
+            v = float(np.asarray(cell.matrix).sum()) + 0.5 * sum("conv" in o for o in cell.ops)
+            st.put(r["space"], r["code"], json.dumps(r["cell"]), r["data_fp"], r["seed"], r["code_version"],
+                   {"nwot": v})
+    return path

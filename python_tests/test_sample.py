@@ -28,6 +28,8 @@ from cgnf_fast.sample import (BEST_NB101, BEST_NB101_HASH, BEST_NB201, BEST_NB20
 from cgnf_fast.space import Cell, nb201
 from cgnf_fast.train.checkpoint import CheckpointError
 
+from helpers import tiny_label_store
+
 GVAE_TINY = dict(n_unlabelled=400, include_seed_space=100, heldout=20, hidden=16, layers=2, latent=4, dec_hidden=32,
                  pred_hidden=16, batch=128, labelled_batch=16, epochs=3, ckpt_every=100)
 JSON_KEYS = {"matrix", "ops", "code", "in_seed_space", "nb201", "nb101_hash", "predicted", "params", "flops",
@@ -46,21 +48,9 @@ def _run_cli(*args: str) -> tuple[int, str, str]:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     from cgnf_fast.train.gvae import TrainGVAEConfig, train_gvae
-    from cgnf_fast.zc import calibration_batch
-    from cgnf_fast.zc.run import score_cells
-    from cgnf_fast.zc.store import ScoreStore
 
     root = tmp_path_factory.mktemp("model")
-    store = str(root / "labels.sqlite")
-    cells = get_space("nb201-like").sample(40, seed=3, unique=True)
-    score_cells(cells, space="nb201-like", proxies=["params", "flops"], store=store, batch=calibration_batch(2),
-                progress=False)
-    with ScoreStore(store) as st:
-        for r in [r for r in st.rows() if r["proxy"] == "params"]:
-            cell = Cell.from_json(r["cell"])  # synthetic "nwot": edges + 0.5 * conv ops
-            v = float(np.asarray(cell.matrix).sum()) + 0.5 * sum("conv" in o for o in cell.ops)
-            st.put(r["space"], r["code"], json.dumps(r["cell"]), r["data_fp"], r["seed"], r["code_version"],
-                   {"nwot": v})
+    store = tiny_label_store(str(root / "labels.sqlite"))
     d = root / "tiny"
     train_gvae(TrainGVAEConfig(space="nb201-like", store=store, attributes=["nwot", "params", "flops"], **GVAE_TINY),
                str(d / "gvae"), backend="torch", progress=False)

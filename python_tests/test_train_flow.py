@@ -23,7 +23,6 @@ import numpy as np
 import pytest
 import torch
 
-from cgnf_fast import get_space
 from cgnf_fast.models.flow import ConditionalCNF
 from cgnf_fast.train import load_flow as load_flow_lazy
 from cgnf_fast.train import train_flow as train_flow_lazy
@@ -31,6 +30,8 @@ from cgnf_fast.train.checkpoint import CheckpointError, load_module, load_tensor
 from cgnf_fast.train.flow import (LOG_FLOOR, FlowConditions, TrainFlowConfig, gvae_fingerprint, load_flow,
                                   train_flow)
 from cgnf_fast.train.gvae import TrainGVAEConfig, train_gvae
+
+from helpers import tiny_label_store
 
 GVAE_TINY = dict(n_unlabelled=400, include_seed_space=100, heldout=20, hidden=16, layers=2, latent=4, dec_hidden=32,
                  pred_hidden=16, batch=128, labelled_batch=16, epochs=3, ckpt_every=100)
@@ -40,23 +41,8 @@ FLOW_TINY = dict(hidden=[16, 16], batch=64, epochs=2, lr=1e-2, ckpt_every=4, max
 
 @pytest.fixture(scope="module")
 def gvae_dir(tmp_path_factory) -> Path:
-    from cgnf_fast.space import Cell
-    from cgnf_fast.zc import calibration_batch
-    from cgnf_fast.zc.run import score_cells
-    from cgnf_fast.zc.store import ScoreStore
-
     root = tmp_path_factory.mktemp("gvae")
-    store = str(root / "labels.sqlite")
-    cells = get_space("nb201-like").sample(40, seed=3, unique=True)
-    score_cells(cells, space="nb201-like", proxies=["params", "flops"], store=store, batch=calibration_batch(2),
-                progress=False)
-    with ScoreStore(store) as st:
-        rows = [r for r in st.rows() if r["proxy"] == "params"]
-        for r in rows:  # synthetic "nwot": edges + 0.5 * conv ops (an identity-transformed attribute)
-            cell = Cell.from_json(r["cell"])
-            v = float(np.asarray(cell.matrix).sum()) + 0.5 * sum("conv" in o for o in cell.ops)
-            st.put(r["space"], r["code"], json.dumps(r["cell"]), r["data_fp"], r["seed"], r["code_version"],
-                   {"nwot": v})
+    store = tiny_label_store(str(root / "labels.sqlite"))
     run = root / "run"
     train_gvae(TrainGVAEConfig(space="nb201-like", store=store, attributes=["nwot", "params", "flops"], **GVAE_TINY),
                str(run), backend="torch", progress=False)
