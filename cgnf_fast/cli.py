@@ -278,6 +278,11 @@ def _evaluate_predictor(args: argparse.Namespace) -> int:
     for a, d in r["per_attribute"].items():
         print(f"{a:<12} {d['n']:>7,} {d['mean_error_pct']:>8.3f} {d['max_error_pct']:>8.3f}")
     print(f"{'ZC pooled':<12} {r['n']:>7,} {r['mean_error_pct']:>8.3f} {r['max_error_pct']:>8.3f}")
+    sizes = sorted({k for d in r["per_attribute"].values() for k in d["by_vertices"]}, key=int)
+    print("mean % by vertices of the pruned cell: " + "  ".join(f"{k}" for k in sizes))
+    for a, d in r["per_attribute"].items():
+        print(f"{a:<12} " + "  ".join(f"{d['by_vertices'][k]['mean_error_pct']:.2f}" if k in d["by_vertices"] else "-"
+                                      for k in sizes))
     return 0
 
 

@@ -121,12 +121,16 @@ def evaluate_predictor(gvae: str | GraphVAE, truth: str, space: str = "nb201", *
     scale = vae.model.attr_max.double().cpu().numpy()
     per: dict[str, Any] = {}
     zc_errors: list[np.ndarray] = []
+    sizes = np.array([c.pruned(allow_zero=True).num_nodes for c in cells])
     for i, a in enumerate(attrs):
         true = values[:, i]
         ok = np.isfinite(true)
         err = np.abs(pred[a][ok] - true[ok]) / scale[i] * 100.0
+        by_size = {str(k): {"n": int((sizes[ok] == k).sum()), "mean_error_pct": float(err[sizes[ok] == k].mean()),
+                            "max_error_pct": float(err[sizes[ok] == k].max())}
+                   for k in sorted(set(sizes[ok].tolist()))}
         per[a] = {"n": int(ok.sum()), "nonfinite_truth": int((~ok).sum()), "mean_error_pct": float(err.mean()),
-                  "max_error_pct": float(err.max()), "train_max": float(scale[i])}
+                  "max_error_pct": float(err.max()), "train_max": float(scale[i]), "by_vertices": by_size}
         if a not in COST_ATTRIBUTES or all(b in COST_ATTRIBUTES for b in attrs):
             zc_errors.append(err)
     # the headline pools the ZC proxies (all attributes when the model learnt only params/flops)
