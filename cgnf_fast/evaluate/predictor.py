@@ -65,13 +65,16 @@ def find_batch(data_fp: str):
 def _truth_by_network(truth: str, space: str, fp: str, seed: int, ver: str,
                       attributes: list[str]) -> dict[int, dict[str, float]]:
     out: dict[int, dict[str, float]] = {}
+    network_of: dict[int, int] = {}  # stored canonical code -> network code (rows repeat it per proxy)
     with ScoreStore(truth) as st:
         for r in st.rows():
             if r["space"] != space or r["data_fp"] != fp or r["seed"] != seed or r["code_version"] != ver:
                 continue
             if r["proxy"] not in attributes:
                 continue
-            key = Cell.from_json(r["cell"]).network_code()
+            key = network_of.get(r["code"])
+            if key is None:
+                key = network_of[r["code"]] = Cell.from_json(r["cell"]).network_code()
             v = r["value"] if r["status"] != "error" else float("nan")
             out.setdefault(key, {})[r["proxy"]] = v
     return out

@@ -68,14 +68,15 @@ class GraphVAE:
     def _tensors(self, cells: Sequence[Cell]) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(cells, Cell):
             raise ValueError("pass a list of cells (got a single Cell)")
+        pruned = []
         for i, c in enumerate(cells):
             if not isinstance(c, Cell):
                 raise ValueError(f"cells[{i}] is a {type(c).__name__}, expected a Cell")
             try:
-                self.space.validate(c)
+                pruned.append(self.space.validate(c))
             except ValueError as e:
                 raise ValueError(f"cells[{i}] is not in space {self.space.name!r}: {e}") from None
-        adj, ops = self.codec.encode(list(cells))
+        adj, ops = self.codec.encode(pruned)
         return adj.to(self.device), ops.to(self.device)
 
     @torch.no_grad()
@@ -114,7 +115,3 @@ class GraphVAE:
             z = self.encode(list(cells_or_z))
         p = self.model.predict(z).double().cpu().numpy()
         return {a: p[:, i] for i, a in enumerate(self.cfg.attributes)}
-
-    def predict_tensor(self, z: torch.Tensor) -> torch.Tensor:
-        """Differentiable predictions ``[B, A]`` for latents already on the device."""
-        return self.model.predict(z)

@@ -24,7 +24,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -181,7 +181,7 @@ def evaluate_run(vae: GraphVAE, data: dict[str, torch.Tensor], n_prior: int = 10
         adj = data[f"{key}_adj"].float()
         ops = data[f"{key}_ops"]
         cells = codec.decode(adj, ops)
-        z = vae.encode(cells)
+        z, _ = vae.model.encode(adj.to(vae.device), ops.to(vae.device), vae.backend)
         back = vae.decode(z)
         exact = sum(a.canonical_code() == b.canonical_code() for a, b in zip(cells, back))
         out[f"{key}_reconstruction"] = {"n": len(cells), "exact": exact, "rate": exact / len(cells)}
@@ -218,7 +218,7 @@ def train_gvae(cfg: TrainGVAEConfig, out: str, *, device: str = "cpu", backend: 
         _check_resume(outp, cfg)
     save_json(outp / "train.json", cfg.to_dict())
     if (outp / "data.safetensors").exists():
-        data, meta = load_tensors(outp / "data.safetensors")
+        data, _ = load_tensors(outp / "data.safetensors")
         data_info = load_json(outp / "data.json")
     else:
         data, data_info = _build_data(cfg, codec, progress)
@@ -333,10 +333,6 @@ def train_gvae(cfg: TrainGVAEConfig, out: str, *, device: str = "cpu", backend: 
     metrics["final_losses"] = acc
     save_json(outp / "metrics.json", metrics)
     return metrics
-
-
-def train_config_fields() -> list[str]:
-    return [f.name for f in fields(TrainGVAEConfig)]
 
 
 __all__ = ["CheckpointError", "TrainGVAEConfig", "evaluate_run", "train_gvae"]
