@@ -1,5 +1,5 @@
 """The ``cgnf`` command: ``space info|count|enumerate``, ``zc score|export``, ``train gvae|flow``,
-``evaluate predictor|latent``, ``sample``, ``cell hash``.
+``pipeline``, ``evaluate predictor|latent|sampler``, ``sample``, ``cell hash``.
 
 Bad input exits with status 2 and one line on stderr naming the problem.
 """
@@ -190,6 +190,25 @@ def _write_json_list_atomic(path: str, rows: list[Any]) -> None:
             tmp.unlink()
 
 
+def _pipeline(args: argparse.Namespace) -> int:
+    from .pipeline import PipelineConfig, run_pipeline
+
+    cfg = PipelineConfig(space=args.space, store=args.store,
+                         proxies=[a.strip() for a in args.proxies.split(",") if a.strip()], labels=args.labels,
+                         stratified=args.stratified, batch_size=args.batch_size, images=args.images,
+                         workers=args.workers, seed=args.seed, gvae_epochs=args.gvae_epochs, gvae_lr=args.gvae_lr,
+                         unlabelled=args.unlabelled, seed_space_cells=args.seed_space_cells, heldout=args.heldout,
+                         latent=args.latent, gvae_hidden=args.gvae_hidden, gvae_layers=args.gvae_layers,
+                         gvae_batch=args.gvae_batch,
+                         flow_epochs=args.flow_epochs, flow_batch=args.flow_batch, flow_max_cells=args.flow_max_cells,
+                         flow_hidden=args.flow_hidden)
+    summary = run_pipeline(cfg, args.out, device=args.device, progress=not args.no_progress,
+                           command=["cgnf", *args.argv] if args.record_argv else None)
+    print(json.dumps({"out": args.out, "model": summary["stages"]["export"]["dir"],
+                      **{k: v.get("seconds") for k, v in summary["stages"].items() if isinstance(v, dict)}}))
+    return 0
+
+
 def _sample(args: argparse.Namespace) -> int:
     import importlib.util
     import os
@@ -215,7 +234,7 @@ def _sample(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     cells, info = sample_with_info(reference, condition or None, n=args.n, space=args.space,
                                    temperature=args.temperature, seed=args.seed, novel_only=args.novel_only,
-                                   device=args.device, model=args.model)
+                                   device=args.device, model=args.model, oversample=args.oversample)
     seconds = time.perf_counter() - t0
     png_tmp = None
     if args.png:  # drawn first, both files renamed into place only once everything succeeded
@@ -292,6 +311,39 @@ def _evaluate_latent(args: argparse.Namespace) -> int:
     r = evaluate_latent(args.gvae, args.truth, args.space, png=args.png, color=args.color, n=args.n,
                         device=args.device, workers=args.workers, progress=not args.no_progress)
     print(json.dumps(r))
+    return 0
+
+
+def _evaluate_sampler(args: argparse.Namespace) -> int:
+    from .evaluate.sampler import evaluate_sampler
+
+    reference = json.loads(args.reference) if args.reference.lstrip().startswith("{") else args.reference
+    try:
+        levels = [float(x) for x in args.levels.split(",") if x.strip()]
+    except ValueError:
+        raise CLIError(f"--levels: expected comma-separated numbers, got {args.levels!r}") from None
+    r = evaluate_sampler(args.model, space=args.space, reference=reference,
+                         attributes=[a.strip() for a in args.attributes.split(",") if a.strip()], levels=levels,
+                         n=args.n, batch=args.batch, seed=args.seed, temperature=args.temperature,
+                         oversample=args.oversample, store=args.store,
+                         png=args.png, device=args.device, progress=not args.no_progress)
+    if args.json:
+        print(json.dumps(r))
+        return 0
+    print(f"space {r['space']}, reference predicted " + ", ".join(f"{k}={v:.4g}" for k, v in
+                                                                r["reference_predicted"].items()))
+    for a, c in r["conditioning"].items():
+        print(f"{a}: Spearman(target, measured) = {c['spearman_target_achieved']:.3f} over "
+              f"{sum(x['n'] for x in c['levels'])} cells; level means Spearman = {c['spearman_levels_means']}")
+        print(f"  {'level':>6} {'target':>10} {'measured':>10} {'predicted':>10} {'in seed':>7}")
+        for x in c["levels"]:
+            print(f"  {x['level_std']:>+6.2f} {x['target']:>10.4g} {x['achieved_mean']:>10.4g} "
+                  f"{x['predicted_mean']:>10.4g} {x['in_seed_space']:>4}/{x['n']}")
+    if "batch" in r:
+        b = r["batch"]
+        nov = f"{b['novelty']:.1%}" if b["novelty"] is not None else "-"
+        print(f"{b['batch']} draws: validity {b['validity']:.1%}, uniqueness {b['uniqueness']:.1%}, "
+              f"novelty (outside {b['seed_space']}) {nov}")
     return 0
 
 
@@ -449,6 +501,44 @@ def _build_parser() -> argparse.ArgumentParser:
     tf.add_argument("--no-progress", action="store_true")
     tf.set_defaults(func=_train_flow)
 
+    pl = sub.add_parser(
+        "pipeline", help="everything from scratch: score labels on real images, train the G-VAE and the flow, "
+        "export a model directory (resumable: rerun to continue)",
+        description="Stages: (1) score LABELS random + STRATIFIED cells of the space on CIFAR-10 images into the "
+        "store, (2) train the G-VAE in OUT/gvae, (3) train the conditional flow in OUT/flow, (4) export the "
+        "sampling model to OUT/model (use with `cgnf sample --model OUT/model`). Defaults reproduce the "
+        "pretrained nb201-like model that ships with the package.")
+    pl.add_argument("--space", required=True, help=f"one of: {', '.join(spaces.names())}")
+    pl.add_argument("--out", required=True, help="run directory")
+    pl.add_argument("--store", help="score store (default OUT/scores.sqlite; cells already scored are reused)")
+    pl.add_argument("--proxies", default="synflow,nwot,params,flops", help="labels (comma-separated proxies)")
+    pl.add_argument("--labels", type=_nonneg_int, default=3000, help="random cells scored (default 3000)")
+    pl.add_argument("--stratified", type=_nonneg_int, default=1500,
+                    help="cells spread over vertex counts, also scored (default 1500)")
+    pl.add_argument("--batch-size", type=int, default=16, help="images per proxy evaluation (default 16)")
+    pl.add_argument("--images", help="a folder of class sub-folders instead of the embedded CIFAR-10 batch")
+    pl.add_argument("--workers", type=int, default=1, help="scoring processes")
+    pl.add_argument("--seed", type=int, default=0)
+    pl.add_argument("--gvae-epochs", type=int, default=40)
+    pl.add_argument("--gvae-lr", type=float, default=2e-3)
+    pl.add_argument("--unlabelled", type=_nonneg_int, default=100_000, help="unlabelled cells for the G-VAE")
+    pl.add_argument("--seed-space-cells", type=_nonneg_int, default=20_000,
+                    help="seed-space structures the G-VAE also learns (without their labels)")
+    pl.add_argument("--heldout", type=_nonneg_int, default=2000, help="cells kept out to measure reconstruction")
+    pl.add_argument("--latent", type=int, default=32)
+    pl.add_argument("--gvae-hidden", type=int, default=128)
+    pl.add_argument("--gvae-layers", type=int, default=4)
+    pl.add_argument("--gvae-batch", type=int, default=512)
+    pl.add_argument("--flow-epochs", type=int, default=15)
+    pl.add_argument("--flow-batch", type=int, default=256)
+    pl.add_argument("--flow-max-cells", type=int, default=30_000, help="latents the flow trains on")
+    pl.add_argument("--flow-hidden", type=_int_list, default=[128, 128])
+    pl.add_argument("--device", default="cpu")
+    pl.add_argument("--no-record-argv", dest="record_argv", action="store_false",
+                    help="do not store the command line in the exported model.json")
+    pl.add_argument("--no-progress", action="store_true")
+    pl.set_defaults(func=_pipeline)
+
     sm = sub.add_parser(
         "sample", help="new cells around a reference under target attributes (prints a table)",
         description="Draws N distinct new cells around a reference with a trained G-VAE + conditional flow "
@@ -464,6 +554,9 @@ def _build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--condition", action="append", metavar="ATTR=VALUE",
                     help="e.g. synflow=+10%% or 'params=<=0.8M'; repeatable or comma-separated")
     sm.add_argument("--temperature", type=float, default=1.0, help="std of the flow's base noise (default 1)")
+    sm.add_argument("--oversample", type=float, default=5.0,
+                    help="candidates drawn per returned cell; the N closest to the condition are kept (default 5; "
+                    "1 keeps the first N drawn)")
     sm.add_argument("--novel-only", action="store_true", help="drop cells inside the seed space")
     sm.add_argument("--model", help="model directory with gvae/ and flow/ (default: the installed pretrained one)")
     sm.add_argument("--out", help="write the cells as a JSON list here")
@@ -492,6 +585,27 @@ def _build_parser() -> argparse.ArgumentParser:
     el.add_argument("--color", help="attribute that colours the points (default: the first ZC proxy)")
     el.set_defaults(func=_evaluate_latent)
 
+    es = evs.add_parser("sampler", help="does conditioning work (targets vs measured scores of sampled cells), "
+                        "and validity / uniqueness / novelty of a batch of draws")
+    es.add_argument("--model", help="model directory with gvae/ and flow/ (default: the installed pretrained one)")
+    es.add_argument("--space", default="nb201-like")
+    es.add_argument("--reference", default="best", help="'best', an NB201 string or a JSON cell")
+    es.add_argument("--attributes", default="synflow,params", help="attributes conditioned one at a time")
+    es.add_argument("--levels", default="-1,-0.5,0,0.5,1",
+                    help="target offsets from the reference, in stds of the attribute; write --levels=-1,0,1 "
+                    "(default -1,-0.5,0,0.5,1)")
+    es.add_argument("--n", type=int, default=20, help="cells sampled per level (default 20)")
+    es.add_argument("--batch", type=_nonneg_int, default=1000, help="draws for validity/uniqueness/novelty")
+    es.add_argument("--seed", type=int, default=0)
+    es.add_argument("--temperature", type=float, default=1.0)
+    es.add_argument("--oversample", type=float, default=5.0, help="as in cgnf sample")
+    es.add_argument("--store", help="score store for the measured ZC scores (cache; needed for ZC attributes)")
+    es.add_argument("--png", help="write target-vs-measured plots here")
+    es.add_argument("--device", default="cpu")
+    es.add_argument("--json", action="store_true")
+    es.add_argument("--no-progress", action="store_true")
+    es.set_defaults(func=_evaluate_sampler)
+
     cp = sub.add_parser("cell", help="single cells")
     cps = cp.add_subparsers(dest="cell_command", metavar="SUBCOMMAND", required=True)
     h = cps.add_parser(
@@ -508,7 +622,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     try:
         return int(args.func(args) or 0)
     except BrokenPipeError:  # e.g. `cgnf cell hash | head`

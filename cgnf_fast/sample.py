@@ -14,8 +14,9 @@ Model directory (``model=DIR``, CLI ``--model DIR``)::
 
 The flow must have been trained on exactly that G-VAE (checked: sha256 of its weights). With
 ``model=None`` the pretrained default for the space is used: ``cgnf_fast/pretrained/<space>/``
-in the same layout (:func:`default_model_dir`); this version ships none, so ``model=None``
-raises :class:`NoDefaultModelError` saying how to train one.
+in the same layout (:func:`default_model_dir`; ``cgnf pipeline`` makes one in ``RUN/model``).
+For a space without one, ``model=None`` raises :class:`NoDefaultModelError` saying how to
+train one.
 
 Mechanism, per call:
 
@@ -24,11 +25,15 @@ Mechanism, per call:
    NB101-family ones); it must be a member of the space (pruned, not the zero cell).
 2. *Condition*: the reference's predicted attributes (G-VAE predictor on its encoding),
    overridden per attribute by ``condition`` (:func:`parse_condition`): an absolute value, a
-   relative change of the reference's predicted value, or a bound. The raw values go through
-   the flow's :class:`~cgnf_fast.train.flow.FlowConditions` (log for params/FLOPs,
-   standardisation) to the condition vector ``c``.
-3. *Draw*: in chunks of ``chunk`` latents (a fixed size, so the cells of ``n=5`` are the first
-   five of ``n=20`` for the same seed): noise ``e ~ N(0, temperature^2 I)`` from a CPU
+   relative change of the reference's predicted value, or a bound. The values go through the
+   flow's :class:`~cgnf_fast.train.flow.FlowConditions` (log for params/FLOPs,
+   standardisation) to the condition vector ``c``. Attributes the condition leaves out do not
+   stay frozen at the reference's values: they move with the specified ones as they co-vary
+   over the flow's training cells (the Gaussian conditional mean,
+   :meth:`~cgnf_fast.train.flow.FlowConditions.follow`). Asking for more params with the FLOPs
+   pinned at the reference's would ask the flow for cells that do not exist (in NB201-like
+   cells the two correlate at 0.998); name an attribute to pin it.
+3. *Draw*: in chunks of ``chunk`` latents: noise ``e ~ N(0, temperature^2 I)`` from a CPU
    ``torch.Generator`` seeded with ``seed``, ``z = flow.sample(c, noise=e)``, the G-VAE
    decoder's logits of ``z``.
 4. *Decode and repair* (:func:`decode_logits`): the most likely layout (argmax op per slot,
@@ -51,8 +56,14 @@ Mechanism, per call:
    same network are one architecture), drop seed-space cells with ``novel_only``, drop cells
    whose *exact* params/FLOPs (:mod:`cgnf_fast.nets`, the space's macro skeleton) violate a
    params/FLOPs bound. Bounds on other attributes only set the target.
-6. Repeat 3-5 until ``n`` cells are kept or ``max_draws`` latents were drawn (then
-   :class:`SamplingError` with the counts of what was dropped and why).
+6. Repeat 3-5 until ``ceil(oversample * n)`` candidates are kept, ``max_draws`` latents were
+   drawn, or (with ``n`` candidates already) a whole round adds none; fewer than ``n`` by then:
+   :class:`SamplingError` with the counts of what was dropped and why.
+7. *Select*: the G-VAE predictor scores the candidates; the ``n`` whose predicted attributes
+   are closest to the condition vector (squared distance in the flow's standardised units over
+   every conditioned attribute) are returned, closest first. The flow proposes where in the
+   latent space to look; the predictor picks among the proposals. ``oversample=1`` returns the
+   first ``n`` candidates in the order drawn (then a smaller ``n`` gives a prefix).
 
 Each kept cell is re-encoded and the G-VAE predictor gives its ``predicted`` attributes (store
 units: ZC proxies as stored, params and FLOPs in millions); ``params``/``flops`` are exact
@@ -140,6 +151,8 @@ _SUFFIX = {"K": 1e-3, "k": 1e-3, "M": 1.0, "G": 1e3}  # -> millions ("m" is refu
 #: A bare params/FLOPs value at or above this (in millions) is taken for a raw count written without a suffix.
 _MAX_BARE_MILLIONS = 1e5
 DEFAULT_CHUNK = 256
+#: Distinct valid candidates gathered per returned cell; the n closest to the target are kept.
+DEFAULT_OVERSAMPLE = 5.0
 
 _NUM = r"(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
 _RE_BOUND = re.compile(rf"^(<=|>=)\s*([+-]?{_NUM})\s*([A-Za-z]?)$")
@@ -165,8 +178,15 @@ def default_model_dir(space: str) -> Path | None:
     return None
 
 
+def shipped_spaces() -> list[str]:
+    """Spaces with a pretrained model installed in ``cgnf_fast/pretrained/``."""
+    root = Path(__file__).resolve().parent / "pretrained"
+    return sorted(d.name for d in root.iterdir() if default_model_dir(d.name) is not None) if root.is_dir() else []
+
+
 def _train_hint(space: str) -> str:
-    return (f"train one and pass its directory: cgnf zc score {space} --n 2000 --proxies synflow,params,flops "
+    return (f"train one with `cgnf pipeline --space {space} --out RUN` and pass model='RUN/model' (CLI: --model "
+            f"RUN/model), or step by step: cgnf zc score {space} --n 2000 --proxies synflow,params,flops "
             f"--store scores.sqlite; cgnf train gvae --space {space} --store scores.sqlite --out DIR/gvae; "
             f"cgnf train flow --gvae DIR/gvae --out DIR/flow; then model='DIR' (CLI: --model DIR)")
 
@@ -222,8 +242,9 @@ def _resolve_model(model: str | os.PathLike | SamplingModel | None, space: Desig
     elif model is None:
         d = default_model_dir(space.name)
         if d is None:
+            shipped = ", ".join(shipped_spaces()) or "none"
             raise NoDefaultModelError(f"no pretrained model is installed for space {space.name!r} (this version of "
-                                      f"cgnf_fast ships none yet); {_train_hint(space.name)}")
+                                      f"cgnf_fast ships: {shipped}); {_train_hint(space.name)}")
         m = SamplingModel.load(d, device=device)
     elif isinstance(model, (str, os.PathLike)):
         m = SamplingModel.load(model, device=device)
@@ -624,7 +645,8 @@ def _exact_counts(cell: Cell, skeleton: str, cache: dict[int, tuple[int, int]], 
 
 
 # -- sampling ------------------------------------------------------------------------------
-def _check_args(n: Any, temperature: Any, seed: Any, novel_only: Any, chunk: Any, max_draws: Any) -> None:
+def _check_args(n: Any, temperature: Any, seed: Any, novel_only: Any, chunk: Any, max_draws: Any,
+                oversample: Any = 1.0) -> None:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be an int >= 1, got {n!r}")
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
@@ -638,16 +660,20 @@ def _check_args(n: Any, temperature: Any, seed: Any, novel_only: Any, chunk: Any
         raise ValueError(f"chunk must be an int >= 1, got {chunk!r}")
     if max_draws is not None and (isinstance(max_draws, bool) or not isinstance(max_draws, int) or max_draws < 1):
         raise ValueError(f"max_draws must be None or an int >= 1, got {max_draws!r}")
+    if isinstance(oversample, bool) or not isinstance(oversample, (int, float)) or not (
+            math.isfinite(oversample) and oversample >= 1):
+        raise ValueError(f"oversample must be a finite number >= 1, got {oversample!r}")
 
 
 def sample_with_info(reference: Any, condition: Mapping[str, Any] | None = None, n: int = 20,
                      space: str | DesignSpace = "nb201-like", temperature: float = 1.0, seed: int = 0,
                      novel_only: bool = False, device: str | torch.device = "cpu",
                      model: str | os.PathLike | SamplingModel | None = None, *, chunk: int = DEFAULT_CHUNK,
-                     max_draws: int | None = None) -> tuple[list[SampledCell], dict[str, Any]]:
+                     max_draws: int | None = None,
+                     oversample: float = DEFAULT_OVERSAMPLE) -> tuple[list[SampledCell], dict[str, Any]]:
     """:func:`sample`, plus a dict describing the run: the reference, its predicted attributes,
     the condition targets, and how many latents were drawn, repaired, dropped (and why)."""
-    _check_args(n, temperature, seed, novel_only, chunk, max_draws)
+    _check_args(n, temperature, seed, novel_only, chunk, max_draws, oversample)
     sp = get_space(space)
     seed_name = SEED_SPACES.get(sp.name)
     if novel_only and seed_name is None:
@@ -663,16 +689,25 @@ def sample_with_info(reference: Any, condition: Mapping[str, Any] | None = None,
     seed_space = get_space(seed_name) if seed_name is not None else None
 
     ref_pred = {k: float(v[0]) for k, v in vae.predict([ref]).items()}
-    raw = []
-    for a in conds.names:
+    ref_row = [ref_pred[a] for a in conds.names]
+    c_ref = conds.to_flow(torch.tensor([ref_row], dtype=torch.float64))[0]  # [A]
+    given: dict[int, float] = {}
+    for i, a in enumerate(conds.names):
         t = targets.get(a)
-        raw.append(ref_pred[a] if t is None else t.target(ref_pred[a]))
-    for a, v in zip(conds.names, raw):
+        if t is None:
+            continue
+        v = t.target(ref_pred[a])
         if not math.isfinite(v):
             raise ValueError(f"condition {a!r}: the target {v!r} is not a finite number")
+        row = list(ref_row)
+        row[i] = v
+        given[i] = float(conds.to_flow(torch.tensor([row], dtype=torch.float64))[0, i])
+    # unspecified attributes move with the specified ones as they co-vary in the training data
+    c_std = conds.follow(c_ref, given)  # [A]
+    raw = conds.from_flow(c_std[None])[0].tolist()
     pdev = flow._param.device
     pdt = flow._param.dtype
-    c_row = conds.to_flow(torch.tensor([raw], dtype=torch.float64)).to(pdev, pdt)  # [1, A]
+    c_row = c_std[None].to(pdev, pdt)  # [1, A]
     bounds = [t for t in targets.values() if t.attribute in COUNT_ATTRIBUTES and t.kind in ("at_most", "at_least")]
     skeleton = _skeleton(sp)
     counts_cache: dict[int, tuple[int, int]] = {}
@@ -693,7 +728,8 @@ def sample_with_info(reference: Any, condition: Mapping[str, Any] | None = None,
     stats = {"drawn": 0, "rounds": 0, "examined": 0, "repaired": 0, "invalid": 0, "duplicates": 0,
              "in_seed_space_dropped": 0, "outside_bounds": 0}
     vae.model.eval()
-    while len(kept) < n and stats["drawn"] < limit:
+    want = max(n, math.ceil(oversample * n - 1e-9))  # candidates gathered before selecting n
+    while len(kept) < want and stats["drawn"] < limit:
         size = min(chunk, limit - stats["drawn"])
         noise = torch.randn((size, flow.latent), generator=gen, dtype=torch.float64) * float(temperature)
         with torch.no_grad():
@@ -704,6 +740,7 @@ def sample_with_info(reference: Any, condition: Mapping[str, Any] | None = None,
         zc = z.double().cpu().numpy()
         stats["drawn"] += size
         stats["rounds"] += 1
+        before = len(kept)
         for b, (cell, repaired) in enumerate(decoded):
             stats["examined"] += 1
             if cell is None:
@@ -725,8 +762,10 @@ def sample_with_info(reference: Any, condition: Mapping[str, Any] | None = None,
                 stats["outside_bounds"] += 1
                 continue
             kept.append((cell, key, repaired, zc[b].tolist(), in_seed, counts))
-            if len(kept) == n:
+            if len(kept) == want:
                 break
+        if len(kept) >= n and len(kept) == before:
+            break  # enough cells and a whole round found no new candidate: the extra pool is exhausted
     if len(kept) < n:
         why = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in stats.items()
                         if k not in ("drawn", "rounds", "examined", "repaired") and v)
@@ -734,8 +773,15 @@ def sample_with_info(reference: Any, condition: Mapping[str, Any] | None = None,
         raise SamplingError(f"found {len(kept)} of {n} distinct valid cells after drawing {stats['drawn']} latents "
                             f"in {stats['rounds']} rounds ({why or 'nothing dropped'}) under {cond}; loosen the "
                             f"condition, raise the temperature, or ask for fewer cells")
-    cells = [k[0] for k in kept]
-    pred = vae.predict(cells)
+    # selection: the n candidates whose predicted attributes are closest to the condition
+    # (standardised units, every conditioned attribute); ties keep the draw order
+    pred = vae.predict([k[0] for k in kept])
+    p_std = conds.to_flow(torch.tensor(np.stack([pred[a] for a in conds.names], 1), dtype=torch.float64))
+    dist = ((p_std - c_std[None]) ** 2).sum(1).numpy()  # [len(kept)]
+    order = np.argsort(dist, kind="stable")[:n] if len(kept) > n else np.arange(len(kept))  # else: draw order
+    stats["candidates"] = len(kept)
+    kept = [kept[i] for i in order]
+    pred = {a: np.asarray(v)[order] for a, v in pred.items()}
     out: list[SampledCell] = []
     for i, (cell, key, repaired, latent, in_seed, (params, flops)) in enumerate(kept):
         nb201_str = cell.to_nb201() if all(o in NB201_NODE_OPS for o in cell.ops[1:-1]) else None
@@ -754,14 +800,15 @@ def sample(reference: Any, condition: Mapping[str, Any] | None = None, n: int = 
            space: str | DesignSpace = "nb201-like", temperature: float = 1.0, seed: int = 0,
            novel_only: bool = False, device: str | torch.device = "cpu",
            model: str | os.PathLike | SamplingModel | None = None, *, chunk: int = DEFAULT_CHUNK,
-           max_draws: int | None = None) -> list[SampledCell]:
+           max_draws: int | None = None, oversample: float = DEFAULT_OVERSAMPLE) -> list[SampledCell]:
     """``n`` distinct new cells around ``reference`` under ``condition`` (module doc).
 
     Args:
         reference: a :class:`Cell`, an NB201 string, an NB101 ``(matrix, ops)`` pair, or
             ``"best"`` (:data:`BEST_NB201` / :data:`BEST_NB101` for the space's family).
-        condition: attribute -> value (:func:`parse_condition`); attributes not given keep the
-            reference's predicted value. None: the reference's own predicted attributes.
+        condition: attribute -> value (:func:`parse_condition`); attributes not given follow
+            the given ones from the reference's predicted values (module doc, step 2). None:
+            the reference's own predicted attributes.
         n: number of distinct cells (by network code) to return.
         space: the design space (a name or a :class:`DesignSpace`); the model must be for it.
         temperature: standard deviation of the flow's base noise (1 = the trained distribution).
@@ -771,15 +818,18 @@ def sample(reference: Any, condition: Mapping[str, Any] | None = None, n: int = 
             stays where it is).
         model: a model directory (``gvae/`` + ``flow/``, module doc), a loaded
             :class:`SamplingModel`, or None for the installed pretrained default.
-        chunk: latents per round (fixed so that results for a smaller ``n`` are a prefix).
+        chunk: latents per round.
         max_draws: latents drawn at most before :class:`SamplingError` (default
             ``max(100 n, 10 chunk)`` rounded up to whole chunks).
+        oversample: distinct valid candidates gathered per returned cell; the ``n`` whose
+            predicted attributes are closest to the condition are returned (1: the first ``n``
+            drawn, in draw order).
 
     Returns:
-        ``n`` :class:`SampledCell` in the order they were drawn.
+        ``n`` :class:`SampledCell`, closest to the condition first.
     """
     return sample_with_info(reference, condition, n, space, temperature, seed, novel_only, device, model,
-                            chunk=chunk, max_draws=max_draws)[0]
+                            chunk=chunk, max_draws=max_draws, oversample=oversample)[0]
 
 
 # -- pictures ------------------------------------------------------------------------------

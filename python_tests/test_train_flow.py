@@ -152,6 +152,32 @@ def test_conditions_standardisation_round_trips(flow_run: tuple[Path, dict]) -> 
         FlowConditions(["a"], ["identity"], [0.0], [0.0])
     with pytest.raises(ValueError, match="transforms must be one of"):
         FlowConditions(["a"], ["sqrt"], [0.0], [1.0])
+    # the correlation of the standardised training conditions is saved with them
+    np.testing.assert_allclose(np.array(conds.corr), np.corrcoef(c.numpy().T), rtol=1e-9, atol=1e-12)
+    assert f.corr == [[1.0, 0.0], [0.0, 1.0]]  # the constant column correlates with nothing
+
+
+def test_unspecified_conditions_follow_the_specified_ones() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=4000)
+    b = 0.8 * a + 0.6 * rng.normal(size=4000)  # corr(a, b) = 0.8
+    d = rng.normal(size=4000)  # independent
+    f = FlowConditions.fit(["nwot", "synflow", "snip"], np.stack([a, b, d], 1))
+    assert f.corr[0][1] == pytest.approx(0.8, abs=0.03) and abs(f.corr[0][2]) < 0.05
+    ref = np.array([0.1, -0.2, 0.3])
+    c = f.follow(ref, {0: 1.1}).numpy()  # +1 std on the first
+    assert c[0] == 1.1
+    assert c[1] == pytest.approx(-0.2 + f.corr[0][1] * 1.0, rel=1e-12)  # Gaussian conditional mean
+    assert c[2] == pytest.approx(0.3 + f.corr[0][2] * 1.0, rel=1e-12)
+    np.testing.assert_array_equal(f.follow(ref, {}).numpy(), ref)  # nothing given: the reference
+    both = f.follow(ref, {0: 1.1, 1: 5.0}).numpy()  # given columns are kept as given
+    assert both[0] == 1.1 and both[1] == 5.0
+    old = FlowConditions.from_dict({k: v for k, v in f.to_dict().items() if k != "corr"})  # flows without corr
+    assert old.corr is None and old.follow(ref, {0: 1.1}).numpy().tolist() == [1.1, -0.2, 0.3]
+    with pytest.raises(ValueError, match="corr must be a symmetric 2x2 correlation matrix"):
+        FlowConditions(["a", "b"], ["identity"] * 2, [0.0] * 2, [1.0] * 2, corr=[[1.0, 0.5], [0.4, 1.0]])
+    with pytest.raises(ValueError, match="c_ref must have 3 entries"):
+        f.follow(np.zeros(2), {})
 
 
 def test_rerun_with_another_config_or_gvae_is_refused(gvae_dir: Path, flow_run: tuple[Path, dict],
@@ -208,7 +234,7 @@ def test_corrupt_or_missing_flow_files_give_clear_errors(gvae_dir: Path, flow_ru
               "bad conditions"),
              (json.dumps({**good, "conditions": {**good["conditions"], "names": ["nwot", "params"],
                                                  "transforms": ["identity", "log"], "mean": [0.0, 0.0],
-                                                 "std": [1.0, 1.0]}}), r"takes cond_dim=3"),
+                                                 "std": [1.0, 1.0], "corr": None}}), r"takes cond_dim=3"),
              (json.dumps({**good, "gvae": {}}), "fingerprint of the G-VAE")]
     for text, match in cases:
         (d / "flow.json").write_text(text)

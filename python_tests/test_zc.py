@@ -110,3 +110,19 @@ def test_score_bad_input():
         score(BEST_ISH, ["nwot"], batch=(torch.randn(2, 3, 8, 8), torch.tensor([0])))
     with pytest.raises(ValueError, match="no input -> output path"):
         score(Cell([[0, 1, 0], [0, 0, 0], [0, 0, 0]], ["input", "maxpool3x3", "output"]), ["nwot"], skeleton="nb101", batch=small)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("skeleton", ["nb201", "nb101"])
+def test_score_on_cuda_matches_cpu(skeleton):
+    # every proxy on the GPU: deterministic for a seed there, and equal to the CPU scores up to
+    # float32 summation order (run by benches/gpu_check.sh)
+    from helpers import INCEPTION
+
+    cell = BEST_ISH if skeleton == "nb201" else INCEPTION
+    cpu = score(cell, ALL_PROXIES, skeleton=skeleton, seed=0, batch=None)
+    gpu = score(cell, ALL_PROXIES, skeleton=skeleton, seed=0, batch=None, device="cuda")
+    again = score(cell, ALL_PROXIES, skeleton=skeleton, seed=0, batch=None, device="cuda")
+    assert gpu == again
+    for p in ALL_PROXIES:
+        assert gpu[p] == pytest.approx(cpu[p], rel=2e-3, abs=1e-4), p

@@ -40,10 +40,12 @@ def count_params(module_or_cell: nn.Module | Cell | str, skeleton: str = "nb201"
 
 
 def count_flops(module_or_cell: nn.Module | Cell | str, skeleton: str = "nb201", num_classes: int = 10,
-                input_size: tuple[int, int, int] = (3, 32, 32), **hparams) -> int:
-    """FLOPs (multiply-accumulates, NB201's convention: see ``nets.flops``) of one image."""
+                input_size: tuple[int, int, int] = (3, 32, 32), convention: str = "nb201", **hparams) -> int:
+    """FLOPs of one image: multiply-accumulates in NB201's convention (the default, what the
+    ``flops`` proxy stores) or NASLib's zero-cost ``flops`` (``convention="naslib"``: also batch
+    norm, ReLU and the global pool, no linear bias); see ``cgnf_fast.nets.flops``."""
     m = module_or_cell if isinstance(module_or_cell, nn.Module) else build(module_or_cell, skeleton, num_classes, **hparams)
-    return _count_module_flops(m, input_size)
+    return _count_module_flops(m, input_size, convention)
 
 
 __all__ = ["SKELETONS", "build", "count_flops", "count_params"]

@@ -124,6 +124,8 @@ class NB101Network(nn.Module):
                 c_in = c
         self.cells = nn.Sequential(*layers)
         self.classifier = nn.Linear(c, num_classes)
+        #: the sub-module whose output is globally average-pooled (FLOP counting, nets.flops)
+        self.global_pool_source = "cells"
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Feature maps before global pooling."""

@@ -129,6 +129,8 @@ class NB201Network(nn.Module):
         self.cells = nn.Sequential(*layers)
         self.lastact = nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(inplace=True))
         self.classifier = nn.Linear(c, num_classes)
+        #: the sub-module whose output is globally average-pooled (FLOP counting, nets.flops)
+        self.global_pool_source = "lastact"
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Feature maps before global pooling: ``[B, 3, H, W] -> [B, 4 * channels, H / 4, W / 4]``."""

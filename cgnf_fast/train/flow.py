@@ -124,6 +124,9 @@ class FlowConditions:
     mean: list[float]
     std: list[float]
     log_floor: float = LOG_FLOOR
+    #: correlation matrix [A][A] of the standardised training conditions (None in flows trained
+    #: before it was recorded); sampling moves unspecified attributes with the specified ones by it
+    corr: list[list[float]] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.names)
@@ -141,6 +144,12 @@ class FlowConditions:
             raise ValueError(f"condition stds must be finite numbers > 0, got {self.std}")
         if not (isinstance(self.log_floor, (int, float)) and self.log_floor > 0):
             raise ValueError(f"log_floor must be > 0, got {self.log_floor!r}")
+        if self.corr is not None:
+            c = np.asarray(self.corr, dtype=np.float64)
+            if c.shape != (n, n) or not np.isfinite(c).all() or not np.allclose(c, c.T) \
+                    or not np.allclose(np.diag(c), 1.0) or np.abs(c).max() > 1 + 1e-9:
+                raise ValueError(f"corr must be a symmetric {n}x{n} correlation matrix (unit diagonal, entries in "
+                                 f"[-1, 1]), got {self.corr!r}")
 
     @staticmethod
     def transform_for(name: str) -> str:
@@ -159,7 +168,40 @@ class FlowConditions:
         std = t.std(0)
         # a constant condition: keep std 1 (the standardised column is then all zeros)
         std = torch.where(std > 1e-8 * mean.abs().clamp_min(1.0), std, torch.ones_like(std))
-        return cls(names, tf, [float(v) for v in mean], [float(v) for v in std])
+        u = ((t - mean) / std).numpy()  # [M, A] standardised
+        cov = u.T @ u / (u.shape[0] - 1)
+        d = np.sqrt(np.clip(np.diag(cov), 1e-300, None))
+        corr = np.clip(cov / np.outer(d, d), -1.0, 1.0)
+        np.fill_diagonal(corr, 1.0)
+        corr[~np.isfinite(corr)] = 0.0
+        return cls(names, tf, [float(v) for v in mean], [float(v) for v in std],
+                   corr=[[float(x) for x in row] for row in corr])
+
+    def follow(self, c_ref: torch.Tensor | np.ndarray, given: dict[int, float]) -> torch.Tensor:
+        """The flow condition for targets ``given`` (column -> standardised value) with every
+        other column moved from the reference ``c_ref [A]`` by the Gaussian conditional mean
+        ``corr[U, S] corr[S, S]^-1 (c_S - c_ref_S)``: unspecified attributes change as they
+        co-vary with the specified ones over the training cells (without ``corr``: they stay).
+
+        Shapes:
+            c_ref [A] -> [A] float64
+        """
+        c = torch.as_tensor(np.asarray(c_ref, dtype=np.float64)).clone().reshape(-1)
+        if c.numel() != len(self.names):
+            raise ValueError(f"c_ref must have {len(self.names)} entries, got {c.numel()}")
+        S = sorted(given)
+        if not S:
+            return c
+        delta = np.array([given[i] - float(c[i]) for i in S])
+        U = [i for i in range(len(self.names)) if i not in given]
+        if self.corr is not None and U:
+            R = np.asarray(self.corr, dtype=np.float64)
+            shift = R[np.ix_(U, S)] @ np.linalg.lstsq(R[np.ix_(S, S)], delta, rcond=1e-10)[0]
+            for k, i in enumerate(U):
+                c[i] += float(shift[k])
+        for i in S:
+            c[i] = given[i]
+        return c
 
     def _check(self, x: torch.Tensor | np.ndarray, name: str) -> torch.Tensor:
         x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)

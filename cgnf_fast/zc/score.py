@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
 from ..nets import build, count_flops, count_params
@@ -58,13 +61,30 @@ def score(
     x = x.to(device, torch.float32)
     y = y.to(device, torch.int64)
     out: dict[str, float] = {}
-    for name in names:
-        torch.manual_seed(seed)
-        net = build(cell, skeleton, num_classes=num_classes).to(device).train()
-        if name == "params":
-            out[name] = count_params(net) / 1e6
-        elif name == "flops":
-            out[name] = count_flops(net, tuple(x.shape[1:])) / 1e6
-        else:
-            out[name] = float(PROXIES[name](net, (x, y)))
+    with _deterministic(device):
+        for name in names:
+            torch.manual_seed(seed)
+            net = build(cell, skeleton, num_classes=num_classes).to(device).train()  # weights drawn on the CPU
+            if name == "params":
+                out[name] = count_params(net) / 1e6
+            elif name == "flops":
+                out[name] = count_flops(net, tuple(x.shape[1:])) / 1e6
+            else:
+                out[name] = float(PROXIES[name](net, (x, y)))
     return out
+
+
+@contextlib.contextmanager
+def _deterministic(device: torch.device) -> Iterator[None]:
+    """On CUDA: deterministic cuDNN algorithms and no TF32 while scoring (restored afterwards),
+    so a seed gives the same scores on every run and float32 scores close to the CPU's."""
+    if device.type != "cuda":
+        yield
+        return
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = (cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32)
+    cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32 = True, False, False, False
+    try:
+        yield
+    finally:
+        cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32 = saved

@@ -1,0 +1,220 @@
+"""``cgnf pipeline``: everything from scratch, one resumable command.
+
+Stages, each resumable on its own (rerunning the same command continues where it stopped):
+
+1. **score** -- ``labels`` distinct cells sampled uniformly from the space plus ``stratified``
+   cells spread evenly over vertex counts (:meth:`DesignSpace.sample_stratified`; uniform
+   sampling almost never draws small cells) are scored on real CIFAR-10 images (the embedded
+   calibration batch, or ``images``: a folder of class sub-folders) into the SQLite score store.
+   Cells already in the store (same proxies, images, seed and code version) are not recomputed,
+   so an existing store can be passed with ``store``.
+2. **gvae** -- the graph VAE + attribute predictor (:func:`cgnf_fast.train.gvae.train_gvae`) in
+   ``OUT/gvae``.
+3. **flow** -- the conditional CNF on the G-VAE's latents
+   (:func:`cgnf_fast.train.flow.train_flow`) in ``OUT/flow``.
+4. **export** -- the files sampling needs (G-VAE and flow weights + configs, nothing else) in
+   ``OUT/model/{gvae,flow}``: a model directory for ``cgnf sample --model OUT/model``, and what
+   ships as the pretrained default in ``cgnf_fast/pretrained/<space>/`` (with ``model.json``:
+   the pipeline config, the exact command and the sha256 of every file).
+
+``OUT/pipeline.json`` records the config; a rerun with a different config is refused (the
+stages would otherwise mix two experiments), except for the fields in
+:attr:`PipelineConfig.RESUMABLE_CHANGES`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .train.checkpoint import CheckpointError, load_json, save_json
+
+__all__ = ["DEFAULT_PROXIES", "PipelineConfig", "export_model", "run_pipeline"]
+
+#: Proxies scored and learned by default: the two the paper conditions on, plus the exact counts.
+DEFAULT_PROXIES = ("synflow", "nwot", "params", "flops")
+#: Files of a model directory (``export_model``).
+MODEL_FILES = {"gvae": ("gvae.json", "gvae.safetensors"), "flow": ("flow.json", "flow.safetensors")}
+
+
+@dataclass
+class PipelineConfig:
+    """What ``cgnf pipeline`` runs (defaults: the shipped nb201-like model)."""
+
+    space: str
+    #: score store (None: ``OUT/scores.sqlite``)
+    store: str | None = None
+    proxies: list[str] = field(default_factory=lambda: list(DEFAULT_PROXIES))
+    labels: int = 3000
+    stratified: int = 1500
+    batch_size: int = 16
+    images: str | None = None
+    workers: int = 1
+    seed: int = 0
+    # G-VAE
+    gvae_epochs: int = 40
+    gvae_lr: float = 2e-3
+    unlabelled: int = 100_000
+    seed_space_cells: int = 20_000
+    heldout: int = 2000
+    latent: int = 32
+    gvae_hidden: int = 128
+    gvae_layers: int = 4
+    gvae_batch: int = 512
+    # flow
+    flow_epochs: int = 15
+    flow_batch: int = 256
+    flow_max_cells: int = 30_000
+    flow_hidden: list[int] = field(default_factory=lambda: [128, 128])
+
+    #: may change between a run and its resumption (they do not change what is computed)
+    RESUMABLE_CHANGES = ("store", "workers")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def validate(self) -> None:
+        from .space import spaces
+        from .zc.score import check_proxies
+
+        spaces.get(self.space)  # a clear error for an unknown space
+        self.proxies = list(check_proxies(self.proxies))
+        for f in ("labels", "stratified"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"{f} must be an int >= 0, got {v!r}")
+        if self.labels + self.stratified < 2:
+            raise ValueError("labels + stratified must be at least 2 (the G-VAE learns from labelled cells)")
+        for f in ("batch_size", "workers", "gvae_epochs", "flow_epochs", "flow_batch", "flow_max_cells", "latent",
+                  "gvae_hidden", "gvae_layers", "gvae_batch"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{f} must be an int >= 1, got {v!r}")
+        if self.images is not None and not Path(self.images).is_dir():
+            raise ValueError(f"images: {self.images} is not a directory (a folder of class sub-folders)")
+
+
+def _stage(name: str, progress: bool) -> float:
+    if progress:
+        print(f"[pipeline] {name}", file=sys.stderr, flush=True)
+    return time.perf_counter()
+
+
+def _check_resume(out: Path, cfg: PipelineConfig) -> None:
+    old = load_json(out / "pipeline.json")
+    if not isinstance(old, dict) or old.get("format") != "cgnf_fast.pipeline" or "config" not in old:
+        raise CheckpointError(f"{out / 'pipeline.json'}: not a pipeline run directory (use a new --out)")
+    new = cfg.to_dict()
+    diff = sorted(k for k in set(old["config"]) | set(new)
+                  if k not in PipelineConfig.RESUMABLE_CHANGES and old["config"].get(k) != new.get(k))
+    if diff:
+        detail = ", ".join(f"{k}: {old['config'].get(k)!r} -> {new.get(k)!r}" for k in diff[:4])
+        raise ValueError(f"{out} holds a pipeline run with a different config ({detail}); use a new --out")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def export_model(run: str | Path, dest: str | Path, *, provenance: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Copies the files sampling needs from ``run/{gvae,flow}`` to ``dest/{gvae,flow}`` (checked
+    to load as a pair first) and writes ``dest/model.json`` (provenance + sha256 of each file)."""
+    from .sample import SamplingModel
+
+    src = Path(run)
+    SamplingModel.load(src)  # refuses a missing, corrupt or mismatched pair before anything is copied
+    d = Path(dest)
+    tmp = d.with_name(d.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    files: dict[str, str] = {}
+    for sub, names in MODEL_FILES.items():
+        (tmp / sub).mkdir(parents=True)
+        for n in names:
+            shutil.copyfile(src / sub / n, tmp / sub / n)
+            files[f"{sub}/{n}"] = _sha256(tmp / sub / n)
+    info = {"format": "cgnf_fast.model", "files": files, **(provenance or {})}
+    save_json(tmp / "model.json", info)
+    SamplingModel.load(tmp)
+    if d.exists():
+        shutil.rmtree(d)
+    tmp.rename(d)
+    return info
+
+
+def run_pipeline(cfg: PipelineConfig, out: str | Path, *, device: str = "cpu", progress: bool = True,
+                 command: list[str] | None = None) -> dict[str, Any]:
+    """Runs (or resumes) every stage in ``out``; returns a summary (also in ``out/pipeline.json``)."""
+    from .space import spaces
+    from .train.flow import TrainFlowConfig, train_flow
+    from .train.gvae import TrainGVAEConfig, train_gvae
+    from .zc import calibration_batch, load_folder, run
+    from .zc.images import normalize
+
+    cfg.validate()
+    outp = Path(out)
+    outp.mkdir(parents=True, exist_ok=True)
+    if (outp / "pipeline.json").exists():
+        _check_resume(outp, cfg)
+    store = cfg.store or str(outp / "scores.sqlite")
+    cmd = " ".join(shlex.quote(a) for a in (command or []))
+    summary: dict[str, Any] = {"format": "cgnf_fast.pipeline", "config": cfg.to_dict(), "command": cmd or None,
+                               "stages": {}}
+    save_json(outp / "pipeline.json", summary)
+
+    # 1. labels
+    t0 = _stage(f"1/4 score {cfg.labels} random + {cfg.stratified} stratified {cfg.space} cells into {store}",
+                progress)
+    sp = spaces.get(cfg.space)
+    cells = sp.sample(cfg.labels, seed=cfg.seed, unique=True) if cfg.labels else []
+    if cfg.stratified:
+        cells = cells + sp.sample_stratified(cfg.stratified, seed=cfg.seed)
+    if cfg.images:
+        x, y, _ = load_folder(cfg.images, per_class=max(1, cfg.batch_size // 10 + 1))
+        batch = (normalize(x)[: cfg.batch_size], y[: cfg.batch_size])
+    else:
+        batch = calibration_batch(cfg.batch_size)
+    sc = run.score_cells(cells, space=sp.name, proxies=cfg.proxies, store=store, batch=batch, seed=cfg.seed,
+                         device=device, workers=cfg.workers, progress=progress)
+    summary["stages"]["score"] = {**sc, "seconds": round(time.perf_counter() - t0, 1)}
+
+    # 2. G-VAE
+    t0 = _stage("2/4 train the G-VAE", progress)
+    from .zc import ALL_PROXIES
+
+    attrs = [p for p in ALL_PROXIES if p in cfg.proxies]  # the store's canonical order
+    gcfg = TrainGVAEConfig(space=sp.name, store=store, attributes=attrs, n_unlabelled=cfg.unlabelled,
+                           include_seed_space=cfg.seed_space_cells, heldout=cfg.heldout, latent=cfg.latent,
+                           hidden=cfg.gvae_hidden, layers=cfg.gvae_layers, batch=cfg.gvae_batch,
+                           epochs=cfg.gvae_epochs, lr=cfg.gvae_lr, seed=cfg.seed)
+    gm = train_gvae(gcfg, str(outp / "gvae"), device=device, progress=progress)
+    summary["stages"]["gvae"] = {"metrics": gm, "seconds": round(time.perf_counter() - t0, 1)}
+    save_json(outp / "pipeline.json", summary)
+
+    # 3. flow
+    t0 = _stage("3/4 train the conditional flow", progress)
+    fcfg = TrainFlowConfig(hidden=list(cfg.flow_hidden), batch=cfg.flow_batch, epochs=cfg.flow_epochs,
+                           max_cells=cfg.flow_max_cells, seed=cfg.seed)
+    fm = train_flow(fcfg, outp / "gvae", outp / "flow", device=device, progress=progress)
+    summary["stages"]["flow"] = {"metrics": fm, "seconds": round(time.perf_counter() - t0, 1)}
+
+    # 4. export
+    _stage(f"4/4 export the model to {outp / 'model'}", progress)
+    from . import __version__
+
+    info = export_model(outp, outp / "model", provenance={
+        "space": sp.name, "cgnf_fast_version": __version__, "command": cmd or None, "pipeline": cfg.to_dict(),
+        "labels": gm.get("data", {}).get("labelled") if isinstance(gm.get("data"), dict) else None})
+    summary["stages"]["export"] = {"dir": str(outp / "model"), "files": info["files"]}
+    save_json(outp / "pipeline.json", summary)
+    return summary

@@ -1,0 +1,141 @@
+"""`cgnf pipeline`: every stage for real at toy sizes (scoring on the embedded CIFAR-10 images,
+G-VAE, flow, export), resumption, refusal of a changed config, and the exported model sampling."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from cgnf_fast.pipeline import PipelineConfig, export_model
+from cgnf_fast.sample import SamplingModel, sample
+from cgnf_fast.train.checkpoint import CheckpointError
+
+TINY = ["--space", "nb201-like", "--proxies", "params,flops", "--labels", "24", "--stratified", "12",
+        "--batch-size", "2", "--gvae-epochs", "2", "--unlabelled", "300", "--seed-space-cells", "50",
+        "--heldout", "10", "--latent", "4", "--gvae-hidden", "16", "--gvae-layers", "2", "--gvae-batch", "64",
+        "--flow-epochs", "1", "--flow-batch", "64", "--flow-max-cells", "200", "--flow-hidden", "8,8",
+        "--no-progress"]
+
+
+def _run_cli(*args: str) -> tuple[int, str, str]:
+    from cgnf_fast.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(list(args))
+    return rc, out.getvalue(), err.getvalue()
+
+
+def _sha(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("pipe") / "run"
+    rc, out, err = _run_cli("pipeline", "--out", str(d), *TINY)
+    assert rc == 0, err
+    res = json.loads(out)
+    assert res["model"] == str(d / "model") and set(res) >= {"score", "gvae", "flow"}
+    return d
+
+
+def test_every_stage_ran_and_the_model_is_exported(run_dir: Path) -> None:
+    info = json.loads((run_dir / "pipeline.json").read_text())
+    assert info["config"]["labels"] == 24 and info["command"].startswith("cgnf pipeline --out ")
+    score = info["stages"]["score"]
+    assert 24 <= score["cells"] <= 36  # distinct cells: the random and stratified draws may overlap
+    assert score["computed"] + score["already_done"] == score["cells"]
+    assert (run_dir / "scores.sqlite").is_file()
+    assert (run_dir / "gvae" / "gvae.safetensors").is_file() and (run_dir / "flow" / "flow.safetensors").is_file()
+    model = json.loads((run_dir / "model" / "model.json").read_text())
+    assert model["space"] == "nb201-like" and model["pipeline"]["flow_hidden"] == [8, 8]
+    assert model["command"] == info["command"]
+    assert set(model["files"]) == {"gvae/gvae.json", "gvae/gvae.safetensors", "flow/flow.json", "flow/flow.safetensors"}
+    for rel, sha in model["files"].items():
+        assert _sha(run_dir / "model" / rel) == sha
+        assert _sha(run_dir / rel) == sha  # an exact copy of the trained files
+    # only what sampling needs: no checkpoints, optimizer state or training data
+    assert sorted(p.name for p in (run_dir / "model" / "gvae").iterdir()) == ["gvae.json", "gvae.safetensors"]
+
+
+def test_the_exported_model_samples(run_dir: Path) -> None:
+    m = SamplingModel.load(run_dir / "model")
+    cells = sample("best", n=5, seed=1, model=m)
+    assert len({c.network_code for c in cells}) == 5
+    assert set(cells[0].predicted) == {"params", "flops"}
+
+
+def test_rerun_resumes_without_recomputing(run_dir: Path) -> None:
+    before = {p: _sha(run_dir / p) for p in ("gvae/gvae.safetensors", "flow/flow.safetensors")}
+    rc, out, err = _run_cli("pipeline", "--out", str(run_dir), *TINY)
+    assert rc == 0, err
+    info = json.loads((run_dir / "pipeline.json").read_text())
+    assert info["stages"]["score"]["computed"] == 0  # every label came from the store
+    assert {p: _sha(run_dir / p) for p in before} == before
+
+
+def test_changed_config_is_refused(run_dir: Path) -> None:
+    args = list(TINY)
+    args[args.index("--labels") + 1] = "25"
+    rc, _, err = _run_cli("pipeline", "--out", str(run_dir), *args)
+    assert rc == 2 and "different config (labels: 24 -> 25)" in err
+
+
+def test_bad_arguments(tmp_path: Path) -> None:
+    rc, _, err = _run_cli("pipeline", "--out", str(tmp_path / "x"), "--space", "nb999")
+    assert rc == 2 and "nb999" in err
+    rc, _, err = _run_cli("pipeline", "--out", str(tmp_path / "y"), "--space", "nb201-like", "--proxies", "synflow,bogus")
+    assert rc == 2 and "bogus" in err
+    with pytest.raises(ValueError, match="labels \\+ stratified must be at least 2"):
+        PipelineConfig(space="nb201-like", labels=1, stratified=0).validate()
+    with pytest.raises(CheckpointError):
+        export_model(tmp_path / "nothing", tmp_path / "model")
+    assert not (tmp_path / "model").exists()
+
+
+# -- cgnf evaluate sampler (on the pipeline's toy model) -----------------------------------
+def test_evaluate_sampler_cli(run_dir: Path, tmp_path: Path) -> None:
+    png = tmp_path / "cond.png"
+    rc, out, err = _run_cli("evaluate", "sampler", "--model", str(run_dir / "model"), "--attributes", "params",
+                            "--levels=-1,0,1", "--n", "4", "--batch", "50", "--png", str(png), "--json",
+                            "--no-progress")
+    assert rc == 0, err
+    r = json.loads(out)
+    c = r["conditioning"]["params"]
+    assert [x["level_std"] for x in c["levels"]] == [-1.0, 0.0, 1.0]
+    targets = [x["target"] for x in c["levels"]]
+    assert targets == sorted(targets) and targets[0] < r["reference_predicted"]["params"] < targets[2]
+    assert len(c["achieved"]) == 12 and all(v > 0 for v in c["achieved"])
+    assert -1.0 <= c["spearman_target_achieved"] <= 1.0
+    b = r["batch"]
+    assert b["batch"] == 50 and 0 <= b["valid"] <= 50 and b["unique_networks"] <= b["valid"]
+    assert b["seed_space"] == "nb201" and 0 <= b["novel"] <= b["unique_networks"]
+    assert png.stat().st_size > 10_000
+    rc, out, err = _run_cli("evaluate", "sampler", "--model", str(run_dir / "model"), "--attributes", "synflow",
+                            "--no-progress")
+    assert rc == 2 and "conditioned on ['params', 'flops'] only" in err
+
+
+def test_measured_zc_scores_equal_direct_scoring(run_dir: Path, tmp_path: Path) -> None:
+    from cgnf_fast import get_space, zc
+    from cgnf_fast.evaluate.sampler import measure
+    from cgnf_fast.zc import calibration_batch
+
+    m = SamplingModel.load(run_dir / "model")
+    cells = get_space("nb201-like").sample(3, seed=5, unique=True)
+    store = str(tmp_path / "m.sqlite")
+    got = measure(cells, "nwot", space="nb201-like", model=m, store=store)
+    want = [zc.score(c, ["nwot"], skeleton="nb201", batch=calibration_batch(2), seed=0)["nwot"] for c in cells]
+    assert got.tolist() == pytest.approx(want, rel=1e-9)
+    assert measure(cells, "nwot", space="nb201-like", model=m, store=store).tolist() == got.tolist()  # cached
+    with pytest.raises(ValueError, match="needs a score store"):
+        measure(cells, "nwot", space="nb201-like", model=m, store=None)
+    params = measure(cells, "params", space="nb201-like", model=m, store=None)
+    from cgnf_fast import nets
+    assert params.tolist() == [nets.count_params(c, skeleton="nb201") / 1e6 for c in cells]
