@@ -9,7 +9,9 @@ initialisation, float32, eval mode, ``torch.no_grad``. For each hidden size and 
 * ``eval``: one evaluation of ``dz/dt`` (no divergence);
 * ``eval_exact``: one evaluation of ``dz/dt`` and the exact divergence ``tr(df/dz)``;
 * ``sample``: a full sampling solve, ``flow.sample(c, noise=e)`` (dopri5, rtol = atol = 1e-5,
-  from t = 1 to 0), ``backend="native"`` vs ``backend="torch"`` on the same weights.
+  from t = 1 to 0), ``backend="native"`` vs ``backend="torch"`` on the same weights. The row
+  also estimates ``outside_dynamics_s`` = solve time - nfe x (``eval`` time): torchdiffeq's own
+  tensor work per step, the same for both backends, which bounds the solve's ratio.
 
 "native" is what a solve runs per step: ``cgnf_fast.ops.cnf.CnfPlan`` (weights and condition
 validated once); "torch" is ``cgnf_fast.reference.cnf.cnf_dynamics``, the stock-PyTorch ops of
@@ -104,6 +106,7 @@ def main() -> None:
             c = torch.randn(B, COND, generator=g).to(args.device)
             t = torch.tensor(0.5, device=args.device)
             base = {"hidden": list(hidden), "batch": B}
+            eval_s: dict[str, float] = {}
             with torch.no_grad():
                 for name, div in (("eval", None), ("eval_exact", "exact")):
                     if name not in only or (div and args.skip_exact_over and sum(hidden) == widest
@@ -120,6 +123,8 @@ def main() -> None:
                     row = side_by_side(lambda: plan(t, z),
                                        lambda: reference.cnf_dynamics(t, z, c, weights, dyn.activation, div),
                                        args.device, reps)
+                    if div is None:
+                        eval_s = {"native": row["native_s"], "torch": row["torch_s"]}
                     print(json.dumps({"bench": name, **base, **row, **errs, **meta}), flush=True)
                 if "sample" in only:
                     e = torch.randn(B, LATENT, generator=g).to(args.device)
@@ -130,6 +135,9 @@ def main() -> None:
                     row = side_by_side(lambda: native_flow.sample(c, noise=e), lambda: torch_flow.sample(c, noise=e),
                                        args.device, max(3, args.reps // 2))
                     nfe = {"nfe_native": native_flow.nfe, "nfe_torch": torch_flow.nfe, "rel_err_sample": err}
+                    if eval_s:  # what the solve spends outside the dynamics (the solver's own tensor ops)
+                        nfe["outside_dynamics_s"] = {
+                            k: float(f"{row[k + '_s'] - nfe['nfe_' + k] * eval_s[k]:.4g}") for k in ("native", "torch")}
                     print(json.dumps({"bench": "sample", **base, **row, **nfe, **meta}), flush=True)
 
 

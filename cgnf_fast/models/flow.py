@@ -251,7 +251,7 @@ class ODEDynamics(nn.Module):
             _check_tensor("noise", noise, "[B, latent]", self.latent, p.dtype, p.device, batch=z.shape[0],
                           finite=False)
 
-    # the computation (no checks: the solver calls this at every step) ---------------------
+    # the computation (no checks; solves evaluate through _ODEFunc) -------------------------
     def weights(self) -> list[tuple[torch.Tensor, ...]]:
         """Per layer ``(W [out, in], b [out], G [out, 1 + C], g [out], H [out, 1 + C])``: the
         weights in the layout of ``cgnf_fast.ops.cnf`` / ``cgnf_fast.reference.cnf``."""

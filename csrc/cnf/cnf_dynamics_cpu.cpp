@@ -155,7 +155,7 @@ CGNF_INLINE Vec<T, VB> vlog1p_unit(Vec<T, VB> u) {
   using V = Vec<T, VB>;
   constexpr bool kF = std::is_same<T, float>::value;
   const auto big = u > T(0.41421356237309504880);
-  const V s = big ? (u - T(1)) / (u + T(3)) : u / (u + T(2));
+  const V s = (big ? u - T(1) : u) / (u + (big ? bcast<V>(T(3)) : bcast<V>(T(2))));  // one division
   const V s2 = s * s;
   constexpr int kTerms = kF ? 6 : 11;  // 1, 1/3, ..., 1/(2 kTerms - 1)
   V p = bcast<V>(T(1) / T(2 * kTerms - 1));
@@ -265,6 +265,7 @@ struct Scratch {
   T *tx, *ty;  // [rows][MB] Hutchinson tangents (ping-pong)
   T* nz;       // [D][MB] Hutchinson probe (noise^T)
   T* ct;       // [C][MB] condition^T
+  T *gt, *hp;  // [rows][MB] the current layer's gate sigmoid(G ctx + g) and context bias H ctx
   T* sv;       // [rows][MB] Hutchinson: scales s_l of the current layer
   T* sc;       // [hidden_sum][MB] exact: scales s_l of every hidden layer
   T* gl;       // [D][MB] gate of the last layer (divergences)
@@ -282,6 +283,8 @@ struct Scratch {
                              hut ? rows * MB : 0,
                              hut ? p.D * MB : 0,
                              p.C * MB,
+                             rows * MB,
+                             rows * MB,
                              hut ? rows * MB : 0,
                              exact ? p.hidden_sum * MB : 0,
                              (hut || exact) ? p.D * MB : 0,
@@ -292,8 +295,8 @@ struct Scratch {
     mem.assign(total, T(0));
     uintptr_t base = reinterpret_cast<uintptr_t>(mem.data());
     T* q = reinterpret_cast<T*>((base + 63) / 64 * 64);
-    T** slots[] = {&x, &y, &tx, &ty, &nz, &ct, &sv, &sc, &gl, &TA, &TB};
-    for (int i = 0; i < 11; ++i) {
+    T** slots[] = {&x, &y, &tx, &ty, &nz, &ct, &gt, &hp, &sv, &sc, &gl, &TA, &TB};
+    for (int i = 0; i < 13; ++i) {
       *slots[i] = q;
       q += round_up(sizes[i], kLine);
     }
@@ -365,18 +368,17 @@ CGNF_INLINE void run_tile(const Problem<T>& p, Scratch<T, VB, NR>& s, int64_t r0
     const T* hb = p.hb.data() + p.ctx_off[l];
     // pre = (W h + b) * gate + H ctx, then the activation (none after the last layer); keeps
     // gate (last layer) and s = act' * gate (hidden layers) for the divergence.
+    // The context terms first (GEMMs with K = C over the tile's condition^T): the gate
+    // sigmoid(G ctx + g) and the bias H ctx, the time column folded into gb / hb.
+    gemm<T, VB, NR>(ly.G + 1, cs, ly.out, C, s.ct, MB, 2, s.gt, MB,
+                    [&](int64_t n, int, const V& a) CGNF_INLINE_LAMBDA -> V { return vsigmoid<T, VB>(a + gb[n]); });
+    gemm<T, VB, NR>(ly.H + 1, cs, ly.out, C, s.ct, MB, 2, s.hp, MB,
+                    [&](int64_t n, int, const V& a) CGNF_INLINE_LAMBDA -> V { return a + hb[n]; });
     auto forward = [&](int64_t n, int v, const V& acc) CGNF_INLINE_LAMBDA -> V {
-      const T* Gn = ly.G + n * cs + 1;
-      const T* Hn = ly.H + n * cs + 1;
-      V gp = bcast<V>(gb[n]), hp = bcast<V>(hb[n]);
-      for (int64_t j = 0; j < C; ++j) {
-        V cv;
-        loadv(cv, s.ct + j * MB + v * L);
-        gp += Gn[j] * cv;
-        hp += Hn[j] * cv;
-      }
-      const V gate = vsigmoid<T, VB>(gp);
-      const V pre = (acc + ly.b[n]) * gate + hp;
+      V gate, hpv;
+      loadv(gate, s.gt + n * MB + v * L);
+      loadv(hpv, s.hp + n * MB + v * L);
+      const V pre = (acc + ly.b[n]) * gate + hpv;
       if (last) {
         if (exact || hut) storev(s.gl + n * MB + v * L, gate);
         return pre;
