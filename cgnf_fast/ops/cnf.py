@@ -6,8 +6,10 @@ One evaluation of the flow's ConcatSquash MLP (every layer) and, optionally, its
     t [] or [1], z [B, D], c [B, C], weights: per layer (W, b, G, g, H)  ->  dz/dt [B, D], div [B]
 
 Layers: :func:`cnf_dynamics` (validation, backend switch) -> custom op
-``cgnf_fast::cnf_dynamics`` (fake kernel, autograd) -> ``_C.cnf_dynamics_fwd_cpu`` / ``_cuda``
-(csrc/cnf/cnf_dynamics_cpu.cpp, cnf_dynamics_cuda.cu).
+``cgnf_fast::cnf_dynamics`` (fake kernel, autograd; skipped for plain eager calls autograd does
+not record) -> ``_C.cnf_dynamics_fwd_cpu`` / ``_cuda`` (csrc/cnf/cnf_dynamics_cpu.cpp,
+cnf_dynamics_cuda.cu). :class:`CnfPlan` validates the weights and condition once and then calls
+the same entry points with a few microseconds of Python per evaluation: what an ODE solve uses.
 
 Backward: **the reference**, not a native kernel. The op's autograd formula recomputes
 :func:`cgnf_fast.reference.cnf.cnf_dynamics` under autograd and returns its vector-Jacobian
@@ -15,8 +17,8 @@ products with respect to ``t``, ``z``, ``c``, every weight and the Hutchinson ``
 ``dz/dt`` and the divergence (so ``odeint_adjoint`` training is exact; higher orders go through the
 reference too). A native backward would have to differentiate the forward-mode divergence (a
 second-order pass) and would save at most the reference's forward; so callers that record
-autograd gain nothing from the native forward, and ``ODEDynamics`` runs the reference directly
-then (see ``cgnf_fast.models.flow``).
+autograd gain nothing from the native forward, and the solves of ``ConditionalCNF`` run the
+reference directly for the evaluations autograd records (see ``cgnf_fast.models.flow``).
 
 Limits (csrc/cnf/cnf.h): every width (latent and hidden) ``<= CNF_MAX_WIDTH`` (512), at most
 ``CNF_MAX_LAYERS`` (32) layers, the exact divergence for ``D <= CNF_MAX_EXACT_LATENT`` (64); the
