@@ -7,6 +7,7 @@
 
 #include <string>
 
+#include "cnf/cnf.h"
 #include "common/checks.h"
 #include "dag/dag.h"
 #include "dag/enumerate.h"
@@ -35,6 +36,10 @@ py::dict build_config() {
   d["md5_lanes"] = cgnf::md5_lanes();
   d["gin_max_nodes"] = cgnf::kGinMaxNodes;
   d["gin_simd"] = std::string(cgnf::gin_simd());
+  d["cnf_max_width"] = cgnf::kCnfMaxWidth;
+  d["cnf_max_exact_latent"] = cgnf::kCnfMaxExactLatent;
+  d["cnf_max_layers"] = cgnf::kCnfMaxLayers;
+  d["cnf_simd"] = std::string(cgnf::cnf_simd());
   d["compiler"] = std::string(CGNF_COMPILER);
   d["build_type"] = std::string(CGNF_BUILD_TYPE);
   d["version"] = std::string(CGNF_VERSION);
@@ -82,6 +87,12 @@ PYBIND11_MODULE(_C, m) {
   m.def("gin_aggregate_bwd_cpu", &cgnf::gin_aggregate_bwd_cpu, py::arg("grad_out"), py::arg("adj"), py::arg("h"),
         py::arg("grad_h"), py::arg("grad_adj"), py::arg("B"), py::arg("N"), py::arg("H"), py::arg("eps"),
         py::arg("float64"), py::arg("num_threads"), py::call_guard<py::gil_scoped_release>());
+  m.def("cnf_dynamics_fwd_cpu", &cgnf::cnf_dynamics_fwd_cpu, py::arg("t"), py::arg("z"), py::arg("c"),
+        py::arg("noise"), py::arg("weights"), py::arg("widths"), py::arg("dz"), py::arg("div"), py::arg("B"),
+        py::arg("C"), py::arg("activation"), py::arg("divergence"), py::arg("float64"), py::arg("num_threads"),
+        py::call_guard<py::gil_scoped_release>());
+  m.def("cnf_cuda_workspace", &cgnf::cnf_cuda_workspace, py::arg("B"), py::arg("widths"), py::arg("divergence"),
+        "Elements of the workspace cnf_dynamics_fwd_cuda needs (0 unless the divergence is exact).");
 
   py::class_<cgnf::SpaceCounter>(m, "SpaceCounter",
                                  "Exact counting / enumeration of a cell space in work units (see enumerate_cpu.cpp).")
@@ -150,6 +161,10 @@ PYBIND11_MODULE(_C, m) {
         py::call_guard<py::gil_scoped_release>());
   m.def("gin_aggregate_bwd_cuda", &cgnf::gin_aggregate_bwd_cuda, py::arg("grad_out"), py::arg("adj"), py::arg("h"),
         py::arg("grad_h"), py::arg("grad_adj"), py::arg("B"), py::arg("N"), py::arg("H"), py::arg("eps"),
+        py::arg("float64"), py::arg("stream"), py::call_guard<py::gil_scoped_release>());
+  m.def("cnf_dynamics_fwd_cuda", &cgnf::cnf_dynamics_fwd_cuda, py::arg("t"), py::arg("z"), py::arg("c"),
+        py::arg("noise"), py::arg("weights"), py::arg("widths"), py::arg("dz"), py::arg("div"), py::arg("workspace"),
+        py::arg("workspace_size"), py::arg("B"), py::arg("C"), py::arg("activation"), py::arg("divergence"),
         py::arg("float64"), py::arg("stream"), py::call_guard<py::gil_scoped_release>());
 #endif
 }

@@ -23,6 +23,18 @@ cheap this way). ``"hutchinson"`` propagates one noise vector ``e`` the same way
 ``e^T J e``, an unbiased estimate; the noise is drawn once per solve (Rademacher or Gaussian)
 and kept fixed for every evaluation of that solve, including the adjoint's backward pass.
 
+Backends: ``backend="native"`` (the default) evaluates the dynamics with the fused kernel of
+``cgnf_fast.ops.cnf`` (one kernel for the whole MLP and its divergence, CPU or CUDA). In a solve
+it runs every evaluation autograd does not record: sampling, likelihoods under
+``torch.no_grad`` and the forward solve of ``odeint_adjoint``; the evaluations autograd records
+(the adjoint's backward solve, training without the adjoint) run the stock PyTorch ops of
+``cgnf_fast.reference.cnf.cnf_dynamics`` directly, since the native op's backward would
+recompute them anyway. Single evaluations (:meth:`ODEDynamics.forward`,
+:meth:`ODEDynamics.forward_with_divergence`) always go through the op, whose backward is the
+reference. Sizes outside the kernel's limits (widths > 512, the exact divergence for latents
+> 64) and devices it does not serve fall back to the reference; ``backend="torch"`` always runs
+it. Both compute the same function (float32 results agree to ~1e-6 relative, float64 to ~1e-15).
+
 Adjoint: with ``adjoint=True`` the solve uses ``torchdiffeq.odeint_adjoint``; the ODE function
 is an ``nn.Module`` holding the dynamics (so the adjoint sees its parameters) and the condition,
 which is passed to the adjoint as an extra parameter when it requires grad, so gradients reach
@@ -48,8 +60,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..ops import cnf as cnf_ops
+from ..reference import cnf as cnf_reference
+
 __all__ = [
     "ACTIVATIONS",
+    "BACKENDS",
     "DIVERGENCES",
     "FIXED_STEP_SOLVERS",
     "HUTCHINSON_NOISES",
@@ -62,7 +78,9 @@ __all__ = [
 ]
 
 #: Nonlinearities between ConcatSquash layers (none after the last one).
-ACTIVATIONS = ("tanh", "softplus")
+ACTIVATIONS = cnf_ops.ACTIVATIONS
+#: Implementations of the dynamics: the fused native kernel (csrc/cnf) or stock PyTorch ops.
+BACKENDS = cnf_ops.BACKENDS
 #: Ways to compute ``tr(df/dz)``.
 DIVERGENCES = ("exact", "hutchinson")
 #: Noise distributions for the Hutchinson estimator.
@@ -175,7 +193,8 @@ class ODEDynamics(nn.Module):
     with ``ctx = [t, c]``, an activation between layers and none after the last.
 
     ``zero_init=True`` zeroes the last layer (``W``, ``b`` and ``H``), so ``f == 0`` and the flow
-    starts as the identity (gradients still reach every weight).
+    starts as the identity (gradients still reach every weight). ``backend``: ``"native"`` or
+    ``"torch"`` (see the module docstring).
 
     Shapes:
         t scalar (float or 0-d / one-element tensor), z [B, latent], c [B, cond_dim]
@@ -183,12 +202,13 @@ class ODEDynamics(nn.Module):
     """
 
     def __init__(self, latent: int, cond_dim: int, hidden: Sequence[int] = (256, 256), activation: str = "tanh",
-                 zero_init: bool = False) -> None:
+                 zero_init: bool = False, backend: str = "native") -> None:
         super().__init__()
         self.latent = _check_int("latent", latent, 1)
         self.cond_dim = _check_int("cond_dim", cond_dim, 0)
         self.hidden = _check_hidden(hidden)
         self.activation = _check_choice("activation", activation, ACTIVATIONS)
+        self.backend = _check_choice("backend", backend, BACKENDS)
         dims = (self.latent, *self.hidden, self.latent)
         self.layers = nn.ModuleList(
             ConcatSquashLinear(dims[i], dims[i + 1], 1 + self.cond_dim) for i in range(len(dims) - 1))
@@ -200,7 +220,8 @@ class ODEDynamics(nn.Module):
                 last.hyper_bias.weight.zero_()
 
     def extra_repr(self) -> str:
-        return f"latent={self.latent}, cond_dim={self.cond_dim}, hidden={self.hidden}, activation={self.activation!r}"
+        return (f"latent={self.latent}, cond_dim={self.cond_dim}, hidden={self.hidden}, activation={self.activation!r}, "
+                f"backend={self.backend!r}")
 
     # public, validated entry points ------------------------------------------------------
     def forward(self, t: float | torch.Tensor, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -230,41 +251,26 @@ class ODEDynamics(nn.Module):
             _check_tensor("noise", noise, "[B, latent]", self.latent, p.dtype, p.device, batch=z.shape[0],
                           finite=False)
 
-    # the computation (no checks: the solver calls this at every step) ---------------------
+    # the computation (no checks; solves evaluate through _ODEFunc) -------------------------
+    def weights(self) -> list[tuple[torch.Tensor, ...]]:
+        """Per layer ``(W [out, in], b [out], G [out, 1 + C], g [out], H [out, 1 + C])``: the
+        weights in the layout of ``cgnf_fast.ops.cnf`` / ``cgnf_fast.reference.cnf``."""
+        return [(lay.layer.weight, lay.layer.bias, lay.hyper_gate.weight, lay.hyper_gate.bias,
+                 lay.hyper_bias.weight) for lay in self.layers]
+
+    def native_applies(self, divergence: str | None, device: torch.device) -> bool:
+        """Whether ``backend="native"`` runs the kernel for this divergence on ``device`` (sizes
+        within its limits, a device it serves); evaluations recorded by autograd aside."""
+        return self.backend == "native" and cnf_ops.native_supports(self.latent, self.hidden, divergence, device)
+
     def _eval(self, t: float | torch.Tensor, z: torch.Tensor, c: torch.Tensor, divergence: str | None,
               noise: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        B = z.shape[0]
-        t_col = torch.as_tensor(t, dtype=z.dtype, device=z.device).reshape(1, 1).expand(B, 1)  # [B, 1]
-        ctx = torch.cat([t_col, c], dim=1)  # [B, 1 + C]
-        h = z  # [B, width]
-        # Forward-mode tangents: row k of tan[b] is d h / d z applied to probe vector k, laid out
-        # [B, K, width] so each layer is one GEMM over B*K rows. None = the identity (exact,
-        # before the first layer); K = latent (exact) or 1 (Hutchinson, the probe is the noise).
-        tan = noise.unsqueeze(1) if divergence == "hutchinson" else None
-        last = len(self.layers) - 1
-        for i, lay in enumerate(self.layers):
-            pre, gate = lay.forward_with_gate(h, ctx)  # [B, out], [B, out]
-            W = lay.layer.weight  # [out, in]
-            if i == last:
-                if divergence is None:
-                    return pre, None
-                if tan is None:  # exact, a single layer: J = diag(gate) W
-                    div = (gate * torch.diagonal(W)).sum(-1)
-                elif divergence == "exact":  # tr(diag(gate) W T) = sum_i gate_i sum_k W_ik tan_ik
-                    div = (gate * (tan * W).sum(-1)).sum(-1)
-                else:  # e^T diag(gate) W (T e), T e = tan[:, 0]
-                    div = (noise * gate * (tan[:, 0] @ W.t())).sum(-1)
-                return pre, div
-            if self.activation == "tanh":
-                h = torch.tanh(pre)
-                dact = 1.0 - h * h
-            else:
-                h = nn.functional.softplus(pre)
-                dact = torch.sigmoid(pre)
-            if divergence is not None:
-                scale = (dact * gate).unsqueeze(1)  # [B, 1, out]
-                tan = scale * (W.t() if tan is None else tan @ W.t())  # [B, K, out]
-        raise AssertionError("unreachable: ODEDynamics has at least one layer")
+        """One evaluation, by the backend: the native op (differentiable, its backward runs the
+        reference) or the reference. Solves go through :class:`_ODEFunc` instead."""
+        ws = self.weights()
+        if self.native_applies(divergence, z.device):
+            return cnf_ops.cnf_dynamics(t, z, c, ws, self.activation, divergence, noise)
+        return cnf_reference.cnf_dynamics(t, z, c, ws, self.activation, divergence, noise)
 
 
 class MovingBatchNorm1d(nn.Module):
@@ -328,13 +334,32 @@ class _ODEFunc(nn.Module):
         self.divergence = divergence
         self.noise = noise  # [B, D] or None
         self.nfe = 0
+        # The native backend's weights and condition, validated once for the whole solve; used
+        # for the evaluations autograd does not record (the others run the reference).
+        self._plan: cnf_ops.CnfPlan | None = None
+        self._weights_need_grad = False
+        if c.shape[0] > 0 and dynamics.native_applies(divergence, c.device):
+            ws = dynamics.weights()
+            self._plan = cnf_ops.CnfPlan(ws, c, dynamics.activation, divergence, noise)
+            self._weights_need_grad = c.requires_grad or (noise is not None and noise.requires_grad) or any(
+                w.requires_grad for lw in ws for w in lw)
+
+    def _native(self, t: torch.Tensor, z: torch.Tensor) -> bool:
+        if self._plan is None:
+            return False
+        if not torch.is_grad_enabled():
+            return True
+        return not (self._weights_need_grad or z.requires_grad or (isinstance(t, torch.Tensor) and t.requires_grad))
 
     def forward(self, t: torch.Tensor, state: torch.Tensor | tuple[torch.Tensor, torch.Tensor]):
         self.nfe += 1
-        if self.divergence is None:
-            return self.dynamics._eval(t, state, self.c, None, None)[0]
-        dz, div = self.dynamics._eval(t, state[0], self.c, self.divergence, self.noise)
-        return dz, div
+        z = state if self.divergence is None else state[0]
+        if self._native(t, z):
+            dz, div = self._plan(t, z)  # type: ignore[misc]
+        else:
+            dz, div = cnf_reference.cnf_dynamics(t, z, self.c, self.dynamics.weights(), self.dynamics.activation,
+                                                 self.divergence, self.noise)
+        return dz if self.divergence is None else (dz, div)
 
 
 class ConditionalCNF(nn.Module):
@@ -353,6 +378,8 @@ class ConditionalCNF(nn.Module):
         adjoint: backpropagate with ``odeint_adjoint`` (memory O(1) in the number of steps)
             instead of through the solver's operations.
         moving_batchnorm: wrap the CNF as ``bn_in -> CNF -> bn_out`` (:class:`MovingBatchNorm1d`).
+        backend: ``"native"`` (the fused kernel where it applies, see the module docstring) or
+            ``"torch"``; configs saved before this argument existed load with the default.
 
     :meth:`forward` is :meth:`log_prob` (so ``loss = -flow(z, c).mean()``).
 
@@ -364,7 +391,8 @@ class ConditionalCNF(nn.Module):
     def __init__(self, latent: int, cond_dim: int, *, hidden: Sequence[int] = (256, 256), activation: str = "tanh",
                  divergence: str = "exact", hutchinson_noise: str = "rademacher", T: float = 1.0,
                  solver: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5, step_size: float | None = None,
-                 adjoint: bool = True, moving_batchnorm: bool = False, zero_init: bool = False) -> None:
+                 adjoint: bool = True, moving_batchnorm: bool = False, zero_init: bool = False,
+                 backend: str = "native") -> None:
         super().__init__()
         self.divergence = _check_choice("divergence", divergence, DIVERGENCES)
         self.hutchinson_noise = _check_choice("hutchinson_noise", hutchinson_noise, HUTCHINSON_NOISES)
@@ -387,7 +415,7 @@ class ConditionalCNF(nn.Module):
         self.adjoint = adjoint
         self.moving_batchnorm = moving_batchnorm
         self._zero_init = zero_init
-        self.dynamics = ODEDynamics(latent, cond_dim, hidden, activation, zero_init=zero_init)
+        self.dynamics = ODEDynamics(latent, cond_dim, hidden, activation, zero_init=zero_init, backend=backend)
         self.latent, self.cond_dim = self.dynamics.latent, self.dynamics.cond_dim
         if moving_batchnorm:
             self.bn_in: MovingBatchNorm1d | None = MovingBatchNorm1d(self.latent)
@@ -403,11 +431,12 @@ class ConditionalCNF(nn.Module):
         return dict(latent=d.latent, cond_dim=d.cond_dim, hidden=list(d.hidden), activation=d.activation,
                     divergence=self.divergence, hutchinson_noise=self.hutchinson_noise, T=self.T,
                     solver=self.solver, rtol=self.rtol, atol=self.atol, step_size=self.step_size,
-                    adjoint=self.adjoint, moving_batchnorm=self.moving_batchnorm, zero_init=self._zero_init)
+                    adjoint=self.adjoint, moving_batchnorm=self.moving_batchnorm, zero_init=self._zero_init,
+                    backend=d.backend)
 
     def extra_repr(self) -> str:
         return (f"divergence={self.divergence!r}, T={self.T}, solver={self.solver!r}, rtol={self.rtol}, "
-                f"atol={self.atol}, adjoint={self.adjoint}")
+                f"atol={self.atol}, adjoint={self.adjoint}, backend={self.dynamics.backend!r}")
 
     @property
     def _param(self) -> torch.Tensor:

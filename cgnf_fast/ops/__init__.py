@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .cnf import CnfPlan, cnf_dynamics
 from .dag import (
     batch_from_cells,
     dag_canonical_code,
@@ -13,7 +14,9 @@ from .dag import (
 from .gnn import gin_aggregate
 
 __all__ = [
+    "CnfPlan",
     "batch_from_cells",
+    "cnf_dynamics",
     "dag_canonical_code",
     "dag_nb101_digest",
     "dag_nb101_hash",

@@ -1,0 +1,167 @@
+"""CNF dynamics: the fused native kernel vs the pure-PyTorch reference, side by side in one run.
+
+    python benches/bench_cnf.py [--device cpu|cuda] [--batch 20,256,1000,4096]
+                                [--hidden 128x128,256x256] [--reps 5] [--threads 2] [--skip-exact-over 1000]
+
+Flows of ``ConditionalCNF(latent=32, cond_dim=4, hidden)`` with PyTorch's default (random)
+initialisation, float32, eval mode, ``torch.no_grad``. For each hidden size and batch B:
+
+* ``eval``: one evaluation of ``dz/dt`` (no divergence);
+* ``eval_exact``: one evaluation of ``dz/dt`` and the exact divergence ``tr(df/dz)``;
+* ``sample``: a full sampling solve, ``flow.sample(c, noise=e)`` (dopri5, rtol = atol = 1e-5,
+  from t = 1 to 0), ``backend="native"`` vs ``backend="torch"`` on the same weights. The row
+  also gives ``outside_dynamics_s_*``: from one more solve per backend with every dynamics
+  evaluation timed, the time spent outside them (torchdiffeq's own tensor work), which bounds
+  the solve's ratio.
+
+"native" is what a solve runs per step: ``cgnf_fast.ops.cnf.CnfPlan`` (weights and condition
+validated once); "torch" is ``cgnf_fast.reference.cnf.cnf_dynamics``, the stock-PyTorch ops of
+``ODEDynamics`` (``F.linear``, ``sigmoid``, ``tanh``, ``bmm``-style matmuls for the tangents).
+After a warm-up of each (and a check that they agree), every rep runs both back to back,
+alternating which goes first; rows report medians (and all times) and
+``ratio = torch_s / native_s``. ``--skip-exact-over B`` skips ``eval_exact`` above that batch
+for the widest hidden size (the reference needs ~0.4 s an evaluation at B = 4096 on 2 cores).
+Timings depend on the machine (and its load); they are not tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import torch
+
+from cgnf_fast.models import flow as flow_module
+from cgnf_fast.models.flow import ConditionalCNF
+from cgnf_fast.ops.cnf import CnfPlan
+from cgnf_fast.reference import cnf as reference
+
+LATENT, COND = 32, 4
+
+
+def timed(fn, device: str) -> float:
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def side_by_side(native, torch_fn, device: str, reps: int) -> dict:
+    """Medians over ``reps`` of each callable, run back to back in alternating order."""
+    native()  # warm-up (caches, allocator, thread pools)
+    torch_fn()
+    times: dict[str, list[float]] = {"native": [], "torch": []}
+    for r in range(reps):
+        order = (("native", native), ("torch", torch_fn)) if r % 2 == 0 else (("torch", torch_fn), ("native", native))
+        for name, fn in order:
+            times[name].append(timed(fn, device))
+    t_native, t_torch = statistics.median(times["native"]), statistics.median(times["torch"])
+    return {
+        "native_s": float(f"{t_native:.4g}"),
+        "torch_s": float(f"{t_torch:.4g}"),
+        "ratio": round(t_torch / t_native, 3),
+        "native_s_all": [float(f"{t:.4g}") for t in times["native"]],
+        "torch_s_all": [float(f"{t:.4g}") for t in times["torch"]],
+    }
+
+
+def split_solve(flow: ConditionalCNF, c: torch.Tensor, e: torch.Tensor, device: str) -> tuple[float, float]:
+    """One extra sampling solve with every dynamics evaluation timed: ``(total_s, inside_s)``.
+    ``total - inside`` is what torchdiffeq spends on its own tensor work (the Runge-Kutta
+    combinations, error norms, interpolation), the same for both backends: the floor of a solve."""
+    orig = flow_module._ODEFunc.forward
+    inside = [0.0]
+
+    def forward(self, t, state):
+        t0 = time.perf_counter()
+        out = orig(self, t, state)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        inside[0] += time.perf_counter() - t0
+        return out
+
+    flow_module._ODEFunc.forward = forward
+    try:
+        total = timed(lambda: flow.sample(c, noise=e), device)
+    finally:
+        flow_module._ODEFunc.forward = orig
+    return total, inside[0]
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", default="20,256,1000,4096", help="comma-separated batch sizes B")
+    ap.add_argument("--hidden", default="128x128,256x256", help="comma-separated hidden sizes, widths joined by x")
+    ap.add_argument("--reps", type=int, default=5, help="timed reps per backend (median reported)")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    ap.add_argument("--threads", type=int, default=2, help="torch (and native) CPU threads")
+    ap.add_argument("--skip-exact-over", type=int, default=1000,
+                    help="skip eval_exact above this batch for the widest hidden size (0: never skip)")
+    ap.add_argument("--only", default="eval,eval_exact,sample", help="comma-separated measurements to run")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    only = set(args.only.split(","))
+    hiddens = [tuple(int(w) for w in h.split("x")) for h in args.hidden.split(",")]
+    widest = max(sum(h) for h in hiddens)
+    meta = {"device": args.device, "latent": LATENT, "cond_dim": COND, "dtype": "float32",
+            "threads": torch.get_num_threads(), "reps": args.reps, "machine": platform.machine(),
+            "torch": torch.__version__}
+    if args.device == "cuda":
+        meta["gpu"] = torch.cuda.get_device_name()
+    for hidden in hiddens:
+        torch.manual_seed(0)
+        native_flow = ConditionalCNF(LATENT, COND, hidden=hidden, backend="native").to(args.device).eval()
+        torch_flow = ConditionalCNF(LATENT, COND, hidden=hidden, backend="torch").to(args.device).eval()
+        torch_flow.load_state_dict(native_flow.state_dict())
+        dyn = native_flow.dynamics
+        weights = dyn.weights()
+        for B in (int(b) for b in args.batch.split(",")):
+            g = torch.Generator().manual_seed(B)
+            z = torch.randn(B, LATENT, generator=g).to(args.device)
+            c = torch.randn(B, COND, generator=g).to(args.device)
+            t = torch.tensor(0.5, device=args.device)
+            base = {"hidden": list(hidden), "batch": B}
+            with torch.no_grad():
+                for name, div in (("eval", None), ("eval_exact", "exact")):
+                    if name not in only or (div and args.skip_exact_over and sum(hidden) == widest
+                                            and B > args.skip_exact_over):
+                        continue
+                    plan = CnfPlan(weights, c, dyn.activation, div)
+                    got, want = plan(t, z), reference.cnf_dynamics(t, z, c, weights, dyn.activation, div)
+                    errs = {"rel_err_dz": rel_err(got[0], want[0])}
+                    if div:
+                        errs["rel_err_div"] = rel_err(got[1], want[1])
+                    if max(errs.values()) > 1e-4:
+                        raise RuntimeError(f"native and torch disagree on {name}: {errs}")
+                    reps = args.reps if not div else max(3, args.reps // 2)
+                    row = side_by_side(lambda: plan(t, z),
+                                       lambda: reference.cnf_dynamics(t, z, c, weights, dyn.activation, div),
+                                       args.device, reps)
+                    print(json.dumps({"bench": name, **base, **row, **errs, **meta}), flush=True)
+                if "sample" in only:
+                    e = torch.randn(B, LATENT, generator=g).to(args.device)
+                    s_native, s_torch = native_flow.sample(c, noise=e), torch_flow.sample(c, noise=e)
+                    err = rel_err(s_native, s_torch)
+                    if err > 1e-3:  # two adaptive solves of float32 dynamics that agree to ~1e-7 per step
+                        raise RuntimeError(f"native and torch samples differ (max relative error {err:.2e})")
+                    row = side_by_side(lambda: native_flow.sample(c, noise=e), lambda: torch_flow.sample(c, noise=e),
+                                       args.device, max(3, args.reps // 2))
+                    nfe = {"nfe_native": native_flow.nfe, "nfe_torch": torch_flow.nfe, "rel_err_sample": err}
+                    for name, flow in (("native", native_flow), ("torch", torch_flow)):
+                        total, inside = split_solve(flow, c, e, args.device)
+                        nfe[f"outside_dynamics_s_{name}"] = float(f"{total - inside:.4g}")
+                    print(json.dumps({"bench": "sample", **base, **row, **nfe, **meta}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,385 @@
+"""The CNF dynamics fused into one native kernel (CPU/CUDA; reference: ``cgnf_fast.reference.cnf``).
+
+One evaluation of the flow's ConcatSquash MLP (every layer) and, optionally, its divergence
+(exact for latent sizes ``D <= 64``, or the Hutchinson estimate) in one kernel:
+
+    t [] or [1], z [B, D], c [B, C], weights: per layer (W, b, G, g, H)  ->  dz/dt [B, D], div [B]
+
+Layers: :func:`cnf_dynamics` (validation, backend switch) -> custom op
+``cgnf_fast::cnf_dynamics`` (fake kernel, autograd; skipped for plain eager calls autograd does
+not record) -> ``_C.cnf_dynamics_fwd_cpu`` / ``_cuda`` (csrc/cnf/cnf_dynamics_cpu.cpp,
+cnf_dynamics_cuda.cu). :class:`CnfPlan` validates the weights and condition once and then calls
+the same entry points with a few microseconds of Python per evaluation: what an ODE solve uses.
+
+Backward: **the reference**, not a native kernel. The op's autograd formula recomputes
+:func:`cgnf_fast.reference.cnf.cnf_dynamics` under autograd and returns its vector-Jacobian
+products with respect to ``t``, ``z``, ``c``, every weight and the Hutchinson ``noise``, through
+``dz/dt`` and the divergence (so ``odeint_adjoint`` training is exact; higher orders go through the
+reference too). A native backward would have to differentiate the forward-mode divergence (a
+second-order pass) and would save at most the reference's forward; so callers that record
+autograd gain nothing from the native forward, and the solves of ``ConditionalCNF`` run the
+reference directly for the evaluations autograd records (see ``cgnf_fast.models.flow``).
+
+Limits (csrc/cnf/cnf.h): every width (latent and hidden) ``<= CNF_MAX_WIDTH`` (512), at most
+``CNF_MAX_LAYERS`` (32) layers, the exact divergence for ``D <= CNF_MAX_EXACT_LATENT`` (64); the
+reference has none of these limits. Anything else that does not fit (dtype, shape,
+device) is a ``ValueError`` naming the argument, raised before any pointer reaches C++.
+Non-contiguous inputs are copied to contiguous memory first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .. import _native
+from .._native import _C
+from ..reference import cnf as reference
+
+#: Widest layer (latent or hidden) of the native kernels (csrc/cnf/cnf.h: kCnfMaxWidth).
+CNF_MAX_WIDTH = int(_C.build_config()["cnf_max_width"])
+#: Largest latent size of the native exact divergence (csrc/cnf/cnf.h: kCnfMaxExactLatent).
+CNF_MAX_EXACT_LATENT = int(_C.build_config()["cnf_max_exact_latent"])
+#: Most layers the native kernels take (csrc/cnf/cnf.h: kCnfMaxLayers).
+CNF_MAX_LAYERS = int(_C.build_config()["cnf_max_layers"])
+#: Implementations :func:`cnf_dynamics` can run: the native kernels, or the PyTorch reference.
+BACKENDS = ("native", "torch")
+#: Nonlinearities between ConcatSquash layers (none after the last one).
+ACTIVATIONS = ("tanh", "softplus")
+#: What the divergence output holds: nothing, ``tr(df/dz)``, or ``noise^T (df/dz) noise``.
+DIVERGENCES = (None, "exact", "hutchinson")
+_DTYPES = (torch.float32, torch.float64)
+_OP_DIVERGENCE = {None: "none", "exact": "exact", "hutchinson": "hutchinson"}  # the op's schema takes a str
+_DIV_CODE = {"none": 0, "exact": 1, "hutchinson": 2}  # csrc/cnf/cnf.h: CnfDivergence
+_ACT_CODE = {"tanh": 0, "softplus": 1}  # csrc/cnf/cnf.h: CnfActivation
+_PARTS = ("W", "b", "G", "g", "H")
+
+
+def _check_tensor(name: str, x: object, shape: tuple[int, ...], doc: str, like: torch.Tensor) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor {doc} {like.dtype}, got {type(x).__name__}")
+    if x.dtype != like.dtype:
+        raise ValueError(f"{name} must have the dtype of z ({like.dtype}), got {x.dtype}")
+    if tuple(x.shape) != shape:
+        raise ValueError(f"{name} must have shape {doc} = {list(shape)}, got {list(x.shape)}")
+    if x.device != like.device:
+        raise ValueError(f"{name} is on {x.device} but z is on {like.device}; all tensors must be on one device")
+
+
+def _check_inputs(
+    t: torch.Tensor, z: torch.Tensor, c: torch.Tensor, weights: Sequence[torch.Tensor], activation: str,
+    divergence: str, noise: torch.Tensor | None, native: bool = True,
+) -> list[int]:
+    """Validates the op's arguments (``weights`` flat: W, b, G, g, H per layer; ``divergence``
+    "none" | "exact" | "hutchinson"); returns the widths ``[D, h_1, ..., D]``. The limits of the
+    kernels bind only when ``native``."""
+    if not isinstance(z, torch.Tensor):
+        raise ValueError(f"z must be a torch.Tensor [B, D] float32 or float64, got {type(z).__name__}")
+    if z.dtype not in _DTYPES:
+        raise ValueError(f"z must have dtype torch.float32 or torch.float64 (shape [B, D]), got {z.dtype}")
+    if z.dim() != 2 or z.shape[1] < 1:
+        raise ValueError(f"z must have shape [B, D] with D >= 1, got {list(z.shape)}")
+    if z.device.type not in ("cpu", "cuda", "meta"):
+        raise ValueError(f"z is on {z.device}; cnf_dynamics supports cpu and cuda tensors")
+    B, D = z.shape
+    if not isinstance(t, torch.Tensor) or t.numel() != 1 or t.dim() > 1:
+        got = f"shape {list(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+        raise ValueError(f"t must be a 0-d or one-element tensor [1] (the time), got {got}")
+    _check_tensor("t", t, tuple(t.shape), "[] or [1]", z)
+    if not isinstance(c, torch.Tensor) or c.dim() != 2:
+        got = list(c.shape) if isinstance(c, torch.Tensor) else type(c).__name__
+        raise ValueError(f"c must be a torch.Tensor [B, C] (C may be 0), got {got}")
+    C = c.shape[1]
+    _check_tensor("c", c, (B, C), "[B, C]", z)
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    if divergence not in _DIV_CODE:
+        raise ValueError(f"divergence must be one of {tuple(_DIV_CODE)}, got {divergence!r}")
+    if isinstance(weights, torch.Tensor) or not isinstance(weights, (list, tuple)):
+        raise ValueError(f"weights must be a list of tensors (W, b, G, g, H per layer), got {type(weights).__name__}")
+    if len(weights) == 0 or len(weights) % 5:
+        raise ValueError(f"weights must hold 5 tensors (W, b, G, g, H) per layer, got {len(weights)}")
+    widths = [D]
+    nl = len(weights) // 5
+    for i in range(nl):
+        W = weights[5 * i]
+        if not isinstance(W, torch.Tensor) or W.dim() != 2:
+            got = list(W.shape) if isinstance(W, torch.Tensor) else type(W).__name__
+            raise ValueError(f"layer {i} W must be a tensor [out, in], got {got}")
+        out = W.shape[0] if i < nl - 1 else D
+        shapes = {"W": (out, widths[-1]), "b": (out,), "G": (out, 1 + C), "g": (out,), "H": (out, 1 + C)}
+        docs = {"W": "[out, in]", "b": "[out]", "G": "[out, 1 + C]", "g": "[out]", "H": "[out, 1 + C]"}
+        for j, part in enumerate(_PARTS):
+            _check_tensor(f"layer {i} {part}", weights[5 * i + j], shapes[part], docs[part], z)
+        widths.append(out)
+    if native and nl > CNF_MAX_LAYERS:
+        raise ValueError(f"cnf_dynamics supports at most {CNF_MAX_LAYERS} layers natively, got {nl} "
+                         f"(use backend='torch')")
+    if native and max(widths) > CNF_MAX_WIDTH:
+        raise ValueError(f"cnf_dynamics supports layer widths <= {CNF_MAX_WIDTH} natively, got widths {widths} "
+                         f"(use backend='torch')")
+    if native and divergence == "exact" and D > CNF_MAX_EXACT_LATENT:
+        raise ValueError(f"the native exact divergence supports latent sizes D <= {CNF_MAX_EXACT_LATENT}, got "
+                         f"z of shape {list(z.shape)} (use divergence='hutchinson' or backend='torch')")
+    if divergence == "hutchinson":
+        if noise is None:
+            raise ValueError("noise [B, D] is required when divergence='hutchinson', got None")
+        _check_tensor("noise", noise, (B, D), "[B, D]", z)
+    elif noise is not None:
+        raise ValueError(f"noise must be None unless divergence='hutchinson' (got divergence={divergence!r})")
+    return widths
+
+
+def _launch(t, z, c, weights, noise, dz, div, widths, activation: str, divergence: str) -> None:
+    B, C = z.shape[0], c.shape[1]
+    ptr = lambda x: 0 if x is None or x.numel() == 0 else x.data_ptr()  # noqa: E731
+    args = (ptr(t), ptr(z), ptr(c), ptr(noise), [w.data_ptr() for w in weights], widths, ptr(dz), ptr(div))
+    codes = (B, C, _ACT_CODE[activation], _DIV_CODE[divergence], z.dtype == torch.float64)
+    if z.device.type == "cuda":
+        _native.require_cuda("cnf_dynamics")
+        size = _C.cnf_cuda_workspace(B, widths, _DIV_CODE[divergence])
+        work = z.new_empty(size)
+        with torch.cuda.device(z.device):
+            _C.cnf_dynamics_fwd_cuda(*args, ptr(work), size, *codes, _native.stream_of(z))
+    else:
+        _C.cnf_dynamics_fwd_cpu(*args, *codes, _native.num_threads())
+
+
+def _forward(
+    t: torch.Tensor, z: torch.Tensor, c: torch.Tensor, weights: list[torch.Tensor], activation: str,
+    divergence: str, noise: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The op's computation (validated here): ``(dz/dt [B, D], div [B] or [0])``."""
+    widths = _check_inputs(t, z, c, weights, activation, divergence, noise)
+    t, z, c = t.contiguous(), z.contiguous(), c.contiguous()
+    weights = [w.contiguous() for w in weights]
+    noise = None if noise is None else noise.contiguous()
+    dz = torch.empty_like(z)  # [B, D]
+    div = z.new_empty(z.shape[0] if divergence != "none" else 0)  # [B] or [0]
+    _launch(t, z, c, weights, noise, dz, div, widths, activation, divergence)
+    return dz, div
+
+
+@torch.library.custom_op("cgnf_fast::cnf_dynamics", mutates_args=())
+def _cnf_dynamics(
+    t: torch.Tensor, z: torch.Tensor, c: torch.Tensor, weights: list[torch.Tensor], activation: str,
+    divergence: str, noise: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(dz/dt [B, D], div)``; ``div`` is ``[B]``, or an empty ``[0]`` tensor when
+    ``divergence == "none"`` (not computed)."""
+    return _forward(t, z, c, weights, activation, divergence, noise)
+
+
+@_cnf_dynamics.register_fake
+def _(t, z, c, weights, activation, divergence, noise):
+    _check_inputs(t, z, c, weights, activation, divergence, noise)
+    return torch.empty_like(z), z.new_empty(z.shape[0] if divergence != "none" else 0)
+
+
+def _setup(ctx, inputs: tuple, output: tuple) -> None:
+    t, z, c, weights, activation, divergence, noise = inputs
+    ctx.activation, ctx.divergence, ctx.n_weights = activation, divergence, len(weights)
+    ctx.has_noise = noise is not None
+    ctx.save_for_backward(t, z, c, *weights, *((noise,) if noise is not None else ()))
+
+
+def _backward(ctx, g_dz: torch.Tensor, g_div: torch.Tensor) -> tuple:
+    """Vector-Jacobian products by autograd on the reference (recomputed here). With
+    ``create_graph`` the saved inputs are differentiated directly, so higher orders are exact."""
+    saved = ctx.saved_tensors
+    t, z, c = saved[:3]
+    weights = list(saved[3:3 + ctx.n_weights])
+    noise = saved[3 + ctx.n_weights] if ctx.has_noise else None
+    need_t, need_z, need_c, need_w, _, _, need_noise = ctx.needs_input_grad
+    need_w = list(need_w) if isinstance(need_w, (list, tuple)) else [bool(need_w)] * len(weights)
+    create = torch.is_grad_enabled()
+    flat = [t, z, c, *weights] + ([noise] if noise is not None else [])
+    needs = [need_t, need_z, need_c, *need_w] + ([need_noise] if noise is not None else [])
+    with torch.enable_grad():
+        xs = [x if (create and need) else x.detach().requires_grad_(bool(need)) for x, need in zip(flat, needs)]
+        ws = xs[3:3 + len(weights)]
+        layers = [tuple(ws[5 * i:5 * i + 5]) for i in range(len(ws) // 5)]
+        div_kind = None if ctx.divergence == "none" else ctx.divergence
+        dz, div = reference.cnf_dynamics(xs[0], xs[1], xs[2], layers, ctx.activation, div_kind,
+                                         xs[-1] if noise is not None else None)
+        outs, grads_out = [dz], [g_dz]
+        if div is not None:
+            outs.append(div)
+            grads_out.append(g_div)
+        wanted = [i for i, need in enumerate(needs) if need]
+        got = torch.autograd.grad(outs, [xs[i] for i in wanted], grads_out, allow_unused=True,
+                                  create_graph=create) if wanted else ()
+    grads: list[torch.Tensor | None] = [None] * len(flat)
+    for i, g in zip(wanted, got):
+        grads[i] = torch.zeros_like(flat[i]) if g is None else g
+    g_noise = grads[-1] if noise is not None else None
+    return grads[0], grads[1], grads[2], grads[3:3 + len(weights)], None, None, g_noise
+
+
+_cnf_dynamics.register_autograd(_backward, setup_context=_setup)
+
+
+def _flatten(weights: object) -> list[torch.Tensor]:
+    if isinstance(weights, torch.Tensor) or not isinstance(weights, Sequence) or not all(
+            isinstance(lw, Sequence) and not isinstance(lw, torch.Tensor) and len(lw) == 5 for lw in weights):
+        raise ValueError("weights must be a sequence of per-layer tuples (W, b, G, g, H), got "
+                         f"{type(weights).__name__}")
+    return [x for lw in weights for x in lw]
+
+
+def as_time(t: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The time as a one-element tensor ``[1]`` of ``like``'s dtype and device (differentiable
+    when ``t`` is a tensor that requires grad)."""
+    return torch.as_tensor(t, dtype=like.dtype, device=like.device).reshape(1)
+
+
+def native_supports(latent: int, hidden: Sequence[int], divergence: str | None, device: torch.device) -> bool:
+    """Whether the native kernels take the dynamics ``latent -> *hidden -> latent``: widths
+    within :data:`CNF_MAX_WIDTH`, layers within :data:`CNF_MAX_LAYERS`, the exact divergence
+    within :data:`CNF_MAX_EXACT_LATENT`, and a CPU or usable CUDA device."""
+    if max([latent, *hidden]) > CNF_MAX_WIDTH or len(hidden) + 1 > CNF_MAX_LAYERS:
+        return False
+    if divergence == "exact" and latent > CNF_MAX_EXACT_LATENT:
+        return False
+    return device.type == "cpu" or (device.type == "cuda" and _native.cuda_available())
+
+
+def cnf_dynamics(
+    t: float | torch.Tensor,
+    z: torch.Tensor,
+    c: torch.Tensor,
+    weights: Sequence[tuple[torch.Tensor, ...]],
+    activation: str = "tanh",
+    divergence: str | None = None,
+    noise: torch.Tensor | None = None,
+    backend: str = "native",
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One evaluation of the CNF dynamics ``dz/dt = f(t, z, c)`` (the ConcatSquash MLP of
+    ``cgnf_fast.models.flow.ODEDynamics``) and optionally its divergence, fused into one native
+    kernel (differentiable in every tensor argument; the backward runs the reference).
+
+    Shapes:
+        t      a float, or a 0-d / one-element tensor
+        z      [B, D] float32|float64
+        c      [B, C] same dtype and device (C may be 0)
+        weights  per layer ``(W [out, in], b [out], G [out, 1 + C], g [out], H [out, 1 + C])``,
+               widths ``D -> h_1 -> ... -> D``, each <= 512
+        noise  [B, D] (``divergence="hutchinson"`` only)
+        -> ``(dz/dt [B, D], div [B] or None)``
+
+    Args:
+        activation: ``"tanh"`` or ``"softplus"`` between layers.
+        divergence: None, ``"exact"`` (``tr(df/dz)``; native for ``D <= 64``) or
+            ``"hutchinson"`` (``noise^T (df/dz) noise``).
+        backend: ``"native"`` (csrc/cnf) or ``"torch"`` (``cgnf_fast.reference.cnf.cnf_dynamics``);
+            both validate alike, except that the limits on widths and D bind the native one only.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(map(repr, BACKENDS))}")
+    if divergence not in DIVERGENCES:
+        raise ValueError(f"divergence must be None, 'exact' or 'hutchinson', got {divergence!r}")
+    if not isinstance(z, torch.Tensor):
+        raise ValueError(f"z must be a torch.Tensor [B, D] float32 or float64, got {type(z).__name__}")
+    flat = _flatten(weights)
+    if isinstance(t, torch.Tensor):
+        tt = t
+    elif isinstance(t, (int, float)) and not isinstance(t, bool):
+        tt = as_time(t, z) if z.dtype in _DTYPES else torch.tensor([float(t)])
+    else:
+        raise ValueError(f"t must be a float or a one-element tensor, got {type(t).__name__}")
+    if backend == "torch":
+        _check_inputs(tt, z, c, flat, activation, _OP_DIVERGENCE[divergence], noise, native=False)
+        return reference.cnf_dynamics(tt, z, c, weights, activation, divergence, noise)
+    args = (tt, z, c, flat, activation, _OP_DIVERGENCE[divergence], noise)
+    if _plain_eager(tt, z, c, noise, *flat):  # nothing to record or trace: skip the dispatcher (~100 us)
+        dz, div = _forward(*args)
+    else:
+        dz, div = _cnf_dynamics(*args)
+    return dz, (div if divergence is not None else None)
+
+
+def _plain_eager(*tensors: torch.Tensor | None) -> bool:
+    """True when calling the op's implementation directly is the same as calling the op: plain
+    tensors with storage (no meta, fake or other subclass), nothing for autograd to record, no
+    compilation. (tensors = t, z, ...: the op requires all of them on the device of z.)"""
+    if torch.compiler.is_compiling() or tensors[1].is_meta:
+        return False
+    grad = torch.is_grad_enabled()
+    for x in tensors:
+        if x is not None and (type(x) is not torch.Tensor and type(x) is not torch.nn.Parameter
+                              or (grad and x.requires_grad)):
+            return False
+    return True
+
+
+class CnfPlan:
+    """Native evaluations of fixed weights and condition, validated once: what one ODE solve
+    needs (``ODEDynamics`` builds one per solve). Each call checks only the state and takes
+    ~10 us of Python, against ~50 us for :func:`cnf_dynamics` (validation of every weight) and
+    ~150 us through the custom op's dispatcher.
+
+    Not differentiable: for evaluations that autograd does not record (``torch.no_grad``, the
+    forward solve of ``odeint_adjoint``); the plan reads the weights' memory at each call, so
+    in-place updates show, but it keeps the tensors it was given (rebuild it after replacing
+    them).
+
+    Shapes:
+        weights  per layer ``(W, b, G, g, H)`` as for :func:`cnf_dynamics`
+        c        [B, C]; noise [B, D] (Hutchinson only)
+        call: t (float or one-element tensor), z [B, D] -> ``(dz/dt [B, D], div [B] or None)``
+    """
+
+    def __init__(self, weights: Sequence[tuple[torch.Tensor, ...]], c: torch.Tensor, activation: str = "tanh",
+                 divergence: str | None = None, noise: torch.Tensor | None = None) -> None:
+        if divergence not in DIVERGENCES:
+            raise ValueError(f"divergence must be None, 'exact' or 'hutchinson', got {divergence!r}")
+        flat = [w.detach() for w in _flatten(weights)]
+        if not isinstance(c, torch.Tensor) or c.dim() != 2:
+            raise ValueError(f"c must be a torch.Tensor [B, C], got {getattr(c, 'shape', type(c).__name__)}")
+        if not flat or flat[0].dim() != 2:
+            raise ValueError("weights must start with a layer whose W is a tensor [out, D]")
+        z_like = c.new_empty(c.shape[0], flat[0].shape[1]) if c.dtype in _DTYPES else c
+        kind = _OP_DIVERGENCE[divergence]
+        self.widths = _check_inputs(as_time(0.0, z_like), z_like, c, flat, activation, kind, noise)
+        if z_like.device.type == "cuda":
+            _native.require_cuda("CnfPlan")
+        elif z_like.device.type != "cpu":
+            raise ValueError(f"CnfPlan runs on cpu or cuda tensors, got {z_like.device}")
+        self.shape, self.dtype, self.device = tuple(z_like.shape), z_like.dtype, z_like.device
+        self.divergence = divergence
+        self._flat = [w.contiguous() for w in flat]  # kept alive: the pointers below are theirs
+        self._c = c.detach().contiguous()
+        self._noise = None if noise is None else noise.detach().contiguous()
+        self._ptrs = [w.data_ptr() for w in self._flat]
+        self._codes = (self.shape[0], self._c.shape[1], _ACT_CODE[activation], _DIV_CODE[kind],
+                       self.dtype == torch.float64)
+        self._c_ptr = self._c.data_ptr() if self._c.numel() else 0
+        self._noise_ptr = 0 if self._noise is None else self._noise.data_ptr()
+        self._cuda = self.device.type == "cuda"
+        self._work = None
+        if self._cuda:
+            size = _C.cnf_cuda_workspace(self.shape[0], self.widths, _DIV_CODE[kind])
+            self._work = z_like.new_empty(size)
+
+    def __call__(self, t: float | torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if not isinstance(z, torch.Tensor) or z.dtype != self.dtype or tuple(z.shape) != self.shape or \
+                z.device != self.device:
+            got = f"{z.dtype} {list(z.shape)} on {z.device}" if isinstance(z, torch.Tensor) else type(z).__name__
+            raise ValueError(f"z must be a {self.dtype} tensor of shape {list(self.shape)} on {self.device} "
+                             f"(the plan's), got {got}")
+        t = torch.as_tensor(t, dtype=self.dtype, device=self.device)
+        if t.numel() != 1:
+            raise ValueError(f"t must be a float or a one-element tensor, got shape {list(t.shape)}")
+        z = z.contiguous()
+        dz = torch.empty_like(z)
+        div = z.new_empty(self.shape[0]) if self.divergence is not None else None
+        args = (t.data_ptr(), z.data_ptr(), self._c_ptr, self._noise_ptr, self._ptrs, self.widths,
+                dz.data_ptr(), 0 if div is None else div.data_ptr())
+        if self._cuda:
+            with torch.cuda.device(self.device):
+                _C.cnf_dynamics_fwd_cuda(*args, self._work.data_ptr() if self._work.numel() else 0,
+                                         self._work.numel(), *self._codes, _native.stream_of(z))
+        else:
+            _C.cnf_dynamics_fwd_cpu(*args, *self._codes, _native.num_threads())
+        return dz, div

@@ -1,0 +1,99 @@
+// The CNF dynamics, fused: one evaluation of the flow's ConcatSquash MLP (all layers) and,
+// optionally, its divergence, in one kernel (reference: cgnf_fast/reference/cnf.py, the math
+// of ODEDynamics in cgnf_fast/models/flow.py).
+//
+// Layers l = 0 .. L-1, widths D = w_0 -> w_1 -> ... -> w_L = D, ctx = [t, c] (1 + C entries):
+//   gate_l = sigmoid(G_l ctx + g_l)                         [w_{l+1}]
+//   pre_l  = (W_l h_l + b_l) * gate_l + H_l ctx             [w_{l+1}],  h_0 = z
+//   h_{l+1} = act(pre_l) for l < L-1 (tanh or softplus),    dz/dt = pre_{L-1}
+// Divergence (forward-mode tangents, s_l = act'(pre_l) * gate_l for the hidden layers):
+//   exact:      J_1 = diag(s_0) W_0,  J_{l+1} = diag(s_l) W_l J_l,
+//               div = tr(diag(gate_{L-1}) W_{L-1} J_{L-1})        (= sum_i gate_i W_ii if L = 1)
+//   hutchinson: the same with the single probe e = noise (u_0 = e, u_{l+1} = s_l * (W_l u_l)),
+//               div = e^T (gate_{L-1} * (W_{L-1} u_{L-1}))
+// softplus is torch's (threshold 20: x > 20 gives x) and act' is sigmoid(pre) for it.
+//
+// Layout of every argument (contiguous, row-major; one dtype for all: float32, or float64 when
+// `float64` is true):
+//   t        [1]          the time, read by the kernel (no host sync on CUDA)
+//   z        [B, D]
+//   c        [B, C]       C >= 0 (0 may pass a null pointer)
+//   noise    [B, D]       divergence == kCnfHutchinson only (else may be 0)
+//   weights  5L pointers, per layer W [w_{l+1}, w_l], b [w_{l+1}], G [w_{l+1}, 1 + C],
+//            g [w_{l+1}], H [w_{l+1}, 1 + C]
+//   widths   L + 1 sizes w_0 .. w_L (w_0 = w_L = D)
+//   dz       [B, D]       output
+//   div      [B]          output when divergence != kCnfNone (else may be 0)
+// Limits: every width in [1, kCnfMaxWidth]; at most kCnfMaxLayers layers; D <= kCnfMaxExactLatent
+// for the exact divergence.
+// cgnf_fast/ops/cnf.py validates tensors before any pointer gets here; check_cnf below is the
+// last line of defence (ValueError in Python).
+#pragma once
+
+#include <cstdint>
+#include <initializer_list>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "../common/checks.h"
+
+namespace cgnf {
+
+// Widest layer (latent or hidden) the kernels take: CUDA stages a block's activations in
+// shared memory, the CPU kernel keeps a tile's in L1/L2.
+constexpr int64_t kCnfMaxWidth = 512;
+// Largest latent size for the exact divergence (D tangents per batch row).
+constexpr int64_t kCnfMaxExactLatent = 64;
+// Most layers (the CUDA kernels take the layer table as kernel parameters).
+constexpr int64_t kCnfMaxLayers = 32;
+
+enum CnfDivergence : int64_t { kCnfNone = 0, kCnfExact = 1, kCnfHutchinson = 2 };
+enum CnfActivation : int64_t { kCnfTanh = 0, kCnfSoftplus = 1 };
+
+inline void check_cnf(const char* op, int64_t B, int64_t C, const std::vector<int64_t>& weights,
+                      const std::vector<int64_t>& widths, int64_t activation, int64_t divergence,
+                      std::initializer_list<std::pair<int64_t, const char*>> ptrs) {
+  const std::string o(op);
+  check_arg(B >= 0, o + ": batch size must be >= 0");
+  check_arg(C >= 0, o + ": condition size C must be >= 0");
+  check_arg(widths.size() >= 2, o + ": widths must list at least 2 sizes (one layer)");
+  const size_t L = widths.size() - 1;
+  check_arg(weights.size() == 5 * L, o + ": weights must hold 5 pointers (W, b, G, g, H) per layer");
+  check_arg(int64_t(L) <= kCnfMaxLayers, o + ": at most " + std::to_string(kCnfMaxLayers) + " layers");
+  for (int64_t w : widths)
+    check_arg(w >= 1 && w <= kCnfMaxWidth, o + ": every width must be in [1, " + std::to_string(kCnfMaxWidth) + "]");
+  check_arg(widths.front() == widths.back(), o + ": the last width must equal the latent size D (the first)");
+  check_arg(activation == kCnfTanh || activation == kCnfSoftplus, o + ": activation must be 0 (tanh) or 1 (softplus)");
+  check_arg(divergence == kCnfNone || divergence == kCnfExact || divergence == kCnfHutchinson,
+            o + ": divergence must be 0 (none), 1 (exact) or 2 (hutchinson)");
+  check_arg(divergence != kCnfExact || widths.front() <= kCnfMaxExactLatent,
+            o + ": the exact divergence supports latent sizes D <= " + std::to_string(kCnfMaxExactLatent));
+  for (size_t i = 0; i < weights.size(); ++i) check_ptr(weights[i], "a weight", 1);
+  for (auto [p, name] : ptrs) check_ptr(p, name, B);
+}
+
+void cnf_dynamics_fwd_cpu(int64_t t, int64_t z, int64_t c, int64_t noise, const std::vector<int64_t>& weights,
+                          const std::vector<int64_t>& widths, int64_t dz, int64_t div, int64_t B, int64_t C,
+                          int64_t activation, int64_t divergence, bool float64, int64_t num_threads);
+
+// Instruction set the CPU CNF kernel runs with now: "avx512", "avx2" or "generic".
+const char* cnf_simd();
+
+// Elements of the workspace the CUDA kernel needs: for the exact divergence the scales s_l of
+// the hidden layers and the last gate of every row, B * (w_1 + ... + w_L); 0 otherwise.
+inline int64_t cnf_cuda_workspace(int64_t B, const std::vector<int64_t>& widths, int64_t divergence) {
+  if (divergence != kCnfExact) return 0;
+  int64_t per_row = 0;
+  for (size_t i = 1; i < widths.size(); ++i) per_row += widths[i];
+  return B * per_row;
+}
+
+#ifdef CGNF_WITH_CUDA
+void cnf_dynamics_fwd_cuda(int64_t t, int64_t z, int64_t c, int64_t noise, const std::vector<int64_t>& weights,
+                           const std::vector<int64_t>& widths, int64_t dz, int64_t div, int64_t workspace,
+                           int64_t workspace_size, int64_t B, int64_t C, int64_t activation, int64_t divergence,
+                           bool float64, int64_t stream);
+#endif
+
+}  // namespace cgnf
