@@ -43,3 +43,16 @@ def num_threads() -> int:
 
 def stream_of(t: torch.Tensor) -> int:
     return torch.cuda.current_stream(t.device).cuda_stream
+
+
+def eager_plain(*ts: torch.Tensor) -> bool:
+    """True for plain cpu/cuda tensors in eager mode with no gradient to record: then the ops'
+    wrappers call their kernels directly instead of through their ``torch.library`` custom ops
+    (same kernels and results). The custom ops stay the path for autograd, ``torch.compile``,
+    tracing and fake/meta tensors; their first eager call imports ``torch._dynamo``, which costs
+    seconds that inference (encoding cells, sampling, counting) does not need."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return False
+    if any(type(t) is not torch.Tensor or t.device.type not in ("cpu", "cuda") for t in ts):
+        return False
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in ts))

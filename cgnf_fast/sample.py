@@ -636,11 +636,17 @@ def _skeleton(space: DesignSpace) -> str:
 
 
 def _exact_counts(cell: Cell, skeleton: str, cache: dict[int, tuple[int, int]], key: int) -> tuple[int, int]:
+    """(params, FLOPs) of the network ``cell`` builds in ``skeleton``: closed forms for NB201's
+    skeleton (``nets.nb201.param_count`` / ``flop_count``, equal to the built module's counts,
+    tested), else counted on the built module."""
     if key not in cache:
         from . import nets
 
-        m = nets.build(cell, skeleton)
-        cache[key] = (nets.count_params(m), nets.count_flops(m))
+        if skeleton == "nb201":
+            cache[key] = (nets.nb201.param_count(cell), nets.nb201.flop_count(cell))
+        else:
+            m = nets.build(cell, skeleton)
+            cache[key] = (nets.count_params(m), nets.count_flops(m))
     return cache[key]
 
 
@@ -724,7 +730,7 @@ def sample_with_info(reference: Any, condition: Mapping[str, Any] | None = None,
 
     gen = torch.Generator().manual_seed(seed)  # CPU: the same noise on every device
     seen: set[int] = set()
-    kept: list[tuple[Cell, int, bool, list[float], bool | None, tuple[int, int]]] = []
+    kept: list[tuple[Cell, int, bool, list[float], bool | None, tuple[int, int] | None]] = []
     stats = {"drawn": 0, "rounds": 0, "examined": 0, "repaired": 0, "invalid": 0, "duplicates": 0,
              "in_seed_space_dropped": 0, "outside_bounds": 0}
     vae.model.eval()
@@ -756,11 +762,13 @@ def sample_with_info(reference: Any, condition: Mapping[str, Any] | None = None,
             if novel_only and in_seed:
                 stats["in_seed_space_dropped"] += 1
                 continue
-            counts = _exact_counts(cell, skeleton, counts_cache, key)
-            exact = {"params": counts[0] / 1e6, "flops": counts[1] / 1e6}
-            if not all(t.admits(exact[t.attribute]) for t in bounds):
-                stats["outside_bounds"] += 1
-                continue
+            counts = None
+            if bounds:  # exact counts build the network: only when a bound needs them before selection
+                counts = _exact_counts(cell, skeleton, counts_cache, key)
+                exact = {"params": counts[0] / 1e6, "flops": counts[1] / 1e6}
+                if not all(t.admits(exact[t.attribute]) for t in bounds):
+                    stats["outside_bounds"] += 1
+                    continue
             kept.append((cell, key, repaired, zc[b].tolist(), in_seed, counts))
             if len(kept) == want:
                 break
@@ -783,7 +791,8 @@ def sample_with_info(reference: Any, condition: Mapping[str, Any] | None = None,
     kept = [kept[i] for i in order]
     pred = {a: np.asarray(v)[order] for a, v in pred.items()}
     out: list[SampledCell] = []
-    for i, (cell, key, repaired, latent, in_seed, (params, flops)) in enumerate(kept):
+    for i, (cell, key, repaired, latent, in_seed, counts) in enumerate(kept):
+        params, flops = counts if counts is not None else _exact_counts(cell, skeleton, counts_cache, key)
         nb201_str = cell.to_nb201() if all(o in NB201_NODE_OPS for o in cell.ops[1:-1]) else None
         nb101 = cell.nb101_hash() if all(o in NB101_OPS for o in cell.ops[1:-1]) else None
         out.append(SampledCell(cell=cell, code=cell.canonical_code(), network_code=key, in_seed_space=in_seed,

@@ -330,3 +330,24 @@ def test_gin_cuda_side_stream_and_opcheck():
     torch.library.opcheck(torch.ops.cgnf_fast.gin_aggregate.default, (adj, h.requires_grad_(True), 0.1))
     g = torch.randn(40, 7, 100, device="cuda")
     torch.library.opcheck(torch.ops.cgnf_fast.gin_aggregate_bwd.default, (g, adj, h.detach(), 0.1, True))
+
+
+def test_inference_calls_the_kernel_without_the_dispatcher_and_agrees() -> None:
+    # no gradient to record: gin_aggregate (and the dag ops) call their kernel directly, which
+    # keeps the custom op's first-call import of torch._dynamo (seconds) out of inference
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; from cgnf_fast.ops import gin_aggregate; from cgnf_fast.ops.dag import "
+            "dag_canonical_code, batch_from_cells; from cgnf_fast import get_space; "
+            "gin_aggregate(torch.zeros(2, 3, 3), torch.randn(2, 3, 4)); "
+            "dag_canonical_code(*batch_from_cells(get_space('nb201-like').sample(5, seed=0))); "
+            "assert 'torch._dynamo' not in sys.modules, 'dynamo was imported'")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd="/")
+    assert r.returncode == 0, r.stderr
+    g = torch.Generator().manual_seed(0)
+    adj = (torch.rand(5, 6, 6, generator=g) < 0.4).float().triu(1)
+    h = torch.randn(5, 6, 16, generator=g)
+    fast = gin_aggregate(adj, h, 0.3)
+    through_op = gin_aggregate(adj, h.clone().requires_grad_(), 0.3)
+    assert torch.equal(fast, through_op.detach())

@@ -8,12 +8,14 @@ import random
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from cgnf_fast import Cell
 from cgnf_fast.nets import build, count_flops, count_params, nb101, nb201
 
-from helpers import BEST_ISH, INCEPTION
+from helpers import BEST_ISH, INCEPTION, dags
 
 NASLIB_OPS = ["skip_connect", "none", "nor_conv_3x3", "nor_conv_1x1", "avg_pool_3x3"]
 
@@ -120,6 +122,24 @@ def test_naslib_flops_on_the_other_datasets(shared_data, dataset, num_classes, s
         m = build(naslib_arch(key), num_classes=num_classes)
         got = count_flops(m, input_size=(3, size, size), convention="naslib") / 1e6
         assert got == pytest.approx(v["flops"]["score"], rel=1e-12, abs=1e-12), key
+
+
+@settings(max_examples=40, deadline=None)
+@given(cell=dags(min_nodes=2, max_nodes=8, ops=("nor_conv_3x3", "nor_conv_1x1", "avg_pool_3x3", "skip_connect")),
+       num_classes=st.sampled_from([10, 100]), size=st.sampled_from([16, 32]))
+def test_nb201_closed_form_flops_equal_the_module_count(cell, num_classes, size):
+    if cell.pruned(allow_zero=True).is_zero:
+        return
+    want = count_flops(cell, num_classes=num_classes, input_size=(3, size, size))
+    assert nb201.flop_count(cell, num_classes=num_classes, image_size=size) == want
+
+
+def test_nb201_closed_form_flops_of_strings():
+    for s in (BEST_ISH, "|nor_conv_3x3~0|+|none~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_1x1~1|none~2|",
+              "|none~0|+|none~0|none~1|+|none~0|none~1|none~2|"):
+        assert nb201.flop_count(s) == count_flops(s)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        nb201.flop_count(BEST_ISH, image_size=30)
 
 
 def test_flops_conventions_on_nb101_and_errors():

@@ -165,3 +165,37 @@ def param_count(cell: Cell | str, num_classes: int = 10, channels: int = CHANNEL
             c *= 2
         total += cells_per_stage * sum(_op_params(o, c) for o in ops)
     return total + 2 * c + c * num_classes + num_classes  # lastact BN, classifier
+
+
+def _op_flops(name: str, c: int, r: int) -> int:
+    """One op vertex at ``c`` channels of ``r x r`` (NB201's convention, ``nets.flops``)."""
+    return {"nor_conv_3x3": 9 * c * c * r * r, "nor_conv_1x1": c * c * r * r,
+            "avg_pool_3x3": 9 * c * r * r}.get(name, 0)
+
+
+def flop_count(cell: Cell | str, num_classes: int = 10, channels: int = CHANNELS,
+               cells_per_stage: int = CELLS_PER_STAGE, image_size: int = 32) -> int:
+    """FLOPs of one ``image_size``-square image through ``NB201Network(cell, ...)`` in NB201's
+    convention (``count_flops(..., convention="nb201")``), computed without building it.
+
+    Every op vertex (node form) or edge op (string form) runs at its stage's shape, so the count
+    is the skeleton's plus a per-op cost per stage: conv3x3 ``9 C^2 R^2``, conv1x1 ``C^2 R^2``,
+    3x3 average pool ``9 C R^2``, skip/none 0.
+    """
+    if isinstance(cell, str):
+        ops = [NB201_EDGE_OPS[d] for d in nb201_space.parse(cell)]
+    elif isinstance(cell, Cell):
+        ops = list(cell.pruned(allow_zero=True).ops[1:-1])
+    else:
+        raise ValueError(f"expected a Cell or an NB201 string, got {type(cell).__name__}")
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 4 or image_size % 4:
+        raise ValueError(f"image_size must be a multiple of 4 (two stride-2 reductions), got {image_size!r}")
+    c, r = channels, image_size
+    total = 27 * c * r * r  # stem conv 3x3, 3 -> c
+    for stage in range(3):
+        if stage > 0:  # reduction: conv_a (3x3/2), conv_b (3x3), shortcut avg pool 2x2/2 + 1x1 conv
+            r //= 2
+            total += 9 * c * 2 * c * r * r + 9 * 4 * c * c * r * r + c * r * r * 4 + c * 2 * c * r * r
+            c *= 2
+        total += cells_per_stage * sum(_op_flops(o, c, r) for o in ops)
+    return total + c * num_classes + num_classes  # classifier (global pooling counts zero)

@@ -50,11 +50,13 @@ def _launch(name: str, adj: torch.Tensor, labels: torch.Tensor, n: torch.Tensor,
         getattr(_C, f"{name}_cpu")(*args, _native.num_threads())
 
 
-@torch.library.custom_op("cgnf_fast::dag_prune", mutates_args=())
-def _dag_prune(adj: torch.Tensor, labels: torch.Tensor, n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _prune_impl(adj: torch.Tensor, labels: torch.Tensor, n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     outs = (torch.empty_like(adj), torch.empty_like(labels), torch.empty_like(n))
     _launch("dag_prune", adj, labels, n, *outs)
     return outs
+
+
+_dag_prune = torch.library.custom_op("cgnf_fast::dag_prune", mutates_args=())(_prune_impl)
 
 
 @_dag_prune.register_fake
@@ -62,11 +64,13 @@ def _(adj: torch.Tensor, labels: torch.Tensor, n: torch.Tensor) -> tuple[torch.T
     return torch.empty_like(adj), torch.empty_like(labels), torch.empty_like(n)
 
 
-@torch.library.custom_op("cgnf_fast::dag_canonical_code", mutates_args=())
-def _dag_canonical_code(adj: torch.Tensor, labels: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+def _code_impl(adj: torch.Tensor, labels: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
     out = torch.empty(adj.shape[0], dtype=torch.int64, device=adj.device)
     _launch("dag_canonical_code", adj, labels, n, out)
     return out
+
+
+_dag_canonical_code = torch.library.custom_op("cgnf_fast::dag_canonical_code", mutates_args=())(_code_impl)
 
 
 @_dag_canonical_code.register_fake
@@ -74,11 +78,13 @@ def _(adj: torch.Tensor, labels: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
     return adj.new_empty(adj.shape[0], dtype=torch.int64)
 
 
-@torch.library.custom_op("cgnf_fast::dag_nb101_hash", mutates_args=())
-def _dag_nb101_hash(adj: torch.Tensor, labels: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+def _hash_impl(adj: torch.Tensor, labels: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
     out = torch.empty(adj.shape[0], 16, dtype=torch.uint8, device=adj.device)
     _launch("dag_nb101_hash", adj, labels, n, out)
     return out
+
+
+_dag_nb101_hash = torch.library.custom_op("cgnf_fast::dag_nb101_hash", mutates_args=())(_hash_impl)
 
 
 @_dag_nb101_hash.register_fake
@@ -112,7 +118,7 @@ def dag_canonical_code(adj: torch.Tensor, labels: torch.Tensor, n: torch.Tensor)
     Reference: ``cgnf_fast.reference.dag.canonical_code``.
     """
     _check_batch(adj, labels, n)
-    codes = _dag_canonical_code(adj, labels, n)
+    codes = (_code_impl if _native.eager_plain(adj) else _dag_canonical_code)(adj, labels, n)
     if adj.shape[0] and bool((codes < 0).any()):  # the kernel flags labels outside [0, 31]
         b = int((codes < 0).nonzero()[0, 0])
         _check_labels_in(labels[b : b + 1], n[b : b + 1], 0, 31, "op", offset=b)
@@ -139,7 +145,7 @@ def dag_nb101_digest(adj: torch.Tensor, labels: torch.Tensor, n: torch.Tensor) -
     """``[B, 16] uint8`` MD5 digests behind :func:`dag_nb101_hash` (stays on the device)."""
     _check_batch(adj, labels, n)
     _check_labels_in(labels, n, 0, 2, "NB101 op")
-    return _dag_nb101_hash(adj, labels, n)
+    return (_hash_impl if _native.eager_plain(adj) else _dag_nb101_hash)(adj, labels, n)
 
 
 def dag_valid(
@@ -208,4 +214,4 @@ def dag_prune(
     Reference: ``cgnf_fast.reference.dag.prune``.
     """
     _check_batch(adj, labels, n)
-    return _dag_prune(adj, labels, n)
+    return (_prune_impl if _native.eager_plain(adj) else _dag_prune)(adj, labels, n)

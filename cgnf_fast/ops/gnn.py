@@ -87,13 +87,16 @@ def _launch(kind: str, *ptrs: torch.Tensor | None, h: torch.Tensor, eps: float) 
         getattr(_C, f"gin_aggregate_{kind}_cpu")(*args, _native.num_threads())
 
 
-@torch.library.custom_op("cgnf_fast::gin_aggregate", mutates_args=())
-def _gin_aggregate(adj: torch.Tensor, h: torch.Tensor, eps: float) -> torch.Tensor:
+def _gin_forward(adj: torch.Tensor, h: torch.Tensor, eps: float) -> torch.Tensor:
+    """The forward kernel on real cpu/cuda tensors (the custom op's implementation)."""
     B, N, H = _check_inputs(adj, h)
     adj, h = adj.contiguous(), h.contiguous()
     out = h.new_empty(B, N, 2 * H)  # [B, N, 2H]
     _launch("fwd", adj, h, out, h=h, eps=eps)
     return out
+
+
+_gin_aggregate = torch.library.custom_op("cgnf_fast::gin_aggregate", mutates_args=())(_gin_forward)
 
 
 @_gin_aggregate.register_fake
@@ -204,4 +207,6 @@ def gin_aggregate(adj: torch.Tensor, h: torch.Tensor, eps: float = 0.0, backend:
     _check_inputs(adj, h)
     if backend == "torch":
         return reference.gin_aggregate(adj, h, eps)
+    if _native.eager_plain(adj, h):  # inference: the kernel itself (see _native.eager_plain)
+        return _gin_forward(adj, h, eps)
     return _gin_aggregate(adj.contiguous(), h.contiguous(), eps)

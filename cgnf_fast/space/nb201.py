@@ -185,11 +185,12 @@ def all_cells() -> tuple[Cell, ...]:
 @functools.cache
 def _class_table() -> tuple[np.ndarray, dict[int, int]]:
     """Canonical code of the node form of every official index, and code -> lowest index."""
-    codes = np.empty(NUM_ARCHS, dtype=np.uint64)
+    from ..ops.dag import batch_from_cells, dag_canonical_code
+
+    cells = all_cells()  # node forms are pruned: their codes are the cells' canonical codes
+    codes = dag_canonical_code(*batch_from_cells(cells)).numpy().astype(np.uint64)  # native, batched
     first: dict[int, int] = {}
-    for idx, cell in enumerate(all_cells()):
-        code = cell.canonical_code()
-        codes[idx] = code
+    for idx, code in enumerate(codes.tolist()):
         first.setdefault(code, idx)
     return codes, first
 
