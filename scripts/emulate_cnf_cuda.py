@@ -137,19 +137,6 @@ def launch(t, z, c, noise, ws, widths, B, C, softplus_act, divergence, tsize):
                 b += grid2
     return dz.reshape(B, D), div
 
-def check(B, D, hidden, C, act, divergence, seed=0):
-    dv = {None: 0, "exact": 1, "hutchinson": 2}[divergence]
-    t, z, c, ws, noise = make_problem(B, D, hidden, C, dtype=torch.float64, seed=seed, hutchinson=dv == 2)
-    wsn = [tuple(w.numpy() for w in lw) for lw in ws]
-    dz, div = launch(float(t), z.numpy(), c.numpy(), None if noise is None else noise.numpy(), wsn,
-                     [D, *hidden, D], B, C, act == "softplus", dv, 8)
-    rdz, rdiv = ref.cnf_dynamics(t, z, c, ws, act, divergence, noise)
-    e1 = np.abs(dz - rdz.numpy()).max()
-    e2 = np.abs(div - rdiv.numpy()).max() if divergence else 0.0
-    print(B, D, hidden, C, act, divergence, f"{e1:.2e} {e2:.2e}", flush=True)
-    assert e1 < 1e-12 and e2 < 1e-11
-
-
 def make_problem(B: int, D: int, hidden: tuple[int, ...], C: int, seed: int, hutchinson: bool):
     g = torch.Generator().manual_seed(seed)
     r = lambda *s, sc=1.0: torch.randn(*s, generator=g, dtype=torch.float64) * sc  # noqa: E731
