@@ -212,9 +212,10 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path, *, device: str = "cpu", p
     _stage(f"4/4 export the model to {outp / 'model'}", progress)
     from . import __version__
 
+    labels = load_json(outp / "gvae" / "gvae.json").get("data", {}).get("labelled")
     info = export_model(outp, outp / "model", provenance={
         "space": sp.name, "cgnf_fast_version": __version__, "command": cmd or None, "pipeline": cfg.to_dict(),
-        "labels": gm.get("data", {}).get("labelled") if isinstance(gm.get("data"), dict) else None})
+        "labels": labels, "gvae_metrics": gm, "flow_conditioning": fm.get("conditioning")})
     summary["stages"]["export"] = {"dir": str(outp / "model"), "files": info["files"]}
     save_json(outp / "pipeline.json", summary)
     return summary

@@ -423,7 +423,7 @@ def test_cli_sample_round_trip(model_dir: Path, model: SamplingModel, tmp_path: 
 def test_cli_sample_errors_are_one_line_and_write_nothing(model_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "samples.json"
     for args, match in [
-        (["sample", "--out", str(out)], "no pretrained model is installed for space 'nb201-like'"),
+        (["sample", "--space", "nb101-like", "--out", str(out)], "no pretrained model is installed for space 'nb101-like'"),
         (["sample", "--model", str(model_dir), "--condition", "nwot=lots", "--out", str(out)],
          "condition 'nwot': cannot read 'lots'"),
         (["sample", "--model", str(model_dir), "--reference", "{nope", "--out", str(out)], "--reference: not valid"),

@@ -6,8 +6,9 @@ Two measurements on a model directory (a G-VAE + its conditional flow):
 target values around the reference: ``t(ref) + k * std`` for ``k`` in ``levels``, where ``t``
 is the flow's transform of that attribute (identity for ZC proxies, log for params/FLOPs, so a
 params level is a multiplicative step) and ``std`` the spread of that attribute over the flow's
-training cells; the other attributes stay at the reference's predicted values (the default of
-:func:`cgnf_fast.sample`). At each level, :func:`cgnf_fast.sample` draws ``n`` cells (same seed
+training cells; only that attribute is given, so the others follow it from the reference's
+predicted values as they co-vary in the training data (what :func:`cgnf_fast.sample` does with
+a partial condition). At each level, :func:`cgnf_fast.sample` draws ``n`` cells (same seed
 at every level). Their attribute is then **measured**, not predicted: params/FLOPs are the exact
 counts of the built network; ZC proxies are computed on the very images, seed and code version
 of the G-VAE's training labels (cached in ``store``). Reported: Spearman between target and
@@ -198,7 +199,8 @@ def plot_conditioning(result: dict[str, Any], path: str) -> None:
         ax.set_ylabel(f"measured {a}{unit}")
         ax.set_title(f"{a}: Spearman {r['spearman_target_achieved']:.2f} ({len(tg)} cells)")
         ax.legend(fontsize=8)
-    fig.suptitle(f"{result['space']}: conditioning on one attribute, others at the reference's values", fontsize=10)
+    fig.suptitle(f"{result['space']}: one attribute asked at {len(result['levels_std'])} levels around the reference "
+                 f"(the others follow it); measured, not predicted", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

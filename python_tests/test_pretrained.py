@@ -1,0 +1,91 @@
+"""The pretrained nb201-like model that ships inside the package: present, intact (sha256 of
+every file as recorded by `cgnf pipeline`), small, and what `sample()` / `cgnf sample` use with
+no model argument, on a fresh install with no data."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from cgnf_fast import sample
+from cgnf_fast.sample import SamplingModel, default_model_dir, sample_with_info, shipped_spaces
+
+
+def _run_cli(*args: str) -> tuple[int, str, str]:
+    from cgnf_fast.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(list(args))
+    return rc, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def default_dir() -> Path:
+    d = default_model_dir("nb201-like")
+    assert d is not None, "the package must ship a pretrained nb201-like model (cgnf_fast/pretrained/nb201-like)"
+    return d
+
+
+@pytest.fixture(scope="module")
+def twenty() -> list:
+    return sample("best", n=20, seed=0)
+
+
+def test_shipped_files_are_intact_and_small(default_dir: Path) -> None:
+    assert "nb201-like" in shipped_spaces()
+    info = json.loads((default_dir / "model.json").read_text())
+    assert info["format"] == "cgnf_fast.model" and info["space"] == "nb201-like"
+    assert info["command"].startswith("cgnf pipeline --space nb201-like")
+    for rel, sha in info["files"].items():
+        assert hashlib.sha256((default_dir / rel).read_bytes()).hexdigest() == sha, rel
+    total = sum(p.stat().st_size for p in default_dir.parent.rglob("*") if p.is_file())
+    assert total < 20e6  # every shipped model together
+    # trained on ZC scores of real CIFAR-10 images (the embedded batch), not on NB201 labels
+    m = SamplingModel.load(default_dir)
+    lab = m.vae.info["data"]["labelled"]
+    assert lab["cells"] >= 3000 and set(lab["attributes"]) >= {"synflow", "nwot"}
+    assert m.conditions.corr is not None
+
+
+def test_default_sample_gives_twenty_distinct_valid_cells(twenty: list) -> None:
+    from cgnf_fast import get_space
+
+    sp = get_space("nb201-like")
+    assert len(twenty) == 20 and len({s.network_code for s in twenty}) == 20
+    assert all(sp.contains(s.cell) and not s.cell.is_zero for s in twenty)
+    assert [s.to_json() for s in sample("best", n=20, seed=0)] == [s.to_json() for s in twenty]
+
+
+def test_default_samples_share_the_reference_attributes(twenty: list) -> None:
+    # the reference is the best NB201 cell; the samples' exact params stay near its own
+    _, info = sample_with_info("best", n=1, seed=0)
+    ref_params = info["reference_predicted"]["params"]
+    params = sorted(s.params / 1e6 for s in twenty)
+    assert abs(params[10] - ref_params) / ref_params < 0.25
+
+
+def test_conditioning_moves_the_samples() -> None:
+    low = sample("best", {"params": "-30%"}, n=10, seed=0)
+    high = sample("best", {"params": "+20%"}, n=10, seed=0)
+    assert sum(s.params for s in low) < sum(s.params for s in high)
+    lo_s = sample("best", {"synflow": "-8%"}, n=10, seed=0)
+    hi_s = sample("best", {"synflow": "+5%"}, n=10, seed=0)
+    assert sum(s.predicted["synflow"] for s in lo_s) < sum(s.predicted["synflow"] for s in hi_s)
+
+
+def test_cli_main_job(tmp_path: Path) -> None:
+    out, png = tmp_path / "samples.json", tmp_path / "cells.png"
+    rc, text, err = _run_cli("sample", "--space", "nb201-like", "--reference", "best", "--n", "20", "--seed", "0",
+                             "--out", str(out), "--png", str(png))
+    assert rc == 0, err
+    rows = json.loads(out.read_text())
+    assert len(rows) == 20 and {"matrix", "ops", "code", "in_seed_space", "nb201", "predicted", "params",
+                                 "flops"} <= set(rows[0])
+    assert png.stat().st_size > 20_000
+    assert "reference" in text and text.count("\n") > 20
