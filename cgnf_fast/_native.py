@@ -45,14 +45,25 @@ def stream_of(t: torch.Tensor) -> int:
     return torch.cuda.current_stream(t.device).cuda_stream
 
 
-def eager_plain(*ts: torch.Tensor) -> bool:
-    """True for plain cpu/cuda tensors in eager mode with no gradient to record: then the ops'
-    wrappers call their kernels directly instead of through their ``torch.library`` custom ops
-    (same kernels and results). The custom ops stay the path for autograd, ``torch.compile``,
-    tracing and fake/meta tensors; their first eager call imports ``torch._dynamo``, which costs
-    seconds that inference (encoding cells, sampling, counting) does not need."""
+def eager_plain(*ts: torch.Tensor | None) -> bool:
+    """True when calling an op's kernel directly is the same as calling its ``torch.library``
+    custom op: plain cpu/cuda tensors (or parameters) with storage, eager mode with no
+    compilation, tracing, functorch transform, dispatch or function mode active, and nothing for
+    autograd to record (``None`` entries are skipped). The ops' wrappers then skip the
+    dispatcher; the custom ops stay the path for autograd, ``torch.compile``, ``make_fx``/jit
+    tracing, ``vmap``, flop counters and fake/meta tensors. (Their first eager call imports
+    ``torch._dynamo``, which costs seconds that inference does not need.)"""
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
         return False
-    if any(type(t) is not torch.Tensor or t.device.type not in ("cpu", "cuda") for t in ts):
+    if (torch._C._len_torch_dispatch_stack() > 0 or torch._C._is_torch_function_mode_enabled()
+            or torch._C._functorch.peek_interpreter_stack() is not None):
         return False
-    return not (torch.is_grad_enabled() and any(t.requires_grad for t in ts))
+    grad = torch.is_grad_enabled()
+    for t in ts:
+        if t is None:
+            continue
+        if type(t) not in (torch.Tensor, torch.nn.Parameter) or t.device.type not in ("cpu", "cuda"):
+            return False
+        if grad and t.requires_grad:
+            return False
+    return True

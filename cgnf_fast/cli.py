@@ -209,6 +209,19 @@ def _pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reference_arg(text: str) -> Any:
+    """``--reference``: ``best``, an NB201 string, or a JSON cell ``{"matrix": ..., "ops": ...}``."""
+    if not text.lstrip().startswith("{"):
+        return text
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CLIError(f"--reference: not valid JSON ({e})") from None
+    if not isinstance(obj, dict) or "matrix" not in obj or "ops" not in obj:
+        raise CLIError('--reference: a JSON cell is an object with keys "matrix" and "ops"')
+    return (obj["matrix"], obj["ops"])
+
+
 def _sample(args: argparse.Namespace) -> int:
     import importlib.util
     import os
@@ -222,15 +235,7 @@ def _sample(args: argparse.Namespace) -> int:
         if path and not Path(path).resolve().parent.is_dir():
             raise CLIError(f"{flag} {path}: the folder {Path(path).resolve().parent} does not exist")
     condition = parse_condition_args(args.condition or [])
-    reference: Any = args.reference
-    if reference.lstrip().startswith("{"):
-        try:
-            obj = json.loads(reference)
-        except json.JSONDecodeError as e:
-            raise CLIError(f"--reference: not valid JSON ({e})") from None
-        if not isinstance(obj, dict) or "matrix" not in obj or "ops" not in obj:
-            raise CLIError('--reference: a JSON cell is an object with keys "matrix" and "ops"')
-        reference = (obj["matrix"], obj["ops"])
+    reference = _reference_arg(args.reference)
     t0 = time.perf_counter()
     cells, info = sample_with_info(reference, condition or None, n=args.n, space=args.space,
                                    temperature=args.temperature, seed=args.seed, novel_only=args.novel_only,
@@ -317,7 +322,7 @@ def _evaluate_latent(args: argparse.Namespace) -> int:
 def _evaluate_sampler(args: argparse.Namespace) -> int:
     from .evaluate.sampler import evaluate_sampler
 
-    reference = json.loads(args.reference) if args.reference.lstrip().startswith("{") else args.reference
+    reference = _reference_arg(args.reference)
     try:
         levels = [float(x) for x in args.levels.split(",") if x.strip()]
     except ValueError:
@@ -390,6 +395,7 @@ def _cell_hash(args: argparse.Namespace) -> int:
 
 
 def _build_parser() -> argparse.ArgumentParser:
+    from .sample import DEFAULT_OVERSAMPLE
     from .space import spaces
 
     p = argparse.ArgumentParser(prog="cgnf",
@@ -554,7 +560,7 @@ def _build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--condition", action="append", metavar="ATTR=VALUE",
                     help="e.g. synflow=+10%% or 'params=<=0.8M'; repeatable or comma-separated")
     sm.add_argument("--temperature", type=float, default=1.0, help="std of the flow's base noise (default 1)")
-    sm.add_argument("--oversample", type=float, default=5.0,
+    sm.add_argument("--oversample", type=float, default=DEFAULT_OVERSAMPLE,
                     help="candidates drawn per returned cell; the N closest to the condition are kept (default 5; "
                     "1 keeps the first N drawn)")
     sm.add_argument("--novel-only", action="store_true", help="drop cells inside the seed space")
@@ -598,7 +604,7 @@ def _build_parser() -> argparse.ArgumentParser:
     es.add_argument("--batch", type=_nonneg_int, default=1000, help="draws for validity/uniqueness/novelty")
     es.add_argument("--seed", type=int, default=0)
     es.add_argument("--temperature", type=float, default=1.0)
-    es.add_argument("--oversample", type=float, default=5.0, help="as in cgnf sample")
+    es.add_argument("--oversample", type=float, default=DEFAULT_OVERSAMPLE, help="as in cgnf sample")
     es.add_argument("--store", help="score store for the measured ZC scores (cache; needed for ZC attributes)")
     es.add_argument("--png", help="write target-vs-measured plots here")
     es.add_argument("--device", default="cpu")

@@ -73,14 +73,16 @@ class PipelineConfig:
     flow_max_cells: int = 30_000
     flow_hidden: list[int] = field(default_factory=lambda: [128, 128])
 
-    #: may change between a run and its resumption (they do not change what is computed)
-    RESUMABLE_CHANGES = ("store", "workers")
+    #: may change between a run and its resumption (it does not change what is computed)
+    RESUMABLE_CHANGES = ("workers",)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def validate(self) -> None:
+        """Every field, including what the G-VAE and flow stages will get, before any work."""
         from .space import spaces
+        from .zc.images import calibration_batch
         from .zc.score import check_proxies
 
         spaces.get(self.space)  # a clear error for an unknown space
@@ -98,6 +100,29 @@ class PipelineConfig:
                 raise ValueError(f"{f} must be an int >= 1, got {v!r}")
         if self.images is not None and not Path(self.images).is_dir():
             raise ValueError(f"images: {self.images} is not a directory (a folder of class sub-folders)")
+        if self.images is None:
+            available = calibration_batch()[0].shape[0]
+            if self.batch_size > available:
+                raise ValueError(f"batch_size {self.batch_size}: the embedded calibration batch has {available} "
+                                 f"images; pass --images DIR for larger batches")
+        self.gvae_config("scores.sqlite").validate()
+        self.flow_config().validate()
+
+    def gvae_config(self, store: str):
+        from .train.gvae import TrainGVAEConfig
+        from .zc import ALL_PROXIES
+
+        attrs = [p for p in ALL_PROXIES if p in self.proxies]  # the store's canonical order
+        return TrainGVAEConfig(space=self.space, store=store, attributes=attrs, n_unlabelled=self.unlabelled,
+                               include_seed_space=self.seed_space_cells, heldout=self.heldout, latent=self.latent,
+                               hidden=self.gvae_hidden, layers=self.gvae_layers, batch=self.gvae_batch,
+                               epochs=self.gvae_epochs, lr=self.gvae_lr, seed=self.seed)
+
+    def flow_config(self):
+        from .train.flow import TrainFlowConfig
+
+        return TrainFlowConfig(hidden=list(self.flow_hidden), batch=self.flow_batch, epochs=self.flow_epochs,
+                               max_cells=self.flow_max_cells, seed=self.seed)
 
 
 def _stage(name: str, progress: bool) -> float:
@@ -156,13 +181,17 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path, *, device: str = "cpu", p
                  command: list[str] | None = None) -> dict[str, Any]:
     """Runs (or resumes) every stage in ``out``; returns a summary (also in ``out/pipeline.json``)."""
     from .space import spaces
-    from .train.flow import TrainFlowConfig, train_flow
-    from .train.gvae import TrainGVAEConfig, train_gvae
+    from .train.flow import train_flow
+    from .train.gvae import train_gvae
     from .zc import calibration_batch, load_folder, run
     from .zc.images import normalize
 
+    outp = Path(out).resolve()  # absolute: a resume from another directory finds the same run
+    if cfg.store is not None:
+        cfg.store = str(Path(cfg.store).resolve())
+    if cfg.images is not None:
+        cfg.images = str(Path(cfg.images).resolve())
     cfg.validate()
-    outp = Path(out)
     outp.mkdir(parents=True, exist_ok=True)
     if (outp / "pipeline.json").exists():
         _check_resume(outp, cfg)
@@ -188,24 +217,25 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path, *, device: str = "cpu", p
                          device=device, workers=cfg.workers, progress=progress)
     summary["stages"]["score"] = {**sc, "seconds": round(time.perf_counter() - t0, 1)}
 
-    # 2. G-VAE
-    t0 = _stage("2/4 train the G-VAE", progress)
-    from .zc import ALL_PROXIES
+    # 2. G-VAE: it learns from the store's largest label group; make sure that is this run's
+    from .train.data import load_labelled
+    from .zc.run import code_version, data_fingerprint
 
-    attrs = [p for p in ALL_PROXIES if p in cfg.proxies]  # the store's canonical order
-    gcfg = TrainGVAEConfig(space=sp.name, store=store, attributes=attrs, n_unlabelled=cfg.unlabelled,
-                           include_seed_space=cfg.seed_space_cells, heldout=cfg.heldout, latent=cfg.latent,
-                           hidden=cfg.gvae_hidden, layers=cfg.gvae_layers, batch=cfg.gvae_batch,
-                           epochs=cfg.gvae_epochs, lr=cfg.gvae_lr, seed=cfg.seed)
+    t0 = _stage("2/4 train the G-VAE", progress)
+    gcfg = cfg.gvae_config(store)
+    lab = load_labelled(store, sp.name, gcfg.attributes)
+    want = (data_fingerprint(*batch), cfg.seed, code_version())
+    if (lab.data_fp, lab.seed, lab.code_version) != want:
+        raise ValueError(f"{store}: its largest label group (images {lab.data_fp}, seed {lab.seed}, code "
+                         f"{lab.code_version}) is not this pipeline's (images {want[0]}, seed {want[1]}, code "
+                         f"{want[2]}), and the G-VAE learns from the largest group; use a store without other scores")
     gm = train_gvae(gcfg, str(outp / "gvae"), device=device, progress=progress)
     summary["stages"]["gvae"] = {"metrics": gm, "seconds": round(time.perf_counter() - t0, 1)}
     save_json(outp / "pipeline.json", summary)
 
     # 3. flow
     t0 = _stage("3/4 train the conditional flow", progress)
-    fcfg = TrainFlowConfig(hidden=list(cfg.flow_hidden), batch=cfg.flow_batch, epochs=cfg.flow_epochs,
-                           max_cells=cfg.flow_max_cells, seed=cfg.seed)
-    fm = train_flow(fcfg, outp / "gvae", outp / "flow", device=device, progress=progress)
+    fm = train_flow(cfg.flow_config(), outp / "gvae", outp / "flow", device=device, progress=progress)
     summary["stages"]["flow"] = {"metrics": fm, "seconds": round(time.perf_counter() - t0, 1)}
 
     # 4. export

@@ -55,14 +55,18 @@ Mechanism, per call:
 5. *Filter*: dedupe by :meth:`~cgnf_fast.space.Cell.network_code` (two cells that build the
    same network are one architecture), drop seed-space cells with ``novel_only``, drop cells
    whose *exact* params/FLOPs (:mod:`cgnf_fast.nets`, the space's macro skeleton) violate a
-   params/FLOPs bound. Bounds on other attributes only set the target.
+   params/FLOPs bound. Bounds on other attributes only set the target (the reference's value
+   clipped to the bound).
 6. Repeat 3-5 until ``ceil(oversample * n)`` candidates are kept, ``max_draws`` latents were
-   drawn, or (with ``n`` candidates already) a whole round adds none; fewer than ``n`` by then:
+   drawn, or (with ``n`` candidates already) the last ``max(chunk, 256)`` draws added none;
+   fewer than ``n`` by then:
    :class:`SamplingError` with the counts of what was dropped and why.
-7. *Select*: the G-VAE predictor scores the candidates; the ``n`` whose predicted attributes
-   are closest to the condition vector (squared distance in the flow's standardised units over
-   every conditioned attribute) are returned, closest first. The flow proposes where in the
-   latent space to look; the predictor picks among the proposals. ``oversample=1`` returns the
+7. *Select*: the ``n`` candidates whose attributes are closest to the condition vector are
+   returned, closest first: squared distance in the flow's standardised units over every
+   conditioned attribute, with the G-VAE predictor's values (exact params/FLOPs in NB201's
+   skeleton, where they are closed forms); a bounded attribute only counts where it violates
+   the bound. The flow proposes where in the latent space to look; the selection picks among
+   the proposals. ``oversample=1`` returns the
    first ``n`` candidates in the order drawn (then a smaller ``n`` gives a prefix).
 
 Each kept cell is re-encoded and the G-VAE predictor gives its ``predicted`` attributes (store
@@ -323,9 +327,14 @@ class Target:
     filter_only: bool = False
 
     def target(self, reference_value: float) -> float:
-        """The requested raw value given the reference's predicted value."""
+        """The requested raw value given the reference's predicted value: for a bound, the
+        reference's value clipped to it (a bound the reference meets does not move the target)."""
         if self.kind == "relative":
             return reference_value + abs(reference_value) * self.value
+        if self.kind == "at_most":
+            return min(reference_value, self.value)
+        if self.kind == "at_least":
+            return max(reference_value, self.value)
         return self.value
 
     def admits(self, value: float) -> bool:
@@ -410,7 +419,7 @@ def parse_condition(condition: Mapping[str, Any] | None, attributes: Sequence[st
     """Parses ``condition`` (attribute -> value) for a flow conditioned on ``attributes``.
 
     Values: a number (absolute, store units); ``"+10%"`` / ``"-5%"`` (relative to the
-    reference's predicted value); ``"<=X"`` / ``">=X"`` (a bound: the target is the bound, and
+    reference's predicted value); ``"<=X"`` / ``">=X"`` (a bound: the target is the reference's value clipped to it, and
     for params/FLOPs a filter on the exact count). params/FLOPs are in millions and accept
     ``K``/``M``/``G`` suffixes. params/FLOPs bounds are accepted even when the flow is not
     conditioned on them (then they only filter). Raises ``ValueError`` naming the bad entry.
@@ -735,6 +744,7 @@ def sample_with_info(reference: Any, condition: Mapping[str, Any] | None = None,
              "in_seed_space_dropped": 0, "outside_bounds": 0}
     vae.model.eval()
     want = max(n, math.ceil(oversample * n - 1e-9))  # candidates gathered before selecting n
+    dry = 0  # latents drawn since the last new candidate
     while len(kept) < want and stats["drawn"] < limit:
         size = min(chunk, limit - stats["drawn"])
         noise = torch.randn((size, flow.latent), generator=gen, dtype=torch.float64) * float(temperature)
@@ -772,8 +782,9 @@ def sample_with_info(reference: Any, condition: Mapping[str, Any] | None = None,
             kept.append((cell, key, repaired, zc[b].tolist(), in_seed, counts))
             if len(kept) == want:
                 break
-        if len(kept) >= n and len(kept) == before:
-            break  # enough cells and a whole round found no new candidate: the extra pool is exhausted
+        dry = 0 if len(kept) > before else dry + size
+        if len(kept) >= n and dry >= max(chunk, DEFAULT_CHUNK):
+            break  # enough cells, and the last draws found no new candidate: the extra pool is exhausted
     if len(kept) < n:
         why = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in stats.items()
                         if k not in ("drawn", "rounds", "examined", "repaired") and v)
@@ -781,12 +792,25 @@ def sample_with_info(reference: Any, condition: Mapping[str, Any] | None = None,
         raise SamplingError(f"found {len(kept)} of {n} distinct valid cells after drawing {stats['drawn']} latents "
                             f"in {stats['rounds']} rounds ({why or 'nothing dropped'}) under {cond}; loosen the "
                             f"condition, raise the temperature, or ask for fewer cells")
-    # selection: the n candidates whose predicted attributes are closest to the condition
-    # (standardised units, every conditioned attribute); ties keep the draw order
+    # selection: the n candidates whose attributes are closest to the condition (standardised
+    # units, every conditioned attribute; exact params/FLOPs where they are closed forms, the
+    # predictor otherwise; a bound only counts when violated); ties keep the draw order
     pred = vae.predict([k[0] for k in kept])
-    p_std = conds.to_flow(torch.tensor(np.stack([pred[a] for a in conds.names], 1), dtype=torch.float64))
-    dist = ((p_std - c_std[None]) ** 2).sum(1).numpy()  # [len(kept)]
-    order = np.argsort(dist, kind="stable")[:n] if len(kept) > n else np.arange(len(kept))  # else: draw order
+    cand = np.stack([np.asarray(pred[a], dtype=np.float64) for a in conds.names], 1)  # [K, A]
+    if skeleton == "nb201":
+        for j, a in enumerate(conds.names):
+            if a in COUNT_ATTRIBUTES:
+                col = COUNT_ATTRIBUTES.index(a)
+                cand[:, j] = [(k[5] or _exact_counts(k[0], skeleton, counts_cache, k[1]))[col] / 1e6 for k in kept]
+    gap = (conds.to_flow(torch.from_numpy(cand)) - c_std[None]).numpy()  # [K, A]
+    for j, a in enumerate(conds.names):
+        t = targets.get(a)
+        if t is not None and t.kind == "at_most":
+            gap[:, j] = np.maximum(gap[:, j], 0.0)
+        elif t is not None and t.kind == "at_least":
+            gap[:, j] = np.minimum(gap[:, j], 0.0)
+    dist = (gap ** 2).sum(1)  # [K]
+    order = np.argsort(dist, kind="stable")[:n] if oversample > 1 else np.arange(len(kept))  # 1: draw order
     stats["candidates"] = len(kept)
     kept = [kept[i] for i in order]
     pred = {a: np.asarray(v)[order] for a, v in pred.items()}

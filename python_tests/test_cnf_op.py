@@ -510,3 +510,14 @@ def test_cnf_cuda_side_stream_plan_opcheck_and_flow():
         torch.testing.assert_close(native_flow.sample(cc, noise=e), torch_flow.sample(cc, noise=e),
                                    rtol=1e-10, atol=1e-10)
         torch.testing.assert_close(native_flow.log_prob(e, cc), torch_flow.log_prob(e, cc), rtol=1e-10, atol=1e-10)
+
+
+def test_native_backend_falls_back_for_other_dtypes() -> None:
+    from cgnf_fast.models.flow import ConditionalCNF
+    from cgnf_fast.ops.cnf import native_supports
+
+    assert native_supports(8, [16], None, torch.device("cpu"), torch.float32)
+    assert not native_supports(8, [16], None, torch.device("cpu"), torch.bfloat16)
+    flow = ConditionalCNF(8, 2, hidden=(16,)).to(torch.bfloat16)
+    z = flow.sample(torch.zeros(3, 2, dtype=torch.bfloat16), generator=torch.Generator().manual_seed(0))
+    assert z.dtype == torch.bfloat16 and z.shape == (3, 8)

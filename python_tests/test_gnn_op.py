@@ -351,3 +351,22 @@ def test_inference_calls_the_kernel_without_the_dispatcher_and_agrees() -> None:
     fast = gin_aggregate(adj, h, 0.3)
     through_op = gin_aggregate(adj, h.clone().requires_grad_(), 0.3)
     assert torch.equal(fast, through_op.detach())
+
+
+def test_tracing_and_modes_go_through_the_custom_op() -> None:
+    # the direct-kernel shortcut is for plain eager inference only: make_fx must record the op
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from cgnf_fast import _native
+
+    adj, h = torch.zeros(2, 3, 3), torch.randn(2, 3, 4)
+    g = make_fx(lambda a, x: gin_aggregate(a, x))(adj, h)
+    assert "cgnf_fast.gin_aggregate" in str(g.graph)
+    assert _native.eager_plain(adj, h) and not _native.eager_plain(adj, h.requires_grad_())
+    with torch.no_grad():
+        assert _native.eager_plain(adj, h)
+    assert not _native.eager_plain(torch.zeros(2, device="meta"))
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False):
+        assert not _native.eager_plain(adj)

@@ -97,6 +97,36 @@ def test_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError):
         export_model(tmp_path / "nothing", tmp_path / "model")
     assert not (tmp_path / "model").exists()
+    # every stage's settings are checked before any work
+    rc, _, err = _run_cli("pipeline", "--out", str(tmp_path / "z"), "--space", "nb201-like", "--flow-hidden", "0")
+    assert rc == 2 and "hidden must be a non-empty list of ints >= 1" in err and not (tmp_path / "z").exists()
+    rc, _, err = _run_cli("pipeline", "--out", str(tmp_path / "z"), "--space", "nb201-like", "--batch-size", "999")
+    assert rc == 2 and "the embedded calibration batch has 250 images" in err
+
+
+def test_resume_from_another_directory_and_foreign_label_groups(run_dir: Path, tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    import os
+
+    monkeypatch.chdir(run_dir.parent)
+    rc, _, err = _run_cli("pipeline", "--out", os.path.relpath(run_dir), *TINY)
+    assert rc == 0, err  # the same run, named relative to another directory
+    # a store whose largest label group comes from other images is refused before training
+    import shutil
+
+    from cgnf_fast.zc.store import ScoreStore
+
+    d = tmp_path / "foreign"
+    d.mkdir()
+    shutil.copy(run_dir / "scores.sqlite", d / "scores.sqlite")
+    with ScoreStore(str(d / "scores.sqlite")) as st:
+        rows = list(st.rows())
+        for r in rows:  # twice as many cells under other images: the largest group is not this run's
+            for code in (r["code"], r["code"] + 10**15):
+                st.put(r["space"], code, json.dumps(r["cell"]), "other-images", r["seed"], r["code_version"],
+                       {r["proxy"]: r["value"]})
+    rc, _, err = _run_cli("pipeline", "--out", str(d / "run"), "--store", str(d / "scores.sqlite"), *TINY)
+    assert rc == 2 and "is not this pipeline's" in err
 
 
 # -- cgnf evaluate sampler (on the pipeline's toy model) -----------------------------------
@@ -120,6 +150,13 @@ def test_evaluate_sampler_cli(run_dir: Path, tmp_path: Path) -> None:
     rc, out, err = _run_cli("evaluate", "sampler", "--model", str(run_dir / "model"), "--attributes", "synflow",
                             "--no-progress")
     assert rc == 2 and "conditioned on ['params', 'flops'] only" in err
+    ref = json.dumps({"matrix": [[0, 1, 1, 0], [0, 0, 0, 1], [0, 0, 0, 1], [0, 0, 0, 0]],
+                      "ops": ["input", "nor_conv_3x3", "nor_conv_1x1", "output"]})
+    rc, out, err = _run_cli("evaluate", "sampler", "--model", str(run_dir / "model"), "--reference", ref,
+                            "--attributes", "params", "--levels=-1,1", "--n", "2", "--batch", "0", "--json",
+                            "--no-progress")
+    assert rc == 0, err
+    assert json.loads(out)["reference"]["ops"] == ["input", "nor_conv_3x3", "nor_conv_1x1", "output"]
 
 
 def test_measured_zc_scores_equal_direct_scoring(run_dir: Path, tmp_path: Path) -> None:

@@ -70,13 +70,31 @@ def test_default_samples_share_the_reference_attributes(twenty: list) -> None:
     assert abs(params[10] - ref_params) / ref_params < 0.25
 
 
-def test_conditioning_moves_the_samples() -> None:
+def test_conditioning_moves_the_measured_attributes(tmp_path: Path) -> None:
+    # measured, not predicted: exact params, and synflow computed on the labels' images
+    from cgnf_fast.evaluate.sampler import measure
+
     low = sample("best", {"params": "-30%"}, n=10, seed=0)
     high = sample("best", {"params": "+20%"}, n=10, seed=0)
     assert sum(s.params for s in low) < sum(s.params for s in high)
-    lo_s = sample("best", {"synflow": "-8%"}, n=10, seed=0)
-    hi_s = sample("best", {"synflow": "+5%"}, n=10, seed=0)
-    assert sum(s.predicted["synflow"] for s in lo_s) < sum(s.predicted["synflow"] for s in hi_s)
+    m = SamplingModel.load(default_model_dir("nb201-like"))
+    store = str(tmp_path / "measured.sqlite")
+    lo = measure([s.cell for s in sample("best", {"synflow": "-10%"}, n=5, seed=0)], "synflow",
+                 space="nb201-like", model=m, store=store)
+    hi = measure([s.cell for s in sample("best", {"synflow": "+10%"}, n=5, seed=0)], "synflow",
+                 space="nb201-like", model=m, store=store)
+    assert lo.mean() < hi.mean()
+
+
+def test_a_bound_the_reference_meets_leaves_the_target_alone() -> None:
+    _, base = sample_with_info("best", n=3, seed=0)
+    ref = base["reference_predicted"]
+    _, loose = sample_with_info("best", {"params": f"<={2 * ref['params']:.4f}M"}, n=3, seed=0)
+    assert loose["targets"] == pytest.approx(base["targets"])
+    _, tight = sample_with_info("best", {"params": f"<={0.8 * ref['params']:.4f}M"}, n=5, seed=0)
+    assert tight["targets"]["params"] == pytest.approx(0.8 * ref["params"], rel=1e-3)
+    assert all(s.params / 1e6 <= 0.8 * ref["params"] * 1.0001 for s in sample("best", {
+        "params": f"<={0.8 * ref['params']:.4f}M"}, n=5, seed=0))
 
 
 def test_cli_main_job(tmp_path: Path) -> None:

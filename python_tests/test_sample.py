@@ -112,20 +112,27 @@ def test_deterministic_per_seed_prefix_stable_and_seeds_differ(model: SamplingMo
 def test_selection_keeps_the_candidates_closest_to_the_condition(model: SamplingModel,
                                                                  twelve: list[SampledCell]) -> None:
     # oversample=5: the 20 first distinct valid candidates, ranked by the distance of their
-    # predicted attributes to the condition vector, the 4 closest returned, closest first
+    # attributes to the condition vector (predicted nwot; exact params/FLOPs, closed forms in
+    # NB201's skeleton), the 4 closest returned, closest first
     four = sample("best", n=4, seed=0, model=model, oversample=5)
     cands, info = sample_with_info("best", n=20, seed=0, model=model, oversample=1)
     conds = model.conditions
+
+    def attrs(s: SampledCell) -> list[float]:
+        return [s.params / 1e6 if a == "params" else s.flops / 1e6 if a == "flops" else s.predicted[a]
+                for a in conds.names]
+
     c = conds.to_flow(torch.tensor([[info["targets"][a] for a in conds.names]], dtype=torch.float64))
-    p = conds.to_flow(torch.tensor([[s.predicted[a] for a in conds.names] for s in cands], dtype=torch.float64))
+    p = conds.to_flow(torch.tensor([attrs(s) for s in cands], dtype=torch.float64))
     dist = ((p - c) ** 2).sum(1).numpy()
     want = [cands[i].code for i in np.argsort(dist, kind="stable")[:4]]
     assert [s.code for s in four] == want
-    got = conds.to_flow(torch.tensor([[s.predicted[a] for a in conds.names] for s in four], dtype=torch.float64))
+    got = conds.to_flow(torch.tensor([attrs(s) for s in four], dtype=torch.float64))
     d4 = ((got - c) ** 2).sum(1).numpy()
     assert (np.diff(d4) >= -1e-9).all() and d4.max() <= np.sort(dist)[4] + 1e-9
-    # the default (oversample 5) on a model with few distinct cells stops once rounds add none
-    assert len(twelve) == 12
+    # the toy model has few distinct cells: the default oversample stops once draws add none
+    _, info12 = sample_with_info("best", n=12, seed=0, model=model)
+    assert info12["candidates"] < 60 and info12["drawn"] < 2560
     for bad in (0.5, float("nan"), True):
         with pytest.raises(ValueError, match="oversample must be a finite number >= 1"):
             sample("best", n=2, model=model, oversample=bad)

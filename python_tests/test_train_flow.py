@@ -27,8 +27,8 @@ from cgnf_fast.models.flow import ConditionalCNF
 from cgnf_fast.train import load_flow as load_flow_lazy
 from cgnf_fast.train import train_flow as train_flow_lazy
 from cgnf_fast.train.checkpoint import CheckpointError, load_module, load_tensors, save_tensors
-from cgnf_fast.train.flow import (LOG_FLOOR, FlowConditions, TrainFlowConfig, gvae_fingerprint, load_flow,
-                                  train_flow)
+from cgnf_fast.train.flow import (FOLLOW_MAX_SHIFT, FOLLOW_RIDGE, LOG_FLOOR, FlowConditions, TrainFlowConfig,
+                                  gvae_fingerprint, load_flow, train_flow)
 from cgnf_fast.train.gvae import TrainGVAEConfig, train_gvae
 
 from helpers import tiny_label_store
@@ -167,8 +167,9 @@ def test_unspecified_conditions_follow_the_specified_ones() -> None:
     ref = np.array([0.1, -0.2, 0.3])
     c = f.follow(ref, {0: 1.1}).numpy()  # +1 std on the first
     assert c[0] == 1.1
-    assert c[1] == pytest.approx(-0.2 + f.corr[0][1] * 1.0, rel=1e-12)  # Gaussian conditional mean
-    assert c[2] == pytest.approx(0.3 + f.corr[0][2] * 1.0, rel=1e-12)
+    lam = FOLLOW_RIDGE  # Gaussian conditional mean with a ridge on the given block
+    assert c[1] == pytest.approx(-0.2 + f.corr[0][1] / (1 + lam), rel=1e-12)
+    assert c[2] == pytest.approx(0.3 + f.corr[0][2] / (1 + lam), rel=1e-12)
     np.testing.assert_array_equal(f.follow(ref, {}).numpy(), ref)  # nothing given: the reference
     both = f.follow(ref, {0: 1.1, 1: 5.0}).numpy()  # given columns are kept as given
     assert both[0] == 1.1 and both[1] == 5.0
@@ -178,6 +179,12 @@ def test_unspecified_conditions_follow_the_specified_ones() -> None:
         FlowConditions(["a", "b"], ["identity"] * 2, [0.0] * 2, [1.0] * 2, corr=[[1.0, 0.5], [0.4, 1.0]])
     with pytest.raises(ValueError, match="c_ref must have 3 entries"):
         f.follow(np.zeros(2), {})
+    # two near-collinear given attributes asked apart: the others stay within the clip
+    x = rng.normal(size=4000)
+    g = FlowConditions.fit(["nwot", "params", "flops"], np.stack([x + 0.3 * rng.normal(size=4000),
+                                                                  np.exp(x), np.exp(x + 0.01 * rng.normal(size=4000))], 1))
+    out = g.follow(np.zeros(3), {1: 1.0, 2: 0.0}).numpy()
+    assert abs(out[0]) <= FOLLOW_MAX_SHIFT and abs(out[0]) < 2.0
 
 
 def test_rerun_with_another_config_or_gvae_is_refused(gvae_dir: Path, flow_run: tuple[Path, dict],

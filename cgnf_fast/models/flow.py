@@ -261,7 +261,8 @@ class ODEDynamics(nn.Module):
     def native_applies(self, divergence: str | None, device: torch.device) -> bool:
         """Whether ``backend="native"`` runs the kernel for this divergence on ``device`` (sizes
         within its limits, a device it serves); evaluations recorded by autograd aside."""
-        return self.backend == "native" and cnf_ops.native_supports(self.latent, self.hidden, divergence, device)
+        return self.backend == "native" and cnf_ops.native_supports(self.latent, self.hidden, divergence, device,
+                                                                    self.layers[0].layer.weight.dtype)
 
     def _eval(self, t: float | torch.Tensor, z: torch.Tensor, c: torch.Tensor, divergence: str | None,
               noise: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:

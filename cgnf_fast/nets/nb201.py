@@ -140,7 +140,13 @@ class NB201Network(nn.Module):
         return self.classifier(self.features(x).mean(dim=(2, 3)))
 
 
+def _check_op(name: str) -> None:
+    if name not in NB201_EDGE_OPS:
+        raise ValueError(f"op {name!r} has no NB201 implementation (NB201 ops: {', '.join(NB201_EDGE_OPS)})")
+
+
 def _op_params(name: str, c: int) -> int:
+    _check_op(name)
     return {"nor_conv_3x3": 9 * c * c + 2 * c, "nor_conv_1x1": c * c + 2 * c}.get(name, 0)
 
 
@@ -169,6 +175,7 @@ def param_count(cell: Cell | str, num_classes: int = 10, channels: int = CHANNEL
 
 def _op_flops(name: str, c: int, r: int) -> int:
     """One op vertex at ``c`` channels of ``r x r`` (NB201's convention, ``nets.flops``)."""
+    _check_op(name)
     return {"nor_conv_3x3": 9 * c * c * r * r, "nor_conv_1x1": c * c * r * r,
             "avg_pool_3x3": 9 * c * r * r}.get(name, 0)
 

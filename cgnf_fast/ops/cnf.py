@@ -234,10 +234,13 @@ def as_time(t: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(t, dtype=like.dtype, device=like.device).reshape(1)
 
 
-def native_supports(latent: int, hidden: Sequence[int], divergence: str | None, device: torch.device) -> bool:
+def native_supports(latent: int, hidden: Sequence[int], divergence: str | None, device: torch.device,
+                    dtype: torch.dtype = torch.float32) -> bool:
     """Whether the native kernels take the dynamics ``latent -> *hidden -> latent``: widths
     within :data:`CNF_MAX_WIDTH`, layers within :data:`CNF_MAX_LAYERS`, the exact divergence
-    within :data:`CNF_MAX_EXACT_LATENT`, and a CPU or usable CUDA device."""
+    within :data:`CNF_MAX_EXACT_LATENT`, float32/float64, and a CPU or usable CUDA device."""
+    if dtype not in (torch.float32, torch.float64):
+        return False
     if max([latent, *hidden]) > CNF_MAX_WIDTH or len(hidden) + 1 > CNF_MAX_LAYERS:
         return False
     if divergence == "exact" and latent > CNF_MAX_EXACT_LATENT:
@@ -292,25 +295,11 @@ def cnf_dynamics(
         _check_inputs(tt, z, c, flat, activation, _OP_DIVERGENCE[divergence], noise, native=False)
         return reference.cnf_dynamics(tt, z, c, weights, activation, divergence, noise)
     args = (tt, z, c, flat, activation, _OP_DIVERGENCE[divergence], noise)
-    if _plain_eager(tt, z, c, noise, *flat):  # nothing to record or trace: skip the dispatcher (~100 us)
+    if _native.eager_plain(tt, z, c, noise, *flat):  # nothing to record or trace: skip the dispatcher (~100 us)
         dz, div = _forward(*args)
     else:
         dz, div = _cnf_dynamics(*args)
     return dz, (div if divergence is not None else None)
-
-
-def _plain_eager(*tensors: torch.Tensor | None) -> bool:
-    """True when calling the op's implementation directly is the same as calling the op: plain
-    tensors with storage (no meta, fake or other subclass), nothing for autograd to record, no
-    compilation. (tensors = t, z, ...: the op requires all of them on the device of z.)"""
-    if torch.compiler.is_compiling() or tensors[1].is_meta:
-        return False
-    grad = torch.is_grad_enabled()
-    for x in tensors:
-        if x is not None and (type(x) is not torch.Tensor and type(x) is not torch.nn.Parameter
-                              or (grad and x.requires_grad)):
-            return False
-    return True
 
 
 class CnfPlan:

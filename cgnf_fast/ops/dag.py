@@ -118,7 +118,7 @@ def dag_canonical_code(adj: torch.Tensor, labels: torch.Tensor, n: torch.Tensor)
     Reference: ``cgnf_fast.reference.dag.canonical_code``.
     """
     _check_batch(adj, labels, n)
-    codes = (_code_impl if _native.eager_plain(adj) else _dag_canonical_code)(adj, labels, n)
+    codes = (_code_impl if _native.eager_plain(adj, labels, n) else _dag_canonical_code)(adj, labels, n)
     if adj.shape[0] and bool((codes < 0).any()):  # the kernel flags labels outside [0, 31]
         b = int((codes < 0).nonzero()[0, 0])
         _check_labels_in(labels[b : b + 1], n[b : b + 1], 0, 31, "op", offset=b)
@@ -145,7 +145,7 @@ def dag_nb101_digest(adj: torch.Tensor, labels: torch.Tensor, n: torch.Tensor) -
     """``[B, 16] uint8`` MD5 digests behind :func:`dag_nb101_hash` (stays on the device)."""
     _check_batch(adj, labels, n)
     _check_labels_in(labels, n, 0, 2, "NB101 op")
-    return (_hash_impl if _native.eager_plain(adj) else _dag_nb101_hash)(adj, labels, n)
+    return (_hash_impl if _native.eager_plain(adj, labels, n) else _dag_nb101_hash)(adj, labels, n)
 
 
 def dag_valid(
@@ -214,4 +214,4 @@ def dag_prune(
     Reference: ``cgnf_fast.reference.dag.prune``.
     """
     _check_batch(adj, labels, n)
-    return (_prune_impl if _native.eager_plain(adj) else _dag_prune)(adj, labels, n)
+    return (_prune_impl if _native.eager_plain(adj, labels, n) else _dag_prune)(adj, labels, n)

@@ -103,6 +103,10 @@ LOG_ATTRIBUTES = ("params", "flops")
 LOG_FLOOR = 1e-4
 TRANSFORMS = ("identity", "log")
 LATENT_NORMS = ("data", "none")
+#: Ridge on the given attributes' correlation matrix in :meth:`FlowConditions.follow`.
+FOLLOW_RIDGE = 0.05
+#: Largest shift (in stds) :meth:`FlowConditions.follow` applies to an unspecified attribute.
+FOLLOW_MAX_SHIFT = 3.0
 #: Above this latent size the default divergence is Hutchinson (exact costs O(D) per evaluation).
 EXACT_MAX_LATENT = 64
 
@@ -180,8 +184,10 @@ class FlowConditions:
     def follow(self, c_ref: torch.Tensor | np.ndarray, given: dict[int, float]) -> torch.Tensor:
         """The flow condition for targets ``given`` (column -> standardised value) with every
         other column moved from the reference ``c_ref [A]`` by the Gaussian conditional mean
-        ``corr[U, S] corr[S, S]^-1 (c_S - c_ref_S)``: unspecified attributes change as they
-        co-vary with the specified ones over the training cells (without ``corr``: they stay).
+        ``corr[U, S] (corr[S, S] + lambda I)^-1 (c_S - c_ref_S)`` (ridge ``lambda`` =
+        :data:`FOLLOW_RIDGE`, each shift clipped to +-:data:`FOLLOW_MAX_SHIFT` stds): unspecified
+        attributes change as they co-vary with the specified ones over the training cells
+        (without ``corr``: they stay).
 
         Shapes:
             c_ref [A] -> [A] float64
@@ -196,7 +202,11 @@ class FlowConditions:
         U = [i for i in range(len(self.names)) if i not in given]
         if self.corr is not None and U:
             R = np.asarray(self.corr, dtype=np.float64)
-            shift = R[np.ix_(U, S)] @ np.linalg.lstsq(R[np.ix_(S, S)], delta, rcond=1e-10)[0]
+            # ridge (FOLLOW_RIDGE): two near-collinear given attributes (params and FLOPs correlate at
+            # ~0.998) asked apart would otherwise push the others far outside the training range
+            R_SS = R[np.ix_(S, S)] + FOLLOW_RIDGE * np.eye(len(S))
+            shift = R[np.ix_(U, S)] @ np.linalg.solve(R_SS, delta)
+            shift = np.clip(shift, -FOLLOW_MAX_SHIFT, FOLLOW_MAX_SHIFT)
             for k, i in enumerate(U):
                 c[i] += float(shift[k])
         for i in S:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 
 import torch
@@ -74,6 +75,9 @@ def score(
     return out
 
 
+_FLAGS_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def _deterministic(device: torch.device) -> Iterator[None]:
     """On CUDA: deterministic cuDNN algorithms and no TF32 while scoring (restored afterwards),
@@ -81,6 +85,11 @@ def _deterministic(device: torch.device) -> Iterator[None]:
     if device.type != "cuda":
         yield
         return
+    with _FLAGS_LOCK:  # the flags are process-global: one CUDA scorer at a time flips them
+        yield from _with_flags()
+
+
+def _with_flags() -> Iterator[None]:
     cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
     saved = (cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32)
     cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32 = True, False, False, False
