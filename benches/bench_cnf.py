@@ -39,17 +39,9 @@ from cgnf_fast.models.flow import ConditionalCNF
 from cgnf_fast.ops.cnf import CnfPlan
 from cgnf_fast.reference import cnf as reference
 
+from _timing import timed
+
 LATENT, COND = 32, 4
-
-
-def timed(fn, device: str) -> float:
-    if device == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0
 
 
 def side_by_side(native, torch_fn, device: str, reps: int) -> dict:

@@ -18,11 +18,12 @@ import argparse
 import json
 import platform
 import statistics
-import time
 
 import torch
 
 from cgnf_fast.ops.gnn import gin_aggregate
+
+from _timing import timed
 
 N, H, LAYERS, DENSITY = 8, 256, 3, 0.35
 
@@ -50,16 +51,6 @@ def op_step(layers: torch.nn.ModuleList, adj: torch.Tensor, h0: torch.Tensor, ba
     h0 = h0.detach().requires_grad_(True)
     gin_aggregate(adj, h0, 0.0, backend=backend).sum().backward()
     return h0.grad
-
-
-def timed(fn, device: str) -> float:
-    if device == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0
 
 
 def side_by_side(step, layers, adj, h, device: str, reps: int) -> dict:

@@ -93,3 +93,16 @@ def tiny_label_store(path: str) -> str:
             st.put(r["space"], r["code"], json.dumps(r["cell"]), r["data_fp"], r["seed"], r["code_version"],
                    {"nwot": v})
     return path
+
+
+def run_cli(*args: str) -> tuple[int, str, str]:
+    """``cgnf ARGS`` in-process: (exit status, stdout, stderr)."""
+    import contextlib
+    import io
+
+    from cgnf_fast.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(list(args))
+    return rc, out.getvalue(), err.getvalue()

@@ -3,9 +3,7 @@ G-VAE, flow, export), resumption, refusal of a changed config, and the exported 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 from pathlib import Path
 
@@ -15,20 +13,13 @@ from cgnf_fast.pipeline import PipelineConfig, export_model
 from cgnf_fast.sample import SamplingModel, sample
 from cgnf_fast.train.checkpoint import CheckpointError
 
+from helpers import run_cli
+
 TINY = ["--space", "nb201-like", "--proxies", "params,flops", "--labels", "24", "--stratified", "12",
         "--batch-size", "2", "--gvae-epochs", "2", "--unlabelled", "300", "--seed-space-cells", "50",
         "--heldout", "10", "--latent", "4", "--gvae-hidden", "16", "--gvae-layers", "2", "--gvae-batch", "64",
         "--flow-epochs", "1", "--flow-batch", "64", "--flow-max-cells", "200", "--flow-hidden", "8,8",
         "--no-progress"]
-
-
-def _run_cli(*args: str) -> tuple[int, str, str]:
-    from cgnf_fast.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(list(args))
-    return rc, out.getvalue(), err.getvalue()
 
 
 def _sha(p: Path) -> str:
@@ -38,7 +29,7 @@ def _sha(p: Path) -> str:
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("pipe") / "run"
-    rc, out, err = _run_cli("pipeline", "--out", str(d), *TINY)
+    rc, out, err = run_cli("pipeline", "--out", str(d), *TINY)
     assert rc == 0, err
     res = json.loads(out)
     assert res["model"] == str(d / "model") and set(res) >= {"score", "gvae", "flow"}
@@ -73,7 +64,7 @@ def test_the_exported_model_samples(run_dir: Path) -> None:
 
 def test_rerun_resumes_without_recomputing(run_dir: Path) -> None:
     before = {p: _sha(run_dir / p) for p in ("gvae/gvae.safetensors", "flow/flow.safetensors")}
-    rc, out, err = _run_cli("pipeline", "--out", str(run_dir), *TINY)
+    rc, out, err = run_cli("pipeline", "--out", str(run_dir), *TINY)
     assert rc == 0, err
     info = json.loads((run_dir / "pipeline.json").read_text())
     assert info["stages"]["score"]["computed"] == 0  # every label came from the store
@@ -83,14 +74,14 @@ def test_rerun_resumes_without_recomputing(run_dir: Path) -> None:
 def test_changed_config_is_refused(run_dir: Path) -> None:
     args = list(TINY)
     args[args.index("--labels") + 1] = "25"
-    rc, _, err = _run_cli("pipeline", "--out", str(run_dir), *args)
+    rc, _, err = run_cli("pipeline", "--out", str(run_dir), *args)
     assert rc == 2 and "different config (labels: 24 -> 25)" in err
 
 
 def test_bad_arguments(tmp_path: Path) -> None:
-    rc, _, err = _run_cli("pipeline", "--out", str(tmp_path / "x"), "--space", "nb999")
+    rc, _, err = run_cli("pipeline", "--out", str(tmp_path / "x"), "--space", "nb999")
     assert rc == 2 and "nb999" in err
-    rc, _, err = _run_cli("pipeline", "--out", str(tmp_path / "y"), "--space", "nb201-like", "--proxies", "synflow,bogus")
+    rc, _, err = run_cli("pipeline", "--out", str(tmp_path / "y"), "--space", "nb201-like", "--proxies", "synflow,bogus")
     assert rc == 2 and "bogus" in err
     with pytest.raises(ValueError, match="labels \\+ stratified must be at least 2"):
         PipelineConfig(space="nb201-like", labels=1, stratified=0).validate()
@@ -98,9 +89,9 @@ def test_bad_arguments(tmp_path: Path) -> None:
         export_model(tmp_path / "nothing", tmp_path / "model")
     assert not (tmp_path / "model").exists()
     # every stage's settings are checked before any work
-    rc, _, err = _run_cli("pipeline", "--out", str(tmp_path / "z"), "--space", "nb201-like", "--flow-hidden", "0")
+    rc, _, err = run_cli("pipeline", "--out", str(tmp_path / "z"), "--space", "nb201-like", "--flow-hidden", "0")
     assert rc == 2 and "hidden must be a non-empty list of ints >= 1" in err and not (tmp_path / "z").exists()
-    rc, _, err = _run_cli("pipeline", "--out", str(tmp_path / "z"), "--space", "nb201-like", "--batch-size", "999")
+    rc, _, err = run_cli("pipeline", "--out", str(tmp_path / "z"), "--space", "nb201-like", "--batch-size", "999")
     assert rc == 2 and "the embedded calibration batch has 250 images" in err
 
 
@@ -109,7 +100,7 @@ def test_resume_from_another_directory_and_foreign_label_groups(run_dir: Path, t
     import os
 
     monkeypatch.chdir(run_dir.parent)
-    rc, _, err = _run_cli("pipeline", "--out", os.path.relpath(run_dir), *TINY)
+    rc, _, err = run_cli("pipeline", "--out", os.path.relpath(run_dir), *TINY)
     assert rc == 0, err  # the same run, named relative to another directory
     # a store whose largest label group comes from other images is refused before training
     import shutil
@@ -125,14 +116,14 @@ def test_resume_from_another_directory_and_foreign_label_groups(run_dir: Path, t
             for code in (r["code"], r["code"] + 10**15):
                 st.put(r["space"], code, json.dumps(r["cell"]), "other-images", r["seed"], r["code_version"],
                        {r["proxy"]: r["value"]})
-    rc, _, err = _run_cli("pipeline", "--out", str(d / "run"), "--store", str(d / "scores.sqlite"), *TINY)
+    rc, _, err = run_cli("pipeline", "--out", str(d / "run"), "--store", str(d / "scores.sqlite"), *TINY)
     assert rc == 2 and "is not this pipeline's" in err
 
 
 # -- cgnf evaluate sampler (on the pipeline's toy model) -----------------------------------
 def test_evaluate_sampler_cli(run_dir: Path, tmp_path: Path) -> None:
     png = tmp_path / "cond.png"
-    rc, out, err = _run_cli("evaluate", "sampler", "--model", str(run_dir / "model"), "--attributes", "params",
+    rc, out, err = run_cli("evaluate", "sampler", "--model", str(run_dir / "model"), "--attributes", "params",
                             "--levels=-1,0,1", "--n", "4", "--batch", "50", "--png", str(png), "--json",
                             "--no-progress")
     assert rc == 0, err
@@ -147,12 +138,12 @@ def test_evaluate_sampler_cli(run_dir: Path, tmp_path: Path) -> None:
     assert b["batch"] == 50 and 0 <= b["valid"] <= 50 and b["unique_networks"] <= b["valid"]
     assert b["seed_space"] == "nb201" and 0 <= b["novel"] <= b["unique_networks"]
     assert png.stat().st_size > 10_000
-    rc, out, err = _run_cli("evaluate", "sampler", "--model", str(run_dir / "model"), "--attributes", "synflow",
+    rc, out, err = run_cli("evaluate", "sampler", "--model", str(run_dir / "model"), "--attributes", "synflow",
                             "--no-progress")
     assert rc == 2 and "conditioned on ['params', 'flops'] only" in err
     ref = json.dumps({"matrix": [[0, 1, 1, 0], [0, 0, 0, 1], [0, 0, 0, 1], [0, 0, 0, 0]],
                       "ops": ["input", "nor_conv_3x3", "nor_conv_1x1", "output"]})
-    rc, out, err = _run_cli("evaluate", "sampler", "--model", str(run_dir / "model"), "--reference", ref,
+    rc, out, err = run_cli("evaluate", "sampler", "--model", str(run_dir / "model"), "--reference", ref,
                             "--attributes", "params", "--levels=-1,1", "--n", "2", "--batch", "0", "--json",
                             "--no-progress")
     assert rc == 0, err

@@ -4,9 +4,7 @@ no model argument, on a fresh install with no data."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 from pathlib import Path
 
@@ -15,14 +13,7 @@ import pytest
 from cgnf_fast import sample
 from cgnf_fast.sample import SamplingModel, default_model_dir, sample_with_info, shipped_spaces
 
-
-def _run_cli(*args: str) -> tuple[int, str, str]:
-    from cgnf_fast.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(list(args))
-    return rc, out.getvalue(), err.getvalue()
+from helpers import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +90,7 @@ def test_a_bound_the_reference_meets_leaves_the_target_alone() -> None:
 
 def test_cli_main_job(tmp_path: Path) -> None:
     out, png = tmp_path / "samples.json", tmp_path / "cells.png"
-    rc, text, err = _run_cli("sample", "--space", "nb201-like", "--reference", "best", "--n", "20", "--seed", "0",
+    rc, text, err = run_cli("sample", "--space", "nb201-like", "--reference", "best", "--n", "20", "--seed", "0",
                              "--out", str(out), "--png", str(png))
     assert rc == 0, err
     rows = json.loads(out.read_text())

@@ -10,8 +10,6 @@ this small conditions.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 from pathlib import Path
@@ -28,21 +26,12 @@ from cgnf_fast.sample import (BEST_NB101, BEST_NB101_HASH, BEST_NB201, BEST_NB20
 from cgnf_fast.space import Cell, nb201
 from cgnf_fast.train.checkpoint import CheckpointError
 
-from helpers import tiny_label_store
+from helpers import run_cli, tiny_label_store
 
 GVAE_TINY = dict(n_unlabelled=400, include_seed_space=100, heldout=20, hidden=16, layers=2, latent=4, dec_hidden=32,
                  pred_hidden=16, batch=128, labelled_batch=16, epochs=3, ckpt_every=100)
 JSON_KEYS = {"matrix", "ops", "code", "in_seed_space", "nb201", "nb101_hash", "predicted", "params", "flops",
              "repaired", "latent"}
-
-
-def _run_cli(*args: str) -> tuple[int, str, str]:
-    from cgnf_fast.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(list(args))
-    return rc, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +44,7 @@ def model_dir(tmp_path_factory) -> Path:
     train_gvae(TrainGVAEConfig(space="nb201-like", store=store, attributes=["nwot", "params", "flops"], **GVAE_TINY),
                str(d / "gvae"), backend="torch", progress=False)
     # the flow through the CLI: `cgnf train flow` prints the metrics JSON
-    rc, out, err = _run_cli("train", "flow", "--gvae", str(d / "gvae"), "--out", str(d / "flow"), "--hidden", "16,16",
+    rc, out, err = run_cli("train", "flow", "--gvae", str(d / "gvae"), "--out", str(d / "flow"), "--hidden", "16,16",
                             "--batch", "64", "--epochs", "2", "--lr", "1e-2", "--max-cells", "300",
                             "--val-fraction", "0.2", "--sanity-n", "16", "--no-progress")
     assert rc == 0, err
@@ -415,7 +404,7 @@ def test_cli_sample_round_trip(model_dir: Path, model: SamplingModel, tmp_path: 
     has_mpl = __import__("importlib").util.find_spec("matplotlib") is not None
     if has_mpl:
         args += ["--png", str(png)]
-    rc, stdout, err = _run_cli(*args)
+    rc, stdout, err = run_cli(*args)
     assert rc == 0, err
     rows = json.loads(out.read_text())
     direct = sample("best", {"nwot": "+10%"}, n=6, seed=3, model=model)
@@ -438,18 +427,18 @@ def test_cli_sample_errors_are_one_line_and_write_nothing(model_dir: Path, tmp_p
         (["sample", "--model", str(model_dir), "--n", "2", "--condition", "params=<=0.1K", "--out", str(out)],
          "condition 'params': '<=0.1K' is impossible in space 'nb201-like'"),
     ]:
-        rc, _, err = _run_cli(*args)
+        rc, _, err = run_cli(*args)
         lines = err.strip().splitlines()
         assert rc == 2 and len(lines) == 1 and match in lines[0], (args, err)
         assert not out.exists()
-    rc, _, err = _run_cli("train", "flow", "--gvae", str(tmp_path / "none"), "--out", str(tmp_path / "f"))
+    rc, _, err = run_cli("train", "flow", "--gvae", str(tmp_path / "none"), "--out", str(tmp_path / "f"))
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "gvae.safetensors: no such file" in err
 
 
 def test_cli_sample_json_reference(model_dir: Path, tmp_path: Path) -> None:
     cell = nb201.to_cell(BEST_NB201)
     out = tmp_path / "s.json"
-    rc, _, err = _run_cli("sample", "--model", str(model_dir), "--n", "3", "--reference", json.dumps(cell.to_json()),
+    rc, _, err = run_cli("sample", "--model", str(model_dir), "--n", "3", "--reference", json.dumps(cell.to_json()),
                           "--out", str(out))
     assert rc == 0, err
     ref = sample("best", n=3, model=str(model_dir))

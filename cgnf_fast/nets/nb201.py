@@ -140,6 +140,16 @@ class NB201Network(nn.Module):
         return self.classifier(self.features(x).mean(dim=(2, 3)))
 
 
+def _cell_ops(cell: Cell | str) -> list[str]:
+    """The ops the network builds modules for: every edge op of an NB201 string (dead edges
+    included, as NB201 builds them), the op vertices of a pruned cell."""
+    if isinstance(cell, str):
+        return [NB201_EDGE_OPS[d] for d in nb201_space.parse(cell)]
+    if isinstance(cell, Cell):
+        return list(cell.pruned(allow_zero=True).ops[1:-1])
+    raise ValueError(f"expected a Cell or an NB201 string, got {type(cell).__name__}")
+
+
 def _check_op(name: str) -> None:
     if name not in NB201_EDGE_OPS:
         raise ValueError(f"op {name!r} has no NB201 implementation (NB201 ops: {', '.join(NB201_EDGE_OPS)})")
@@ -157,12 +167,7 @@ def param_count(cell: Cell | str, num_classes: int = 10, channels: int = CHANNEL
     Convention: every learnable tensor (conv weights, BN scale and shift, linear weight and
     bias), as ``sum(p.numel() for p in module.parameters())``.
     """
-    if isinstance(cell, str):
-        ops = [NB201_EDGE_OPS[d] for d in nb201_space.parse(cell)]
-    elif isinstance(cell, Cell):
-        ops = list(cell.pruned(allow_zero=True).ops[1:-1])
-    else:
-        raise ValueError(f"expected a Cell or an NB201 string, got {type(cell).__name__}")
+    ops = _cell_ops(cell)
     c = channels
     total = 27 * c + 2 * c  # stem conv + BN
     for stage in range(3):
@@ -189,12 +194,7 @@ def flop_count(cell: Cell | str, num_classes: int = 10, channels: int = CHANNELS
     is the skeleton's plus a per-op cost per stage: conv3x3 ``9 C^2 R^2``, conv1x1 ``C^2 R^2``,
     3x3 average pool ``9 C R^2``, skip/none 0.
     """
-    if isinstance(cell, str):
-        ops = [NB201_EDGE_OPS[d] for d in nb201_space.parse(cell)]
-    elif isinstance(cell, Cell):
-        ops = list(cell.pruned(allow_zero=True).ops[1:-1])
-    else:
-        raise ValueError(f"expected a Cell or an NB201 string, got {type(cell).__name__}")
+    ops = _cell_ops(cell)
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 4 or image_size % 4:
         raise ValueError(f"image_size must be a multiple of 4 (two stride-2 reductions), got {image_size!r}")
     c, r = channels, image_size
