@@ -18,19 +18,16 @@
 // grad_adj (only when asked for) is N^2 pairs of two dot products over H, each summed in two
 // vectors of partial sums.
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
-#include <string>
 
 #include "../common/checks.h"
 #include "../common/parallel.h"
+#include "../common/simd.h"
 #include "gnn.h"
 
 namespace cgnf {
 
 namespace {
-
-#define CGNF_INLINE __attribute__((always_inline)) inline
 
 // Vectors of VB bytes (GCC vector extensions): 64 with AVX-512, 32 with AVX2, 16 with SSE2.
 // Written out rather than left to the auto-vectoriser, which versions these loops for
@@ -200,8 +197,7 @@ CGNF_INLINE void bwd_range(const Args<T>& p, int64_t lo, int64_t hi) {
 
 // One copy of each kernel per instruction set, each with its vector width (the always-inline
 // bodies compile into each).
-#if defined(__x86_64__) || defined(__i386__)
-#define CGNF_GIN_X86 1
+#ifdef CGNF_SIMD_X86
 template <typename T>
 __attribute__((target("avx512f"))) void fwd_avx512(const Args<T>& p, int64_t lo, int64_t hi) {
   fwd_range<T, 64>(p, lo, hi);
@@ -228,30 +224,16 @@ void bwd_generic(const Args<T>& p, int64_t lo, int64_t hi) {
   bwd_range<T, 16>(p, lo, hi);
 }
 
-enum class Simd { kAvx512, kAvx2, kGeneric };
-
-Simd pick_simd() {
-#ifdef CGNF_GIN_X86
-  __builtin_cpu_init();
-  const char* cap = std::getenv("CGNF_SIMD");
-  const std::string want = cap ? cap : "";
-  const bool capped_generic = want == "generic" || want == "scalar";
-  if (want != "avx2" && !capped_generic && __builtin_cpu_supports("avx512f")) return Simd::kAvx512;
-  if (!capped_generic && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Simd::kAvx2;
-#endif
-  return Simd::kGeneric;
-}
-
 template <typename T>
 using Kernel = void (*)(const Args<T>&, int64_t, int64_t);
 
 template <typename T>
 Kernel<T> pick_kernel(bool backward) {
-  switch (pick_simd()) {
-#ifdef CGNF_GIN_X86
-    case Simd::kAvx512:
+  switch (simd::pick_isa()) {
+#ifdef CGNF_SIMD_X86
+    case simd::Isa::kAvx512:
       return backward ? bwd_avx512<T> : fwd_avx512<T>;
-    case Simd::kAvx2:
+    case simd::Isa::kAvx2:
       return backward ? bwd_avx2<T> : fwd_avx2<T>;
 #endif
     default:
@@ -269,16 +251,7 @@ void run(const Args<T>& p, int64_t B, bool backward, int64_t num_threads) {
 
 }  // namespace
 
-const char* gin_simd() {
-  switch (pick_simd()) {
-    case Simd::kAvx512:
-      return "avx512";
-    case Simd::kAvx2:
-      return "avx2";
-    default:
-      return "generic";
-  }
-}
+const char* gin_simd() { return simd::isa_name(simd::pick_isa()); }
 
 void gin_aggregate_fwd_cpu(int64_t adj, int64_t h, int64_t out, int64_t B, int64_t N, int64_t H, double eps,
                            bool float64, int64_t num_threads) {
