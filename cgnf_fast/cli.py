@@ -80,8 +80,8 @@ def _nonneg_int(text: str) -> int:
 
 def _zc_score(args: argparse.Namespace) -> int:
     from .space import spaces
-    from .zc import calibration_batch, load_folder, run
-    from .zc.images import normalize
+    from .zc import calibration_batch, run
+    from .zc.images import folder_batch
 
     if (args.n is None) == (args.cells is None):
         raise CLIError("give exactly one of --n N (cells sampled from the space) or --cells FILE.jsonl")
@@ -91,8 +91,7 @@ def _zc_score(args: argparse.Namespace) -> int:
     else:
         cells = run.read_cells_jsonl(args.cells)
     if args.images:
-        x, y, _ = load_folder(args.images, per_class=max(1, args.batch_size // 10 + 1))
-        batch = (normalize(x)[: args.batch_size], y[: args.batch_size])
+        batch = folder_batch(args.images, args.batch_size)
     else:
         batch = calibration_batch(args.batch_size)
     t0 = time.perf_counter()

@@ -183,8 +183,8 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path, *, device: str = "cpu", p
     from .space import spaces
     from .train.flow import train_flow
     from .train.gvae import train_gvae
-    from .zc import calibration_batch, load_folder, run
-    from .zc.images import normalize
+    from .zc import calibration_batch, run
+    from .zc.images import folder_batch
 
     outp = Path(out).resolve()  # absolute: a resume from another directory finds the same run
     if cfg.store is not None:
@@ -209,8 +209,7 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path, *, device: str = "cpu", p
     if cfg.stratified:
         cells = cells + sp.sample_stratified(cfg.stratified, seed=cfg.seed)
     if cfg.images:
-        x, y, _ = load_folder(cfg.images, per_class=max(1, cfg.batch_size // 10 + 1))
-        batch = (normalize(x)[: cfg.batch_size], y[: cfg.batch_size])
+        batch = folder_batch(cfg.images, cfg.batch_size)
     else:
         batch = calibration_batch(cfg.batch_size)
     sc = run.score_cells(cells, space=sp.name, proxies=cfg.proxies, store=store, batch=batch, seed=cfg.seed,

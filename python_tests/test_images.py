@@ -28,6 +28,21 @@ def test_load_folder(tmp_path):
     assert y2.tolist() == [0, 1]
 
 
+def test_folder_batch_interleaves_classes(tmp_path):
+    from cgnf_fast.zc.images import folder_batch, normalize
+
+    write_images(tmp_path, {"a": [(8, 6)] * 4, "b": [(8, 6)] * 4, "c": [(8, 6)] * 2})
+    x, y = folder_batch(tmp_path, 5)
+    assert y.tolist() == [0, 1, 2, 0, 1] and x.dtype == torch.float32 and x.shape == (5, 3, 6, 8)
+    raw, ry, _ = load_folder(tmp_path)
+    want = normalize(raw[[0, 4, 8, 1, 5]])  # first image of a, b, c, then the second of a, b
+    assert torch.equal(x, want)
+    x, y = folder_batch(tmp_path, 50)  # asks for more than there are: everything, interleaved
+    assert y.tolist() == [0, 1, 2, 0, 1, 2, 0, 1, 0, 1]
+    with pytest.raises(ValueError, match="batch size must be an int >= 1"):
+        folder_batch(tmp_path, 0)
+
+
 def test_load_folder_errors(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         load_folder(tmp_path / "nope")
@@ -78,3 +93,20 @@ def test_calibration_batch_matches_its_source(shared_data, tmp_path, monkeypatch
         cifar10_folder("val", shared_data)
     with pytest.raises(ValueError, match="no CIFAR-10 test tarball"):
         cifar10_folder("test", tmp_path)
+
+
+def test_zc_score_cli_uses_the_interleaved_folder_batch(tmp_path):
+    from helpers import run_cli
+
+    from cgnf_fast.zc.images import folder_batch
+    from cgnf_fast.zc.run import data_fingerprint
+    from cgnf_fast.zc.store import ScoreStore
+
+    write_images(tmp_path / "imgs", {"a": [(32, 32)] * 3, "b": [(32, 32)] * 3})
+    store = str(tmp_path / "s.sqlite")
+    rc, out, err = run_cli("zc", "score", "nb201-like", "--n", "2", "--proxies", "nwot", "--images",
+                           str(tmp_path / "imgs"), "--batch-size", "4", "--store", store, "--no-progress")
+    assert rc == 0, err
+    with ScoreStore(store) as st:
+        fps = {r["data_fp"] for r in st.rows()}
+    assert fps == {data_fingerprint(*folder_batch(tmp_path / "imgs", 4))}

@@ -70,6 +70,23 @@ def load_folder(root: str | os.PathLike, *, per_class: int | None = None) -> tup
     return x, torch.tensor(labels, dtype=torch.int64), classes
 
 
+def folder_batch(root: str | os.PathLike, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A scoring batch of ``n`` images from a folder of class sub-folders, classes interleaved
+    (the first image of every class, then the second, ...; images in sorted name order), as
+    ``(images [n', 3, H, W] float32 normalized, labels [n'])`` with ``n' = min(n, available)``."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"batch size must be an int >= 1, got {n!r}")
+    root = Path(root)
+    k = sum(1 for p in root.iterdir() if p.is_dir()) if root.is_dir() else 0
+    x, y, _ = load_folder(root, per_class=max(1, -(-n // max(k, 1))))
+    rank = torch.zeros_like(y)
+    for c in y.unique():
+        idx = (y == c).nonzero().flatten()
+        rank[idx] = torch.arange(idx.numel())
+    order = torch.from_numpy(np.lexsort((y.numpy(), rank.numpy())))[:n]  # by rank, then class
+    return normalize(x[order]), y[order]
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("CGNF_CACHE_DIR") or Path.home() / ".cache" / "cgnf_fast")
 
