@@ -18,7 +18,6 @@
 // grad_adj (only when asked for) is N^2 pairs of two dot products over H, each summed in two
 // vectors of partial sums.
 #include <algorithm>
-#include <cstring>
 
 #include "../common/checks.h"
 #include "../common/parallel.h"
@@ -32,23 +31,12 @@ namespace {
 // Vectors of VB bytes (GCC vector extensions): 64 with AVX-512, 32 with AVX2, 16 with SSE2.
 // Written out rather than left to the auto-vectoriser, which versions these loops for
 // aliasing and can end up running a scalar fallback.
-template <typename T, int VB>
-struct VecOf {
-  typedef T type __attribute__((vector_size(VB)));
-};
-template <typename T, int VB>
-using Vec = typename VecOf<T, VB>::type;
+using simd::Vec;  // csrc/common/simd.h
 // Vectors per tile: an output tile is summed in kTileVecs vector registers.
 constexpr int kTileVecs = 4;
 
-template <typename V, typename T>
-CGNF_INLINE void loadv(V& v, const T* p) {
-  std::memcpy(&v, p, sizeof(V));
-}
-template <typename V, typename T>
-CGNF_INLINE void storev(T* p, const V& v) {
-  std::memcpy(p, &v, sizeof(V));
-}
+using simd::loadv;
+using simd::storev;
 
 // One output row: sum over terms of w[t] * src[t][k] (k over the row).
 template <typename T>
