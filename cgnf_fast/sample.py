@@ -114,12 +114,14 @@ __all__ = [
     "decode_logits",
     "default_model_dir",
     "draw_cells",
+    "draw_round",
     "layered_positions",
     "parse_condition",
     "parse_condition_args",
     "resolve_reference",
     "sample",
     "sample_with_info",
+    "shipped_spaces",
     "short_op",
 ]
 
@@ -598,6 +600,23 @@ def decode_logits(op_logits: torch.Tensor, edge_logits: torch.Tensor, codec: Cel
     return out
 
 
+@torch.no_grad()
+def draw_round(model: SamplingModel, c_row: torch.Tensor, size: int, generator: torch.Generator,
+               temperature: float = 1.0) -> tuple[torch.Tensor, list[tuple[Cell | None, bool]]]:
+    """One round of draws (steps 3-4 of the module doc): ``size`` noise vectors
+    ``temperature * N(0, I)`` from the CPU ``generator``, the flow's latents under the condition
+    ``c_row [1, A]`` (the flow's standardised units), decoded and repaired.
+
+    Returns ``(z [size, D], [(cell or None, repaired)] * size)``.
+    """
+    flow, vae = model.flow, model.vae
+    p = flow._param
+    noise = torch.randn((size, flow.latent), generator=generator, dtype=torch.float64) * float(temperature)
+    z = flow.sample(c_row.to(p.device, p.dtype).expand(size, -1).contiguous(), noise=noise.to(p.device, p.dtype))
+    op_logits, edge_logits = vae.model.decode_logits(z.to(vae.device, torch.float32))
+    return z, decode_logits(op_logits, edge_logits, vae.codec, model.space)
+
+
 # -- results -------------------------------------------------------------------------------
 @dataclass
 class SampledCell:
@@ -747,12 +766,7 @@ def sample_with_info(reference: Any, condition: Mapping[str, Any] | None = None,
     dry = 0  # latents drawn since the last new candidate
     while len(kept) < want and stats["drawn"] < limit:
         size = min(chunk, limit - stats["drawn"])
-        noise = torch.randn((size, flow.latent), generator=gen, dtype=torch.float64) * float(temperature)
-        with torch.no_grad():
-            z = flow.sample(c_row.expand(size, -1).contiguous(), noise=noise.to(pdev, pdt))  # [size, D]
-            zv = z.to(vae.device, torch.float32)
-            op_logits, edge_logits = vae.model.decode_logits(zv)
-        decoded = decode_logits(op_logits, edge_logits, vae.codec, sp)
+        z, decoded = draw_round(m, c_row, size, gen, temperature)  # [size, D], size x (cell | None, repaired)
         zc = z.double().cpu().numpy()
         stats["drawn"] += size
         stats["rounds"] += 1

@@ -77,24 +77,16 @@ def measure(cells: Sequence[Cell], attribute: str, *, space: str, model, store: 
     return np.array([values.get(c.pruned(allow_zero=True).canonical_code(), math.nan) for c in cells])
 
 
-@torch.no_grad()
 def batch_statistics(model, reference: Cell, *, batch: int = 1000, seed: int = 0,
                      temperature: float = 1.0) -> dict[str, Any]:
     """Validity, uniqueness and novelty of ``batch`` raw draws under the reference's condition."""
-    from ..sample import SEED_SPACES, decode_logits
+    from ..sample import SEED_SPACES, draw_round
     from ..space.spaces import get as get_space
 
-    vae, flow, conds = model.vae, model.flow, model.conditions
-    sp = model.space
-    pred = vae.predict([reference])
-    raw = torch.tensor([[float(pred[a][0]) for a in conds.names]], dtype=torch.float64)
-    p = flow._param
-    c = conds.to_flow(raw).to(p.device, p.dtype).expand(batch, -1).contiguous()
-    g = torch.Generator().manual_seed(seed)
-    noise = torch.randn((batch, flow.latent), generator=g, dtype=torch.float64) * float(temperature)
-    z = flow.sample(c, noise=noise.to(p.device, p.dtype)).to(vae.device, torch.float32)
-    op_logits, edge_logits = vae.model.decode_logits(z)
-    decoded = decode_logits(op_logits, edge_logits, vae.codec, sp)
+    conds, sp = model.conditions, model.space
+    pred = model.vae.predict([reference])
+    c = conds.to_flow(torch.tensor([[float(pred[a][0]) for a in conds.names]], dtype=torch.float64))  # [1, A]
+    _, decoded = draw_round(model, c, batch, torch.Generator().manual_seed(seed), temperature)
     seed_name = SEED_SPACES.get(sp.name)
     seed_sp = get_space(seed_name) if seed_name is not None and seed_name != sp.name else None
     valid = repaired = 0
