@@ -309,9 +309,12 @@ class CnfPlan:
     ~150 us through the custom op's dispatcher.
 
     Not differentiable: for evaluations that autograd does not record (``torch.no_grad``, the
-    forward solve of ``odeint_adjoint``); the plan reads the weights' memory at each call, so
-    in-place updates show, but it keeps the tensors it was given (rebuild it after replacing
-    them).
+    forward solve of ``odeint_adjoint``). The plan keeps contiguous versions of the weights and
+    condition it was given: in-place updates of contiguous tensors show at the next call, those
+    of non-contiguous ones (copied at construction) do not; rebuild the plan after changing or
+    replacing them. One plan serves one solve at a time: on CUDA it owns one workspace buffer,
+    so it must not be called from several threads or streams at once (build one per solve, as
+    ``ODEDynamics`` does).
 
     Shapes:
         weights  per layer ``(W, b, G, g, H)`` as for :func:`cnf_dynamics`
