@@ -106,3 +106,19 @@ def run_cli(*args: str) -> tuple[int, str, str]:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         rc = main(list(args))
     return rc, out.getvalue(), err.getvalue()
+
+
+#: A G-VAE small enough to train in seconds (flow and sampler tests).
+GVAE_TINY = dict(n_unlabelled=400, include_seed_space=100, heldout=20, hidden=16, layers=2, latent=4, dec_hidden=32,
+                 pred_hidden=16, batch=128, labelled_batch=16, epochs=3, ckpt_every=100)
+
+
+def tiny_gvae(root, out) -> str:
+    """Trains the :data:`GVAE_TINY` G-VAE (nwot, params, flops) on :func:`tiny_label_store`
+    labels in ``root`` into run directory ``out``; returns ``out``."""
+    from cgnf_fast.train.gvae import TrainGVAEConfig, train_gvae
+
+    store = tiny_label_store(str(root / "labels.sqlite"))
+    train_gvae(TrainGVAEConfig(space="nb201-like", store=store, attributes=["nwot", "params", "flops"], **GVAE_TINY),
+               str(out), backend="torch", progress=False)
+    return out

@@ -26,23 +26,17 @@ from cgnf_fast.sample import (BEST_NB101, BEST_NB101_HASH, BEST_NB201, BEST_NB20
 from cgnf_fast.space import Cell, nb201
 from cgnf_fast.train.checkpoint import CheckpointError
 
-from helpers import run_cli, tiny_label_store
+from helpers import run_cli, tiny_gvae
 
-GVAE_TINY = dict(n_unlabelled=400, include_seed_space=100, heldout=20, hidden=16, layers=2, latent=4, dec_hidden=32,
-                 pred_hidden=16, batch=128, labelled_batch=16, epochs=3, ckpt_every=100)
 JSON_KEYS = {"matrix", "ops", "code", "in_seed_space", "nb201", "nb101_hash", "predicted", "params", "flops",
              "repaired", "latent"}
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    from cgnf_fast.train.gvae import TrainGVAEConfig, train_gvae
-
     root = tmp_path_factory.mktemp("model")
-    store = tiny_label_store(str(root / "labels.sqlite"))
     d = root / "tiny"
-    train_gvae(TrainGVAEConfig(space="nb201-like", store=store, attributes=["nwot", "params", "flops"], **GVAE_TINY),
-               str(d / "gvae"), backend="torch", progress=False)
+    tiny_gvae(root, d / "gvae")
     # the flow through the CLI: `cgnf train flow` prints the metrics JSON
     rc, out, err = run_cli("train", "flow", "--gvae", str(d / "gvae"), "--out", str(d / "flow"), "--hidden", "16,16",
                             "--batch", "64", "--epochs", "2", "--lr", "1e-2", "--max-cells", "300",

@@ -29,12 +29,9 @@ from cgnf_fast.train import train_flow as train_flow_lazy
 from cgnf_fast.train.checkpoint import CheckpointError, load_module, load_tensors, save_tensors
 from cgnf_fast.train.flow import (FOLLOW_MAX_SHIFT, FOLLOW_RIDGE, LOG_FLOOR, FlowConditions, TrainFlowConfig,
                                   gvae_fingerprint, load_flow, train_flow)
-from cgnf_fast.train.gvae import TrainGVAEConfig, train_gvae
 
-from helpers import tiny_label_store
+from helpers import tiny_gvae
 
-GVAE_TINY = dict(n_unlabelled=400, include_seed_space=100, heldout=20, hidden=16, layers=2, latent=4, dec_hidden=32,
-                 pred_hidden=16, batch=128, labelled_batch=16, epochs=3, ckpt_every=100)
 FLOW_TINY = dict(hidden=[16, 16], batch=64, epochs=2, lr=1e-2, ckpt_every=4, max_cells=300, val_fraction=0.2,
                  sanity_n=32)
 
@@ -42,11 +39,7 @@ FLOW_TINY = dict(hidden=[16, 16], batch=64, epochs=2, lr=1e-2, ckpt_every=4, max
 @pytest.fixture(scope="module")
 def gvae_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("gvae")
-    store = tiny_label_store(str(root / "labels.sqlite"))
-    run = root / "run"
-    train_gvae(TrainGVAEConfig(space="nb201-like", store=store, attributes=["nwot", "params", "flops"], **GVAE_TINY),
-               str(run), backend="torch", progress=False)
-    return run
+    return tiny_gvae(root, root / "run")
 
 
 @pytest.fixture(scope="module")
@@ -340,3 +333,21 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_result(gvae_dir: Path, tmp_p
     assert np.mean([d["spearman"] for d in lat.values()]) > 0.4
     assert (np.mean([d["mean_abs_error_std"] for d in lat.values()])
             < np.mean([d["mean_abs_error_std"] for d in base.values()]) - 0.1)
+
+
+def test_checkpoints_of_the_first_flow_layout_still_resume(gvae_dir: Path, flow_run: tuple[Path, dict],
+                                                           tmp_path: Path) -> None:
+    # first layout: the step alone in the safetensors metadata, optimizer state and history in checkpoint.json
+    out, metrics = flow_run
+    d = tmp_path / "old"
+    shutil.copytree(out, d)
+    tens, meta = load_tensors(d / "checkpoint.safetensors")
+    state = json.loads(meta["checkpoint"])
+    save_tensors(d / "checkpoint.safetensors", tens, metadata={"step": str(state["step"])})
+    (d / "checkpoint.json").write_text(json.dumps({k: v for k, v in state.items() if k != "step"} | {"step": -1}))
+    again = train_flow(TrainFlowConfig(**FLOW_TINY), gvae_dir, d, progress=False)
+    assert again["steps"] == metrics["steps"] and again["nll"] == metrics["nll"]
+    (d / "checkpoint.json").unlink()  # the old layout without its JSON half: a clear error
+    save_tensors(d / "checkpoint.safetensors", tens, metadata={"step": str(state["step"])})
+    with pytest.raises(CheckpointError, match="no readable checkpoint metadata"):
+        train_flow(TrainFlowConfig(**FLOW_TINY), gvae_dir, d, progress=False)

@@ -54,11 +54,11 @@ class GVAEConfig:
 
     def design_space(self):
         """The design space: a built-in one by name, else rebuilt from the stored definition."""
-        from ..space import DesignSpace, spaces
+        from ..space import spaces
 
-        if self.space in spaces.names():
-            return spaces.get(self.space)
-        return DesignSpace(tuple(self.ops), self.num_nodes, self.max_edges, self.allow_zero, name=self.space)
+        spec = {"ops": list(self.ops), "max_nodes": self.num_nodes, "max_edges": self.max_edges,
+                "allow_zero": self.allow_zero}
+        return spaces.from_spec(self.space, None if self.space in spaces.names() else spec)
 
     @property
     def num_op_classes(self) -> int:

@@ -257,3 +257,18 @@ def get(name: str | DesignSpace) -> DesignSpace:
         return _REGISTRY[name]
     except (KeyError, TypeError):
         raise ValueError(f"unknown space {name!r}; choose one of: {', '.join(_REGISTRY)}") from None
+
+
+def from_spec(name: str, spec: dict[str, Any] | None = None) -> DesignSpace:
+    """The built-in space ``name`` (``spec`` None), or the user space that ``spec`` describes,
+    named ``name``: ``{"ops": [...], "max_nodes": n, "max_edges": e or None, "allow_zero": bool}``
+    (the last two optional). What model configs store to rebuild their space."""
+    if spec is None:
+        return get(name)
+    spec = dict(spec)
+    unknown = sorted(set(spec) - {"ops", "max_nodes", "max_edges", "allow_zero"})
+    if unknown or "ops" not in spec or "max_nodes" not in spec:
+        raise ValueError(f"a space spec needs ops and max_nodes (optional max_edges, allow_zero); got keys "
+                         f"{sorted(spec)}")
+    return DesignSpace(tuple(spec["ops"]), spec["max_nodes"], spec.get("max_edges"), spec.get("allow_zero", False),
+                       name=name)

@@ -8,8 +8,11 @@ never leaves a half-written checkpoint under the real name. Loading checks what 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -116,3 +119,58 @@ def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tenso
         opt.load_state_dict({"state": state, "param_groups": rest["param_groups"]})
     except (KeyError, ValueError) as e:
         raise CheckpointError(f"{where}: optimizer state does not match the model ({e})") from None
+
+
+def save_training(path: str | os.PathLike, model: nn.Module, opt: torch.optim.Optimizer,
+                  state: dict[str, Any]) -> None:
+    """A resumable training checkpoint in one atomic file: the model's and the optimizer's
+    tensors, with ``state`` (JSON: step, history, ...) and the optimizer's non-tensor state in
+    the safetensors metadata, so a kill can never pair tensors with a stale step. A
+    human-readable copy of the metadata is written next to it afterwards (``.json``)."""
+    path = Path(path)
+    ot, orest = optimizer_tensors(opt)
+    tens = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tens.update(ot)
+    full = {**state, "optimizer": orest}
+    save_tensors(path, tens, metadata={"checkpoint": json.dumps(full)})
+    save_json(path.with_suffix(".json"), full)
+
+
+def load_training(path: str | os.PathLike, model: nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any] | None:
+    """Restores ``model`` and ``opt`` from a :func:`save_training` checkpoint and returns its
+    state (``None`` when there is no checkpoint: a fresh run). Also reads the first flow layout,
+    where the metadata held only the step and the JSON copy the rest. Raises
+    :class:`CheckpointError` for a corrupt file or one that does not match the model."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    tens, meta = load_tensors(path)
+    try:
+        if "checkpoint" in meta:
+            state = json.loads(meta["checkpoint"])
+        else:  # first flow layout
+            state = {**load_json(path.with_suffix(".json")), "step": int(meta["step"])}
+            state["history"] = [h for h in state.get("history", []) if h["step"] <= state["step"]]
+        state["step"] = int(state["step"])
+        rest = state["optimizer"]
+    except (KeyError, ValueError, TypeError):
+        raise CheckpointError(f"{path}: no readable checkpoint metadata; the checkpoint is corrupt (delete it to "
+                              f"restart the run)") from None
+    load_module(model, {k[6:]: v for k, v in tens.items() if k.startswith("model.")}, str(path))
+    restore_optimizer(opt, tens, rest, str(path))
+    return state
+
+
+@contextlib.contextmanager
+def save_on_interrupt(save: Callable[[], None], bar: Any, position: Callable[[], tuple[int, int]]) -> Iterator[None]:
+    """Ctrl-C inside the block (a training loop): ``save()`` a checkpoint, close the progress
+    ``bar``, say at which ``position() = (step, total)`` it stopped and how to resume, re-raise."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        save()
+        bar.close()
+        step, total = position()
+        print(f"interrupted at step {step}/{total}; checkpoint saved, rerun the same command to resume",
+              file=sys.stderr)
+        raise

@@ -74,8 +74,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .checkpoint import (CheckpointError, load_json, load_module, load_tensors, optimizer_tensors, restore_optimizer,
-                         save_json, save_tensors)
+from .checkpoint import (CheckpointError, load_json, load_module, load_tensors, load_training, save_on_interrupt,
+                         save_json, save_tensors, save_training)
 
 if TYPE_CHECKING:
     from ..models.flow import ConditionalCNF
@@ -607,37 +607,23 @@ def train_flow(cfg: TrainFlowConfig, gvae_dir: str | os.PathLike, out: str | os.
     M = int(train_z.shape[0])
     steps_per_epoch = max(1, math.ceil(M / cfg.batch))
     total = cfg.epochs * steps_per_epoch
-    step = 0
-    history: list[dict[str, float]] = []
     ck_path = outp / "checkpoint.safetensors"
-    if (outp / "checkpoint.json").exists():
-        ck = load_json(outp / "checkpoint.json")
-        tens, tmeta = load_tensors(ck_path)
-        load_module(flow, {k[6:]: v for k, v in tens.items() if k.startswith("model.")}, str(ck_path))
-        restore_optimizer(opt, tens, ck["optimizer"], str(ck_path))
-        try:
-            step = int(tmeta["step"])
-        except (KeyError, ValueError):
-            raise CheckpointError(f"{ck_path}: missing the step in its metadata; the checkpoint is corrupt") from None
-        history = [h for h in ck.get("history", []) if h["step"] <= step]
+    ck = load_training(ck_path, flow, opt)
+    step = ck["step"] if ck else 0
+    history: list[dict[str, float]] = ck.get("history", []) if ck else []
 
     def lr_at(s: int) -> float:
         return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
 
     def save_checkpoint() -> None:
-        ot, orest = optimizer_tensors(opt)
-        tens = {f"model.{k}": v for k, v in flow.state_dict().items()}
-        tens.update(ot)
-        save_tensors(ck_path, tens, metadata={"step": str(step)})
-        save_json(outp / "checkpoint.json", {"step": step, "optimizer": orest, "history": history[-500:],
-                                             "total_steps": total})
+        save_training(ck_path, flow, opt, {"step": step, "history": history[-500:], "total_steps": total})
 
     bar = tqdm(total=total, initial=step, desc="train flow", unit="step", disable=not progress, file=sys.stderr,
                dynamic_ncols=True)
     _set_mode(flow, True)
     t0 = time.time()
     ema: float | None = None
-    try:
+    with save_on_interrupt(save_checkpoint, bar, lambda: (step, total)):
         while step < total:
             epoch, k = divmod(step, steps_per_epoch)
             perm = torch.randperm(M, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
@@ -663,12 +649,6 @@ def train_flow(cfg: TrainFlowConfig, gvae_dir: str | os.PathLike, out: str | os.
             bar.update(1)
             if step % cfg.ckpt_every == 0:
                 save_checkpoint()
-    except KeyboardInterrupt:
-        save_checkpoint()
-        bar.close()
-        print(f"interrupted at step {step}/{total}; checkpoint saved, rerun the same command to resume",
-              file=sys.stderr)
-        raise
     bar.close()
     save_checkpoint()
     train_seconds = time.time() - t0

@@ -20,7 +20,6 @@ same steps an uninterrupted one would.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -36,9 +35,8 @@ from ..models.api import CONFIG, WEIGHTS, GraphVAE
 from ..models.codec import CellCodec
 from ..models.gvae import BACKENDS, GVAE, GVAEConfig, kl_divergence, reconstruction_loss, triplet_loss
 from ..space import Cell
-from ..space import get as get_space
-from .checkpoint import (CheckpointError, load_json, load_module, load_tensors, optimizer_tensors, restore_optimizer,
-                         save_json, save_tensors)
+from .checkpoint import (CheckpointError, load_json, load_tensors, load_training, save_on_interrupt, save_json,
+                         save_tensors, save_training)
 from .data import load_labelled, unlabelled_cells
 
 
@@ -77,16 +75,9 @@ class TrainGVAEConfig:
 
     def design_space(self):
         """The space by name, or the user space described by ``space_spec``."""
-        from ..space import DesignSpace
+        from ..space.spaces import from_spec
 
-        if self.space_spec is None:
-            return get_space(self.space)
-        spec = dict(self.space_spec)
-        unknown = sorted(set(spec) - {"ops", "max_nodes", "max_edges", "allow_zero"})
-        if unknown or "ops" not in spec or "max_nodes" not in spec:
-            raise ValueError(f"space_spec needs ops and max_nodes (optional max_edges, allow_zero); got keys {sorted(spec)}")
-        return DesignSpace(tuple(spec["ops"]), spec["max_nodes"], spec.get("max_edges"), spec.get("allow_zero", False),
-                           name=self.space)
+        return from_spec(self.space, self.space_spec)
 
     def validate(self) -> None:
         self.design_space()
@@ -238,36 +229,16 @@ def train_gvae(cfg: TrainGVAEConfig, out: str, *, device: str = "cpu", backend: 
     M = data["lab_adj"].shape[0]
     steps_per_epoch = max(1, math.ceil(U / cfg.batch))
     total = cfg.epochs * steps_per_epoch
-    def cosine(s: int) -> float:
-        return 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
+    def lr_at(s: int) -> float:  # cosine decay, set before every step (so a resume needs no scheduler state)
+        return cfg.lr * (0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine)
-    step = 0
-    history: list[dict[str, float]] = []
     ck_path = outp / "checkpoint.safetensors"
-    if ck_path.exists():
-        # everything a resume needs is in this one file (tensors + JSON metadata, renamed into
-        # place atomically); checkpoint.json is a human-readable mirror written after it
-        tens, meta = load_tensors(ck_path)
-        try:
-            ck = json.loads(meta["checkpoint"])
-            step = int(ck["step"])
-        except (KeyError, ValueError, TypeError):
-            raise CheckpointError(f"{ck_path}: no readable checkpoint metadata; delete it to restart the run") from None
-        load_module(model, {k[6:]: v for k, v in tens.items() if k.startswith("model.")}, str(ck_path))
-        restore_optimizer(opt, tens, ck["optimizer"], str(ck_path))
-        history = ck.get("history", [])
-        sched.last_epoch = step
-        for g, base in zip(opt.param_groups, sched.base_lrs):
-            g["lr"] = base * cosine(step)
+    ck = load_training(ck_path, model, opt)
+    step = ck["step"] if ck else 0
+    history: list[dict[str, float]] = ck.get("history", []) if ck else []
 
     def save_checkpoint() -> None:
-        ot, orest = optimizer_tensors(opt)
-        tens = {f"model.{k}": v for k, v in model.state_dict().items()}
-        tens.update(ot)
-        state = {"step": step, "optimizer": orest, "history": history[-200:], "total_steps": total}
-        save_tensors(ck_path, tens, metadata={"checkpoint": json.dumps(state)})
-        save_json(outp / "checkpoint.json", state)
+        save_training(ck_path, model, opt, {"step": step, "history": history[-200:], "total_steps": total})
 
     vmean = model.attr_mean.double().cpu()
     vstd = model.attr_std.double().cpu()
@@ -277,7 +248,7 @@ def train_gvae(cfg: TrainGVAEConfig, out: str, *, device: str = "cpu", backend: 
     model.train()
     t0 = time.time()
     acc: dict[str, float] = {}
-    try:
+    with save_on_interrupt(save_checkpoint, bar, lambda: (step, total)):
         while step < total:
             epoch, k = divmod(step, steps_per_epoch)
             perm = torch.randperm(U, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
@@ -302,8 +273,9 @@ def train_gvae(cfg: TrainGVAEConfig, out: str, *, device: str = "cpu", backend: 
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step)
             opt.step()
-            sched.step()
             step += 1
             parts = {"rec": rec.item(), "kl": kl.item(), "trip": trip.item(), "pred": pred.item()}
             for key, v in parts.items():
@@ -314,12 +286,6 @@ def train_gvae(cfg: TrainGVAEConfig, out: str, *, device: str = "cpu", backend: 
             bar.update(1)
             if step % cfg.ckpt_every == 0:
                 save_checkpoint()
-    except KeyboardInterrupt:
-        save_checkpoint()
-        bar.close()
-        print(f"interrupted at step {step}/{total}; checkpoint saved, rerun the same command to resume",
-              file=sys.stderr)
-        raise
     bar.close()
     save_checkpoint()
     model.eval()
