@@ -7,9 +7,13 @@ Bad input exits with status 2 and one line on stderr naming the problem.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
+import shlex
 import sys
 import time
+from pathlib import Path
 from collections.abc import Iterator, Sequence
 from typing import Any, TextIO
 
@@ -351,6 +355,86 @@ def _evaluate_sampler(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seeds_arg(text: str) -> list[int]:
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise CLIError(f"--seeds: expected comma-separated integers, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise CLIError(f"--seeds: expected distinct comma-separated integers, got {text!r}")
+    return seeds
+
+
+def _check_outputs(*paths: str | None) -> None:
+    for path in paths:
+        if path:
+            parent = Path(path).resolve().parent
+            if not parent.is_dir():
+                raise CLIError(f"cannot write {path}: folder {parent} does not exist")
+
+
+def _write_atomic(path: str, text: str) -> None:
+    tmp = path + ".partial"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _upper_bound_like(args: argparse.Namespace, task, sets: list[str], transfer: bool) -> int:
+    from .evaluate.training import get_protocol
+    from .evaluate.upper_bound import run_upper_bound, summary_markdown, transfer_markdown
+
+    _check_outputs(args.json, args.md, args.png)
+    if args.png and importlib.util.find_spec("matplotlib") is None:
+        raise CLIError("--png needs matplotlib: pip install 'cgnf_fast[plot]'")
+    proto = get_protocol(args.protocol)
+    png_tmp = args.png + ".drawing.png" if args.png else None
+    r = run_upper_bound(args.space, _reference_arg(args.reference), n=args.n, seed=args.seed, model=args.model,
+                        task=task, protocol=proto, seeds=_seeds_arg(args.seeds), sets=sets, store=args.store,
+                        work_dir=args.work_dir, device=args.device, png=png_tmp, benchmark=not transfer,
+                        progress=not args.no_progress)
+    table = (transfer_markdown(r) + "\n\n" + summary_markdown(r).split("\n\n", 1)[1]) if transfer \
+        else summary_markdown(r)
+    print(f"{r['task']}\n{r['protocol_text']}\n")
+    print(transfer_markdown(r) if transfer else summary_markdown(r, per_cell=False))
+    if args.json:
+        _write_atomic(args.json, json.dumps(r, indent=1))
+    if args.md:
+        _write_atomic(args.md, f"Task: {r['task']}\n\n{r['protocol_text']}\n\n{table}\n")
+    if png_tmp:
+        os.replace(png_tmp, args.png)
+    return 0
+
+
+def _evaluate_upper_bound(args: argparse.Namespace) -> int:
+    from .evaluate.training import get_protocol, load_task
+
+    sets = [x.strip() for x in args.sets.split(",") if x.strip()]
+    task = load_task(args.task, get_protocol(args.protocol))
+    return _upper_bound_like(args, task, sets, transfer=False)
+
+
+def _evaluate_transfer(args: argparse.Namespace) -> int:
+    from .evaluate.training import get_protocol, load_task
+
+    task = load_task(args.task, get_protocol(args.protocol), loss=args.loss, metric=args.metric,
+                     objective=args.objective)
+    return _upper_bound_like(args, task, ["generated"], transfer=True)
+
+
+def _evaluate_all(args: argparse.Namespace) -> int:
+    from .evaluate.report import run_all
+
+    r = run_all(args.out, protocol=args.protocol, seeds=tuple(_seeds_arg(args.seeds)), n=args.n, seed=args.seed,
+                store=args.store, truth_nb201=args.truth_nb201, truth_nb101=args.truth_nb101,
+                model_nb201=args.model_nb201, model_nb101=args.model_nb101, transfer_task=args.transfer_task,
+                transfer_loss=args.transfer_loss, transfer_metric=args.transfer_metric,
+                nb101_cells=args.nb101_cells, device=args.device,
+                command="cgnf " + " ".join(shlex.quote(a) for a in args.argv), progress=not args.no_progress)
+    print(f"wrote {Path(args.out) / 'report.md'} ({r['seconds'] / 60:.1f} min)")
+    return 0
+
+
 def _read_cells(stream: TextIO) -> Iterator[tuple[int, Any, str | None]]:
     """Yields ``(line number, Cell, NB201 string or None)`` for non-blank lines."""
     from .space import Cell, nb201
@@ -610,6 +694,57 @@ def _build_parser() -> argparse.ArgumentParser:
     es.add_argument("--json", action="store_true")
     es.add_argument("--no-progress", action="store_true")
     es.set_defaults(func=_evaluate_sampler)
+
+    def training_args(e: argparse.ArgumentParser) -> None:
+        e.add_argument("--protocol", default="cpu-small",
+                       help="training protocol: a preset (nb201, nb101, cpu-small, tiny), preset:key=value,... "
+                       "overrides (e.g. cpu-small:epochs=10) or a JSON file (default cpu-small)")
+        e.add_argument("--seeds", default="0", help="training seeds, comma-separated (default 0)")
+        e.add_argument("--store", help="score store caching trained results (and measured ZC scores): reruns "
+                       "resume from it")
+        e.add_argument("--device", default="cpu")
+        e.add_argument("--no-progress", action="store_true")
+
+    eu = evs.add_parser("upper-bound", help="train the reference, its generated cells and baselines with one "
+                        "protocol and the same seeds (paper, Sec. 4.3)")
+    et = evs.add_parser("transfer", help="reference vs generated cells on a user task (paper, Table 1)")
+    for e in (eu, et):
+        e.add_argument("--model", help="model directory (default: the installed pretrained one)")
+        e.add_argument("--space", default="nb201-like")
+        e.add_argument("--reference", default="best", help="'best', an NB201 string or a JSON cell")
+        e.add_argument("--n", type=int, default=20, help="cells per set (default 20)")
+        e.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+        training_args(e)
+        e.add_argument("--work-dir", help="per-epoch checkpoints of the cell in training (resume mid-cell)")
+        e.add_argument("--json", help="write the full result here")
+        e.add_argument("--md", help="write the markdown table here")
+        e.add_argument("--png", help="write the per-set plot here")
+    eu.add_argument("--task", default="cifar10", help="cifar10 (shared JPEGs), a folder with train/ and test/ "
+                    "class folders, or an .npz/.safetensors file (default cifar10)")
+    eu.add_argument("--sets", default=",".join(("generated", "random-extended", "random-seed", "neighbours")),
+                    help="cell sets to train (default: all four)")
+    et.add_argument("--task", required=True, help="a folder with train/ and test/ class folders, or an "
+                    ".npz/.safetensors file with x_train, y_train, x_test, y_test")
+    et.add_argument("--loss", choices=("cross_entropy", "mse"), help="default: by the labels' dtype")
+    et.add_argument("--metric", choices=("accuracy", "loss", "mse", "mae"), help="default: accuracy or mse")
+    et.add_argument("--objective", choices=("max", "min"), help="default: the metric's direction")
+    eu.set_defaults(func=_evaluate_upper_bound)
+    et.set_defaults(func=_evaluate_transfer)
+
+    ea = evs.add_parser("all", help="run every evaluation and write a markdown report with figures (resumable)")
+    ea.add_argument("--out", required=True, help="report directory (report.md, results.json, PNGs)")
+    training_args(ea)
+    ea.add_argument("--n", type=int, default=20, help="cells per set (default 20)")
+    ea.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    ea.add_argument("--truth-nb201", help="score store with (or to receive) true ZC scores of all NB201 cells")
+    ea.add_argument("--truth-nb101", help="score store with (or to receive) true ZC scores of NB101 cells")
+    ea.add_argument("--nb101-cells", type=int, default=4000, help="NB101 cells for the predictor (default 4000)")
+    ea.add_argument("--model-nb201", help="nb201-like model directory (default: the installed one)")
+    ea.add_argument("--model-nb101", help="nb101-like model directory (default: the installed one, if any)")
+    ea.add_argument("--transfer-task", help="a user task for the transfer section (folder or .npz/.safetensors)")
+    ea.add_argument("--transfer-loss", choices=("cross_entropy", "mse"))
+    ea.add_argument("--transfer-metric", choices=("accuracy", "loss", "mse", "mae"))
+    ea.set_defaults(func=_evaluate_all)
 
     cp = sub.add_parser("cell", help="single cells")
     cps = cp.add_subparsers(dest="cell_command", metavar="SUBCOMMAND", required=True)

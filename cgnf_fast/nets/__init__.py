@@ -22,7 +22,7 @@ def build(cell: Cell | str, skeleton: str = "nb201", num_classes: int = 10, **hp
         skeleton: ``"nb201"`` or ``"nb101"``.
         num_classes: classifier outputs.
         hparams: skeleton hyper-parameters (nb201: ``channels``, ``cells_per_stage``; nb101:
-            ``stem_channels``, ``num_stacks``, ``cells_per_stack``).
+            ``stem_channels``, ``num_stacks``, ``cells_per_stack``; both: ``in_channels``, default 3).
     """
     if skeleton == "nb201":
         return nb201.NB201Network(cell, num_classes=num_classes, **hparams)

@@ -106,13 +106,13 @@ class NB101Cell(nn.Module):
 
 
 class NB101Network(nn.Module):
-    """The full NB101 network of a cell. Shapes: ``[B, 3, H, W] -> [B, num_classes]``."""
+    """The full NB101 network of a cell. Shapes: ``[B, in_channels, H, W] -> [B, num_classes]``."""
 
     def __init__(self, cell: Cell, num_classes: int = 10, stem_channels: int = STEM_CHANNELS,
-                 num_stacks: int = NUM_STACKS, cells_per_stack: int = CELLS_PER_STACK) -> None:
+                 num_stacks: int = NUM_STACKS, cells_per_stack: int = CELLS_PER_STACK, in_channels: int = 3) -> None:
         super().__init__()
         cell = cell.pruned()
-        self.stem = ConvBNReLU(3, stem_channels, 3)
+        self.stem = ConvBNReLU(in_channels, stem_channels, 3)
         layers: list[nn.Module] = []
         c_in = c = stem_channels
         for stack in range(num_stacks):

@@ -106,10 +106,10 @@ class ResNetBasicBlock(nn.Module):
 
 
 class NB201Network(nn.Module):
-    """The full NB201 network. Shapes: ``[B, 3, H, W] -> [B, num_classes]``."""
+    """The full NB201 network. Shapes: ``[B, in_channels, H, W] -> [B, num_classes]``."""
 
     def __init__(self, cell: Cell | str, num_classes: int = 10, channels: int = CHANNELS,
-                 cells_per_stage: int = CELLS_PER_STAGE) -> None:
+                 cells_per_stage: int = CELLS_PER_STAGE, in_channels: int = 3) -> None:
         super().__init__()
         if isinstance(cell, str):
             nb201_space.parse(cell)  # clear error on a malformed string
@@ -118,7 +118,8 @@ class NB201Network(nn.Module):
             make_cell = lambda c: NodeCell(cell, c)  # noqa: E731
         else:
             raise ValueError(f"expected a Cell or an NB201 string, got {type(cell).__name__}")
-        self.stem = nn.Sequential(nn.Conv2d(3, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels))
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, channels, 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(channels))
         layers: list[nn.Module] = []
         c = channels
         for stage in range(3):
