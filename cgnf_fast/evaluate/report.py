@@ -104,6 +104,7 @@ def run_all(out: str | os.PathLike, *, protocol: str = "cpu-small", seeds: tuple
     outdir = Path(out)
     outdir.mkdir(parents=True, exist_ok=True)
     proto = get_protocol(protocol)
+    work = outdir / ".work"  # per-epoch checkpoints of the cell in training (removed when finished)
     if store is None:
         store = str(outdir / "store.sqlite")
     data_dir = data_dir or os.environ.get("CGNF_DATA_DIR")
@@ -211,7 +212,7 @@ def run_all(out: str | os.PathLike, *, protocol: str = "cpu-small", seeds: tuple
         _say(f"upper bound on {space}", progress)
         png = outdir / f"upper_bound_{space}.png"
         r = run_upper_bound(space, "best", n=n, seed=seed, model=m, protocol=proto, seeds=seeds, store=store,
-                            work_dir=str(outdir / "work"), device=device, png=str(png), data_dir=data_dir,
+                            work_dir=str(work), device=device, png=str(png), data_dir=data_dir,
                             progress=progress)
         ub_results[space] = r
         results[f"upper_bound_{space}"] = r
@@ -247,12 +248,14 @@ def run_all(out: str | os.PathLike, *, protocol: str = "cpu-small", seeds: tuple
         task = load_task(transfer_task, proto, loss=transfer_loss, metric=transfer_metric, data_dir=data_dir)
         _say(f"transfer to {task.name}", progress)
         r = run_upper_bound("nb201-like", "best", n=n, seed=seed, model=m201, task=task, protocol=proto, seeds=seeds,
-                            sets=("generated",), store=store, work_dir=str(outdir / "work"), device=device,
+                            sets=("generated",), store=store, work_dir=str(work), device=device,
                             data_dir=data_dir, benchmark=False, progress=progress)
         results["transfer"] = r
         md += [f"Task: {r['task']} (source: {task.source}).", "", transfer_markdown(r), "",
                summary_markdown(r, per_cell=True).split("\n\n", 1)[1], ""]
 
+    if work.is_dir() and not any(work.iterdir()):
+        work.rmdir()
     results["seconds"] = time.time() - t_start
     md += ["", "---", f"Total time: {results['seconds'] / 60:.1f} min (cached results are not retrained)."]
     _write(outdir / "results.json", json.dumps(results, indent=1, default=float))
