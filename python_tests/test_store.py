@@ -124,3 +124,19 @@ def test_scoring_on_a_local_ray_instance(tmp_path):
         vb = {(x["code"], x["proxy"]): x["value"] for x in b.rows()}
     assert va.keys() == vb.keys()
     assert all(va[k] == vb[k] or math.isclose(va[k], vb[k], rel_tol=1e-6) for k in va)  # -inf == -inf
+
+
+def test_rows_filters(tmp_path):
+    cell = '{"matrix":[[0,1],[0,0]],"ops":["input","output"]}'
+    with ScoreStore(tmp_path / "s.sqlite") as st:
+        for space in ("nb201", "nb101"):
+            for seed in (0, 1):
+                for code in (1, 2):
+                    st.put(space, code, cell, f"fp{seed}", seed, "v", {"a": 1.0 + code, "b": 2.0})
+        every = list(st.rows())
+        assert len(every) == 16
+        got = list(st.rows(space="nb101", seed=1, proxies=["a"]))
+        assert [(r["space"], r["seed"], r["proxy"], r["code"]) for r in got] == [("nb101", 1, "a", 1), ("nb101", 1, "a", 2)]
+        assert got == [r for r in every if r["space"] == "nb101" and r["seed"] == 1 and r["proxy"] == "a"]
+        assert list(st.rows(data_fp="fp0", code_version="other")) == []
+        assert len(list(st.rows(proxies=[]))) == 0

@@ -67,11 +67,7 @@ def _truth_by_network(truth: str, space: str, fp: str, seed: int, ver: str,
     out: dict[int, dict[str, float]] = {}
     network_of: dict[int, int] = {}  # stored canonical code -> network code (rows repeat it per proxy)
     with ScoreStore(truth) as st:
-        for r in st.rows():
-            if r["space"] != space or r["data_fp"] != fp or r["seed"] != seed or r["code_version"] != ver:
-                continue
-            if r["proxy"] not in attributes:
-                continue
+        for r in st.rows(space=space, data_fp=fp, seed=seed, code_version=ver, proxies=attributes):
             key = network_of.get(r["code"])
             if key is None:
                 key = network_of[r["code"]] = Cell.from_json(r["cell"]).network_code()

@@ -205,13 +205,20 @@ def run_all(out: str | os.PathLike, *, protocol: str = "cpu-small", seeds: tuple
     # 5. upper bound -------------------------------------------------------------------------
     md += ["", "## 5. Pushing the upper bound (paper Sec. 4.3), with baselines", ""]
     ub_results = {}
+    try:
+        cifar = load_task("cifar10", proto, data_dir=data_dir)
+    except ValueError as e:
+        cifar, why_data = None, str(e)
     for space, m, why in (("nb201-like", m201, why201), ("nb101-like", m101, why101)):
+        if cifar is None:
+            md += [f"### {space}", "", f"Skipped: {why_data}", ""]
+            continue
         if m is None:
             md += [f"### {space}", "", f"Skipped: {why}", ""]
             continue
         _say(f"upper bound on {space}", progress)
         png = outdir / f"upper_bound_{space}.png"
-        r = run_upper_bound(space, "best", n=n, seed=seed, model=m, protocol=proto, seeds=seeds, store=store,
+        r = run_upper_bound(space, "best", n=n, seed=seed, model=m, task=cifar, protocol=proto, seeds=seeds, store=store,
                             work_dir=str(work), device=device, png=str(png), data_dir=data_dir,
                             progress=progress)
         ub_results[space] = r

@@ -70,9 +70,8 @@ def measure(cells: Sequence[Cell], attribute: str, *, space: str, model, store: 
     codes = {c.pruned(allow_zero=True).canonical_code() for c in cells}
     values: dict[int, float] = {}
     with ScoreStore(store) as st:
-        for r in st.rows():
-            if (r["code"] in codes and r["proxy"] == attribute and r["space"] == space and r["data_fp"] == fp
-                    and r["seed"] == seed and r["code_version"] == ver):
+        for r in st.rows(space=space, data_fp=fp, seed=seed, code_version=ver, proxies=[attribute]):
+            if r["code"] in codes:
                 values[r["code"]] = r["value"] if r["status"] != "error" else math.nan
     return np.array([values.get(c.pruned(allow_zero=True).canonical_code(), math.nan) for c in cells])
 

@@ -14,8 +14,9 @@ references and baselines are trained on equal terms:
 Presets (:data:`PROTOCOLS`): ``nb201`` is NAS-Bench-201's recipe (SGD, Nesterov momentum 0.9,
 lr 0.1 cosine-annealed to 0 per step, weight decay 5e-4, batch 256, 200 epochs, random crop
 with 4-pixel padding + horizontal flip, the full NB201 skeleton); ``nb101`` is NAS-Bench-101's
-(RMSProp with momentum 0.9 and epsilon 1.0, lr 0.1 cosine per step, weight decay 1e-4, batch
-256, 108 epochs, the same augmentation, the full NB101 skeleton). ``cpu-small`` and ``tiny``
+(RMSProp with decay 0.9, momentum 0.9 and epsilon 1.0, lr 0.1 cosine per step, weight decay
+1e-4, batch 256, 108 epochs, the same augmentation, the full NB101 skeleton; PyTorch's RMSprop
+adds epsilon outside the square root, TensorFlow's inside). ``cpu-small`` and ``tiny``
 are shortened budgets for CPUs and tests; what they shorten is in their fields, and reports
 print the protocol they used. Accuracies trained on the shared JPEG copy of CIFAR-10 (lossy)
 are *not* comparable with NB201's or NB101's published numbers.
@@ -152,14 +153,13 @@ class Task:
 
 
 def _per_class_subset(y: torch.Tensor, per_class: int | None) -> torch.Tensor:
-    """Indices of the first ``per_class`` items of every class, classes interleaved."""
-    if per_class is None:
-        return torch.arange(y.numel())
+    """Indices of the first ``per_class`` items (all when None) of every class, classes
+    interleaved (the first item of every class, then the second, ...)."""
     rank = torch.zeros_like(y)
     for c in y.unique():
         idx = (y == c).nonzero().flatten()
         rank[idx] = torch.arange(idx.numel())
-    keep = (rank < per_class).nonzero().flatten()
+    keep = (rank < per_class).nonzero().flatten() if per_class is not None else torch.arange(y.numel())
     order = np.lexsort((y[keep].numpy(), rank[keep].numpy()))
     return keep[torch.from_numpy(order)]
 
@@ -429,10 +429,13 @@ class TrainResult:
 
 def _prepare(task: Task, protocol: Protocol) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     xtr, ytr, xte, yte = task.x_train, task.y_train, task.x_test, task.y_test
-    if protocol.train_images is not None:
-        xtr, ytr = xtr[:protocol.train_images], ytr[:protocol.train_images]
-    if protocol.test_images is not None:
-        xte, yte = xte[:protocol.test_images], yte[:protocol.test_images]
+    # a shortened budget keeps the first images (classification: the first of every class, interleaved)
+    if protocol.train_images is not None and protocol.train_images < ytr.shape[0]:
+        idx = _per_class_subset(ytr, None) if task.loss == "cross_entropy" else torch.arange(ytr.shape[0])
+        xtr, ytr = xtr[idx[:protocol.train_images]], ytr[idx[:protocol.train_images]]
+    if protocol.test_images is not None and protocol.test_images < yte.shape[0]:
+        idx = _per_class_subset(yte, None) if task.loss == "cross_entropy" else torch.arange(yte.shape[0])
+        xte, yte = xte[idx[:protocol.test_images]], yte[idx[:protocol.test_images]]
     if protocol.resolution is not None and xtr.shape[-1] != protocol.resolution:
         r = protocol.resolution
         xtr = nn.functional.interpolate(xtr, size=(r, r), mode="area")
@@ -441,8 +444,8 @@ def _prepare(task: Task, protocol: Protocol) -> tuple[torch.Tensor, torch.Tensor
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random crop with 4-pixel zero padding (a quarter of the side for small images) and a
-    random horizontal flip, per image, from ``gen``."""
+    """Random crop with 4-pixel zero padding (side / 8 for images under 32 pixels, at least 1)
+    and a random horizontal flip, per image, from ``gen``."""
     b, _, h, w = x.shape
     pad = max(1, min(4, h // 8))
     xp = nn.functional.pad(x, (pad, pad, pad, pad))
@@ -486,9 +489,8 @@ def _evaluate(model: nn.Module, task: Task, x: torch.Tensor, y: torch.Tensor, ba
             total_loss += float(loss_fn(out, yb)) * xb.shape[0]
             if task.loss == "cross_entropy":
                 correct += int((out.argmax(1) == yb).sum())
-            else:
-                abs_err += float((out.view_as(yb) - yb).abs().mean(dim=tuple(range(1, yb.dim())) or None).sum()) \
-                    if yb.dim() > 1 else float((out.view_as(yb) - yb).abs().sum())
+            else:  # mean absolute error per item (over its targets), summed
+                abs_err += float((out.view_as(yb) - yb).abs().reshape(yb.shape[0], -1).mean(1).sum())
             n += xb.shape[0]
     loss = total_loss / n
     metric = {"accuracy": 100.0 * correct / n if task.loss == "cross_entropy" else math.nan,
@@ -515,15 +517,14 @@ def train_cell(cell: Cell, skeleton: str, task: Task, protocol: Protocol, *, see
     if dev.type == "cuda":
         torch.cuda.manual_seed_all(seed)
     model = build_network(cell, skeleton, task, protocol).to(dev)
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if p.dim() <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": protocol.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # weight decay on every parameter (BN and biases too), as both benchmarks' recipes do
+    params = list(model.parameters())
     if protocol.optimizer == "sgd":
-        opt = torch.optim.SGD(groups, lr=protocol.lr, momentum=protocol.momentum,
+        opt = torch.optim.SGD(params, lr=protocol.lr, momentum=protocol.momentum, weight_decay=protocol.weight_decay,
                               nesterov=protocol.nesterov and protocol.momentum > 0)
     else:
-        opt = torch.optim.RMSprop(groups, lr=protocol.lr, momentum=protocol.momentum, eps=protocol.eps, alpha=0.9)
+        opt = torch.optim.RMSprop(params, lr=protocol.lr, momentum=protocol.momentum, eps=protocol.eps, alpha=0.9,
+                                  weight_decay=protocol.weight_decay)
     n = xtr.shape[0]
     bs = min(protocol.batch_size, n)
     steps_per_epoch = n // bs  # drop the last partial batch (BN on tiny batches)
@@ -578,8 +579,14 @@ def train_cell(cell: Cell, skeleton: str, task: Task, protocol: Protocol, *, see
                        elapsed + time.perf_counter() - t0)
 
 
+#: Bumped whenever training itself changes (not the protocol's fields): cached results of other
+#: versions are not reused.
+TRAINING_VERSION = "1"
+
+
 def _store_key(task: Task, protocol: Protocol, skeleton: str) -> tuple[str, str]:
-    fp = hashlib.sha256(f"{task.fingerprint()}/{protocol.key()}/{skeleton}".encode()).hexdigest()[:16]
+    fp = hashlib.sha256(f"{task.fingerprint()}/{protocol.key()}/{skeleton}/t{TRAINING_VERSION}".encode()
+                        ).hexdigest()[:16]
     return f"trained:{skeleton}", fp
 
 

@@ -70,9 +70,7 @@ def load_labelled(store: str, space: str, attributes: list[str] | None = None,
     """
     by_group: dict[tuple[str, int, str], dict[int, dict[str, Any]]] = {}
     with ScoreStore(store) as st:
-        for r in st.rows():
-            if r["space"] != space:
-                continue
+        for r in st.rows(space=space):
             g = by_group.setdefault((r["data_fp"], r["seed"], r["code_version"]), {})
             d = g.setdefault(r["code"], {"cell": r["cell"], "values": {}, "bad": set()})
             if r["status"] == "ok":

@@ -173,11 +173,23 @@ class ScoreStore:
              "GROUP BY code HAVING count(DISTINCT proxy)=?" % ",".join("?" * len(proxies)))
         return {int(r[0]) for r in self._db.execute(q, (space, data_fp, seed, code_version, *proxies, len(proxies)))}
 
-    def rows(self) -> Iterator[dict[str, Any]]:
-        """Every stored score as a dict (non-finite values restored as floats)."""
+    def rows(self, *, space: str | None = None, data_fp: str | None = None, seed: int | None = None,
+             code_version: str | None = None, proxies: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
+        """Stored scores as dicts (non-finite values restored as floats): all of them, or those
+        matching every given filter (selected in SQL, so a filter skips the rest cheaply)."""
+        where, args = [], []
+        for col, v in (("space", space), ("data_fp", data_fp), ("seed", seed), ("code_version", code_version)):
+            if v is not None:
+                where.append(f"{col}=?")
+                args.append(v)
+        if proxies is not None:
+            proxies = list(proxies)
+            where.append("proxy IN (%s)" % ",".join("?" * len(proxies)))
+            args += proxies
         cur = self._db.execute(
             "SELECT space, code, proxy, data_fp, seed, code_version, cell, value, value_text, status, seconds, created "
-            "FROM scores ORDER BY space, code, proxy"
+            "FROM scores" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY space, code, proxy",
+            args,
         )
         for r in cur:
             space, code, proxy, fp, seed, ver, cell, value, text, status, seconds, created = r
