@@ -49,6 +49,13 @@ def test_presets_and_overrides():
     assert o.nb201 == tr.PROTOCOLS["cpu-small"].nb201
     assert tr.Protocol.from_json(o.to_json()) == o
     assert o.key() != tr.PROTOCOLS["cpu-small"].key()
+    # a skeleton's key ignores the other skeleton's hyper-parameters and the name
+    p2 = tr.get_protocol("cpu-small:epochs=5")
+    assert p2.key() == tr.PROTOCOLS["cpu-small"].key()
+    import dataclasses
+
+    p3 = dataclasses.replace(p2, nb101={"stem_channels": 8})
+    assert p3.key("nb201") == p2.key("nb201") and p3.key("nb101") != p2.key("nb101")
 
 
 @pytest.mark.parametrize("spec, msg", [
@@ -198,7 +205,13 @@ def test_train_cells_caches_by_network_and_seed(calib_task, tmp_path):
 
 
 def test_nb101_cell_trains(calib_task):
+    from cgnf_fast import nets
+
     cell = Cell.from_nb101(*BEST_NB101)
+    moms = {m.momentum for m in tr.build_network(cell, "nb101", calib_task, TINY).modules()
+            if isinstance(m, torch.nn.BatchNorm2d)}
+    assert moms == {0.1}
+    assert {m.momentum for m in nets.build(cell, "nb101").modules() if isinstance(m, torch.nn.BatchNorm2d)} == {0.003}
     r = tr.train_cell(cell, "nb101", calib_task, TINY, seed=0)
     assert np.isfinite(r.train_loss)
 

@@ -20,6 +20,9 @@ from ..space import Cell
 STEM_CHANNELS = 128
 NUM_STACKS = 3
 CELLS_PER_STACK = 3
+#: PyTorch's batch-norm momentum for TensorFlow's decay 0.997 (NB101's). Short trainings need a
+#: larger one (``bn_momentum``) or the running statistics are still far from the data's at the end.
+BN_MOMENTUM = 0.003
 
 
 def vertex_channels(in_channels: int, out_channels: int, matrix: list[list[int]]) -> list[int]:
@@ -50,7 +53,7 @@ class ConvBNReLU(nn.Sequential):
     def __init__(self, c_in: int, c_out: int, kernel: int) -> None:
         super().__init__(
             nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, bias=False),
-            nn.BatchNorm2d(c_out, eps=1e-5, momentum=0.003),
+            nn.BatchNorm2d(c_out, eps=1e-5, momentum=BN_MOMENTUM),
             nn.ReLU(inplace=False),
         )
 
@@ -109,7 +112,8 @@ class NB101Network(nn.Module):
     """The full NB101 network of a cell. Shapes: ``[B, in_channels, H, W] -> [B, num_classes]``."""
 
     def __init__(self, cell: Cell, num_classes: int = 10, stem_channels: int = STEM_CHANNELS,
-                 num_stacks: int = NUM_STACKS, cells_per_stack: int = CELLS_PER_STACK, in_channels: int = 3) -> None:
+                 num_stacks: int = NUM_STACKS, cells_per_stack: int = CELLS_PER_STACK, in_channels: int = 3,
+                 bn_momentum: float = BN_MOMENTUM) -> None:
         super().__init__()
         cell = cell.pruned()
         self.stem = ConvBNReLU(in_channels, stem_channels, 3)
@@ -126,6 +130,10 @@ class NB101Network(nn.Module):
         self.classifier = nn.Linear(c, num_classes)
         #: the sub-module whose output is globally average-pooled (FLOP counting, nets.flops)
         self.global_pool_source = "cells"
+        if bn_momentum != BN_MOMENTUM:
+            for m in self.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.momentum = bn_momentum
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Feature maps before global pooling."""
