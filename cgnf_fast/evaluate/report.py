@@ -64,10 +64,14 @@ def _plot_acc_vs_zc(points: list[tuple[str, float, float]], zc: str, metric: str
 
     fig, ax = plt.subplots(figsize=(5.6, 4.2))
     names = sorted({p[0] for p in points})
-    for i, name in enumerate(names):
+    for i, name in enumerate(n for n in names if n != "reference"):
         xs = [p[1] for p in points if p[0] == name]
         ys = [p[2] for p in points if p[0] == name]
         ax.scatter(xs, ys, s=16, alpha=0.75, label=name, color=f"C{i}")
+    ref = [p for p in points if p[0] == "reference"]
+    if ref:
+        ax.scatter([p[1] for p in ref], [p[2] for p in ref], s=160, marker="*", color="C3", edgecolor="k",
+                   zorder=5, label="reference")
     x = np.array([p[1] for p in points])
     y = np.array([p[2] for p in points])
     ok = np.isfinite(x) & np.isfinite(y)
