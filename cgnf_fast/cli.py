@@ -391,7 +391,7 @@ def _upper_bound_like(args: argparse.Namespace, task, sets: list[str], transfer:
     png_tmp = args.png + ".drawing.png" if args.png else None
     r = run_upper_bound(args.space, _reference_arg(args.reference), n=args.n, seed=args.seed, model=args.model,
                         task=task, protocol=proto, seeds=_seeds_arg(args.seeds), sets=sets, store=args.store,
-                        work_dir=args.work_dir, device=args.device, png=png_tmp, benchmark=not transfer,
+                        work_dir=args.work_dir, device=args.device, png=png_tmp, benchmark=None if not transfer else False,
                         progress=not args.no_progress)
     table = (transfer_markdown(r) + "\n\n" + summary_markdown(r).split("\n\n", 1)[1]) if transfer \
         else summary_markdown(r)

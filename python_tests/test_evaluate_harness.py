@@ -4,6 +4,7 @@ cell sets and baselines, and the ``cgnf evaluate upper-bound/transfer/all`` comm
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +19,11 @@ from cgnf_fast.space.spaces import get as get_space
 from cgnf_fast.zc.images import calibration_batch
 
 TINY = tr.get_protocol("tiny")
+
+
+def _load(path) -> dict:
+    with np.load(path) as z:
+        return dict(z)
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +68,8 @@ def test_presets_and_overrides():
     ("nope", "unknown protocol"), ("tiny:epochs", "bad protocol override"), ("tiny:colour=3", "bad protocol override"),
     ("tiny:epochs=x", "not a valid epochs"), ("tiny:epochs=0", "epochs must be an int >= 1"),
     ("tiny:optimizer=adam", "optimizer must be"), ("tiny:lr=-1", "lr must be"),
+    ({"nb201": {"chanels": 4}}, "unknown skeleton hyper-parameters"), ({"nb101": {"num_stacks": 0}}, "int >= 1"),
+    ({"nb101": {"bn_momentum": 2.0}}, r"\(0, 1\]"), ({"nb201": [4]}, "must be a dict"),
 ])
 def test_bad_protocols(spec, msg):
     with pytest.raises(ValueError, match=msg):
@@ -74,6 +82,9 @@ def test_protocol_json_file(tmp_path):
     assert tr.get_protocol(str(f)).epochs == 2
     f.write_text(json.dumps({"epochs": 2, "colour": 1}))
     with pytest.raises(ValueError, match="unknown protocol fields"):
+        tr.get_protocol(str(f))
+    f.write_text("3")
+    with pytest.raises(ValueError, match="JSON object"):
         tr.get_protocol(str(f))
 
 
@@ -92,8 +103,10 @@ def test_task_validation(calib_task):
         tr.Task("t", bad, y, x, y)
     with pytest.raises(ValueError, match="unknown metric"):
         tr.Task("t", x, y, x, y, metric="f1")
-    with pytest.raises(ValueError, match="needs loss 'cross_entropy'"):
+    with pytest.raises(ValueError, match="metric 'accuracy' does not go with loss 'mse'"):
         tr.Task("t", x, y.float(), x, y.float(), loss="mse", metric="accuracy")
+    with pytest.raises(ValueError, match="metric 'mae' does not go with loss 'cross_entropy'"):
+        tr.Task("t", x, y, x, y, metric="mae")
     with pytest.raises(ValueError, match="train images are"):
         tr.Task("t", x, y, x[:, :, :16, :16], y)
 
@@ -101,7 +114,7 @@ def test_task_validation(calib_task):
 def test_tensor_task_file(task_file, tmp_path):
     t = tr.tensor_task(task_file)
     assert (t.in_channels, t.num_outputs, t.loss, t.metric, t.objective) == (1, 2, "cross_entropy", "accuracy", "max")
-    z = dict(np.load(task_file))
+    z = _load(task_file)
     z["y_train"] = z["y_train"].astype(np.float32)
     z["y_test"] = z["y_test"].astype(np.float32)
     reg = tmp_path / "reg.npz"
@@ -112,6 +125,13 @@ def test_tensor_task_file(task_file, tmp_path):
     np.savez(tmp_path / "missing.npz", **z)
     with pytest.raises(ValueError, match="lacks x_test"):
         tr.tensor_task(tmp_path / "missing.npz")
+    good = Path(task_file).read_bytes()
+    (tmp_path / "cut.npz").write_bytes(good[: len(good) // 2])
+    with pytest.raises(ValueError, match="cannot read task file"):
+        tr.tensor_task(tmp_path / "cut.npz")
+    (tmp_path / "junk.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage")
+    with pytest.raises(ValueError, match="cannot read task file"):
+        tr.tensor_task(tmp_path / "junk.safetensors")
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="cannot read task file"):
         tr.tensor_task(tmp_path / "junk.npz")
@@ -170,14 +190,21 @@ def test_interrupted_training_resumes_to_the_same_result(calib_task, tmp_path, m
     path = tmp_path / "cell.safetensors"
     with pytest.raises(KeyboardInterrupt):
         tr.train_cell(cell, "nb201", calib_task, p, seed=1, checkpoint=path)
-    monkeypatch.setattr(ck, "save_training", real_save)
+    resumed_saves = []
+
+    def count(*args, **kw):
+        resumed_saves.append(args[3]["step"])
+        real_save(*args, **kw)
+
+    monkeypatch.setattr(ck, "save_training", count)
     resumed = tr.train_cell(cell, "nb201", calib_task, p, seed=1, checkpoint=path)
+    assert resumed_saves == [3]  # only the third epoch ran again
     assert resumed.metric == full.metric
     assert resumed.train_loss == pytest.approx(full.train_loss, rel=1e-6)
 
 
 def test_regression_task_trains(task_file, tmp_path):
-    z = dict(np.load(task_file))
+    z = _load(task_file)
     z["y_train"] = np.stack([z["y_train"], 1 - z["y_train"]], 1).astype(np.float32)
     z["y_test"] = np.stack([z["y_test"], 1 - z["y_test"]], 1).astype(np.float32)
     np.savez(tmp_path / "reg.npz", **z)
@@ -320,3 +347,45 @@ def test_cli_all_writes_a_report(task_file, tmp_path, monkeypatch):
         assert st.count() == rows
     again = json.loads((out / "results.json").read_text())
     assert again["transfer"]["reference"]["trained"] == res["transfer"]["reference"]["trained"]
+
+
+def test_augment_crops_and_flips_like_slicing():
+    x = torch.arange(2 * 3 * 16 * 16, dtype=torch.float32).view(2, 3, 16, 16)
+    gen = torch.Generator().manual_seed(5)
+    out = tr._augment(x, gen)
+    gen = torch.Generator().manual_seed(5)
+    pad = 2
+    dy = torch.randint(0, 2 * pad + 1, (2,), generator=gen)
+    dx = torch.randint(0, 2 * pad + 1, (2,), generator=gen)
+    flip = torch.rand(2, generator=gen) < 0.5
+    xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    for b in range(2):
+        want = xp[b, :, dy[b]:dy[b] + 16, dx[b]:dx[b] + 16]
+        if flip[b]:
+            want = want.flip(-1)
+        assert torch.equal(out[b], want)
+
+
+def test_small_inputs_and_divergence_are_handled(calib_task, tmp_path):
+    cell = Cell.from_nb201(BEST_ISH)
+    with pytest.raises(ValueError, match="do not fit the nb201 skeleton"):
+        tr.train_cells([cell], "nb201", calib_task, tr.get_protocol("tiny:resolution=2"), progress=False)
+    x = calib_task.x_train[:64]
+    huge = torch.full((64,), 1e30)
+    t = tr.Task("huge", x, huge, x[:16], huge[:16], loss="mse", metric="mse")
+    store = tmp_path / "s.sqlite"
+    r = tr.train_cells([cell], "nb201", t, TINY, store=store, progress=False)[0][0]
+    assert np.isnan(r.metric) and not r.cached
+    again = tr.train_cells([cell], "nb201", t, TINY, store=store, progress=False)[0][0]
+    assert np.isnan(again.metric) and again.cached  # a diverged cell is not retrained on every rerun
+
+
+def test_cli_upper_bound_on_a_user_task(task_file, tmp_path):
+    js = tmp_path / "u.json"
+    rc, out, err = run_cli("evaluate", "upper-bound", "--task", task_file, "--sets", "neighbours,random-seed",
+                           "--protocol", "tiny", "--n", "2", "--json", str(js), "--no-progress")
+    assert rc == 0, err
+    r = json.loads(js.read_text())
+    assert list(r["sets"]) == ["neighbours", "random-seed"]
+    # published CIFAR-10 accuracies only belong next to CIFAR-10 results
+    assert all(x["benchmark_acc"] is None for s in r["sets"].values() for x in s["rows"])

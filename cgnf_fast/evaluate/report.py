@@ -108,6 +108,9 @@ def run_all(out: str | os.PathLike, *, protocol: str = "cpu-small", seeds: tuple
     outdir = Path(out)
     outdir.mkdir(parents=True, exist_ok=True)
     proto = get_protocol(protocol)
+    transfer = None
+    if transfer_task is not None:  # read (and checked) before hours of work, not after
+        transfer = load_task(transfer_task, proto, loss=transfer_loss, metric=transfer_metric, data_dir=data_dir)
     work = outdir / ".work"  # per-epoch checkpoints of the cell in training (removed when finished)
     if store is None:
         store = str(outdir / "store.sqlite")
@@ -256,7 +259,7 @@ def run_all(out: str | os.PathLike, *, protocol: str = "cpu-small", seeds: tuple
     elif m201 is None:
         md.append(f"Skipped: {why201}")
     else:
-        task = load_task(transfer_task, proto, loss=transfer_loss, metric=transfer_metric, data_dir=data_dir)
+        task = transfer
         _say(f"transfer to {task.name}", progress)
         r = run_upper_bound("nb201-like", "best", n=n, seed=seed, model=m201, task=task, protocol=proto, seeds=seeds,
                             sets=("generated",), store=store, work_dir=str(work), device=device,

@@ -89,8 +89,10 @@ class Task:
             self.objective = METRICS[self.metric]
         if self.objective not in ("max", "min"):
             raise ValueError(f"objective must be 'max' or 'min', got {self.objective!r}")
-        if self.metric == "accuracy" and self.loss != "cross_entropy":
-            raise ValueError("metric 'accuracy' needs loss 'cross_entropy' (class labels)")
+        allowed = {"cross_entropy": ("accuracy", "loss"), "mse": ("mse", "mae", "loss")}[self.loss]
+        if self.metric not in allowed:
+            raise ValueError(f"metric {self.metric!r} does not go with loss {self.loss!r} (class labels: accuracy or "
+                             f"loss; float targets: mse, mae or loss)")
         for part, x, y in (("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test)):
             if not isinstance(x, torch.Tensor) or x.dim() != 4:
                 raise ValueError(f"{self.name}: x_{part} must be a [N, C, H, W] tensor, got "
@@ -215,7 +217,7 @@ def tensor_task(path: str | os.PathLike, *, loss: str | None = None, metric: str
         raise ValueError(f"task file {str(path)!r} does not exist")
     try:
         if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
+            with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:  # our handle: closed on errors too
                 missing = [k for k in keys if k not in z.files]
                 arrays = {k: torch.from_numpy(np.ascontiguousarray(z[k])) for k in keys if k in z.files}
         elif path.suffix == ".safetensors":
@@ -226,10 +228,12 @@ def tensor_task(path: str | os.PathLike, *, loss: str | None = None, metric: str
             arrays = {k: loaded[k] for k in keys if k in loaded}
         else:
             raise ValueError(f"task file {str(path)!r}: expected .npz or .safetensors")
-    except (OSError, ValueError) as e:
+    except ValueError as e:
         if "expected .npz" in str(e):
             raise
         raise ValueError(f"cannot read task file {str(path)!r}: {e}") from None
+    except Exception as e:  # truncated zip, damaged safetensors header, ...
+        raise ValueError(f"cannot read task file {str(path)!r} ({type(e).__name__}: {e})") from None
     if missing:
         raise ValueError(f"task file {str(path)!r} lacks {', '.join(missing)} (needs {', '.join(keys)})")
     y = arrays["y_train"]
@@ -270,6 +274,11 @@ def load_task(spec: str, protocol: Protocol | None = None, *, loss: str | None =
 # --------------------------------------------------------------------------------------------
 # Protocols
 # --------------------------------------------------------------------------------------------
+#: The skeleton hyper-parameters a protocol may set (the input channels come from the task).
+SKELETON_HPARAMS = {"nb201": ("channels", "cells_per_stage"),
+                    "nb101": ("stem_channels", "num_stacks", "cells_per_stack", "bn_momentum")}
+
+
 @dataclass(frozen=True)
 class Protocol:
     """How every cell is trained. ``train_per_class``/``test_per_class``/``train_images`` and
@@ -312,12 +321,28 @@ class Protocol:
                 raise ValueError(f"protocol {k} must be a finite number >= 0, got {v!r}")
         if self.lr <= 0:
             raise ValueError(f"protocol lr must be > 0, got {self.lr!r}")
+        for sk, allowed in SKELETON_HPARAMS.items():
+            hp = getattr(self, sk)
+            if not isinstance(hp, dict):
+                raise ValueError(f"protocol {sk} must be a dict of skeleton hyper-parameters, got {hp!r}")
+            unknown = sorted(set(hp) - set(allowed))
+            if unknown:
+                raise ValueError(f"protocol {sk}: unknown skeleton hyper-parameters {unknown}; known: "
+                                 f"{', '.join(allowed)}")
+            for k, v in hp.items():
+                if k == "bn_momentum":
+                    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
+                        raise ValueError(f"protocol {sk}.bn_momentum must be in (0, 1], got {v!r}")
+                elif isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                    raise ValueError(f"protocol {sk}.{k} must be an int >= 1, got {v!r}")
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Protocol:
+        if not isinstance(d, dict):
+            raise ValueError(f"a protocol is a JSON object of fields, got {type(d).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
@@ -346,7 +371,7 @@ class Protocol:
         sk = [f"{k} {v}" for k, v in (("nb201", self.nb201), ("nb101", self.nb101)) if v]
         return (f"protocol {self.name!r}: {self.epochs} epochs, batch {self.batch_size}, {opt}, lr {self.lr} "
                 f"{self.schedule}, weight decay {self.weight_decay}, "
-                f"{'crop+flip augmentation' if self.augment else 'no augmentation'}"
+                f"{'crop+flip augmentation (inputs of 8+ pixels)' if self.augment else 'no augmentation'}"
                 + (f"; {', '.join(data)}" if data else "; all data, native size")
                 + (f"; skeletons {'; '.join(sk)}" if sk else "; published skeleton sizes"))
 
@@ -451,8 +476,9 @@ def _prepare(task: Task, protocol: Protocol) -> tuple[torch.Tensor, torch.Tensor
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random crop with 4-pixel zero padding (side / 8 for images under 32 pixels, at least 1)
-    and a random horizontal flip, per image, from ``gen``."""
+    """Random crop with 4-pixel padding (side / 8 for images under 32 pixels, at least 1) and a
+    random horizontal flip, per image, from ``gen``. The padding is zeros of the *normalized*
+    images, i.e. the mean colour (torchvision pads the raw images with black)."""
     b, _, h, w = x.shape
     pad = max(1, min(4, h // 8))
     xp = nn.functional.pad(x, (pad, pad, pad, pad))
@@ -566,7 +592,7 @@ def train_cell(cell: Cell, skeleton: str, task: Task, protocol: Protocol, *, see
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model(xb), yb)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"training diverged (loss {float(loss)}) at epoch {epoch}, step {s} for cell "
+                raise FloatingPointError(f"training diverged (loss {float(loss.detach())}) at epoch {epoch}, step {s} for cell "
                                          f"{cell.dumps()}")
             loss.backward()
             opt.step()
@@ -586,14 +612,31 @@ def train_cell(cell: Cell, skeleton: str, task: Task, protocol: Protocol, *, see
                        elapsed + time.perf_counter() - t0)
 
 
-#: Bumped whenever training itself changes (not the protocol's fields): cached results of other
-#: versions are not reused.
+#: Bumped whenever training itself changes (the loop, the networks, the data handling; not the
+#: protocol's fields, which are in the key): cached results of other versions are not reused.
+#: The package version alone does not change the key, so a change that alters results must bump it.
 TRAINING_VERSION = "1"
 
 
-def _store_key(task: Task, protocol: Protocol, skeleton: str) -> tuple[str, str]:
-    fp = hashlib.sha256(f"{task.fingerprint()}/{protocol.key(skeleton)}/{skeleton}/t{TRAINING_VERSION}".encode()
-                        ).hexdigest()[:16]
+def _check_fits(cell: Cell, skeleton: str, task: Task, protocol: Protocol, x: torch.Tensor) -> None:
+    """A clear error when the inputs are too small for the skeleton's down-sampling."""
+    net = build_network(cell, skeleton, task, protocol)
+    net.eval()
+    try:
+        with torch.no_grad():
+            net(x[:1])
+    except RuntimeError as e:
+        raise ValueError(f"inputs of {x.shape[-2]}x{x.shape[-1]} pixels do not fit the {skeleton} skeleton with "
+                         f"{protocol.nb201 if skeleton == 'nb201' else protocol.nb101 or 'published sizes'} "
+                         f"(torch says: {str(e).splitlines()[0]}); use larger inputs or a larger protocol "
+                         f"resolution") from None
+
+
+def _store_key(task: Task, protocol: Protocol, skeleton: str, device: str = "cpu") -> tuple[str, str]:
+    dev = torch.device(device).type
+    extra = "" if dev == "cpu" else f"/{dev}"  # results of another device type are not reused
+    fp = hashlib.sha256(f"{task.fingerprint()}/{protocol.key(skeleton)}/{skeleton}/t{TRAINING_VERSION}{extra}"
+                        .encode()).hexdigest()[:16]
     return f"trained:{skeleton}", fp
 
 
@@ -613,17 +656,18 @@ def train_cells(cells: Sequence[Cell], skeleton: str, task: Task, protocol: Prot
     if not seeds:
         raise ValueError("need at least one seed")
     cells = list(cells)
-    space, fp = _store_key(task, protocol, skeleton)
+    space, fp = _store_key(task, protocol, skeleton, device)
     ver = code_version()
     st = ScoreStore(store) if store is not None else None
     prepared = _prepare(task, protocol)
+    if cells:
+        _check_fits(cells[0], skeleton, task, protocol, prepared[0])
     out: list[list[TrainResult]] = [[None] * len(seeds) for _ in cells]  # type: ignore[list-item]
     cached: dict[tuple[int, int], dict[str, float]] = {}
     if st is not None:
-        for r in st._db.execute(
-                "SELECT code, seed, proxy, value FROM scores WHERE space=? AND data_fp=? AND code_version=? AND status='ok'",
-                (space, fp, ver)):
-            cached.setdefault((int(r[0]), int(r[1])), {})[r[2]] = float(r[3])
+        for r in st.rows(space=space, data_fp=fp, code_version=ver):
+            if r["status"] != "error":  # nonfinite: a diverged training, kept as NaN
+                cached.setdefault((r["code"], int(r["seed"])), {})[r["proxy"]] = float(r["value"])
     done_here: dict[tuple[int, int], TrainResult] = {}
     bar = None
     jobs = [(i, j) for i in range(len(cells)) for j in range(len(seeds))]
@@ -644,10 +688,15 @@ def train_cells(cells: Sequence[Cell], skeleton: str, task: Task, protocol: Prot
                 res = dataclasses.replace(r0, cell=cell, cached=True)
             else:
                 ck = None
-                if work_dir is not None:
-                    ck = Path(work_dir) / f"{skeleton}-{fp}-{code}-s{seed}.safetensors"
-                res = train_cell(cell, skeleton, task, protocol, seed=seed, device=device, checkpoint=ck,
-                                 progress=progress, prepared=prepared)
+                if work_dir is not None:  # named by the exact cell: a relabelled copy has other weights' order
+                    exact = hashlib.sha256(cell.pruned(allow_zero=True).dumps().encode()).hexdigest()[:16]
+                    ck = Path(work_dir) / f"{skeleton}-{fp}-{exact}-s{seed}.safetensors"
+                try:
+                    res = train_cell(cell, skeleton, task, protocol, seed=seed, device=device, checkpoint=ck,
+                                     progress=progress, prepared=prepared)
+                except FloatingPointError as e:  # a diverged cell is a result (NaN), not the end of the run
+                    print(f"warning: {e}; recorded as NaN", file=sys.stderr)
+                    res = TrainResult(cell, seed, math.nan, math.nan, math.nan, math.nan)
                 done_here[(code, seed)] = res
                 if st is not None:
                     st.put(space, code, cell.pruned(allow_zero=True).dumps(), fp, seed, ver,

@@ -15,7 +15,8 @@ task, protocol and seeds (:mod:`cgnf_fast.evaluate.training`):
   changed), then two, ... kept when in NB101.
 
 Every set excludes the reference's own network and the zero cell. Cells inside NB201 also get
-their published CIFAR-10 test accuracy (200 epochs, mean over seeds) from the shared NB201 table
+their published CIFAR-10 test accuracy (200 epochs, mean over NB201's seeds and over the NB201
+strings that build the same network) from the shared NB201 table
 when ``$CGNF_DATA_DIR`` is set (NB101 cells: the mean final test accuracy of the 30 shared
 complete NB101 records, when the cell is one of them). Trained accuracies on the shared JPEG
 CIFAR-10 with a shortened protocol are only comparable with each other.
@@ -160,8 +161,15 @@ def cell_sets(space: str = "nb201-like", reference: Any = "best", n: int = 20, s
 
     out: dict[str, list[Cell]] = {}
     for name in sets:
-        if name == "generated":
-            out[name] = [s.cell for s in sample(ref, None, n=n, space=sp, seed=seed, model=model, device=device)]
+        if name == "generated":  # one more draw each time the reference (or the zero cell) is among them
+            k = n
+            while True:
+                got = distinct([s.cell for s in sample(ref, None, n=k, space=sp, seed=seed, model=model,
+                                                       device=device)])
+                if len(got) >= n or k >= n + 10:
+                    break
+                k += 1
+            out[name] = got
         elif name == "random-extended":
             out[name] = distinct(sp.sample(3 * n + 2, seed=seed, unique=True))
         elif name == "random-seed":
@@ -169,7 +177,7 @@ def cell_sets(space: str = "nb201-like", reference: Any = "best", n: int = 20, s
         else:
             out[name] = neighbours(ref, seed_sp, n, seed=seed)
         if len(out[name]) < n:
-            raise RuntimeError(f"could only find {len(out[name])} of {n} cells for set {name!r}")
+            raise ValueError(f"could only find {len(out[name])} of {n} cells for set {name!r}")
     return ref, out
 
 
@@ -223,9 +231,10 @@ def run_upper_bound(space: str = "nb201-like", reference: Any = "best", *, n: in
                     model: Any = None, task: Task | None = None, protocol: str | Protocol = "cpu-small",
                     seeds: Sequence[int] = (0,), sets: Sequence[str] = SETS, store: str | None = None,
                     work_dir: str | None = None, device: str = "cpu", png: str | None = None,
-                    data_dir: str | None = None, benchmark: bool = True, progress: bool = True) -> dict[str, Any]:
+                    data_dir: str | None = None, benchmark: bool | None = None, progress: bool = True) -> dict[str, Any]:
     """Train the reference and every set (module doc); returns a JSON-able result. ``benchmark``:
-    look up the published CIFAR-10 accuracies of seed-space cells (off for other tasks)."""
+    look up the published CIFAR-10 accuracies of seed-space cells (default: only when the task
+    is the shared CIFAR-10)."""
     from ..sample import _exact_counts, _skeleton
     from ..space.spaces import get as get_space
     from .training import load_task
@@ -238,6 +247,8 @@ def run_upper_bound(space: str = "nb201-like", reference: Any = "best", *, n: in
     if progress:
         print(f"[upper-bound] {task.describe()}\n[upper-bound] {proto.describe()}\n[upper-bound] drawing the cell "
               f"sets ({', '.join(sets)}; n={n}, seed={seed})", file=sys.stderr, flush=True)
+    if benchmark is None:
+        benchmark = task.name == "cifar10-jpeg"
     ref, groups = cell_sets(sp.name, reference, n=n, seed=seed, model=model, sets=sets, device=device)
     order = [ref] + [c for name in sets for c in groups[name]]
     trained = train_cells(order, skeleton, task, proto, seeds=seeds, store=store, device=device, work_dir=work_dir,
