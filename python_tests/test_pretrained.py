@@ -1,6 +1,6 @@
-"""The pretrained nb201-like model that ships inside the package: present, intact (sha256 of
-every file as recorded by `cgnf pipeline`), small, and what `sample()` / `cgnf sample` use with
-no model argument, on a fresh install with no data."""
+"""The pretrained nb201-like and nb101-like models that ship inside the package: present,
+intact (sha256 of every file as recorded by `cgnf pipeline`), small, and what `sample()` /
+`cgnf sample` use with no model argument, on a fresh install with no data."""
 
 from __future__ import annotations
 
@@ -28,11 +28,16 @@ def twenty() -> list:
     return sample("best", n=20, seed=0)
 
 
-def test_shipped_files_are_intact_and_small(default_dir: Path) -> None:
-    assert "nb201-like" in shipped_spaces()
+SHIPPED = ("nb201-like", "nb101-like")
+
+
+@pytest.mark.parametrize("space", SHIPPED)
+def test_shipped_files_are_intact_and_small(space: str) -> None:
+    assert space in shipped_spaces()
+    default_dir = default_model_dir(space)
     info = json.loads((default_dir / "model.json").read_text())
-    assert info["format"] == "cgnf_fast.model" and info["space"] == "nb201-like"
-    assert info["command"].startswith("cgnf pipeline --space nb201-like")
+    assert info["format"] == "cgnf_fast.model" and info["space"] == space
+    assert info["command"].startswith(f"cgnf pipeline --space {space}")
     for rel, sha in info["files"].items():
         assert hashlib.sha256((default_dir / rel).read_bytes()).hexdigest() == sha, rel
     total = sum(p.stat().st_size for p in default_dir.parent.rglob("*") if p.is_file())
@@ -40,8 +45,10 @@ def test_shipped_files_are_intact_and_small(default_dir: Path) -> None:
     # trained on ZC scores of real CIFAR-10 images (the embedded batch), not on NB201 labels
     m = SamplingModel.load(default_dir)
     lab = m.vae.info["data"]["labelled"]
-    assert lab["cells"] >= 3000 and set(lab["attributes"]) >= {"synflow", "nwot"}
-    assert m.conditions.corr is not None
+    # labelled cells that build a seed-space network are held out (the predictor is evaluated on
+    # the seed space): nb201-like keeps 3,907, nb101-like 991 (1,360 of its labels are NB101 cells)
+    assert lab["cells"] >= 900 and set(lab["attributes"]) >= {"synflow", "nwot"}
+    assert m.conditions.corr is not None and m.space.name == space
 
 
 def test_default_sample_gives_twenty_distinct_valid_cells(twenty: list) -> None:
@@ -98,3 +105,21 @@ def test_cli_main_job(tmp_path: Path) -> None:
                                  "flops"} <= set(rows[0])
     assert png.stat().st_size > 20_000
     assert "reference" in text and text.count("\n") > 20
+
+
+def test_nb101_like_default_samples() -> None:
+    from cgnf_fast import get_space
+    from cgnf_fast.nets import nb101
+
+    sp, seed_sp = get_space("nb101-like"), get_space("nb101")
+    cells = sample("best", n=20, space="nb101-like", seed=0)
+    assert len(cells) == 20 and len({s.network_code for s in cells}) == 20
+    assert all(sp.contains(s.cell) for s in cells)
+    assert all(s.in_seed_space == seed_sp.contains(s.cell) for s in cells)
+    assert all(s.params == nb101.param_count(s.cell) for s in cells)
+    assert [s.to_json() for s in sample("best", n=20, space="nb101-like", seed=0)] == [s.to_json() for s in cells]
+    # the samples stay near the reference's size: median params within a factor 2
+    _, info = sample_with_info("best", n=1, space="nb101-like", seed=0)
+    ref = info["reference_predicted"]["params"]
+    med = sorted(s.params / 1e6 for s in cells)[10]
+    assert 0.5 < med / ref < 2.0

@@ -367,11 +367,11 @@ def test_best_references_match_the_data(shared_data: Path) -> None:
 
 # -- models and errors ---------------------------------------------------------------------
 def test_no_model_is_a_clear_error() -> None:
-    # nb201-like ships a pretrained model (test_pretrained.py); nb101-like does not yet
-    assert default_model_dir("nb101-like") is None
-    with pytest.raises(NoDefaultModelError, match=r"no pretrained model is installed for space 'nb101-like'.*"
+    # nb201-like and nb101-like ship pretrained models (test_pretrained.py); the seed spaces do not
+    assert default_model_dir("nb101") is None
+    with pytest.raises(NoDefaultModelError, match=r"no pretrained model is installed for space 'nb101'.*"
                        r"cgnf train flow --gvae DIR/gvae --out DIR/flow"):
-        sample("best", space="nb101-like")
+        sample("best", space="nb101")
 
 
 def test_bad_model_dirs_and_arguments(model_dir: Path, model: SamplingModel, tmp_path: Path) -> None:
@@ -413,7 +413,7 @@ def test_cli_sample_round_trip(model_dir: Path, model: SamplingModel, tmp_path: 
 def test_cli_sample_errors_are_one_line_and_write_nothing(model_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "samples.json"
     for args, match in [
-        (["sample", "--space", "nb101-like", "--out", str(out)], "no pretrained model is installed for space 'nb101-like'"),
+        (["sample", "--space", "nb101", "--out", str(out)], "no pretrained model is installed for space 'nb101'"),
         (["sample", "--model", str(model_dir), "--condition", "nwot=lots", "--out", str(out)],
          "condition 'nwot': cannot read 'lots'"),
         (["sample", "--model", str(model_dir), "--reference", "{nope", "--out", str(out)], "--reference: not valid"),
