@@ -134,6 +134,18 @@ def test_nb201_closed_form_flops_equal_the_module_count(cell, num_classes, size)
     assert nb201.flop_count(cell, num_classes=num_classes, image_size=size) == want
 
 
+@settings(max_examples=40, deadline=None)
+@given(cell=dags(min_nodes=2, max_nodes=7, ops=("conv3x3-bn-relu", "conv1x1-bn-relu", "maxpool3x3")),
+       num_classes=st.sampled_from([10, 100]), size=st.sampled_from([16, 32]),
+       hp=st.sampled_from([{}, {"stem_channels": 16, "num_stacks": 2, "cells_per_stack": 1},
+                           {"stem_channels": 8, "num_stacks": 3, "cells_per_stack": 2}]))
+def test_nb101_closed_form_flops_equal_the_module_count(cell, num_classes, size, hp):
+    if not cell.has_path():
+        return
+    want = count_flops(cell, "nb101", num_classes=num_classes, input_size=(3, size, size), **hp)
+    assert nb101.flop_count(cell, num_classes=num_classes, image_size=size, **hp) == want
+
+
 def test_nb201_closed_form_flops_of_strings():
     for s in (BEST_ISH, "|nor_conv_3x3~0|+|none~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_1x1~1|none~2|",
               "|none~0|+|none~0|none~1|+|none~0|none~1|none~2|"):

@@ -176,3 +176,44 @@ def param_count(cell: Cell, num_classes: int = 10, stem_channels: int = STEM_CHA
             total += module(c_in, c)
             c_in = c
     return total + c * num_classes + num_classes
+
+
+def flop_count(cell: Cell, num_classes: int = 10, stem_channels: int = STEM_CHANNELS, num_stacks: int = NUM_STACKS,
+               cells_per_stack: int = CELLS_PER_STACK, image_size: int = 32) -> int:
+    """FLOPs of one ``image_size``-square image through ``NB101Network(cell, ...)`` in NB201's
+    convention (``count_flops(..., convention="nb201")``), computed without building it:
+    convolutions ``k^2 C_in C_out`` per output position (no biases), 3x3 max pools 9 and the 2x2
+    pools between stacks 4 per output element, the classifier ``C * classes + classes``;
+    projections by truncation, additions and concatenations count zero."""
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 2 ** max(num_stacks - 1, 0):
+        raise ValueError(f"image_size must be an int >= {2 ** max(num_stacks - 1, 0)} for {num_stacks} stacks, "
+                         f"got {image_size!r}")
+    cell = cell.pruned()
+    m = [list(r) for r in cell.adjacency]
+    n = len(m)
+    kernels = {"conv3x3-bn-relu": 3, "conv1x1-bn-relu": 1}
+
+    def module(c_in: int, c_out: int, area: int) -> int:
+        ch = vertex_channels(c_in, c_out, m)
+        total = 0
+        for t in range(1, n - 1):
+            if m[0][t]:
+                total += c_in * ch[t] * area
+            k = kernels.get(cell.ops[t])
+            total += k * k * ch[t] * ch[t] * area if k else 9 * ch[t] * area  # conv, or 3x3 max pool
+        if m[0][n - 1]:
+            total += c_in * c_out * area
+        return total
+
+    r = image_size
+    total = 9 * 3 * stem_channels * r * r
+    c_in = c = stem_channels
+    for stack in range(num_stacks):
+        if stack > 0:
+            r //= 2
+            total += 4 * c * r * r  # 2x2 max pool, stride 2
+            c *= 2
+        for _ in range(cells_per_stack):
+            total += module(c_in, c, r * r)
+            c_in = c
+    return total + c * num_classes + num_classes
