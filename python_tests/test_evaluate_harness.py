@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import BEST_ISH, run_cli
+from helpers import BEST_ISH, DEVICE_PARAMS, run_cli
 
 from cgnf_fast.evaluate import training as tr
 from cgnf_fast.evaluate.upper_bound import SETS, benchmark_accuracy, cell_sets, neighbours
@@ -389,3 +389,15 @@ def test_cli_upper_bound_on_a_user_task(task_file, tmp_path):
     assert list(r["sets"]) == ["neighbours", "random-seed"]
     # published CIFAR-10 accuracies only belong next to CIFAR-10 results
     assert all(x["benchmark_acc"] is None for s in r["sets"].values() for x in s["rows"])
+
+
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+def test_training_on_each_device(calib_task, device):
+    """The same protocol and seed on CPU and (where there is one) CUDA: both learn; CUDA results
+    are cached under their own key (checked by the GPU script, benches/gpu_check.sh)."""
+    cell = Cell.from_nb201(BEST_ISH)
+    p = tr.get_protocol("tiny:epochs=3,train_images=200,test_images=50,resolution=16")
+    r = tr.train_cell(cell, "nb201", calib_task, p, seed=3, device=device)
+    assert r.train_loss < np.log(10) and 0.0 <= r.metric <= 100.0
+    assert tr._store_key(calib_task, p, "nb201", device)[1] != tr._store_key(calib_task, p, "nb201", "cpu")[1] \
+        or device == "cpu"
