@@ -380,6 +380,10 @@ def _write_atomic(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _family(space: str) -> str:
+    return "nb101" if space.startswith("nb101") else "nb201"
+
+
 def _upper_bound_like(args: argparse.Namespace, task, sets: list[str], transfer: bool) -> int:
     from .evaluate.training import get_protocol
     from .evaluate.upper_bound import run_upper_bound, summary_markdown, transfer_markdown
@@ -387,7 +391,7 @@ def _upper_bound_like(args: argparse.Namespace, task, sets: list[str], transfer:
     _check_outputs(args.json, args.md, args.png)
     if args.png and importlib.util.find_spec("matplotlib") is None:
         raise CLIError("--png needs matplotlib: pip install 'cgnf_fast[plot]'")
-    proto = get_protocol(args.protocol)
+    proto = get_protocol(args.protocol or _family(args.space))
     png_tmp = args.png + ".drawing.png" if args.png else None
     r = run_upper_bound(args.space, _reference_arg(args.reference), n=args.n, seed=args.seed, model=args.model,
                         task=task, protocol=proto, seeds=_seeds_arg(args.seeds), sets=sets, store=args.store,
@@ -410,14 +414,14 @@ def _evaluate_upper_bound(args: argparse.Namespace) -> int:
     from .evaluate.training import get_protocol, load_task
 
     sets = [x.strip() for x in args.sets.split(",") if x.strip()]
-    task = load_task(args.task, get_protocol(args.protocol))
+    task = load_task(args.task, get_protocol(args.protocol or _family(args.space)))
     return _upper_bound_like(args, task, sets, transfer=False)
 
 
 def _evaluate_transfer(args: argparse.Namespace) -> int:
     from .evaluate.training import get_protocol, load_task
 
-    task = load_task(args.task, get_protocol(args.protocol), loss=args.loss, metric=args.metric,
+    task = load_task(args.task, get_protocol(args.protocol or _family(args.space)), loss=args.loss, metric=args.metric,
                      objective=args.objective)
     return _upper_bound_like(args, task, ["generated"], transfer=True)
 
@@ -696,9 +700,10 @@ def _build_parser() -> argparse.ArgumentParser:
     es.set_defaults(func=_evaluate_sampler)
 
     def training_args(e: argparse.ArgumentParser) -> None:
-        e.add_argument("--protocol", default="cpu-small",
+        e.add_argument("--protocol", default=None,
                        help="training protocol: a preset (nb201, nb101, cpu-small, tiny), preset:key=value,... "
-                       "overrides (e.g. cpu-small:epochs=10) or a JSON file (default cpu-small)")
+                       "overrides (e.g. cpu-small:epochs=10) or a JSON file (default: the seed benchmark's own "
+                       "recipe, nb201 or nb101, a GPU budget; on a CPU use cpu-small)")
         e.add_argument("--seeds", default="0", help="training seeds, comma-separated (default 0)")
         e.add_argument("--store", help="score store caching trained results (and measured ZC scores): reruns "
                        "resume from it")

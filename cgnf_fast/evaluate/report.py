@@ -86,13 +86,15 @@ def _plot_acc_vs_zc(points: list[tuple[str, float, float]], zc: str, metric: str
     return float(rho)
 
 
-def run_all(out: str | os.PathLike, *, protocol: str = "cpu-small", seeds: tuple[int, ...] = (0,), n: int = 20,
+def run_all(out: str | os.PathLike, *, protocol: str | None = None, seeds: tuple[int, ...] = (0,), n: int = 20,
             seed: int = 0, store: str | None = None, truth_nb201: str | None = None, truth_nb101: str | None = None,
             model_nb201: str | None = None, model_nb101: str | None = None, transfer_task: str | None = None,
             transfer_loss: str | None = None, transfer_metric: str | None = None, nb101_cells: int = 4000,
             device: str = "cpu", data_dir: str | None = None, command: str | None = None,
             progress: bool = True) -> dict[str, Any]:
-    """Writes ``out/report.md``, ``out/results.json`` and the figures; returns the results."""
+    """Writes ``out/report.md``, ``out/results.json`` and the figures; returns the results.
+    ``protocol`` None: each seed benchmark's own recipe (``nb201`` for nb201-like and the
+    transfer task, ``nb101`` for nb101-like; GPU budgets)."""
     import importlib.util
 
     if importlib.util.find_spec("matplotlib") is None:
@@ -107,7 +109,8 @@ def run_all(out: str | os.PathLike, *, protocol: str = "cpu-small", seeds: tuple
     t_start = time.time()
     outdir = Path(out)
     outdir.mkdir(parents=True, exist_ok=True)
-    proto = get_protocol(protocol)
+    protos = {fam: get_protocol(protocol if protocol is not None else fam) for fam in ("nb201", "nb101")}
+    proto = protos["nb201"]
     transfer = None
     if transfer_task is not None:  # read (and checked) before hours of work, not after
         transfer = load_task(transfer_task, proto, loss=transfer_loss, metric=transfer_metric, data_dir=data_dir)
@@ -115,7 +118,8 @@ def run_all(out: str | os.PathLike, *, protocol: str = "cpu-small", seeds: tuple
     if store is None:
         store = str(outdir / "store.sqlite")
     data_dir = data_dir or os.environ.get("CGNF_DATA_DIR")
-    results: dict[str, Any] = {"version": __version__, "protocol": proto.to_json(), "seeds": list(seeds), "n": n,
+    results: dict[str, Any] = {"version": __version__, "protocol": proto.to_json(),
+                               "protocol_nb101": protos["nb101"].to_json(), "seeds": list(seeds), "n": n,
                                "seed": seed, "store": str(store), "device": device}
     md: list[str] = []
     cmd = command or "cgnf evaluate all --out " + shlex.quote(str(out))
@@ -125,7 +129,8 @@ def run_all(out: str | os.PathLike, *, protocol: str = "cpu-small", seeds: tuple
            f"({os.cpu_count()} CPUs), device `{device}`, started {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
            "",
            f"* Sampling seed {seed}, {n} cells per set; training seeds {', '.join(map(str, seeds))}.",
-           f"* Training: {proto.describe()}.",
+           f"* Training: {proto.describe()}." if protocol is not None else
+           f"* Training: the benchmarks' recipes: {proto.describe()}; nb101-like: {protos['nb101'].describe()}.",
            "* **Honest labelling:** trained accuracies come from the shared JPEG copy of CIFAR-10 (lossy) with the "
            "protocol above; they compare cells *with each other* and are not comparable with NB201's or NB101's "
            "published accuracies. Published NB201 accuracies (200 epochs, original CIFAR-10) are shown separately, "
@@ -213,7 +218,7 @@ def run_all(out: str | os.PathLike, *, protocol: str = "cpu-small", seeds: tuple
     md += ["", "## 5. Pushing the upper bound (paper Sec. 4.3), with baselines", ""]
     ub_results = {}
     try:
-        cifar = load_task("cifar10", proto, data_dir=data_dir)
+        cifar = {fam: load_task("cifar10", protos[fam], data_dir=data_dir) for fam in protos}
     except ValueError as e:
         cifar, why_data = None, str(e)
     for space, m, why in (("nb201-like", m201, why201), ("nb101-like", m101, why101)):
@@ -225,7 +230,9 @@ def run_all(out: str | os.PathLike, *, protocol: str = "cpu-small", seeds: tuple
             continue
         _say(f"upper bound on {space}", progress)
         png = outdir / f"upper_bound_{space}.png"
-        r = run_upper_bound(space, "best", n=n, seed=seed, model=m, task=cifar, protocol=proto, seeds=seeds, store=store,
+        fam = space.split("-")[0]
+        r = run_upper_bound(space, "best", n=n, seed=seed, model=m, task=cifar[fam], protocol=protos[fam], seeds=seeds,
+                            store=store,
                             work_dir=str(work), device=device, png=str(png), data_dir=data_dir,
                             progress=progress)
         ub_results[space] = r

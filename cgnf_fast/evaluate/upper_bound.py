@@ -228,11 +228,12 @@ def _stats(values: list[float], objective: str) -> dict[str, float | None]:
 
 
 def run_upper_bound(space: str = "nb201-like", reference: Any = "best", *, n: int = 20, seed: int = 0,
-                    model: Any = None, task: Task | None = None, protocol: str | Protocol = "cpu-small",
+                    model: Any = None, task: Task | None = None, protocol: str | Protocol | None = None,
                     seeds: Sequence[int] = (0,), sets: Sequence[str] = SETS, store: str | None = None,
                     work_dir: str | None = None, device: str = "cpu", png: str | None = None,
                     data_dir: str | None = None, benchmark: bool | None = None, progress: bool = True) -> dict[str, Any]:
-    """Train the reference and every set (module doc); returns a JSON-able result. ``benchmark``:
+    """Train the reference and every set (module doc); returns a JSON-able result. ``protocol``
+    None: the seed benchmark's own recipe (``nb201`` or ``nb101``: GPU budgets). ``benchmark``:
     look up the published CIFAR-10 accuracies of seed-space cells (default: only when the task
     is the shared CIFAR-10)."""
     from ..sample import _exact_counts, _skeleton
@@ -240,7 +241,7 @@ def run_upper_bound(space: str = "nb201-like", reference: Any = "best", *, n: in
     from .training import load_task
 
     sp = get_space(space)
-    proto = get_protocol(protocol)
+    proto = get_protocol(protocol if protocol is not None else _skeleton(sp))
     if task is None:
         task = load_task("cifar10", proto, data_dir=data_dir)
     skeleton = _skeleton(sp)
