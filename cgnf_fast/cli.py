@@ -163,20 +163,6 @@ def _train_flow(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cell_text(cell: Any) -> str:
-    """A compact one-line cell: ``op<inputs`` per op vertex, then the output's inputs."""
-    from .sample import short_op
-
-    adj = cell.adjacency
-    n = cell.num_nodes
-    parts = []
-    for v in range(1, n):
-        preds = ",".join(str(u) for u in range(v) if adj[u][v])
-        name = "out" if v == n - 1 else f"{v}:{short_op(cell.ops[v])}"
-        parts.append(f"{name}<{preds}")
-    return " ".join(parts)
-
-
 def _write_json_list_atomic(path: str, rows: list[Any]) -> None:
     """A JSON list, one element per line, written to ``PATH.partial`` and renamed into place."""
     import os
@@ -230,7 +216,7 @@ def _sample(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
-    from .sample import COUNT_ATTRIBUTES, draw_cells, parse_condition_args, sample_with_info
+    from .sample import COUNT_ATTRIBUTES, cell_text, draw_cells, parse_condition_args, sample_with_info
 
     if args.png and importlib.util.find_spec("matplotlib") is None:
         raise CLIError("--png needs matplotlib: pip install 'cgnf_fast[plot]'")
@@ -260,7 +246,7 @@ def _sample(args: argparse.Namespace) -> int:
     def fmt(a: str, v: float) -> str:
         return f"{v:.4f}M" if a in COUNT_ATTRIBUTES else f"{v:.4g}"
 
-    ref = info["reference_nb201"] or _cell_text(info["reference"])
+    ref = info["reference_nb201"] or cell_text(info["reference"])
     print(f"reference  {ref}")
     print("predicted  " + ", ".join(f"{a}={fmt(a, v)}" for a, v in info["reference_predicted"].items()))
     tg = ", ".join(f"{a}={fmt(a, v)}" + (f" ({info['condition'][a].text})" if a in info["condition"] else "")
@@ -282,7 +268,7 @@ def _sample(args: argparse.Namespace) -> int:
         seed_mark = "-" if c.in_seed_space is None else ("yes" if c.in_seed_space else "no")
         row = [f"{i:>3}", f"{seed_mark:>4}", f"{c.params / 1e6:>8.4f}M", f"{c.flops / 1e6:>8.2f}M"]
         row += [f"{fmt(a, c.predicted[a]):>10}" for a in attrs]
-        row.append(c.nb201 or _cell_text(c.cell))
+        row.append(c.nb201 or cell_text(c.cell))
         print("  ".join(row))
     print("\nparams/FLOPs: exact, of the network the cell builds; other columns: G-VAE predictions; seed: inside "
           f"the seed space ({info['seed_space'] or 'none'})")
@@ -373,13 +359,6 @@ def _check_outputs(*paths: str | None) -> None:
                 raise CLIError(f"cannot write {path}: folder {parent} does not exist")
 
 
-def _write_atomic(path: str, text: str) -> None:
-    tmp = path + ".partial"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def _family(space: str) -> str:
     return "nb101" if space.startswith("nb101") else "nb201"
 
@@ -387,6 +366,7 @@ def _family(space: str) -> str:
 def _upper_bound_like(args: argparse.Namespace, task, sets: list[str], transfer: bool) -> int:
     from .evaluate.training import get_protocol
     from .evaluate.upper_bound import run_upper_bound, summary_markdown, transfer_markdown
+    from .train.checkpoint import write_text_atomic
 
     _check_outputs(args.json, args.md, args.png)
     if args.png and importlib.util.find_spec("matplotlib") is None:
@@ -402,9 +382,9 @@ def _upper_bound_like(args: argparse.Namespace, task, sets: list[str], transfer:
     print(f"{r['task']}\n{r['protocol_text']}\n")
     print(transfer_markdown(r) if transfer else summary_markdown(r, per_cell=False))
     if args.json:
-        _write_atomic(args.json, json.dumps(r, indent=1))
+        write_text_atomic(args.json, json.dumps(r, indent=1))
     if args.md:
-        _write_atomic(args.md, f"Task: {r['task']}\n\n{r['protocol_text']}\n\n{table}\n")
+        write_text_atomic(args.md, f"Task: {r['task']}\n\n{r['protocol_text']}\n\n{table}\n")
     if png_tmp:
         os.replace(png_tmp, args.png)
     return 0

@@ -123,6 +123,7 @@ __all__ = [
     "sample_with_info",
     "shipped_spaces",
     "short_op",
+    "cell_text",
 ]
 
 #: The NB201 cell with the highest CIFAR-10 test accuracy after 200 epochs (94.3733 %, mean over
@@ -887,6 +888,18 @@ _COLOR = {"input": "#d9d9d9", "output": "#d9d9d9", "nor_conv_3x3": "#fdae6b", "c
 def short_op(name: str) -> str:
     """A short label for an op (``nor_conv_3x3`` -> ``conv3``)."""
     return _SHORT.get(name, name)
+
+
+def cell_text(cell: Cell) -> str:
+    """A compact one-line cell: ``vertex:op<inputs`` per op vertex, then the output's inputs."""
+    adj = cell.adjacency
+    n = cell.num_nodes
+    parts = []
+    for v in range(1, n):
+        preds = ",".join(str(u) for u in range(v) if adj[u][v])
+        name = "out" if v == n - 1 else f"{v}:{short_op(cell.ops[v])}"
+        parts.append(f"{name}<{preds}")
+    return " ".join(parts)
 
 
 def layered_positions(cell: Cell) -> list[tuple[float, float]]:

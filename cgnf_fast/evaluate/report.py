@@ -38,12 +38,6 @@ def _say(msg: str, progress: bool) -> None:
         print(f"[report] {msg}", file=sys.stderr, flush=True)
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _model_for(space: str, model: str | None, device: str):
     from ..sample import NoDefaultModelError, _resolve_model
     from ..space.spaces import get as get_space
@@ -101,6 +95,7 @@ def run_all(out: str | os.PathLike, *, protocol: str | None = None, seeds: tuple
         raise ValueError("the report draws figures and needs matplotlib: pip install 'cgnf_fast[plot]'")
     from .. import __version__
     from ..sample import draw_cells, sample
+    from ..train.checkpoint import write_text_atomic
     from .predictor import evaluate_latent, evaluate_predictor
     from .sampler import evaluate_sampler, measure
     from .training import get_protocol, load_task
@@ -200,7 +195,7 @@ def run_all(out: str | os.PathLike, *, protocol: str | None = None, seeds: tuple
         _say("conditioning (sampler)", progress)
         r = evaluate_sampler(m201, space="nb201-like", store=store, png=str(outdir / "conditioning_nb201like.png"),
                              n=n, seed=seed, device=device, progress=progress)
-        results["sampler_nb201like"] = {k: v for k, v in r.items()}
+        results["sampler_nb201like"] = r
         md += ["![conditioning](conditioning_nb201like.png)", "",
                "| attribute | Spearman(target, measured) | level means |", "|---|---:|---|"]
         for a, c in r["conditioning"].items():
@@ -279,6 +274,6 @@ def run_all(out: str | os.PathLike, *, protocol: str | None = None, seeds: tuple
         work.rmdir()
     results["seconds"] = time.time() - t_start
     md += ["", "---", f"Total time: {results['seconds'] / 60:.1f} min (cached results are not retrained)."]
-    _write(outdir / "results.json", json.dumps(results, indent=1, default=float))
-    _write(outdir / "report.md", "\n".join(md) + "\n")
+    write_text_atomic(outdir / "results.json", json.dumps(results, indent=1, default=float))
+    write_text_atomic(outdir / "report.md", "\n".join(md) + "\n")
     return results

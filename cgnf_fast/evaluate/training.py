@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from ..space import Cell
+from ..zc.images import interleaved
 
 __all__ = ["PROTOCOLS", "Protocol", "Task", "TrainResult", "cifar10_task", "folder_task", "get_protocol",
            "load_task", "tensor_task", "train_cell", "train_cells"]
@@ -154,18 +155,6 @@ class Task:
                 f"{kind}, loss {self.loss}, metric {self.metric} ({self.objective})")
 
 
-def _per_class_subset(y: torch.Tensor, per_class: int | None) -> torch.Tensor:
-    """Indices of the first ``per_class`` items (all when None) of every class, classes
-    interleaved (the first item of every class, then the second, ...)."""
-    rank = torch.zeros_like(y)
-    for c in y.unique():
-        idx = (y == c).nonzero().flatten()
-        rank[idx] = torch.arange(idx.numel())
-    keep = (rank < per_class).nonzero().flatten() if per_class is not None else torch.arange(y.numel())
-    order = np.lexsort((y[keep].numpy(), rank[keep].numpy()))
-    return keep[torch.from_numpy(order)]
-
-
 def cifar10_task(train_per_class: int | None = None, test_per_class: int | None = None,
                  data_dir: str | os.PathLike | None = None) -> Task:
     """CIFAR-10 from the shared JPEG tarballs (``$CGNF_DATA_DIR/images``): the first
@@ -198,7 +187,7 @@ def _folders_task(train_dir: Path, test_dir: Path, *, train_per_class: int | Non
     xs, ys, classes = {}, {}, {}
     for split, folder, per in (("train", train_dir, train_per_class), ("test", test_dir, test_per_class)):
         x, y, cls = load_folder(folder, per_class=per)
-        idx = _per_class_subset(y, per)
+        idx = interleaved(y, per)
         xs[split], ys[split], classes[split] = normalize(x[idx]), y[idx], cls
     if classes["train"] != classes["test"]:
         raise ValueError(f"task {name!r}: the train and test folders have different class folders "
@@ -454,19 +443,15 @@ class TrainResult:
     seconds: float
     cached: bool = False
 
-    def to_json(self) -> dict[str, Any]:
-        return {"cell": self.cell.to_json(), "seed": self.seed, "metric": self.metric, "test_loss": self.test_loss,
-                "train_loss": self.train_loss, "seconds": self.seconds, "cached": self.cached}
-
 
 def _prepare(task: Task, protocol: Protocol) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     xtr, ytr, xte, yte = task.x_train, task.y_train, task.x_test, task.y_test
     # a shortened budget keeps the first images (classification: the first of every class, interleaved)
     if protocol.train_images is not None and protocol.train_images < ytr.shape[0]:
-        idx = _per_class_subset(ytr, None) if task.loss == "cross_entropy" else torch.arange(ytr.shape[0])
+        idx = interleaved(ytr, None) if task.loss == "cross_entropy" else torch.arange(ytr.shape[0])
         xtr, ytr = xtr[idx[:protocol.train_images]], ytr[idx[:protocol.train_images]]
     if protocol.test_images is not None and protocol.test_images < yte.shape[0]:
-        idx = _per_class_subset(yte, None) if task.loss == "cross_entropy" else torch.arange(yte.shape[0])
+        idx = interleaved(yte, None) if task.loss == "cross_entropy" else torch.arange(yte.shape[0])
         xte, yte = xte[idx[:protocol.test_images]], yte[idx[:protocol.test_images]]
     if protocol.resolution is not None and xtr.shape[-1] != protocol.resolution:
         r = protocol.resolution

@@ -52,6 +52,22 @@ def _data_dir(data_dir: str | os.PathLike | None) -> Path | None:
     return Path(d) if d else None
 
 
+def _take_distinct(cells, out: list[Cell], seen: set[int], n: int, keep=None) -> bool:
+    """Appends to ``out`` the pruned non-zero ``cells`` (those ``keep`` accepts) whose network
+    code is not in ``seen`` (updated), until ``out`` holds ``n``; True once it does."""
+    for c in cells:
+        if len(out) >= n:
+            break
+        if c.is_zero or (keep is not None and not keep(c)):
+            continue
+        p = c.pruned()
+        k = p.network_code()
+        if k not in seen:
+            seen.add(k)
+            out.append(p)
+    return len(out) >= n
+
+
 def neighbours(reference: Cell, seed_space, n: int, seed: int = 0, max_distance: int = 3) -> list[Cell]:
     """The ``n`` seed-space networks closest to ``reference`` (module doc), nearest first."""
     from ..space import NB201_EDGE_OPS
@@ -63,18 +79,7 @@ def neighbours(reference: Cell, seed_space, n: int, seed: int = 0, max_distance:
     out: list[Cell] = []
 
     def take(cells: list[Cell]) -> bool:
-        for c in cells:
-            if c.is_zero or not seed_space.contains(c):
-                continue
-            p = c.pruned()
-            k = p.network_code()
-            if k in seen:
-                continue
-            seen.add(k)
-            out.append(p)
-            if len(out) == n:
-                return True
-        return False
+        return _take_distinct(cells, out, seen, n, seed_space.contains)
 
     if seed_space.name == "nb201":
         arch = reference.to_nb201()
@@ -149,15 +154,9 @@ def cell_sets(space: str = "nb201-like", reference: Any = "best", n: int = 20, s
     ref_code = ref.pruned(allow_zero=True).network_code()
 
     def distinct(cells: list[Cell]) -> list[Cell]:
-        keep, seen = [], {ref_code}
-        for c in cells:
-            if c.is_zero:
-                continue
-            k = c.pruned().network_code()
-            if k not in seen:
-                seen.add(k)
-                keep.append(c.pruned())
-        return keep[:n]
+        keep: list[Cell] = []
+        _take_distinct(cells, keep, {ref_code}, n)
+        return keep
 
     out: dict[str, list[Cell]] = {}
     for name in sets:
@@ -256,9 +255,7 @@ def run_upper_bound(space: str = "nb201-like", reference: Any = "best", *, n: in
                           progress=progress, desc=f"train {len(order)} cells x {len(seeds)} seeds")
     family = skeleton
     bench = benchmark_accuracy(order, family, data_dir) if benchmark else [None] * len(order)
-    from ..space.spaces import get as _get
-
-    seed_sp = _get(family)
+    seed_sp = get_space(family)
     cache: dict[int, tuple[int, int]] = {}
 
     def row(i: int, c: Cell) -> dict[str, Any]:
@@ -317,25 +314,19 @@ def summary_markdown(result: dict[str, Any], *, per_cell: bool = True) -> str:
                 f"trained {result['metric']}{unit} (seeds {', '.join(map(str, result['seeds']))}) | benchmark acc. |",
                 "|---|---:|---|---|---:|---:|---:|"]
 
-        def cell_text(r: dict[str, Any]) -> str:
-            from ..sample import short_op
+        def text(r: dict[str, Any]) -> str:
+            from ..sample import cell_text
 
-            c = Cell.from_json(r["cell"])
-            adj, k = c.adjacency, c.num_nodes
-            parts = []
-            for v in range(1, k):
-                preds = ",".join(str(u) for u in range(v) if adj[u][v])
-                parts.append(f"{'out' if v == k - 1 else f'{v}:{short_op(c.ops[v])}'}<{preds}")
-            return "`" + " ".join(parts) + "`"
+            return "`" + cell_text(Cell.from_json(r["cell"])) + "`"
 
         def nb(r: dict[str, Any]) -> str:
             return "`" + r["nb201"].replace("|", "\\|") + "`" if r["nb201"] else ""
 
-        rows.append(f"| reference | 0 | {cell_text(ref)} | {nb(ref)} | {ref['params'] / 1e6:.3f} | "
+        rows.append(f"| reference | 0 | {text(ref)} | {nb(ref)} | {ref['params'] / 1e6:.3f} | "
                     f"{', '.join(f'{v:.2f}' for v in ref['trained'])} | {f(ref['benchmark_acc'])} |")
         for name, s in result["sets"].items():
             for i, r in enumerate(s["rows"], 1):
-                rows.append(f"| {name} | {i} | {cell_text(r)} | {nb(r)} | {r['params'] / 1e6:.3f} | "
+                rows.append(f"| {name} | {i} | {text(r)} | {nb(r)} | {r['params'] / 1e6:.3f} | "
                             f"{', '.join(f'{v:.2f}' for v in r['trained'])} | {f(r['benchmark_acc'])} |")
         out += "\n\n<details><summary>Per-cell rows</summary>\n\n" + "\n".join(rows) + "\n\n</details>"
     return out

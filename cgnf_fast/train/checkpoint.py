@@ -29,14 +29,20 @@ def _atomic(path: Path) -> Path:
     return path.with_name(path.name + ".partial")
 
 
-def save_json(path: str | os.PathLike, obj: Any) -> None:
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """``text`` written to ``PATH.partial``, synced and renamed into place: readers see the old
+    file or the whole new one, never a half-written one."""
     path = Path(path)
     tmp = _atomic(path)
     with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def save_json(path: str | os.PathLike, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True))
 
 
 def load_json(path: str | os.PathLike) -> Any:

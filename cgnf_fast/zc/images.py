@@ -70,6 +70,18 @@ def load_folder(root: str | os.PathLike, *, per_class: int | None = None) -> tup
     return x, torch.tensor(labels, dtype=torch.int64), classes
 
 
+def interleaved(y: torch.Tensor, per_class: int | None = None) -> torch.Tensor:
+    """Indices ordering labels ``y`` with classes interleaved: the first item of every class
+    (classes in label order), then the second, ...; ``per_class`` keeps the first that many of
+    each class (None: all)."""
+    rank = torch.zeros_like(y)
+    for c in y.unique():
+        idx = (y == c).nonzero().flatten()
+        rank[idx] = torch.arange(idx.numel())
+    keep = (rank < per_class).nonzero().flatten() if per_class is not None else torch.arange(y.numel())
+    return keep[torch.from_numpy(np.lexsort((y[keep].numpy(), rank[keep].numpy())))]  # by rank, then class
+
+
 def folder_batch(root: str | os.PathLike, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A scoring batch of ``n`` images from a folder of class sub-folders, classes interleaved
     (the first image of every class, then the second, ...; images in sorted name order), as
@@ -79,11 +91,7 @@ def folder_batch(root: str | os.PathLike, n: int) -> tuple[torch.Tensor, torch.T
     root = Path(root)
     k = sum(1 for p in root.iterdir() if p.is_dir()) if root.is_dir() else 0
     x, y, _ = load_folder(root, per_class=max(1, -(-n // max(k, 1))))
-    rank = torch.zeros_like(y)
-    for c in y.unique():
-        idx = (y == c).nonzero().flatten()
-        rank[idx] = torch.arange(idx.numel())
-    order = torch.from_numpy(np.lexsort((y.numpy(), rank.numpy())))[:n]  # by rank, then class
+    order = interleaved(y)[:n]
     return normalize(x[order]), y[order]
 
 
