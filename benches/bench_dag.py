@@ -3,7 +3,9 @@
     python benches/bench_dag.py [--batch 200000] [--counts nb101,nb101-like,nb201-like] [--device cpu]
 
 Prints one JSON row per measurement. Op rows give seconds per graph for the Python reference
-and for the native op on one thread and on all threads, and their ratios. Count rows run
+and for the native op on one thread and on all threads, and their ratios: each of ``--rounds``
+rounds times the reference and then the native op, and the row reports medians over rounds
+(the per-round single-thread ratios are listed too). Count rows run
 `cgnf space count SPACE --json` in a fresh process each, so each reports its own peak RSS.
 Timings depend on the machine; they are not tests.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -45,30 +48,40 @@ def native_times(fn, batch: int) -> tuple[float, float, int]:
     return one, best_of(fn) / batch, threads
 
 
-def row(op: str, batch: int, t_ref: float, fn, device: str) -> dict:
+def row(op: str, batch: int, ref_fn, n_ref: int, fn, device: str, rounds: int) -> dict:
+    """Times the reference (``ref_fn`` over ``n_ref`` graphs) and the native op (``fn`` over
+    ``batch`` graphs) back to back in each of ``rounds`` rounds; ratios are per round, and the
+    row gives their median (the machine's speed drifts between rounds, both sides with it)."""
+    per_round = []
+    for _ in range(rounds):
+        t_ref = best_of(ref_fn, repeat=1) / n_ref
+        if device == "cuda":
+            def timed():
+                fn()
+                torch.cuda.synchronize()
+            timed()
+            t = best_of(timed) / batch
+            per_round.append((t_ref, t, t))
+        else:
+            one, allt, threads = native_times(fn, batch)
+            per_round.append((t_ref, one, allt))
+    t_ref = statistics.median(r[0] for r in per_round)
+    out = {"op": op, "device": device, "batch": batch, "rounds": rounds, "reference_s_per_graph": t_ref}
+    ratio = statistics.median(r[0] / r[2] for r in per_round)
     if device == "cuda":
-        def timed():
-            fn()
-            torch.cuda.synchronize()
-        timed()
-        t = best_of(timed) / batch
-        return {"op": op, "device": "cuda", "batch": batch, "reference_s_per_graph": t_ref, "native_s_per_graph": t,
-                "ratio": t_ref / t}
-    one, allt, threads = native_times(fn, batch)
-    return {
-        "op": op,
-        "device": "cpu",
-        "batch": batch,
-        "reference_s_per_graph": t_ref,
-        "native_1thread_s_per_graph": one,
-        "native_s_per_graph": allt,
+        return out | {"native_s_per_graph": statistics.median(r[2] for r in per_round), "ratio": ratio,
+                      "ratio_per_round": [round(r[0] / r[2], 1) for r in per_round]}
+    return out | {
+        "native_1thread_s_per_graph": statistics.median(r[1] for r in per_round),
+        "native_s_per_graph": statistics.median(r[2] for r in per_round),
         "threads": threads,
-        "ratio_1thread": t_ref / one,
-        "ratio": t_ref / allt,
+        "ratio_1thread": statistics.median(r[0] / r[1] for r in per_round),
+        "ratio": ratio,
+        "ratio_1thread_per_round": [round(r[0] / r[1], 1) for r in per_round],
     }
 
 
-def bench_ops(batch: int, device: str) -> list[dict]:
+def bench_ops(batch: int, device: str, rounds: int) -> list[dict]:
     rows = []
     # prune: random 8-vertex graphs
     rng = np.random.default_rng(0)
@@ -77,18 +90,19 @@ def bench_ops(batch: int, device: str) -> list[dict]:
     n = np.full(batch, 8, dtype=np.int8)
     sub = min(batch, 5000)
     lists = [(adj[b].tolist(), labels[b].tolist()) for b in range(sub)]
-    t_ref = best_of(lambda: [ref.prune(m, lab) for m, lab in lists]) / sub
     ta, tl, tn = (torch.from_numpy(x).to(device) for x in (adj, labels, n))
-    rows.append(row("dag_prune", batch, t_ref, lambda: dag_prune(ta, tl, tn), device))
+    rows.append(row("dag_prune", batch, lambda: [ref.prune(m, lab) for m, lab in lists], sub,
+                    lambda: dag_prune(ta, tl, tn), device, rounds))
 
     # canonical code: pruned cells of nb201-like (8 vertices, 4 ops)
     cells = get("nb201-like").sample(min(batch, 20000), seed=0)
     reps = max(1, batch // len(cells))
     a, l, k = batch_from_cells(cells * reps, 8)
     sub_cells = cells[:2000]
-    t_ref = best_of(lambda: [ref.canonical_code(c.adjacency, c.labels(), 1) for c in sub_cells]) / len(sub_cells)
+    sub_in = [(c.adjacency, c.labels()) for c in sub_cells]
     a, l, k = (x.to(device) for x in (a, l, k))
-    rows.append(row("dag_canonical_code", len(cells) * reps, t_ref, lambda: dag_canonical_code(a, l, k), device))
+    rows.append(row("dag_canonical_code", len(cells) * reps, lambda: [ref.canonical_code(m, lab, 1) for m, lab in sub_in],
+                    len(sub_cells), lambda: dag_canonical_code(a, l, k), device, rounds))
 
     # NB101 hash: nb101 cells
     cells = get("nb101").sample(min(batch, 20000), seed=0)
@@ -96,9 +110,9 @@ def bench_ops(batch: int, device: str) -> list[dict]:
     a, l, k = batch_from_cells(cells * reps, 7, nb101_labels=True)
     sub_cells = cells[:1000]
     hl = [[-1] + [NB101_OPS.index(o) for o in c.ops[1:-1]] + [-2] for c in sub_cells]
-    t_ref = best_of(lambda: [ref.nb101_hash(c.adjacency, h) for c, h in zip(sub_cells, hl)]) / len(sub_cells)
     a, l, k = (x.to(device) for x in (a, l, k))
-    rows.append(row("dag_nb101_hash", len(cells) * reps, t_ref, lambda: dag_nb101_digest(a, l, k), device))
+    rows.append(row("dag_nb101_hash", len(cells) * reps, lambda: [ref.nb101_hash(c.adjacency, h) for c, h in zip(sub_cells, hl)],
+                    len(sub_cells), lambda: dag_nb101_digest(a, l, k), device, rounds))
     return rows
 
 
@@ -118,9 +132,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=200_000)
     ap.add_argument("--counts", default="nb101,nb101-like", help="comma-separated spaces to count ('' for none)")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    ap.add_argument("--rounds", type=int, default=5, help="reference/native rounds per op (ratios: their median)")
     args = ap.parse_args()
     meta = {"machine": platform.machine(), "torch": torch.__version__}
-    for r in bench_ops(args.batch, args.device):
+    for r in bench_ops(args.batch, args.device, args.rounds):
         print(json.dumps(r | meta), flush=True)
     for space in filter(None, args.counts.split(",")):
         print(json.dumps(bench_count(space, args.device) | meta), flush=True)

@@ -34,6 +34,7 @@ py::dict build_config() {
 #endif
   d["max_nodes"] = cgnf::kMaxNodes;
   d["md5_lanes"] = cgnf::md5_lanes();
+  d["canonical_simd"] = std::string(cgnf::canonical_simd());
   d["gin_max_nodes"] = cgnf::kGinMaxNodes;
   d["gin_simd"] = std::string(cgnf::gin_simd());
   d["cnf_max_width"] = cgnf::kCnfMaxWidth;

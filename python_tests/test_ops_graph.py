@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 
 import numpy as np
 import pytest
@@ -26,6 +28,52 @@ def to(device, *ts):
 def test_canonical_code_matches_reference(device, cells):
     adj, labels, n = batch_from_cells(cells, 8)
     got = dag_canonical_code(*to(device, adj, labels, n)).cpu().tolist()
+    assert got == [c.canonical_code() for c in cells]
+
+
+@contextlib.contextmanager
+def simd_path(simd: str):
+    """CGNF_SIMD=generic (the portable scan CUDA also runs) or unset (the CPU's best) inside."""
+    from cgnf_fast import _C
+
+    old = os.environ.pop("CGNF_SIMD", None)
+    if simd == "generic":
+        os.environ["CGNF_SIMD"] = "generic"
+    try:
+        assert _C.build_config()["canonical_simd"] in (("generic",) if simd == "generic" else ("sse4.1", "generic"))
+        yield
+    finally:
+        os.environ.pop("CGNF_SIMD", None)
+        if old is not None:
+            os.environ["CGNF_SIMD"] = old
+
+
+@pytest.mark.parametrize("simd", ["default", "generic"])
+@pytest.mark.parametrize("N", [8, 7])
+@settings(max_examples=25, deadline=None)
+@given(cells=st.lists(dags(max_nodes=7), min_size=1, max_size=60))
+def test_canonical_code_every_cpu_path(simd, N, cells):
+    """Both CPU scans (SSE4.1 where the CPU has it, and the portable one) and both loaders
+    (8x8 matrices at once; other N row by row) give the reference's codes."""
+    with simd_path(simd):
+        got = dag_canonical_code(*batch_from_cells(cells, N)).tolist()
+    assert got == [c.canonical_code() for c in cells]
+
+
+@pytest.mark.parametrize("simd", ["default", "generic"])
+def test_canonical_code_symmetric_cells(simd):
+    """Cells on which the search branches: two labels only and dense wiring give ties between
+    equal vertices at most levels (twins, automorphisms, equal chains), for every n."""
+    rng = np.random.default_rng(3)
+    ops = ("conv3x3-bn-relu", "maxpool3x3")
+    cells = []
+    for n in range(2, 9):
+        for _ in range(300):
+            m = np.triu(rng.random((n, n)) < 0.5, 1).astype(np.uint8)
+            m[0, 1:] |= (rng.random(n - 1) < 0.7).astype(np.uint8)
+            cells.append(Cell(m, ["input", *(ops[i] for i in rng.integers(0, 2, size=n - 2)), "output"]))
+    with simd_path(simd):
+        got = dag_canonical_code(*batch_from_cells(cells, 8)).tolist()
     assert got == [c.canonical_code() for c in cells]
 
 

@@ -40,6 +40,8 @@ void dag_nb101_hash_cpu(int64_t adj, int64_t labels, int64_t n, int64_t out_dige
 // SIMD lanes of the CPU NB101 hash on this machine (16 AVX-512, 8 AVX2 or SSE2; 1 for the
 // scalar path selected with CGNF_SIMD=scalar).
 int md5_lanes();
+// The canonical-code scan this CPU runs now: "sse4.1" or "generic" (CGNF_SIMD caps it).
+const char* canonical_simd();
 
 #ifdef CGNF_WITH_CUDA
 void dag_canonical_code_cuda(int64_t adj, int64_t labels, int64_t n, int64_t out_code, int64_t B, int64_t N,

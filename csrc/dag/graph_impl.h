@@ -11,6 +11,10 @@
 
 #include <cstdint>
 
+#if defined(__SSE2__) && !defined(__CUDACC__)
+#include <emmintrin.h>
+#endif
+
 #ifdef __CUDACC__
 #define CGNF_HD __host__ __device__ __forceinline__
 #else
@@ -207,76 +211,48 @@ CGNF_HD uint64_t pack_structural(int n, const uint64_t* chunk) {
 struct BitGraph {
   int n;
   uint8_t pred[kMax];   // bitmask of in-neighbours
+  uint8_t succ[kMax];   // bitmask of out-neighbours
   uint8_t label[kMax];  // 5-bit labels
 };
 
-// Structural canonical code: the same minimum as canon_search(g, 1, ...) + pack_structural,
-// specialised to 0/1 graphs. A chunk's in-edge bits are read from the positions of the
-// predecessors (pos[u]), so a chunk costs O(in-degree) and nothing is updated on placement.
-CGNF_HD uint64_t canonical_code_bits(const BitGraph& g) {
-  const int n = g.n;
-  if (n == 2) return pack_structural(2, nullptr) | uint64_t(g.pred[1] & 1u);
-  uint32_t best[kMax];
-  for (int p = 0; p < kMax; ++p) best[p] = 0xffffffffu;
-  uint8_t pos[kMax], order[kMax];
-  uint32_t todo[kMax];
-  pos[0] = 0;
-  order[0] = 0;
-  const uint32_t mids = ((1u << (n - 1)) - 1) & ~1u;
-  uint32_t placed = 1u;
-  // In-edge bits of v: bit pos[u] for every predecessor u (all placed when v is ready).
-  auto in_bits = [&](int v) {
-    uint32_t c = 0;
-    for (uint32_t pr = g.pred[v]; pr; pr &= pr - 1) c |= 1u << pos[lowest_bit(pr)];
-    return c;
-  };
-  // Entering depth p: evaluate every ready vertex, keep those with the smallest chunk if it
-  // does not exceed best[p] (a smaller one resets the deeper bests). Taking minima level by
-  // level avoids descending into subtrees that a later sibling would beat.
-  auto enter = [&](int p) {
-    uint32_t rest = mids & ~placed, keep = 0, mn = 0xffffffffu;
-    while (rest) {
-      const int v = lowest_bit(rest);
-      rest &= rest - 1;
-      if (g.pred[v] & ~placed) continue;
-      const uint32_t c = (uint32_t(g.label[v]) << p) | in_bits(v);
-      if (c < mn) {
-        mn = c;
-        keep = 1u << v;
-      } else if (c == mn) {
-        keep |= 1u << v;
-      }
-    }
-    if (mn > best[p]) return 0u;
-    if (mn < best[p]) {
-      best[p] = mn;
-      for (int q = p + 1; q < kMax; ++q) best[q] = 0xffffffffu;
-    }
-    return keep;
-  };
-  int p = 1;
-  todo[1] = enter(1);
-  while (p >= 1) {
-    if (p == n - 1) {  // leaf: the output's in-edges
-      const uint32_t c = in_bits(n - 1);
-      if (c < best[p]) best[p] = c;
-    } else if (todo[p]) {
-      const int v = lowest_bit(todo[p]);
-      todo[p] &= todo[p] - 1;
-      order[p] = uint8_t(v);
-      pos[v] = uint8_t(p);
-      placed |= 1u << v;
-      ++p;
-      if (p < n - 1) todo[p] = enter(p);
-      continue;
-    }
-    --p;  // leaf done or depth exhausted: undo the placement at p
-    if (p >= 1) placed &= ~(1u << order[p]);
-  }
-  uint64_t code = uint64_t(n);
-  for (int q = 1; q < n - 1; ++q) code = (code << (kLabelBits + q)) | best[q];
-  return (code << (n - 1)) | best[n - 1];
+// Byte x of the result is 1 where bit x of `mask` (8 bits) is set, else 0.
+CGNF_HD uint64_t spread_bytes(uint32_t mask) {
+  const uint64_t y = (uint64_t(mask & 0xffu) * 0x0101010101010101ull) & 0x8040201008040201ull;
+  return ((y + 0x7f7f7f7f7f7f7f7full) >> 7) & 0x0101010101010101ull;
 }
+
+// One level of the canonical search, lane by lane (portable; the CUDA kernel's and the CPU's
+// CGNF_SIMD=generic path; graph_cpu.cpp has an SSE4.1 copy). A vertex's key is
+// label << 8 | in-bits: it orders like its chunk (label << p | in-bits, in-bits < 2**p).
+// Returns the smallest key of the ready vertices (those in `avail` whose predecessors are all
+// in `placed`; there is always one) and sets *keep to the vertices that have it.
+struct KeyScanScalar {
+  const BitGraph& g;
+  CGNF_HD explicit KeyScanScalar(const BitGraph& graph) : g(graph) {}
+  CGNF_HD uint32_t operator()(uint32_t avail, uint32_t placed, uint64_t inb, uint32_t* keep) const {
+    uint32_t key[kMax], mn = 0xffffffffu;
+#ifdef __CUDACC__
+#pragma unroll
+#endif
+    for (int v = 1; v < kMax - 1; ++v) {
+      const uint32_t ready = (avail >> v) & uint32_t((g.pred[v] & ~placed) == 0) & 1u;
+      const uint32_t k = (uint32_t(g.label[v]) << 8) | uint32_t((inb >> (8 * v)) & 0xffu);
+      key[v] = ready ? k : 0xffffffffu;
+      mn = key[v] < mn ? key[v] : mn;
+    }
+    uint32_t kp = 0;
+#ifdef __CUDACC__
+#pragma unroll
+#endif
+    for (int v = 1; v < kMax - 1; ++v) kp |= uint32_t(key[v] == mn) << v;
+    *keep = kp;
+    return mn;
+  }
+};
+
+#include "canonical_search.inc"
+
+CGNF_HD uint64_t canonical_code_bits(const BitGraph& g) { return canonical_code_search(g, KeyScanScalar(g)); }
 
 // Loads graph b of a batch straight into bitmasks (see load_graph); false when n is out of
 // range or an intermediate label is outside [0, 31].
@@ -284,18 +260,86 @@ CGNF_HD bool load_bits(const uint8_t* adj, const int8_t* labels, int8_t n_b, int
   if (n_b < 2 || n_b > N || N > kMax) return false;
   const int n = n_b;
   g.n = n;
-  for (int v = 0; v < n; ++v) {
+  for (int v = 0; v < kMax; ++v) {
     g.pred[v] = 0;
-    g.label[v] = uint8_t(labels[v]) & ((1u << kLabelBits) - 1);
+    g.succ[v] = 0;
+    g.label[v] = v < n ? uint8_t(labels[v]) & ((1u << kLabelBits) - 1) : 0;
   }
   for (int v = 1; v < n - 1; ++v)
     if (labels[v] < 0 || labels[v] > (1 << kLabelBits) - 1) return false;
   for (int u = 0; u < n - 1; ++u) {
     const uint8_t* row = adj + u * N;
-    for (int v = u + 1; v < n; ++v) g.pred[v] |= uint8_t((row[v] != 0) << u);
+    for (int v = u + 1; v < n; ++v) {
+      const uint8_t e = row[v] != 0;
+      g.pred[v] |= uint8_t(e << u);
+      g.succ[u] |= uint8_t(e << v);
+    }
   }
   return true;
 }
+
+#ifndef __CUDACC__
+// Bit 8u+v set for u < v < n, per n (rows of 8 bytes).
+struct UpperTriangle {
+  uint64_t mask[kMax + 1];
+};
+constexpr UpperTriangle upper_triangle() {
+  UpperTriangle t{};
+  for (int n = 0; n <= kMax; ++n)
+    for (int u = 0; u < n; ++u)
+      for (int v = u + 1; v < n; ++v) t.mask[n] |= uint64_t{1} << (8 * u + v);
+  return t;
+}
+constexpr UpperTriangle kUpperTriangle = upper_triangle();
+
+// load_bits for rows of exactly 8 bytes (N = 8), the matrix at once: its non-zero bytes become
+// one 64-bit mask (SSE2 compares, or word-wise bit tricks), byte u the successors of u, and an
+// 8x8 bit transpose gives the predecessor masks. Same result as load_bits.
+inline bool load_bits8(const uint8_t* adj, const int8_t* labels, int8_t n_b, BitGraph& g) {
+  if (n_b < 2 || n_b > 8) return false;
+  const int n = n_b;
+  uint64_t lab;
+  __builtin_memcpy(&lab, labels, 8);
+  const uint64_t inner = ((~uint64_t{0}) >> (64 - 8 * (n - 2))) << 8;  // bytes 1 .. n-2
+  if (lab & inner & 0xe0e0e0e0e0e0e0e0ull) return false;                 // < 0 or > 31
+  const uint64_t in_n = n == 8 ? ~uint64_t{0} : (uint64_t{1} << (8 * n)) - 1;
+  lab &= 0x1f1f1f1f1f1f1f1full & in_n;
+  __builtin_memcpy(g.label, &lab, 8);
+  g.n = n;
+  const uint64_t tri = kUpperTriangle.mask[n];  // bit 8u+v of m: edge u -> v, kept for u < v < n
+#if defined(__SSE2__)
+  const __m128i zero = _mm_setzero_si128();
+  uint64_t zeros = 0;  // bit i: byte i of the matrix is 0
+  for (int k = 0; k < 4; ++k) {
+    const __m128i r = _mm_loadu_si128(reinterpret_cast<const __m128i*>(adj + 16 * k));
+    zeros |= uint64_t(uint32_t(_mm_movemask_epi8(_mm_cmpeq_epi8(r, zero)))) << (16 * k);
+  }
+  uint64_t m = ~zeros & tri;
+#else
+  uint64_t m = 0;
+  for (int u = 0; u < 7; ++u) {
+    uint64_t r;
+    __builtin_memcpy(&r, adj + 8 * u, 8);
+    r |= r >> 4;
+    r |= r >> 2;
+    r |= r >> 1;
+    r &= 0x0101010101010101ull;
+    m |= ((r * 0x0102040810204080ull) >> 56) << (8 * u);  // bit v = byte v non-zero
+  }
+  m &= tri;
+#endif
+  __builtin_memcpy(g.succ, &m, 8);
+  uint64_t t;  // 8x8 bit transpose (bit 8u+v -> bit 8v+u)
+  t = (m ^ (m >> 7)) & 0x00aa00aa00aa00aaull;
+  m ^= t ^ (t << 7);
+  t = (m ^ (m >> 14)) & 0x0000cccc0000ccccull;
+  m ^= t ^ (t << 14);
+  t = (m ^ (m >> 28)) & 0x00000000f0f0f0f0ull;
+  m ^= t ^ (t << 28);
+  __builtin_memcpy(g.pred, &m, 8);
+  return true;
+}
+#endif
 
 // Big-endian multiword packing of wide (network) codes: words[0] most significant.
 struct Wide {
