@@ -1,7 +1,9 @@
 // CPU canonical codes: graphs are independent; contiguous chunks of the batch go to threads.
-// On x86 with SSE4.1 a level of the search scans its eight candidate keys in one vector
-// (PHMINPOSUW finds the smallest); elsewhere, or with CGNF_SIMD=generic|scalar (read per call,
-// so tests can check both paths), the portable scan that the CUDA kernel also runs.
+// On x86 with SSE4.1: batches of 8x8 matrices run code_sse41_lanes (the forced prefix with its
+// state in vector lanes; a tie goes to the branching search), other N the branching search with
+// a level's eight candidate keys scanned in one vector (PHMINPOSUW finds the smallest).
+// Elsewhere, or with CGNF_SIMD=generic|scalar (read per call, so tests check both paths), the
+// branching search with the portable scan that the CUDA kernel also runs.
 #include <cstdlib>
 #include <string>
 
@@ -50,11 +52,96 @@ struct KeyScanSse41 {
   }
 };
 
+// Constant 16-bit lane vectors indexed by vertex v or position p.
+struct LaneTables {
+  __m128i clear[kMax];        // all lanes ~(1 << v)
+  __m128i bit[kMax];          // all lanes 1 << p
+  __m128i not_mid[kMax + 1];  // per n: 0x100 in lanes 0 and >= n - 1 (never candidates)
+  __m128i lane_bit;           // lane x = 1 << x
+};
+
+LaneTables make_lane_tables() {
+  LaneTables t;
+  for (int v = 0; v < kMax; ++v) {
+    t.clear[v] = _mm_set1_epi16(static_cast<short>(~(1u << v)));
+    t.bit[v] = _mm_set1_epi16(static_cast<short>(1u << v));
+  }
+  for (int n = 0; n <= kMax; ++n) {
+    alignas(16) uint16_t u[kMax];
+    for (int x = 0; x < kMax; ++x) u[x] = (x == 0 || x >= n - 1) ? 0x100 : 0;
+    t.not_mid[n] = _mm_load_si128(reinterpret_cast<const __m128i*>(u));
+  }
+  t.lane_bit = _mm_setr_epi16(1, 2, 4, 8, 16, 32, 64, 128);
+  return t;
+}
+
+const LaneTables kLanes = make_lane_tables();
+
+// The canonical code of one graph with the forced prefix's state in vector lanes, one lane per
+// vertex: `wait` holds each vertex's unplaced predecessors (0x100 once placed, or if it is not
+// intermediate), `inb` its in-edge bits by position, keys as in KeyScanScalar. A level finds
+// the smallest key (PHMINPOSUW), the lane(s) holding it, and from that lane alone (no trip
+// through general registers or memory) the vertex's bit, its out-edges and the new state; the
+// per-graph search above spends about twice as long a level on its chain of dependent steps.
+// A tie hands the graph to that search.
+uint64_t code_sse41_lanes(const BitGraph& g) {
+  const int n = g.n;
+  if (n == 2) return pack_structural(2, nullptr) | uint64_t(g.pred[1] & 1u);
+  uint64_t lab64, pred64;
+  std::memcpy(&lab64, g.label, 8);
+  std::memcpy(&pred64, g.pred, 8);
+  const __m128i zero = _mm_setzero_si128();
+  const __m128i ones = _mm_set1_epi16(-1);
+  const __m128i word0 = _mm_set1_epi16(0x0100);  // PSHUFB: every lane <- lane 0
+  const __m128i placed_flag = _mm_set1_epi16(0x100);
+  const __m128i lab = _mm_slli_epi16(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(static_cast<long long>(lab64))), 8);
+  const __m128i pred = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(static_cast<long long>(pred64)));
+  __m128i wait = _mm_or_si128(_mm_and_si128(pred, kLanes.clear[0]), kLanes.not_mid[n]);
+  // lane x: bit 0 where 0 -> x
+  __m128i inb = _mm_and_si128(_mm_cmpeq_epi16(_mm_and_si128(pred, kLanes.bit[0]), kLanes.bit[0]), kLanes.bit[0]);
+  uint64_t code = uint64_t(n);
+  uint32_t placed = 1u;  // as a bitmask too, for the branching search
+  for (int p = 1; p < n - 1; ++p) {
+    const __m128i key = _mm_or_si128(_mm_or_si128(lab, inb), _mm_xor_si128(_mm_cmpeq_epi16(wait, zero), ones));
+    const __m128i mp = _mm_minpos_epu16(key);
+    __m128i sel = _mm_cmpeq_epi16(key, _mm_shuffle_epi8(mp, word0));  // lanes holding the minimum
+    // The bits of those vertices in every lane (one bit without a tie): PSADBW sums each
+    // half's bytes.
+    __m128i vb = _mm_sad_epu8(_mm_and_si128(sel, kLanes.lane_bit), zero);
+    vb = _mm_shuffle_epi8(_mm_or_si128(vb, _mm_shuffle_epi32(vb, 0x4e)), word0);
+    const uint32_t eq = uint32_t(_mm_movemask_epi8(sel)) & 0x5555u;
+    const uint32_t r = uint32_t(_mm_cvtsi128_si32(mp));
+    if (eq & (eq - 1)) {
+      // A tie between vertices with equal keys (same label, same predecessors). If they also
+      // have the same successors (twins: every vertex has all of them or none as
+      // predecessors), swapping them is an automorphism and either may go first: take the
+      // lowest. Otherwise the branching search decides.
+      const __m128i t = _mm_and_si128(pred, vb);
+      if (_mm_movemask_epi8(_mm_or_si128(_mm_cmpeq_epi16(t, zero), _mm_cmpeq_epi16(t, vb))) != 0xffff) {
+        const uint64_t inb64 = uint64_t(_mm_cvtsi128_si64(_mm_packus_epi16(inb, zero)));
+        return sse41::canonical_code_branch(g, KeyScanSse41(g), p, placed, inb64, code,
+                                            uint32_t(_mm_cvtsi128_si32(vb)) & 0xffu, r & 0xffffu);
+      }
+      vb = kLanes.bit[(r >> 16) & 7];
+      sel = _mm_cmpeq_epi16(kLanes.lane_bit, vb);
+    }
+    const uint32_t mn = r & 0xffffu;
+    code = (((code << kLabelBits) | (mn >> 8)) << p) | (mn & 0xffu);
+    placed |= 1u << ((r >> 16) & 7);
+    const __m128i succ = _mm_cmpeq_epi16(_mm_and_si128(pred, vb), vb);  // lanes x with v -> x
+    inb = _mm_or_si128(inb, _mm_and_si128(succ, kLanes.bit[p]));
+    wait = _mm_or_si128(_mm_andnot_si128(vb, wait), _mm_and_si128(sel, placed_flag));
+  }
+  alignas(16) uint16_t last[kMax];
+  _mm_store_si128(reinterpret_cast<__m128i*>(last), inb);
+  return (code << (n - 1)) | last[n - 1];
+}
+
 void codes_sse41(const uint8_t* a, const int8_t* l, const int8_t* nn, int64_t* out, int64_t lo, int64_t hi, int64_t N) {
   BitGraph g;
   if (N == 8) {
     for (int64_t b = lo; b < hi; ++b)
-      out[b] = load_bits8(a + b * 64, l + b * 8, nn[b], g) ? int64_t(sse41::canonical_code_search(g, KeyScanSse41(g))) : -1;
+      out[b] = load_bits8(a + b * 64, l + b * 8, nn[b], g) ? int64_t(code_sse41_lanes(g)) : -1;
   } else {
     for (int64_t b = lo; b < hi; ++b)
       out[b] = load_bits(a + b * N * N, l + b * N, nn[b], N, g) ? int64_t(sse41::canonical_code_search(g, KeyScanSse41(g))) : -1;
