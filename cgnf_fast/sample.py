@@ -92,7 +92,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .space import NB101_OPS, NB201_NODE_OPS, Cell, DesignSpace
+from .ops import (batch_from_cells, cell_canonical_codes, cell_network_codes, dag_canonical_code, dag_nb101_hash,
+                  dag_network_code, dag_prune)
+from .ops.dag import MAX_NODES
+from .space import NB101_OPS, NB201_NODE_OPS, Cell, DesignSpace, _ops
 from .space import get as get_space
 
 if TYPE_CHECKING:
@@ -593,11 +596,46 @@ def decode_logits(op_logits: torch.Tensor, edge_logits: torch.Tensor, codec: Cel
     op_logp = torch.log_softmax(op_logits.double(), -1).cpu().numpy()  # [B, N-2, K+1]
     el = edge_logits.double().cpu().numpy()  # [B, P]
     iu = np.triu_indices(N, 1)
-    out = []
+    E = np.full((B, N, N), -np.inf)  # [B, N, N], -inf on and below the diagonal (never an edge)
+    E[:, iu[0], iu[1]] = el
+    # The most likely layouts of the whole batch, pruned by the native kernel: an absent slot
+    # loses its edges (so no path runs through it) and pruning then drops it, as decode_one
+    # does; a layout without a path, or one that is not a member, goes through _decode_one.
+    slot_ops = op_logp.argmax(-1)  # [B, N-2], 0 = absent
+    present = np.ones((B, N), dtype=bool)
+    present[:, 1:-1] = slot_ops >= 1
+    adj = (E > 0) & present[:, :, None] & present[:, None, :]
+    labels = np.zeros((B, N), dtype=np.int8)
+    labels[:, 1:-1] = slot_ops
+    pa, pl, pn = (t.numpy() for t in dag_prune(torch.from_numpy(adj.astype(np.uint8)), torch.from_numpy(labels),
+                                                torch.full((B,), N, dtype=torch.int8)))
+    plain_members = type(sp).validate is DesignSpace.validate  # membership = path, ops, sizes
+    names = (_ops.INPUT, *codec.ops, _ops.OUTPUT)
+    # the pruned graphs' canonical and network codes, natively from the same arrays (the cells
+    # remember them); labels as Cell.labels() (op labels, 0 at the input and output)
+    rows = np.flatnonzero(pn >= 2)
+    to_label = np.asarray([0] + [_ops.op_label(o) for o in codec.ops], dtype=np.int8)
+    lab = to_label[np.clip(pl[rows], 0, None)]
+    lab[:, 0] = 0
+    lab[np.arange(len(rows)), pn[rows] - 1] = 0
+    ra, rl, rn = torch.from_numpy(np.ascontiguousarray(pa[rows])), torch.from_numpy(lab), torch.from_numpy(pn[rows])
+    canon = dict(zip(rows.tolist(), dag_canonical_code(ra, rl, rn).tolist()))
+    identity = [_ops.op_label(o) for o in codec.ops if _ops.op_info(o).identity]
+    net = dict(zip(rows.tolist(), dag_network_code(ra, rl, rn, identity)))
+    space_ops = set(sp.ops)
+    out: list[tuple[Cell | None, bool]] = []
     for b in range(B):
-        E = np.full((N, N), -np.inf)  # [N, N], -inf below the diagonal (never an edge)
-        E[iu] = el[b]
-        out.append(_decode_one(codec, sp, op_logp[b], E))
+        k = int(pn[b])
+        cell = None
+        if k >= 2:
+            sub = pa[b, :k, :k]
+            cell = Cell._from_int_rows(sub.tolist(), [names[0]] + [names[x] for x in pl[b, 1:k - 1].tolist()] + [names[-1]])
+            cell._keep, cell._canon, cell._net = list(range(k)), canon[b], net[b]
+            fits = (k <= sp.max_nodes and set(cell.ops[1:-1]) <= space_ops
+                    and (sp.max_edges is None or int(sub.sum()) <= sp.max_edges))
+            if not (fits if plain_members else sp.contains(cell)):
+                cell = None
+        out.append((cell, False) if cell is not None else _decode_one(codec, sp, op_logp[b], E[b]))
     return out
 
 
@@ -756,6 +794,7 @@ def sample_with_info(reference: Any, condition: Mapping[str, Any] | None = None,
 
     gen = torch.Generator().manual_seed(seed)  # CPU: the same noise on every device
     seen: set[int] = set()
+    net_of_class: dict[int, int] = {}  # canonical code -> network code
     kept: list[tuple[Cell, int, bool, list[float], bool | None, tuple[int, int] | None]] = []
     stats = {"drawn": 0, "rounds": 0, "examined": 0, "repaired": 0, "invalid": 0, "duplicates": 0,
              "in_seed_space_dropped": 0, "outside_bounds": 0}
@@ -769,18 +808,27 @@ def sample_with_info(reference: Any, condition: Mapping[str, Any] | None = None,
         stats["drawn"] += size
         stats["rounds"] += 1
         before = len(kept)
+        # canonical codes of the round in one native batch, then network codes (a function of
+        # the pruned cell's class) natively for the classes not met before
+        cells = [cell for cell, _ in decoded if cell is not None]
+        new_classes = {}
+        for cell, code in zip(cells, cell_canonical_codes(cells)):
+            if code not in net_of_class:
+                new_classes.setdefault(code, cell)
+        net_of_class.update(zip(new_classes, cell_network_codes(list(new_classes.values()))))
         for b, (cell, repaired) in enumerate(decoded):
             stats["examined"] += 1
             if cell is None:
                 stats["invalid"] += 1
                 continue
             stats["repaired"] += int(repaired)
-            key = cell.network_code()
+            key = net_of_class[cell.canonical_code()]
             if key in seen:
                 stats["duplicates"] += 1
                 continue
             seen.add(key)
-            in_seed = seed_space.contains(cell) if seed_space is not None else None
+            # (decided here only when it filters; otherwise for the cells returned, below)
+            in_seed = seed_space.contains(cell) if novel_only and seed_space is not None else None
             if novel_only and in_seed:
                 stats["in_seed_space_dropped"] += 1
                 continue
@@ -826,11 +874,17 @@ def sample_with_info(reference: Any, condition: Mapping[str, Any] | None = None,
     stats["candidates"] = len(kept)
     kept = [kept[i] for i in order]
     pred = {a: np.asarray(v)[order] for a, v in pred.items()}
+    # NB101 fingerprints of the returned cells with NB101 ops, natively in one batch
+    nb101_rows = [i for i, k in enumerate(kept) if all(o in NB101_OPS for o in k[0].ops[1:-1])]
+    nb101_hashes = dict(zip(nb101_rows, dag_nb101_hash(*batch_from_cells(
+        [kept[i][0].pruned() for i in nb101_rows], MAX_NODES, nb101_labels=True)))) if nb101_rows else {}
     out: list[SampledCell] = []
     for i, (cell, key, repaired, latent, in_seed, counts) in enumerate(kept):
+        if in_seed is None and seed_space is not None:
+            in_seed = seed_space.contains(cell)
         params, flops = counts if counts is not None else _exact_counts(cell, skeleton, counts_cache, key)
         nb201_str = cell.to_nb201() if all(o in NB201_NODE_OPS for o in cell.ops[1:-1]) else None
-        nb101 = cell.nb101_hash() if all(o in NB101_OPS for o in cell.ops[1:-1]) else None
+        nb101 = nb101_hashes.get(i)
         out.append(SampledCell(cell=cell, code=cell.canonical_code(), network_code=key, in_seed_space=in_seed,
                                nb201=nb201_str, nb101_hash=nb101, predicted={a: float(v[i]) for a, v in pred.items()},
                                params=int(params), flops=int(flops), latent=latent, repaired=repaired))

@@ -77,6 +77,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("dag_prune_cpu", &cgnf::dag_prune_cpu, py::arg("adj"), py::arg("labels"), py::arg("n"), py::arg("out_adj"),
         py::arg("out_labels"), py::arg("out_n"), py::arg("B"), py::arg("N"), py::arg("num_threads"),
         py::call_guard<py::gil_scoped_release>());
+  m.def("dag_network_code_cpu", &cgnf::dag_network_code_cpu, py::arg("adj"), py::arg("labels"), py::arg("n"),
+        py::arg("out_words"), py::arg("B"), py::arg("N"), py::arg("identity_labels"), py::arg("num_threads"),
+        py::call_guard<py::gil_scoped_release>());
   m.def("dag_canonical_code_cpu", &cgnf::dag_canonical_code_cpu, py::arg("adj"), py::arg("labels"), py::arg("n"),
         py::arg("out_code"), py::arg("B"), py::arg("N"), py::arg("num_threads"), py::call_guard<py::gil_scoped_release>());
   m.def("dag_nb101_hash_cpu", &cgnf::dag_nb101_hash_cpu, py::arg("adj"), py::arg("labels"), py::arg("n"),
@@ -92,6 +95,11 @@ PYBIND11_MODULE(_C, m) {
         py::arg("noise"), py::arg("weights"), py::arg("widths"), py::arg("dz"), py::arg("div"), py::arg("B"),
         py::arg("C"), py::arg("activation"), py::arg("divergence"), py::arg("float64"), py::arg("num_threads"),
         py::call_guard<py::gil_scoped_release>());
+  m.def("cnf_solve_dopri5_cpu", &cgnf::cnf_solve_dopri5_cpu, py::arg("state"), py::arg("c"), py::arg("noise"),
+        py::arg("weights"), py::arg("widths"), py::arg("B"), py::arg("C"), py::arg("activation"),
+        py::arg("divergence"), py::arg("float64"), py::arg("t0"), py::arg("t1"), py::arg("rtol"), py::arg("atol"),
+        py::arg("max_steps"), py::arg("num_threads"), py::call_guard<py::gil_scoped_release>(),
+        "A whole dopri5 solve of the CNF dynamics (torchdiffeq's algorithm); returns the evaluations made.");
   m.def("cnf_cuda_workspace", &cgnf::cnf_cuda_workspace, py::arg("B"), py::arg("widths"), py::arg("divergence"),
         "Elements of the workspace cnf_dynamics_fwd_cuda needs (0 unless the divergence is exact).");
 

@@ -26,7 +26,10 @@ and kept fixed for every evaluation of that solve, including the adjoint's backw
 Backends: ``backend="native"`` (the default) evaluates the dynamics with the fused kernel of
 ``cgnf_fast.ops.cnf`` (one kernel for the whole MLP and its divergence, CPU or CUDA). In a solve
 it runs every evaluation autograd does not record: sampling, likelihoods under
-``torch.no_grad`` and the forward solve of ``odeint_adjoint``; the evaluations autograd records
+``torch.no_grad`` and the forward solve of ``odeint_adjoint``. On the CPU, a dopri5 solve that
+autograd does not record (sampling, likelihoods under ``torch.no_grad``) runs whole in native
+code (``CnfPlan.solve``: torchdiffeq's dopri5 step for step around the kernel; float64 results
+equal torchdiffeq's to ~1e-15, float32 ones to float32 rounding); the evaluations autograd records
 (the adjoint's backward solve, training without the adjoint) run the stock PyTorch ops of
 ``cgnf_fast.reference.cnf.cnf_dynamics`` directly, since the native op's backward would
 recompute them anyway. Single evaluations (:meth:`ODEDynamics.forward`,
@@ -352,6 +355,11 @@ class _ODEFunc(nn.Module):
             return True
         return not (self._weights_need_grad or z.requires_grad or (isinstance(t, torch.Tensor) and t.requires_grad))
 
+    def native_solve_applies(self, z: torch.Tensor) -> bool:
+        """A whole solve can run natively (``CnfPlan.solve``): a CPU plan, and nothing for
+        autograd to record."""
+        return self._plan is not None and self._plan.device.type == "cpu" and self._native(torch.zeros(()), z)
+
     def forward(self, t: torch.Tensor, state: torch.Tensor | tuple[torch.Tensor, torch.Tensor]):
         self.nfe += 1
         z = state if self.divergence is None else state[0]
@@ -454,10 +462,14 @@ class ConditionalCNF(nn.Module):
     def _solve(self, z: torch.Tensor, c: torch.Tensor, t0: float, t1: float, divergence: str | None,
                generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Integrates ``z [B, D]`` from ``t0`` to ``t1``; returns ``(z(t1), integral of div or None)``."""
-        from torchdiffeq import odeint, odeint_adjoint
-
         noise = self._hutchinson_noise(tuple(z.shape), z, generator) if divergence == "hutchinson" else None
         func = _ODEFunc(self.dynamics, c, divergence, noise)
+        if self.solver == "dopri5" and func.native_solve_applies(z):
+            # The whole solve natively (CnfPlan.solve: torchdiffeq's dopri5, step for step).
+            out_z, out_ld, self.nfe = func._plan.solve(z, t0, t1, rtol=self.rtol, atol=self.atol)  # type: ignore[union-attr]
+            return out_z, out_ld
+        from torchdiffeq import odeint, odeint_adjoint  # (imports SciPy: ~1 s, so only when needed)
+
         t = torch.tensor([t0, t1], dtype=z.dtype, device=z.device)
         state: torch.Tensor | tuple[torch.Tensor, torch.Tensor]
         state = z if divergence is None else (z, z.new_zeros(z.shape[0]))

@@ -12,6 +12,8 @@ NB101 counts in ``trainable_parameters``).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -167,6 +169,7 @@ def param_count(cell: Cell, num_classes: int = 10, stem_channels: int = STEM_CHA
             total += cbr(c_in, c_out, 1)
         return total
 
+    module = functools.lru_cache(maxsize=None)(module)  # the same (c_in, c_out) in most cells of a stack
     total = cbr(3, stem_channels, 3)
     c_in = c = stem_channels
     for stack in range(num_stacks):
@@ -205,6 +208,7 @@ def flop_count(cell: Cell, num_classes: int = 10, stem_channels: int = STEM_CHAN
             total += c_in * c_out * area
         return total
 
+    module = functools.lru_cache(maxsize=None)(module)  # the same shapes in most cells of a stack
     r = image_size
     total = 9 * 3 * stem_channels * r * r
     c_in = c = stem_channels

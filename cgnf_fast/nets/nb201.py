@@ -9,6 +9,8 @@ AvgPool2x2 + 1x1 conv); then BN-ReLU, global average pooling and a linear classi
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -169,14 +171,25 @@ def param_count(cell: Cell | str, num_classes: int = 10, channels: int = CHANNEL
     bias), as ``sum(p.numel() for p in module.parameters())``.
     """
     ops = _cell_ops(cell)
+    return _skeleton_params(num_classes, channels, cells_per_stage) + sum(
+        _stage_op_params(o, channels, cells_per_stage) for o in ops)
+
+
+@functools.lru_cache(maxsize=None)
+def _skeleton_params(num_classes: int, channels: int, cells_per_stage: int) -> int:
+    """Parameters of the network without its op vertices (stem, reductions, classifier)."""
     c = channels
     total = 27 * c + 2 * c  # stem conv + BN
-    for stage in range(3):
-        if stage > 0:  # reduction: conv_a (3x3/2), conv_b (3x3), shortcut 1x1
-            total += 9 * c * 2 * c + 2 * 2 * c + 9 * 4 * c * c + 2 * 2 * c + c * 2 * c
-            c *= 2
-        total += cells_per_stage * sum(_op_params(o, c) for o in ops)
+    for stage in range(1, 3):  # reduction: conv_a (3x3/2), conv_b (3x3), shortcut 1x1
+        total += 9 * c * 2 * c + 2 * 2 * c + 9 * 4 * c * c + 2 * 2 * c + c * 2 * c
+        c *= 2
     return total + 2 * c + c * num_classes + num_classes  # lastact BN, classifier
+
+
+@functools.lru_cache(maxsize=None)
+def _stage_op_params(name: str, channels: int, cells_per_stage: int) -> int:
+    """Parameters one op vertex adds: one module per cell, in every stage."""
+    return cells_per_stage * sum(_op_params(name, channels << stage) for stage in range(3))
 
 
 def _op_flops(name: str, c: int, r: int) -> int:
@@ -198,12 +211,23 @@ def flop_count(cell: Cell | str, num_classes: int = 10, channels: int = CHANNELS
     ops = _cell_ops(cell)
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 4 or image_size % 4:
         raise ValueError(f"image_size must be a multiple of 4 (two stride-2 reductions), got {image_size!r}")
+    return _skeleton_flops(num_classes, channels, image_size) + sum(
+        _stage_op_flops(o, channels, cells_per_stage, image_size) for o in ops)
+
+
+@functools.lru_cache(maxsize=None)
+def _skeleton_flops(num_classes: int, channels: int, image_size: int) -> int:
+    """FLOPs of the network without its op vertices (stem, reductions, classifier)."""
     c, r = channels, image_size
     total = 27 * c * r * r  # stem conv 3x3, 3 -> c
-    for stage in range(3):
-        if stage > 0:  # reduction: conv_a (3x3/2), conv_b (3x3), shortcut avg pool 2x2/2 + 1x1 conv
-            r //= 2
-            total += 9 * c * 2 * c * r * r + 9 * 4 * c * c * r * r + c * r * r * 4 + c * 2 * c * r * r
-            c *= 2
-        total += cells_per_stage * sum(_op_flops(o, c, r) for o in ops)
+    for stage in range(1, 3):  # reduction: conv_a (3x3/2), conv_b (3x3), shortcut avg pool 2x2/2 + 1x1 conv
+        r //= 2
+        total += 9 * c * 2 * c * r * r + 9 * 4 * c * c * r * r + c * r * r * 4 + c * 2 * c * r * r
+        c *= 2
     return total + c * num_classes + num_classes  # classifier (global pooling counts zero)
+
+
+@functools.lru_cache(maxsize=None)
+def _stage_op_flops(name: str, channels: int, cells_per_stage: int, image_size: int) -> int:
+    """FLOPs one op vertex adds: one module per cell, in every stage at its shape."""
+    return cells_per_stage * sum(_op_flops(name, channels << stage, image_size >> stage) for stage in range(3))

@@ -5,9 +5,12 @@ from __future__ import annotations
 from .cnf import CnfPlan, cnf_dynamics
 from .dag import (
     batch_from_cells,
+    cell_canonical_codes,
+    cell_network_codes,
     dag_canonical_code,
     dag_nb101_digest,
     dag_nb101_hash,
+    dag_network_code,
     dag_prune,
     dag_valid,
 )
@@ -16,10 +19,13 @@ from .gnn import gin_aggregate
 __all__ = [
     "CnfPlan",
     "batch_from_cells",
+    "cell_canonical_codes",
+    "cell_network_codes",
     "cnf_dynamics",
     "dag_canonical_code",
     "dag_nb101_digest",
     "dag_nb101_hash",
+    "dag_network_code",
     "dag_prune",
     "dag_valid",
     "gin_aggregate",

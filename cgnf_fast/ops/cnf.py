@@ -375,3 +375,42 @@ class CnfPlan:
         else:
             _C.cnf_dynamics_fwd_cpu(*args, *self._codes, _native.num_threads())
         return dz, div
+
+    def solve(self, z: torch.Tensor, t0: float, t1: float, *, rtol: float, atol: float,
+              max_steps: int = 100_000) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+        """Integrates ``dz/dt`` (and ``d logdet/dt = div`` when the plan has a divergence) from
+        ``t0`` to ``t1`` with torchdiffeq's dopri5, re-implemented natively around the kernel
+        (csrc/cnf/cnf_solve_cpu.cpp; CPU plans only): the same steps, tolerances and end-point
+        interpolation as ``torchdiffeq.odeint(f, z, [t0, t1], method="dopri5")``, without
+        Python or tensor ops per step. ``logdet`` starts at 0.
+
+        Returns ``(z(t1) [B, D], logdet(t1) [B] or None, dynamics evaluations)``. A state that
+        becomes non-finite, a step that underflows or more than ``max_steps`` steps raise a
+        RuntimeError.
+        """
+        if self._cuda:
+            raise ValueError("CnfPlan.solve runs on the CPU (use torchdiffeq with the plan on CUDA)")
+        if not isinstance(z, torch.Tensor) or z.dtype != self.dtype or tuple(z.shape) != self.shape or \
+                z.device != self.device:
+            got = f"{z.dtype} {list(z.shape)} on {z.device}" if isinstance(z, torch.Tensor) else type(z).__name__
+            raise ValueError(f"z must be a {self.dtype} tensor of shape {list(self.shape)} on {self.device} "
+                             f"(the plan's), got {got}")
+        for name, v in (("t0", t0), ("t1", t1)):
+            if not isinstance(v, (int, float)) or v != v or v in (float("inf"), float("-inf")):
+                raise ValueError(f"{name} must be a finite number, got {v!r}")
+        if t0 == t1:
+            raise ValueError(f"t0 and t1 must differ, got {t0!r} twice")
+        for name, v in (("rtol", rtol), ("atol", atol)):
+            if not isinstance(v, (int, float)) or not v > 0 or v == float("inf"):
+                raise ValueError(f"{name} must be a positive finite number, got {v!r}")
+        if not isinstance(max_steps, int) or max_steps < 1:
+            raise ValueError(f"max_steps must be an int >= 1, got {max_steps!r}")
+        B = self.shape[0]
+        state = torch.empty(z.numel() + (B if self.divergence is not None else 0), dtype=self.dtype)
+        state[: z.numel()] = z.reshape(-1)
+        state[z.numel():] = 0
+        nfe = _C.cnf_solve_dopri5_cpu(state.data_ptr(), self._c_ptr, self._noise_ptr, self._ptrs, self.widths,
+                                      *self._codes, float(t0), float(t1), float(rtol), float(atol), max_steps,
+                                      _native.num_threads())
+        logdet = state[z.numel():] if self.divergence is not None else None
+        return state[: z.numel()].view(self.shape), logdet, int(nfe)

@@ -9,6 +9,7 @@ Batches hold graphs of up to ``N <= 8`` vertices, padded to a common ``N``:
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from .. import _native
@@ -196,6 +197,64 @@ def batch_from_cells(cells, N: int | None = None, *, nb101_labels: bool = False)
             labels[b, :k] = c.labels()
         n[b] = k
     return torch.from_numpy(adj), torch.from_numpy(labels), torch.from_numpy(n)
+
+
+def dag_network_code(adj: torch.Tensor, labels: torch.Tensor, n: torch.Tensor, identity_labels) -> list[int]:
+    """Network codes of every graph, as given (prune first): vertices whose label is in
+    ``identity_labels`` are folded into edge multiplicities and the weighted DAG is coded
+    canonically, as ``Cell.network_code()`` does for pruned cells.
+
+    Shapes:
+        adj [B, N, N] uint8, labels [B, N] int8 (intermediate labels in [0, 31]), n [B] int8;
+        CPU tensors (this kernel has no CUDA version).
+
+    Returns:
+        ``B`` Python ints (< 2**230), equal to the reference's.
+
+    Reference: ``cgnf_fast.reference.dag.fold_identities`` + ``canonical_code(..., NETWORK_WEIGHT_BITS)``.
+    """
+    _check_batch(adj, labels, n)
+    if adj.device.type != "cpu":
+        raise ValueError(f"dag_network_code runs on CPU tensors, got {adj.device}")
+    _check_labels_in(labels, n, 0, 31, "op")
+    mask = 0
+    for lab in identity_labels:
+        if isinstance(lab, bool) or not isinstance(lab, int) or not 0 <= lab <= 31:
+            raise ValueError(f"identity_labels must be ints in [0, 31], got {lab!r}")
+        mask |= 1 << lab
+    out = torch.empty(adj.shape[0], 4, dtype=torch.int64)
+    _C.dag_network_code_cpu(adj.data_ptr(), labels.data_ptr(), n.data_ptr(), out.data_ptr(), adj.shape[0],
+                            adj.shape[1], mask, _native.num_threads())
+    words = out.numpy().view(np.uint64).tolist()
+    return [(w0 << 192) | (w1 << 128) | (w2 << 64) | w3 for w0, w1, w2, w3 in words]
+
+
+def cell_network_codes(cells) -> list[int]:
+    """``[c.network_code() for c in cells]`` by the native kernel in one batch (the cells are
+    pruned first, as ``network_code`` does), remembered by each cell."""
+    from ..space import _ops
+
+    cells = list(cells)
+    todo = [c for c in cells if c._net is None]
+    if todo:
+        pruned = [c.pruned(allow_zero=True) for c in todo]
+        identity = [op.label for op in _ops._BY_LABEL.values() if op.identity]
+        codes = dag_network_code(*batch_from_cells(pruned, MAX_NODES), identity)
+        for c, code in zip(todo, codes):
+            c._net = code
+    return [c._net for c in cells]
+
+
+def cell_canonical_codes(cells) -> list[int]:
+    """``[c.canonical_code() for c in cells]`` computed by the native kernel in one batch (cells
+    coded as given), and remembered by each cell, so later ``canonical_code()`` calls are free."""
+    cells = list(cells)
+    todo = [c for c in cells if c._canon is None]
+    if todo:
+        codes = dag_canonical_code(*batch_from_cells(todo, MAX_NODES)).tolist()
+        for c, code in zip(todo, codes):
+            c._canon = int(code)
+    return [c._canon for c in cells]
 
 
 def dag_prune(

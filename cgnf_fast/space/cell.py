@@ -35,23 +35,48 @@ class Cell:
         matrix: ``[N, N]`` with ``2 <= N <= 8``; ops: ``N`` names.
     """
 
-    __slots__ = ("_adj", "_ops", "_hash")
+    # _keep, _canon, _net: memoised results of prune_keep (False: not yet), canonical_code and
+    # network_code (None: not yet); a cell is immutable, so they never go stale.
+    __slots__ = ("_adj", "_ops", "_hash", "_keep", "_canon", "_net")
 
     def __init__(self, matrix: Any, ops: Sequence[str]) -> None:
         adj = _check_matrix(matrix)
         self._adj: tuple[tuple[int, ...], ...] = adj
         self._ops: tuple[str, ...] = _check_ops(ops, len(adj))
         self._hash = hash((self._adj, self._ops))
+        self._keep: list[int] | None | bool = False
+        self._canon: int | None = None
+        self._net: int | None = None
 
     # -- construction -------------------------------------------------------------------
     @classmethod
     def _trusted(cls, adj: Sequence[Sequence[int]], ops: Sequence[str]) -> Cell:
         """Build from already-validated parts (internal: skips checks)."""
         self = object.__new__(cls)
-        self._adj = tuple(tuple(int(x) for x in row) for row in adj)
+        self._adj = tuple(tuple(map(int, row)) for row in adj)
         self._ops = tuple(ops)
         self._hash = hash((self._adj, self._ops))
+        self._keep = False
+        self._canon = None
+        self._net = None
         return self
+
+    @classmethod
+    def _from_int_rows(cls, rows: list[list[int]], ops: Sequence[str]) -> Cell:
+        """:meth:`_trusted` for rows that already hold Python ints (``ndarray.tolist()``)."""
+        self = object.__new__(cls)
+        self._adj = tuple(map(tuple, rows))
+        self._ops = tuple(ops)
+        self._hash = hash((self._adj, self._ops))
+        self._keep = False
+        self._canon = None
+        self._net = None
+        return self
+
+    def _prune_keep(self) -> list[int] | None:
+        if self._keep is False:
+            self._keep = _ref.prune_keep(self._adj)
+        return self._keep  # type: ignore[return-value]
 
     @classmethod
     def zero(cls) -> Cell:
@@ -173,7 +198,7 @@ class Cell:
 
     def has_path(self) -> bool:
         """Whether some input -> output path exists."""
-        return _ref.prune_keep(self._adj) is not None
+        return self._prune_keep() is not None
 
     # -- semantics ----------------------------------------------------------------------
     def pruned(self, *, allow_zero: bool = False) -> Cell:
@@ -183,17 +208,19 @@ class Cell:
         ``allow_zero=True``, which returns :meth:`zero` (the NB201 reading: the cell outputs
         zeros).
         """
-        keep = _ref.prune_keep(self._adj)
+        keep = self._prune_keep()
         if keep is None:
             if allow_zero:
                 return Cell.zero()
             raise ValueError("the cell has no input -> output path (pass allow_zero=True to get the zero cell)")
         if len(keep) == self.num_nodes:
             return self
-        return Cell._trusted(
+        p = Cell._trusted(
             [[self._adj[u][v] for v in keep] for u in keep],
             [self._ops[v] for v in keep],
         )
+        p._keep = list(range(len(keep)))
+        return p
 
     def nb101_hash(self) -> str:
         """NB101's fingerprint (``hash_module`` of the pruned spec), as in NB101's dataset keys."""
@@ -210,7 +237,9 @@ class Cell:
         Equal codes <=> isomorphic cells (same ops on corresponding vertices). The cell is
         coded as given: prune first to compare what cells compute.
         """
-        return _ref.canonical_code(self._adj, self.labels(), 1)
+        if self._canon is None:
+            self._canon = _ref.canonical_code(self._adj, self.labels(), 1)
+        return self._canon
 
     def network_code(self) -> int:
         """Exact identity of the network this cell builds (the default for dedup and novelty).
@@ -219,10 +248,12 @@ class Cell:
         folded into edge multiplicities (see ``reference.dag.fold_identities``), and the
         weighted DAG is coded canonically (an integer < 2**230).
         """
-        p = self.pruned(allow_zero=True)
-        identity = [False] + [_ops.op_info(o).identity for o in p._ops[1:-1]] + [False]
-        adj, labels = _ref.fold_identities(p._adj, p.labels(), identity)
-        return _ref.canonical_code(adj, labels, _ref.NETWORK_WEIGHT_BITS)
+        if self._net is None:
+            p = self.pruned(allow_zero=True)
+            identity = [False] + [_ops.op_info(o).identity for o in p._ops[1:-1]] + [False]
+            adj, labels = _ref.fold_identities(p._adj, p.labels(), identity)
+            self._net = _ref.canonical_code(adj, labels, _ref.NETWORK_WEIGHT_BITS)
+        return self._net
 
     def to_nb201(self) -> str | None:
         """An NB201 string whose node form is isomorphic to this pruned cell, or None.

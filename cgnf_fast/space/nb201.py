@@ -182,13 +182,52 @@ def all_cells() -> tuple[Cell, ...]:
     return tuple(digits_to_cell(_code_digits(int(c))) for c in _order())
 
 
+def _node_form_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(adj [15625, 8, 8] uint8, labels [15625, 8] int8, n [15625] int8)``: the node form of
+    every official index before pruning, as :func:`digits_to_cell` builds it (one vertex per
+    non-``none`` edge, in edge order), with ``Cell.labels()`` labels; built per pattern of
+    ``none`` edges (64 patterns) with array ops."""
+    digits = np.stack([(_order().astype(np.int64) // 5 ** (len(EDGES) - 1 - e)) % 5 for e in range(len(EDGES))], 1)
+    edge_label = np.asarray([0] + [_ops.op_label(o) for o in _ops.NB201_EDGE_OPS[1:]], dtype=np.int8)
+    adj = np.zeros((NUM_ARCHS, 8, 8), dtype=np.uint8)
+    labels = np.zeros((NUM_ARCHS, 8), dtype=np.int8)
+    n = np.zeros(NUM_ARCHS, dtype=np.int8)
+    present = digits != 0
+    pattern = (present * (1 << np.arange(len(EDGES)))).sum(1)
+    for pat in np.unique(pattern):
+        rows = np.flatnonzero(pattern == pat)
+        live = [e for e in range(len(EDGES)) if pat >> e & 1]
+        entering: dict[int, list[int]] = {0: [0], 1: [], 2: [], 3: []}
+        k = len(live) + 2
+        for v, e in enumerate(live, start=1):
+            src, dst = EDGES[e]
+            for u in entering[src]:
+                adj[rows, u, v] = 1
+            entering[dst].append(v)
+            labels[rows, v] = edge_label[digits[rows, e]]
+        for u in entering[3]:
+            adj[rows, u, k - 1] = 1
+        n[rows] = k
+    return adj, labels, n
+
+
 @functools.cache
 def _class_table() -> tuple[np.ndarray, dict[int, int]]:
     """Canonical code of the node form of every official index, and code -> lowest index."""
-    from ..ops.dag import batch_from_cells, dag_canonical_code
+    import torch
 
-    cells = all_cells()  # node forms are pruned: their codes are the cells' canonical codes
-    codes = dag_canonical_code(*batch_from_cells(cells)).numpy().astype(np.uint64)  # native, batched
+    from ..ops.dag import dag_canonical_code, dag_prune
+
+    # node forms, pruned (no path: the zero cell) and coded natively in one batch
+    pa, pl, pn = dag_prune(*(torch.from_numpy(x) for x in _node_form_arrays()))
+    pl = torch.where(pl < 0, torch.zeros_like(pl), pl)  # padding label -> 0
+    rows = torch.nonzero(pn >= 2).flatten()
+    codes = np.full(NUM_ARCHS, Cell.zero().canonical_code(), dtype=np.uint64)
+    if len(rows):
+        out_n = pn[rows]
+        lab = pl[rows].clone()
+        lab[torch.arange(len(rows)), out_n.long() - 1] = 0  # the output's label
+        codes[rows.numpy()] = dag_canonical_code(pa[rows].contiguous(), lab, out_n).numpy().astype(np.uint64)
     first: dict[int, int] = {}
     for idx, code in enumerate(codes.tolist()):
         first.setdefault(code, idx)

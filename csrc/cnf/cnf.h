@@ -77,6 +77,16 @@ void cnf_dynamics_fwd_cpu(int64_t t, int64_t z, int64_t c, int64_t noise, const 
                           const std::vector<int64_t>& widths, int64_t dz, int64_t div, int64_t B, int64_t C,
                           int64_t activation, int64_t divergence, bool float64, int64_t num_threads);
 
+// A whole dopri5 solve from t0 to t1 around cnf_dynamics_fwd_cpu (cnf_solve_cpu.cpp: torchdiffeq's
+// algorithm step for step). state: [B * D] z, followed by [B] logdet when divergence != kCnfNone
+// (d logdet/dt = div); overwritten with the state at t1. Returns the number of dynamics
+// evaluations. Throws std::runtime_error on a non-finite state, an underflowing step or more
+// than max_steps steps.
+int64_t cnf_solve_dopri5_cpu(int64_t state, int64_t c, int64_t noise, const std::vector<int64_t>& weights,
+                             const std::vector<int64_t>& widths, int64_t B, int64_t C, int64_t activation,
+                             int64_t divergence, bool float64, double t0, double t1, double rtol, double atol,
+                             int64_t max_steps, int64_t num_threads);
+
 // Instruction set the CPU CNF kernel runs with now: "avx512", "avx2" or "generic".
 const char* cnf_simd();
 

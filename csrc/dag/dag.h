@@ -37,6 +37,13 @@ void dag_canonical_code_cpu(int64_t adj, int64_t labels, int64_t n, int64_t out_
 void dag_nb101_hash_cpu(int64_t adj, int64_t labels, int64_t n, int64_t out_digest, int64_t B, int64_t N,
                         int64_t num_threads);
 
+// Network codes (reference.dag: fold_identities, then canonical_code with 7-bit weights) of
+// graphs as given (prune first): vertices whose label has its bit set in identity_labels are
+// folded into edge multiplicities. out_words [B, 4] uint64, the code's 256-bit big-endian words
+// (word 0 most significant); all zero when n is invalid. CPU only.
+void dag_network_code_cpu(int64_t adj, int64_t labels, int64_t n, int64_t out_words, int64_t B, int64_t N,
+                          int64_t identity_labels, int64_t num_threads);
+
 // SIMD lanes of the CPU NB101 hash on this machine (16 AVX-512, 8 AVX2 or SSE2; 1 for the
 // scalar path selected with CGNF_SIMD=scalar).
 int md5_lanes();

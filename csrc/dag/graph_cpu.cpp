@@ -12,6 +12,7 @@
 #include "../common/simd.h"
 #include "dag.h"
 #include "graph_impl.h"
+#include "space_impl.h"
 
 #ifdef CGNF_SIMD_X86
 #include <immintrin.h>
@@ -188,6 +189,34 @@ void dag_canonical_code_cpu(int64_t adj, int64_t labels, int64_t n, int64_t out_
   if (use_sse41()) codes = codes_sse41;
 #endif
   parallel_for(B, num_threads, 1024, [&](int64_t lo, int64_t hi) { codes(a, l, nn, out, lo, hi, N); });
+}
+
+void dag_network_code_cpu(int64_t adj, int64_t labels, int64_t n, int64_t out_words, int64_t B, int64_t N,
+                          int64_t identity_labels, int64_t num_threads) {
+  check_batch("dag_network_code", B, N, {{adj, "adj"}, {labels, "labels"}, {n, "n"}, {out_words, "out_words"}});
+  auto* a = reinterpret_cast<const uint8_t*>(adj);
+  auto* l = reinterpret_cast<const int8_t*>(labels);
+  auto* nn = reinterpret_cast<const int8_t*>(n);
+  auto* out = reinterpret_cast<uint64_t*>(out_words);
+  const uint32_t identity = uint32_t(identity_labels);
+  parallel_for(B, num_threads, 256, [&](int64_t lo, int64_t hi) {
+    SmallGraph g, f;
+    CanonResult r;
+    for (int64_t b = lo; b < hi; ++b) {
+      uint64_t* w = out + 4 * b;
+      if (!load_graph(a + b * N * N, l + b * N, nn[b], N, g)) {
+        w[0] = w[1] = w[2] = w[3] = 0;  // flagged: no code has a zero top word (it holds n)
+        continue;
+      }
+      uint32_t S = 0;  // identity vertices
+      for (int v = 1; v < g.n - 1; ++v)
+        if (g.label[v] >= 0 && g.label[v] < 32 && (identity >> g.label[v] & 1u)) S |= 1u << v;
+      fold_labelled(g, S, f);
+      canon_search(f, kNetworkWeightBits, nullptr, r, NoLeaf{});
+      const Wide x = pack_wide(f.n, r.chunk, kNetworkWeightBits);
+      for (int i = 0; i < 4; ++i) w[i] = x.w[i];
+    }
+  });
 }
 
 // dag_nb101_hash_cpu: multi-buffer SIMD MD5, in nb101_hash_cpu.cpp.

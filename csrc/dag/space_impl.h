@@ -95,6 +95,15 @@ CGNF_HD void fold(const SmallGraph& g, uint32_t S, SmallGraph& out) {
   finish_graph(out);
 }
 
+// fold() keeping the labels of the remaining vertices (network codes of labelled cells,
+// as reference.dag.fold_identities).
+CGNF_HD void fold_labelled(const SmallGraph& g, uint32_t S, SmallGraph& out) {
+  fold(g, S, out);
+  int m = 0;
+  for (int v = 0; v < g.n; ++v)
+    if (!(S >> v & 1u)) out.label[m++] = g.label[v];
+}
+
 // Set key of a weighted graph: its canonical wide code with n also in the top 4 bits (a code
 // has at most 230 bits, so they are free), so that the graph can be decoded back.
 CGNF_HD Wide network_key(const SmallGraph& f, const CanonResult& r) {

@@ -1,0 +1,244 @@
+// A whole ODE solve of the CNF on the CPU: torchdiffeq's dopri5 (RKAdaptiveStepsizeODESolver
+// with the Dormand-Prince-Shampine tableau, torchdiffeq 0.2.x) re-implemented step for step
+// around the fused dynamics kernel (cnf_dynamics_cpu.cpp), so that a sampling or likelihood
+// solve runs no Python and no per-step tensor ops. What it follows from torchdiffeq, so that
+// both produce the same result up to rounding:
+//  - time runs forward: a solve from t0 > t1 integrates s = -t from -t0 to -t1 with the
+//    right-hand side -f(-s, y) (torchdiffeq's _ReverseFunc); times are float64, cast to the
+//    state's dtype where the dynamics read them; a stage at the end of a step reads the time
+//    one ulp below it (Perturb.PREV);
+//  - the state is z [B, D] (sampling) or z and logdet [B] (likelihood: d logdet/dt = div);
+//    error norms are the RMS over every entry (the max of the two parts' RMS for the pair,
+//    torchdiffeq's mixed norm for tuple states); tolerances atol + rtol * |y|;
+//  - the first step (Hairer, Norsett & Wanner II.4, two evaluations), acceptance when the
+//    error ratio is <= 1, the next step dt * min(10, max(0.9 / ratio^(1/5), 0.2 or 1));
+//  - steps are not clipped at the end time: the last one runs past it and the result is the
+//    step's quartic interpolant (y, y at the middle, f at both ends) at the end time.
+// The stage arithmetic runs in the state's dtype (as torchdiffeq casts its tableau and dt).
+// Reference: torchdiffeq.odeint(..., method="dopri5") on the same dynamics; tests compare the
+// two (python_tests/test_cnf_solve.py).
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "../common/checks.h"
+#include "cnf.h"
+
+namespace cgnf {
+
+namespace {
+
+// Dormand-Prince (5)4 with Shampine's dense output, as torchdiffeq's dopri5.py.
+constexpr double kAlpha[6] = {1.0 / 5, 3.0 / 10, 4.0 / 5, 8.0 / 9, 1.0, 1.0};
+constexpr double kBeta[6][6] = {
+    {1.0 / 5, 0, 0, 0, 0, 0},
+    {3.0 / 40, 9.0 / 40, 0, 0, 0, 0},
+    {44.0 / 45, -56.0 / 15, 32.0 / 9, 0, 0, 0},
+    {19372.0 / 6561, -25360.0 / 2187, 64448.0 / 6561, -212.0 / 729, 0, 0},
+    {9017.0 / 3168, -355.0 / 33, 46732.0 / 5247, 49.0 / 176, -5103.0 / 18656, 0},
+    {35.0 / 384, 0, 500.0 / 1113, 125.0 / 192, -2187.0 / 6784, 11.0 / 84},
+};
+constexpr double kError[7] = {35.0 / 384 - 1951.0 / 21600,
+                              0,
+                              500.0 / 1113 - 22642.0 / 50085,
+                              125.0 / 192 - 451.0 / 720,
+                              -2187.0 / 6784 - -12231.0 / 42400,
+                              11.0 / 84 - 649.0 / 6300,
+                              -1.0 / 60.0};
+constexpr double kMid[7] = {6025192743.0 / 30085553152.0 / 2,    0,
+                            51252292925.0 / 65400821598.0 / 2,   -2691868925.0 / 45128329728.0 / 2,
+                            187940372067.0 / 1594534317056.0 / 2, -1776094331.0 / 19743644256.0 / 2,
+                            11237099.0 / 235043384.0 / 2};
+
+template <typename T>
+struct Solver {
+  // the dynamics
+  int64_t c, noise;
+  const std::vector<int64_t>& weights;
+  const std::vector<int64_t>& widths;
+  int64_t B, C, activation, divergence, num_threads;
+  bool reversed;
+  // the state: n = B * D entries of z, then (with a divergence) B of logdet
+  int64_t nz, n;
+  int64_t nfe = 0;
+
+  // f at solver time s (already in the state's dtype, perturbed as asked) into out[0, n).
+  void eval(T s, const T* y, T* out) {
+    T t = reversed ? -s : s;
+    cnf_dynamics_fwd_cpu(reinterpret_cast<int64_t>(&t), reinterpret_cast<int64_t>(y), c, noise, weights, widths,
+                         reinterpret_cast<int64_t>(out), divergence != kCnfNone ? reinterpret_cast<int64_t>(out + nz) : 0,
+                         B, C, activation, divergence, std::is_same<T, double>::value, num_threads);
+    ++nfe;
+    if (reversed)
+      for (int64_t i = 0; i < n; ++i) out[i] = -out[i];
+  }
+
+  // torchdiffeq's norm of x / scale: RMS over all entries, or the max of both parts' RMS.
+  template <typename F>
+  T norm(F ratio) const {
+    double a = 0, b = 0;
+    for (int64_t i = 0; i < nz; ++i) {
+      const double r = double(ratio(i));
+      a += r * r;
+    }
+    double out = std::sqrt(a / double(nz));
+    if (n > nz) {
+      for (int64_t i = nz; i < n; ++i) {
+        const double r = double(ratio(i));
+        b += r * r;
+      }
+      out = std::max(out, std::sqrt(b / double(n - nz)));
+    }
+    return T(out);
+  }
+};
+
+template <typename T>
+int64_t solve(Solver<T>& S, T* state, double t0, double t1, double rtol_d, double atol_d, int64_t max_steps) {
+  const int64_t n = S.n;
+  const T rtol = T(rtol_d), atol = T(atol_d);
+  // torchdiffeq builds t as a tensor of the state's dtype, then solves in float64.
+  double s0 = double(T(t0)), s1 = double(T(t1));
+  if (S.reversed) s0 = -s0, s1 = -s1;
+  std::vector<T> buf(size_t(n) * 16);
+  T* y0 = buf.data();
+  T* k[7];
+  for (int i = 0; i < 7; ++i) k[i] = y0 + n * (1 + i);
+  T* yi = y0 + n * 8;
+  T* coef[5];  // interpolant of the last accepted step: e, d, c, b, a
+  for (int i = 0; i < 5; ++i) coef[i] = y0 + n * (9 + i);
+  T* scale = y0 + n * 14;
+  T* f1 = y0 + n * 15;
+  std::memcpy(y0, state, sizeof(T) * size_t(n));
+  for (int64_t i = 0; i < n; ++i)
+    if (!std::isfinite(double(y0[i]))) throw std::runtime_error("cnf_solve: non-finite values in the state at t0");
+  for (int i = 0; i < 5; ++i) std::memcpy(coef[i], y0, sizeof(T) * size_t(n));  // [y0] * 5, as torchdiffeq
+
+  // f0 and the first step (_select_initial_step with order 4).
+  S.eval(T(s0), y0, k[0]);
+  for (int64_t i = 0; i < n; ++i) scale[i] = atol + std::abs(y0[i]) * rtol;
+  const T d0 = S.norm([&](int64_t i) { return y0[i] / scale[i]; });
+  const T d1 = S.norm([&](int64_t i) { return k[0][i] / scale[i]; });
+  const T h0 = (d0 < T(1e-5) || d1 < T(1e-5)) ? T(1e-6) : T(T(0.01) * d0 / d1);
+  for (int64_t i = 0; i < n; ++i) yi[i] = y0[i] + h0 * k[0][i];
+  S.eval(T(s0 + double(h0)), yi, f1);
+  const T d2 = std::abs(S.norm([&](int64_t i) { return (f1[i] - k[0][i]) / scale[i]; }) / h0);
+  T h1;
+  if (d1 <= T(1e-15) && d2 <= T(1e-15))
+    h1 = std::max(T(1e-6), T(h0 * T(1e-3)));
+  else
+    h1 = T(std::pow(T(T(0.01) / std::max(d1, d2)), T(1.0 / 5.0)));
+  double dt = double(std::min(T(100) * h0, h1));
+
+  double ta = s0, tb = s0;  // the last step's interval (the interpolant's)
+  int64_t steps = 0;
+  while (s1 > tb) {
+    if (steps++ >= max_steps)
+      throw std::runtime_error("cnf_solve: more than " + std::to_string(max_steps) + " steps (the dynamics are too stiff for rtol/atol)");
+    if (!std::isfinite(dt)) dt = 0.0;
+    const double t0s = tb;
+    const double t1s = t0s + dt;
+    if (!(t1s > t0s)) {
+      char msg[160];
+      std::snprintf(msg, sizeof msg, "cnf_solve: the step size underflowed at t = %.17g (dt = %g; non-finite dynamics?)",
+                    S.reversed ? -t0s : t0s, dt);
+      throw std::runtime_error(msg);
+    }
+    for (int64_t i = 0; i < n; ++i)
+      if (!std::isfinite(double(y0[i]))) throw std::runtime_error("cnf_solve: non-finite values in the state");
+    // One Runge-Kutta step in the state's dtype.
+    const T t0T = T(t0s), dtT = T(dt), t1T = T(t1s);
+    for (int st = 0; st < 6; ++st) {
+      T coeffs[6];
+      for (int j = 0; j <= st; ++j) coeffs[j] = T(kBeta[st][j]) * dtT;
+      for (int64_t i = 0; i < n; ++i) {
+        T acc = 0;
+        for (int j = 0; j <= st; ++j) acc += k[j][i] * coeffs[j];
+        yi[i] = y0[i] + acc;
+      }
+      const T ts = kAlpha[st] == 1.0 ? std::nextafter(t1T, T(t1T - T(1))) : T(t0T + T(kAlpha[st]) * dtT);
+      if (st == 5) std::memcpy(f1, yi, sizeof(T) * size_t(n));  // y1 (the last stage's point), kept in f1
+      S.eval(ts, yi, k[st + 1]);
+    }
+    T* y1 = f1;
+    T ce[7];
+    for (int j = 0; j < 7; ++j) ce[j] = dtT * T(kError[j]);
+    const T ratio = S.norm([&](int64_t i) {
+      T err = 0;
+      for (int j = 0; j < 7; ++j) err += k[j][i] * ce[j];
+      return err / (atol + rtol * std::max(std::abs(y0[i]), std::abs(y1[i])));
+    });
+    const bool accept = ratio <= T(1);
+    if (accept) {
+      T cm[7];
+      for (int j = 0; j < 7; ++j) cm[j] = dtT * T(kMid[j]);
+      for (int64_t i = 0; i < n; ++i) {
+        T acc = 0;
+        for (int j = 0; j < 7; ++j) acc += k[j][i] * cm[j];
+        const T ym = y0[i] + acc, a0 = y0[i], a1 = y1[i], g0 = k[0][i], g1 = k[6][i];
+        coef[4][i] = T(2) * dtT * (g1 - g0) - T(8) * (a1 + a0) + T(16) * ym;
+        coef[3][i] = dtT * (T(5) * g0 - T(3) * g1) + T(18) * a0 + T(14) * a1 - T(32) * ym;
+        coef[2][i] = dtT * (g1 - T(4) * g0) - T(11) * a0 - T(5) * a1 + T(16) * ym;
+        coef[1][i] = dtT * g0;
+        coef[0][i] = a0;
+        y0[i] = a1;
+        k[0][i] = g1;  // FSAL: f at the new point
+      }
+      ta = t0s;
+      tb = t1s;
+    } else {
+      ta = tb = t0s;
+    }
+    // _optimal_step_size (safety 0.9, ifactor 10, dfactor 0.2, order 5), in float64.
+    const double r = double(ratio);
+    if (r == 0.0) {
+      dt *= 10.0;
+    } else {
+      const double dfactor = r < 1.0 ? 1.0 : 0.2;
+      dt *= std::min(10.0, std::max(0.9 / std::pow(r, 1.0 / 5.0), dfactor));
+    }
+  }
+  // The interpolant at s1 (x in [0, 1]; x = 1 when the last step ended exactly there).
+  const T x = T((s1 - ta) / (tb - ta));
+  for (int64_t i = 0; i < n; ++i) {
+    T total = coef[0][i] + x * coef[1][i];
+    T xp = x;
+    for (int j = 2; j < 5; ++j) {
+      xp = xp * x;
+      total = total + xp * coef[j][i];
+    }
+    state[i] = total;
+  }
+  return S.nfe;
+}
+
+}  // namespace
+
+int64_t cnf_solve_dopri5_cpu(int64_t state, int64_t c, int64_t noise, const std::vector<int64_t>& weights,
+                             const std::vector<int64_t>& widths, int64_t B, int64_t C, int64_t activation,
+                             int64_t divergence, bool float64, double t0, double t1, double rtol, double atol,
+                             int64_t max_steps, int64_t num_threads) {
+  check_cnf("cnf_solve_dopri5", B, C, weights, widths, activation, divergence, {{state, "state"}});
+  if (C > 0) check_ptr(c, "c", B);
+  if (divergence == kCnfHutchinson) check_ptr(noise, "noise", B);
+  check_arg(std::isfinite(t0) && std::isfinite(t1) && t0 != t1, "cnf_solve_dopri5: t0 and t1 must be finite and differ");
+  check_arg(rtol > 0 && atol > 0 && std::isfinite(rtol) && std::isfinite(atol),
+            "cnf_solve_dopri5: rtol and atol must be positive and finite");
+  check_arg(max_steps >= 1, "cnf_solve_dopri5: max_steps must be >= 1");
+  if (B == 0) return 0;
+  const int64_t nz = B * widths.front();
+  const int64_t n = nz + (divergence != kCnfNone ? B : 0);
+  if (float64) {
+    Solver<double> S{c, noise, weights, widths, B, C, activation, divergence, num_threads, t1 < t0, nz, n};
+    return solve(S, reinterpret_cast<double*>(state), t0, t1, rtol, atol, max_steps);
+  }
+  Solver<float> S{c, noise, weights, widths, B, C, activation, divergence, num_threads, t1 < t0, nz, n};
+  return solve(S, reinterpret_cast<float*>(state), t0, t1, rtol, atol, max_steps);
+}
+
+}  // namespace cgnf
