@@ -1,8 +1,10 @@
-"""The sampler on the shipped nb201-like model: one round's flow solve (256 latents, dopri5 at
-the saved tolerances) with the native dynamics vs the PyTorch reference, and a whole
-``cgnf sample`` run (a fresh process: imports and model loading included).
+"""The sampler on the shipped models: one round's flow solve (256 latents, dopri5 at the saved
+tolerances; native: the whole solve in native code, torch: torchdiffeq with the PyTorch
+reference dynamics), whole ``cgnf sample --n 20`` runs (fresh processes: imports and model
+loading included), and ``cgnf_fast.sample(n=10000)`` per shipped space (a fresh process each;
+the model loads inside the timed call, imports do not).
 
-    python benches/bench_sample.py [--reps 4] [--threads 1]
+    python benches/bench_sample.py [--reps 4] [--threads 1] [--large 10000]
 
 Prints one JSON line per measurement.
 """
@@ -26,6 +28,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--large", type=int, default=10000, help="n of the large-sample rows (0: skip them)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     m = SamplingModel.load(default_model_dir("nb201-like"))
@@ -56,6 +59,17 @@ def main() -> None:
         walls.append(time.perf_counter() - t0)
     print(json.dumps({"bench": "cgnf_sample_n20_wall", "seconds": round(statistics.median(walls), 3),
                       "runs": [round(w, 3) for w in walls]}))
+    for space in ("nb201-like", "nb101-like") if args.large else ():
+        script = ("import json, time, cgnf_fast\n"
+                  "t0 = time.perf_counter()\n"
+                  f"cells = cgnf_fast.sample('best', n={args.large}, space={space!r}, seed=0)\n"
+                  "import torch\n"
+                  "print(json.dumps({'seconds': time.perf_counter() - t0, 'cells': len(cells), "
+                  "'threads': torch.get_num_threads()}))\n")
+        r = json.loads(subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True,
+                                      cwd="/").stdout)
+        print(json.dumps({"bench": "sample_large", "space": space, "n": args.large, "cells": r["cells"],
+                          "seconds": round(r["seconds"], 2), "threads": r["threads"]}))
 
 
 if __name__ == "__main__":
