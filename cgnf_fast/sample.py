@@ -609,7 +609,8 @@ def decode_logits(op_logits: torch.Tensor, edge_logits: torch.Tensor, codec: Cel
     labels[:, 1:-1] = slot_ops
     pa, pl, pn = (t.numpy() for t in dag_prune(torch.from_numpy(adj.astype(np.uint8)), torch.from_numpy(labels),
                                                 torch.full((B,), N, dtype=torch.int8)))
-    plain_members = type(sp).validate is DesignSpace.validate  # membership = path, ops, sizes
+    # membership = path, ops, sizes (unless the space has rules of its own)
+    plain_members = type(sp).validate is DesignSpace.validate and type(sp).contains is DesignSpace.contains
     names = (_ops.INPUT, *codec.ops, _ops.OUTPUT)
     # the pruned graphs' canonical and network codes, natively from the same arrays (the cells
     # remember them); labels as Cell.labels() (op labels, 0 at the input and output)

@@ -139,3 +139,26 @@ def test_bad_arguments_are_clear_errors():
     z_in = z.clone()
     plan.solve(z, 1.0, 0.0, rtol=1e-5, atol=1e-5)
     assert torch.equal(z, z_in)  # the input is not modified
+
+
+def test_non_finite_dynamics_stop_the_solve():
+    _, plan, z, _ = make(torch.float64, None)
+    with torch.no_grad():
+        plan._flat[1][0] = float("nan")  # a bias of the first layer: every dz/dt is NaN
+    with pytest.raises(RuntimeError, match="step size underflowed|non-finite values in the state"):
+        plan.solve(z, 0.0, 1.0, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("needs_grad", ["c", "z"])
+def test_native_solve_skipped_when_autograd_records_inputs(needs_grad, monkeypatch):
+    """Frozen weights but a condition or latent that requires grad: torchdiffeq solves, and
+    the gradient reaches that input."""
+    flow, _, z, c = make(torch.float64, None, B=5)
+    for p in flow.parameters():
+        p.requires_grad_(False)
+    monkeypatch.setattr(CnfPlan, "solve", lambda *a, **k: pytest.fail("native solve under autograd"))
+    z = z.clone().requires_grad_(needs_grad == "z")
+    c = c.clone().requires_grad_(needs_grad == "c")
+    lp = flow.log_prob(z, c)
+    lp.sum().backward()
+    assert (z if needs_grad == "z" else c).grad is not None

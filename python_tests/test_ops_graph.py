@@ -61,6 +61,32 @@ def test_canonical_code_every_cpu_path(simd, N, cells):
 
 
 @pytest.mark.parametrize("simd", ["default", "generic"])
+def test_canonical_code_ignores_padding_and_end_labels(simd):
+    """Only the op vertices' labels are read: dag_prune's padding (-1) and any input/output
+    label (NB101's -1/-2) are ignored for every n, including n = 2."""
+    from cgnf_fast.ops import dag_prune
+
+    cells = [Cell([[0, 1], [0, 0]], ["input", "output"]),
+             Cell([[0, 1, 0], [0, 0, 1], [0, 0, 0]], ["input", "maxpool3x3", "output"]),
+             Cell([[0, 1, 1, 0], [0, 0, 0, 1], [0, 0, 0, 1], [0, 0, 0, 0]],
+                  ["input", "conv3x3-bn-relu", "conv3x3-bn-relu", "output"])]
+    adj, labels, n = batch_from_cells(cells, 8)
+    for b, c in enumerate(cells):
+        labels[b, 0], labels[b, c.num_nodes - 1] = -1, -2
+        labels[b, c.num_nodes:] = -1
+    with simd_path(simd):
+        got = dag_canonical_code(adj, labels, n).tolist()
+        # prune first, as the docs say: the pruned batch carries padding labels
+        padded = Cell([[0, 1, 0], [0, 0, 0], [0, 0, 0]], ["input", "maxpool3x3", "output"])  # prunes to in -> ?
+        wired = Cell([[0, 1, 1], [0, 0, 0], [0, 0, 0]], ["input", "maxpool3x3", "output"])  # prunes to in -> out
+        pa, pl, pn = dag_prune(*batch_from_cells([padded, wired], 8))
+        keep = pn >= 2
+        pruned_codes = dag_canonical_code(pa[keep], pl[keep], pn[keep]).tolist()
+    assert got == [c.canonical_code() for c in cells]
+    assert pruned_codes == [wired.pruned().canonical_code()]
+
+
+@pytest.mark.parametrize("simd", ["default", "generic"])
 def test_canonical_code_symmetric_cells(simd):
     """Cells on which the search branches: two labels only and dense wiring give ties between
     equal vertices at most levels (twins, automorphisms, equal chains), for every n."""

@@ -124,6 +124,9 @@ class CellCodec:
             if p.num_nodes > N:
                 raise ValueError(f"the cell has {p.num_nodes} vertices after pruning; space {self.space.name!r} "
                                  f"allows {N}")
+            for o in p.ops[1:-1]:
+                if o not in self._index:
+                    raise ValueError(f"op {o!r} is not in space {self.space.name!r} (ops: {', '.join(self.ops)})")
             pruned.append(p)
         rows = [b for b, p in enumerate(pruned) if not p.is_zero]
         codes = np.asarray(cell_canonical_codes([pruned[b] for b in rows]), dtype=np.uint64)
@@ -142,14 +145,8 @@ class CellCodec:
                 chunk = (code >> np.uint64(shift)) & np.uint64((1 << w) - 1)
                 for q in range(p):
                     adj[rb, slot[q], slot[p]] = ((chunk >> np.uint64(q)) & np.uint64(1)).astype(np.float32)
-                if p < n - 1:
-                    idx = label_to_index[(chunk >> np.uint64(p)).astype(np.int64)]
-                    if (idx < 0).any():
-                        b = int(rb[np.flatnonzero(idx < 0)[0]])
-                        bad = sorted({o for o in pruned[b].ops[1:-1] if o not in self._index})
-                        raise ValueError(f"op {bad[0]!r} is not in space {self.space.name!r} "
-                                         f"(ops: {', '.join(self.ops)})")
-                    ops[rb, p] = idx
+                if p < n - 1:  # (every op was checked to be in the space above)
+                    ops[rb, p] = label_to_index[(chunk >> np.uint64(p)).astype(np.int64)]
         return torch.from_numpy(adj), torch.from_numpy(ops)
 
     def _label_index(self) -> np.ndarray:

@@ -29,7 +29,8 @@ it runs every evaluation autograd does not record: sampling, likelihoods under
 ``torch.no_grad`` and the forward solve of ``odeint_adjoint``. On the CPU, a dopri5 solve that
 autograd does not record (sampling, likelihoods under ``torch.no_grad``) runs whole in native
 code (``CnfPlan.solve``: torchdiffeq's dopri5 step for step around the kernel; float64 results
-equal torchdiffeq's to ~1e-15, float32 ones to float32 rounding); the evaluations autograd records
+equal torchdiffeq's to ~1e-15, float32 ones to float32 rounding; unlike torchdiffeq it gives up
+with a RuntimeError after 100,000 steps); the evaluations autograd records
 (the adjoint's backward solve, training without the adjoint) run the stock PyTorch ops of
 ``cgnf_fast.reference.cnf.cnf_dynamics`` directly, since the native op's backward would
 recompute them anyway. Single evaluations (:meth:`ODEDynamics.forward`,

@@ -189,7 +189,7 @@ def _skeleton_params(num_classes: int, channels: int, cells_per_stage: int) -> i
 @functools.lru_cache(maxsize=None)
 def _stage_op_params(name: str, channels: int, cells_per_stage: int) -> int:
     """Parameters one op vertex adds: one module per cell, in every stage."""
-    return cells_per_stage * sum(_op_params(name, channels << stage) for stage in range(3))
+    return cells_per_stage * sum(_op_params(name, channels * 2 ** stage) for stage in range(3))
 
 
 def _op_flops(name: str, c: int, r: int) -> int:
@@ -230,4 +230,4 @@ def _skeleton_flops(num_classes: int, channels: int, image_size: int) -> int:
 @functools.lru_cache(maxsize=None)
 def _stage_op_flops(name: str, channels: int, cells_per_stage: int, image_size: int) -> int:
     """FLOPs one op vertex adds: one module per cell, in every stage at its shape."""
-    return cells_per_stage * sum(_op_flops(name, channels << stage, image_size >> stage) for stage in range(3))
+    return cells_per_stage * sum(_op_flops(name, channels * 2 ** stage, image_size // 2 ** stage) for stage in range(3))

@@ -196,7 +196,9 @@ int64_t solve(Solver<T>& S, T* state, double t0, double t1, double rtol_d, doubl
     }
     // _optimal_step_size (safety 0.9, ifactor 10, dfactor 0.2, order 5), in float64.
     const double r = double(ratio);
-    if (r == 0.0) {
+    if (std::isnan(r)) {
+      dt = 0.0;  // as torchdiffeq: a NaN ratio makes the next step NaN, then 0, and the solve stops
+    } else if (r == 0.0) {
       dt *= 10.0;
     } else {
       const double dfactor = r < 1.0 ? 1.0 : 0.2;

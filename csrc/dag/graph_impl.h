@@ -300,7 +300,7 @@ inline bool load_bits8(const uint8_t* adj, const int8_t* labels, int8_t n_b, Bit
   const int n = n_b;
   uint64_t lab;
   __builtin_memcpy(&lab, labels, 8);
-  const uint64_t inner = ((~uint64_t{0}) >> (64 - 8 * (n - 2))) << 8;  // bytes 1 .. n-2
+  const uint64_t inner = n > 2 ? ((~uint64_t{0}) >> (64 - 8 * (n - 2))) << 8 : 0;  // bytes 1 .. n-2
   if (lab & inner & 0xe0e0e0e0e0e0e0e0ull) return false;                 // < 0 or > 31
   const uint64_t in_n = n == 8 ? ~uint64_t{0} : (uint64_t{1} << (8 * n)) - 1;
   lab &= 0x1f1f1f1f1f1f1f1full & in_n;
