@@ -52,20 +52,17 @@ class Cell:
     @classmethod
     def _trusted(cls, adj: Sequence[Sequence[int]], ops: Sequence[str]) -> Cell:
         """Build from already-validated parts (internal: skips checks)."""
-        self = object.__new__(cls)
-        self._adj = tuple(tuple(map(int, row)) for row in adj)
-        self._ops = tuple(ops)
-        self._hash = hash((self._adj, self._ops))
-        self._keep = False
-        self._canon = None
-        self._net = None
-        return self
+        return cls._of(tuple(tuple(map(int, row)) for row in adj), ops)
 
     @classmethod
     def _from_int_rows(cls, rows: list[list[int]], ops: Sequence[str]) -> Cell:
         """:meth:`_trusted` for rows that already hold Python ints (``ndarray.tolist()``)."""
+        return cls._of(tuple(map(tuple, rows)), ops)
+
+    @classmethod
+    def _of(cls, adj: tuple[tuple[int, ...], ...], ops: Sequence[str]) -> Cell:
         self = object.__new__(cls)
-        self._adj = tuple(map(tuple, rows))
+        self._adj = adj
         self._ops = tuple(ops)
         self._hash = hash((self._adj, self._ops))
         self._keep = False
