@@ -623,17 +623,20 @@ def decode_logits(op_logits: torch.Tensor, edge_logits: torch.Tensor, codec: Cel
     canon = dict(zip(rows.tolist(), dag_canonical_code(ra, rl, rn).tolist()))
     identity = [_ops.op_label(o) for o in codec.ops if _ops.op_info(o).identity]
     net = dict(zip(rows.tolist(), dag_network_code(ra, rl, rn, identity)))
-    space_ops = set(sp.ops)
+    ops_fit = set(codec.ops) <= set(sp.ops)  # else checked per cell
+    edges = pa.sum(axis=(1, 2)).tolist() if sp.max_edges is not None else None
+    pa_rows, pl_rows, pn_list = pa.tolist(), pl.tolist(), pn.tolist()
+    every = [tuple(range(k)) for k in range(N + 1)]  # a pruned cell keeps all its vertices
     out: list[tuple[Cell | None, bool]] = []
     for b in range(B):
-        k = int(pn[b])
+        k = pn_list[b]
         cell = None
         if k >= 2:
-            sub = pa[b, :k, :k]
-            cell = Cell._from_int_rows(sub.tolist(), [names[0]] + [names[x] for x in pl[b, 1:k - 1].tolist()] + [names[-1]])
-            cell._keep, cell._canon, cell._net = list(range(k)), canon[b], net[b]
-            fits = (k <= sp.max_nodes and set(cell.ops[1:-1]) <= space_ops
-                    and (sp.max_edges is None or int(sub.sum()) <= sp.max_edges))
+            cell = Cell._from_int_rows([r[:k] for r in pa_rows[b][:k]],
+                                       [names[0]] + [names[x] for x in pl_rows[b][1:k - 1]] + [names[-1]])
+            cell._keep, cell._canon, cell._net = every[k], canon[b], net[b]
+            fits = (k <= sp.max_nodes and (ops_fit or set(cell.ops[1:-1]) <= set(sp.ops))
+                    and (edges is None or edges[b] <= sp.max_edges))
             if not (fits if plain_members else sp.contains(cell)):
                 cell = None
         out.append((cell, False) if cell is not None else _decode_one(codec, sp, op_logp[b], E[b]))

@@ -44,7 +44,7 @@ class Cell:
         self._adj: tuple[tuple[int, ...], ...] = adj
         self._ops: tuple[str, ...] = _check_ops(ops, len(adj))
         self._hash = hash((self._adj, self._ops))
-        self._keep: list[int] | None | bool = False
+        self._keep: Sequence[int] | None | bool = False
         self._canon: int | None = None
         self._net: int | None = None
 
@@ -70,7 +70,7 @@ class Cell:
         self._net = None
         return self
 
-    def _prune_keep(self) -> list[int] | None:
+    def _prune_keep(self) -> Sequence[int] | None:
         if self._keep is False:
             self._keep = _ref.prune_keep(self._adj)
         return self._keep  # type: ignore[return-value]
@@ -216,7 +216,7 @@ class Cell:
             [[self._adj[u][v] for v in keep] for u in keep],
             [self._ops[v] for v in keep],
         )
-        p._keep = list(range(len(keep)))
+        p._keep = tuple(range(len(keep)))
         return p
 
     def nb101_hash(self) -> str:
