@@ -51,6 +51,13 @@ def vertex_channels(in_channels: int, out_channels: int, matrix: list[list[int]]
     return ch
 
 
+@functools.lru_cache(maxsize=4096)
+def _channels(in_channels: int, out_channels: int, adjacency: tuple[tuple[int, ...], ...]) -> tuple[int, ...]:
+    """:func:`vertex_channels` of a cell's adjacency tuples, remembered: ``param_count`` and
+    ``flop_count`` of one cell ask for the same few (in, out) pairs."""
+    return tuple(vertex_channels(in_channels, out_channels, adjacency))
+
+
 class ConvBNReLU(nn.Sequential):
     def __init__(self, c_in: int, c_out: int, kernel: int) -> None:
         super().__init__(
@@ -157,7 +164,7 @@ def param_count(cell: Cell, num_classes: int = 10, stem_channels: int = STEM_CHA
         return k * k * c_in * c_out + 2 * c_out
 
     def module(c_in: int, c_out: int) -> int:
-        ch = vertex_channels(c_in, c_out, m)
+        ch = _channels(c_in, c_out, cell.adjacency)
         total = 0
         for t in range(1, n - 1):
             if m[0][t]:
@@ -197,7 +204,7 @@ def flop_count(cell: Cell, num_classes: int = 10, stem_channels: int = STEM_CHAN
     kernels = {"conv3x3-bn-relu": 3, "conv1x1-bn-relu": 1}
 
     def module(c_in: int, c_out: int, area: int) -> int:
-        ch = vertex_channels(c_in, c_out, m)
+        ch = _channels(c_in, c_out, cell.adjacency)
         total = 0
         for t in range(1, n - 1):
             if m[0][t]:
