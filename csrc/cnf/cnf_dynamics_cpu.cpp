@@ -481,13 +481,14 @@ void run(Problem<T>& p, const T* t, int64_t num_threads) {
 #endif
   const int64_t MB = 2 * vb / int64_t(sizeof(T));
   const int64_t tiles = (p.B + MB - 1) / MB;
-  // Multiply-adds per batch row, to give each thread >= ~4M of them (thread start-up ~50 us).
+  // Multiply-adds per batch row, to give each thread >= ~16M of them: a thread costs ~50 us to
+  // start, and a solve makes dozens of evaluations (4M left small batches slower on 2 threads).
   int64_t macs = 0;
   for (const Layer<T>& ly : p.layers) macs += ly.out * (ly.in + 2 * p.C + 16);
   if (p.divergence == kCnfHutchinson) macs *= 2;
   if (p.divergence == kCnfExact)
     for (size_t l = 1; l + 1 < p.layers.size(); ++l) macs += p.D * p.layers[l].out * p.layers[l].in;
-  const int64_t min_chunk = std::max<int64_t>(1, (int64_t{4} << 20) / std::max<int64_t>(1, macs * MB));
+  const int64_t min_chunk = std::max<int64_t>(1, (int64_t{16} << 20) / std::max<int64_t>(1, macs * MB));
   parallel_for(tiles, num_threads, min_chunk, [&](int64_t lo, int64_t hi) { fn(p, lo, hi); });
 }
 
