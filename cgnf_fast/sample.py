@@ -613,16 +613,13 @@ def decode_logits(op_logits: torch.Tensor, edge_logits: torch.Tensor, codec: Cel
     plain_members = type(sp).validate is DesignSpace.validate and type(sp).contains is DesignSpace.contains
     names = (_ops.INPUT, *codec.ops, _ops.OUTPUT)
     # the pruned graphs' canonical and network codes, natively from the same arrays (the cells
-    # remember them); labels as Cell.labels() (op labels, 0 at the input and output)
+    # remember them); the kernels read op labels (Cell.labels()) at the op vertices only
     rows = np.flatnonzero(pn >= 2)
     to_label = np.asarray([0] + [_ops.op_label(o) for o in codec.ops], dtype=np.int8)
-    lab = to_label[np.clip(pl[rows], 0, None)]
-    lab[:, 0] = 0
-    lab[np.arange(len(rows)), pn[rows] - 1] = 0
+    lab = to_label[np.clip(pl[rows], 0, None)]  # (padding, -1, reads as 0)
     ra, rl, rn = torch.from_numpy(np.ascontiguousarray(pa[rows])), torch.from_numpy(lab), torch.from_numpy(pn[rows])
     canon = dict(zip(rows.tolist(), dag_canonical_code(ra, rl, rn).tolist()))
-    identity = [_ops.op_label(o) for o in codec.ops if _ops.op_info(o).identity]
-    net = dict(zip(rows.tolist(), dag_network_code(ra, rl, rn, identity)))
+    net = dict(zip(rows.tolist(), dag_network_code(ra, rl, rn, _ops.identity_labels())))
     ops_fit = set(codec.ops) <= set(sp.ops)  # else checked per cell
     edges = pa.sum(axis=(1, 2)).tolist() if sp.max_edges is not None else None
     pa_rows, pl_rows, pn_list = pa.tolist(), pl.tolist(), pn.tolist()

@@ -349,7 +349,8 @@ class _ODEFunc(nn.Module):
             self._weights_need_grad = c.requires_grad or (noise is not None and noise.requires_grad) or any(
                 w.requires_grad for lw in ws for w in lw)
 
-    def _native(self, t: torch.Tensor, z: torch.Tensor) -> bool:
+    def _native(self, z: torch.Tensor, t: torch.Tensor | float | None = None) -> bool:
+        """The native plan can evaluate at (t, z): there is one, and autograd records nothing."""
         if self._plan is None:
             return False
         if not torch.is_grad_enabled():
@@ -359,12 +360,12 @@ class _ODEFunc(nn.Module):
     def native_solve_applies(self, z: torch.Tensor) -> bool:
         """A whole solve can run natively (``CnfPlan.solve``): a CPU plan, and nothing for
         autograd to record."""
-        return self._plan is not None and self._plan.device.type == "cpu" and self._native(torch.zeros(()), z)
+        return self._native(z) and self._plan.device.type == "cpu"  # type: ignore[union-attr]
 
     def forward(self, t: torch.Tensor, state: torch.Tensor | tuple[torch.Tensor, torch.Tensor]):
         self.nfe += 1
         z = state if self.divergence is None else state[0]
-        if self._native(t, z):
+        if self._native(z, t):
             dz, div = self._plan(t, z)  # type: ignore[misc]
         else:
             dz, div = cnf_reference.cnf_dynamics(t, z, self.c, self.dynamics.weights(), self.dynamics.activation,

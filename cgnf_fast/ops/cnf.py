@@ -354,12 +354,15 @@ class CnfPlan:
             size = _C.cnf_cuda_workspace(self.shape[0], self.widths, _DIV_CODE[kind])
             self._work = z_like.new_empty(size)
 
-    def __call__(self, t: float | torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _check_state(self, z: object) -> None:
         if not isinstance(z, torch.Tensor) or z.dtype != self.dtype or tuple(z.shape) != self.shape or \
                 z.device != self.device:
             got = f"{z.dtype} {list(z.shape)} on {z.device}" if isinstance(z, torch.Tensor) else type(z).__name__
             raise ValueError(f"z must be a {self.dtype} tensor of shape {list(self.shape)} on {self.device} "
                              f"(the plan's), got {got}")
+
+    def __call__(self, t: float | torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        self._check_state(z)
         t = torch.as_tensor(t, dtype=self.dtype, device=self.device)
         if t.numel() != 1:
             raise ValueError(f"t must be a float or a one-element tensor, got shape {list(t.shape)}")
@@ -390,11 +393,7 @@ class CnfPlan:
         """
         if self._cuda:
             raise ValueError("CnfPlan.solve runs on the CPU (use torchdiffeq with the plan on CUDA)")
-        if not isinstance(z, torch.Tensor) or z.dtype != self.dtype or tuple(z.shape) != self.shape or \
-                z.device != self.device:
-            got = f"{z.dtype} {list(z.shape)} on {z.device}" if isinstance(z, torch.Tensor) else type(z).__name__
-            raise ValueError(f"z must be a {self.dtype} tensor of shape {list(self.shape)} on {self.device} "
-                             f"(the plan's), got {got}")
+        self._check_state(z)
         for name, v in (("t0", t0), ("t1", t1)):
             if not isinstance(v, (int, float)) or v != v or v in (float("inf"), float("-inf")):
                 raise ValueError(f"{name} must be a finite number, got {v!r}")

@@ -229,32 +229,29 @@ def dag_network_code(adj: torch.Tensor, labels: torch.Tensor, n: torch.Tensor, i
     return [(w0 << 192) | (w1 << 128) | (w2 << 64) | w3 for w0, w1, w2, w3 in words]
 
 
+def _remembered(cells, slot: str, compute) -> list[int]:
+    """The value each cell remembers in ``slot``, computed in one batch for those that have none."""
+    cells = list(cells)
+    todo = [c for c in cells if getattr(c, slot) is None]
+    if todo:
+        for c, value in zip(todo, compute(todo)):
+            setattr(c, slot, int(value))
+    return [getattr(c, slot) for c in cells]
+
+
 def cell_network_codes(cells) -> list[int]:
     """``[c.network_code() for c in cells]`` by the native kernel in one batch (the cells are
     pruned first, as ``network_code`` does), remembered by each cell."""
     from ..space import _ops
 
-    cells = list(cells)
-    todo = [c for c in cells if c._net is None]
-    if todo:
-        pruned = [c.pruned(allow_zero=True) for c in todo]
-        identity = [op.label for op in _ops._BY_LABEL.values() if op.identity]
-        codes = dag_network_code(*batch_from_cells(pruned, MAX_NODES), identity)
-        for c, code in zip(todo, codes):
-            c._net = code
-    return [c._net for c in cells]
+    return _remembered(cells, "_net", lambda todo: dag_network_code(
+        *batch_from_cells([c.pruned(allow_zero=True) for c in todo], MAX_NODES), _ops.identity_labels()))
 
 
 def cell_canonical_codes(cells) -> list[int]:
     """``[c.canonical_code() for c in cells]`` computed by the native kernel in one batch (cells
     coded as given), and remembered by each cell, so later ``canonical_code()`` calls are free."""
-    cells = list(cells)
-    todo = [c for c in cells if c._canon is None]
-    if todo:
-        codes = dag_canonical_code(*batch_from_cells(todo, MAX_NODES)).tolist()
-        for c, code in zip(todo, codes):
-            c._canon = int(code)
-    return [c._canon for c in cells]
+    return _remembered(cells, "_canon", lambda todo: dag_canonical_code(*batch_from_cells(todo, MAX_NODES)).tolist())
 
 
 def dag_prune(

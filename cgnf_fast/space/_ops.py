@@ -90,5 +90,10 @@ def op_name(label: int) -> str:
         raise ValueError(f"unknown op label {label}; known labels: {sorted(_BY_LABEL)}") from None
 
 
+def identity_labels() -> list[int]:
+    """Labels of the identity ops (folded away by network codes)."""
+    return [op.label for op in _BY_LABEL.values() if op.identity]
+
+
 def known_ops() -> tuple[str, ...]:
     return tuple(_BY_NAME)

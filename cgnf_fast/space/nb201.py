@@ -220,14 +220,10 @@ def _class_table() -> tuple[np.ndarray, dict[int, int]]:
 
     # node forms, pruned (no path: the zero cell) and coded natively in one batch
     pa, pl, pn = dag_prune(*(torch.from_numpy(x) for x in _node_form_arrays()))
-    pl = torch.where(pl < 0, torch.zeros_like(pl), pl)  # padding label -> 0
     rows = torch.nonzero(pn >= 2).flatten()
     codes = np.full(NUM_ARCHS, Cell.zero().canonical_code(), dtype=np.uint64)
-    if len(rows):
-        out_n = pn[rows]
-        lab = pl[rows].clone()
-        lab[torch.arange(len(rows)), out_n.long() - 1] = 0  # the output's label
-        codes[rows.numpy()] = dag_canonical_code(pa[rows].contiguous(), lab, out_n).numpy().astype(np.uint64)
+    if len(rows):  # (the kernel reads the op vertices' labels only, not the padding)
+        codes[rows.numpy()] = dag_canonical_code(pa[rows], pl[rows], pn[rows]).numpy().astype(np.uint64)
     first: dict[int, int] = {}
     for idx, code in enumerate(codes.tolist()):
         first.setdefault(code, idx)

@@ -22,6 +22,21 @@ namespace cgnf {
 
 namespace {
 
+// Codes of graphs [lo, hi) into out (-1 where a graph does not load): 8x8 matrices through
+// load_bits8 and code8, other N row by row through codeN. Inlined into each caller, so the
+// per-graph functions run with the caller's instruction set.
+template <typename Code8, typename CodeN>
+CGNF_INLINE void codes_range(const uint8_t* a, const int8_t* l, const int8_t* nn, int64_t* out, int64_t lo, int64_t hi,
+                             int64_t N, Code8 code8, CodeN codeN) {
+  BitGraph g;
+  if (N == 8) {
+    for (int64_t b = lo; b < hi; ++b) out[b] = load_bits8(a + b * 64, l + b * 8, nn[b], g) ? int64_t(code8(g)) : -1;
+  } else {
+    for (int64_t b = lo; b < hi; ++b)
+      out[b] = load_bits(a + b * N * N, l + b * N, nn[b], N, g) ? int64_t(codeN(g)) : -1;
+  }
+}
+
 #ifdef CGNF_SIMD_X86
 #pragma GCC push_options
 #pragma GCC target("sse4.1")
@@ -53,30 +68,32 @@ struct KeyScanSse41 {
   }
 };
 
-// Constant 16-bit lane vectors indexed by vertex v or position p.
+// Constant 16-bit lane vectors, as data (no code runs at load time: this file's functions may
+// use instructions the CPU lacks until use_sse41() says otherwise).
 struct LaneTables {
-  __m128i clear[kMax];        // all lanes ~(1 << v)
-  __m128i bit[kMax];          // all lanes 1 << p
-  __m128i not_mid[kMax + 1];  // per n: 0x100 in lanes 0 and >= n - 1 (never candidates)
-  __m128i lane_bit;           // lane x = 1 << x
+  alignas(16) uint16_t clear[kMax][kMax];        // [v]: all lanes ~(1 << v)
+  alignas(16) uint16_t bit[kMax][kMax];          // [p]: all lanes 1 << p
+  alignas(16) uint16_t not_mid[kMax + 1][kMax];  // [n]: 0x100 in lanes 0 and >= n - 1 (never candidates)
+  alignas(16) uint16_t lane_bit[kMax];           // lane x = 1 << x
 };
 
-LaneTables make_lane_tables() {
-  LaneTables t;
+constexpr LaneTables make_lane_tables() {
+  LaneTables t{};
   for (int v = 0; v < kMax; ++v) {
-    t.clear[v] = _mm_set1_epi16(static_cast<short>(~(1u << v)));
-    t.bit[v] = _mm_set1_epi16(static_cast<short>(1u << v));
+    for (int x = 0; x < kMax; ++x) {
+      t.clear[v][x] = uint16_t(~(1u << v));
+      t.bit[v][x] = uint16_t(1u << v);
+    }
+    t.lane_bit[v] = uint16_t(1u << v);
   }
-  for (int n = 0; n <= kMax; ++n) {
-    alignas(16) uint16_t u[kMax];
-    for (int x = 0; x < kMax; ++x) u[x] = (x == 0 || x >= n - 1) ? 0x100 : 0;
-    t.not_mid[n] = _mm_load_si128(reinterpret_cast<const __m128i*>(u));
-  }
-  t.lane_bit = _mm_setr_epi16(1, 2, 4, 8, 16, 32, 64, 128);
+  for (int n = 0; n <= kMax; ++n)
+    for (int x = 0; x < kMax; ++x) t.not_mid[n][x] = (x == 0 || x >= n - 1) ? 0x100 : 0;
   return t;
 }
 
-const LaneTables kLanes = make_lane_tables();
+constexpr LaneTables kLanes = make_lane_tables();
+
+inline __m128i lanes(const uint16_t* row) { return _mm_load_si128(reinterpret_cast<const __m128i*>(row)); }
 
 // The canonical code of one graph with the forced prefix's state in vector lanes, one lane per
 // vertex: `wait` holds each vertex's unplaced predecessors (0x100 once placed, or if it is not
@@ -97,9 +114,9 @@ uint64_t code_sse41_lanes(const BitGraph& g) {
   const __m128i placed_flag = _mm_set1_epi16(0x100);
   const __m128i lab = _mm_slli_epi16(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(static_cast<long long>(lab64))), 8);
   const __m128i pred = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(static_cast<long long>(pred64)));
-  __m128i wait = _mm_or_si128(_mm_and_si128(pred, kLanes.clear[0]), kLanes.not_mid[n]);
+  __m128i wait = _mm_or_si128(_mm_and_si128(pred, lanes(kLanes.clear[0])), lanes(kLanes.not_mid[n]));
   // lane x: bit 0 where 0 -> x
-  __m128i inb = _mm_and_si128(_mm_cmpeq_epi16(_mm_and_si128(pred, kLanes.bit[0]), kLanes.bit[0]), kLanes.bit[0]);
+  __m128i inb = _mm_and_si128(_mm_cmpeq_epi16(_mm_and_si128(pred, lanes(kLanes.bit[0])), lanes(kLanes.bit[0])), lanes(kLanes.bit[0]));
   uint64_t code = uint64_t(n);
   uint32_t placed = 1u;  // as a bitmask too, for the branching search
   for (int p = 1; p < n - 1; ++p) {
@@ -108,7 +125,7 @@ uint64_t code_sse41_lanes(const BitGraph& g) {
     __m128i sel = _mm_cmpeq_epi16(key, _mm_shuffle_epi8(mp, word0));  // lanes holding the minimum
     // The bits of those vertices in every lane (one bit without a tie): PSADBW sums each
     // half's bytes.
-    __m128i vb = _mm_sad_epu8(_mm_and_si128(sel, kLanes.lane_bit), zero);
+    __m128i vb = _mm_sad_epu8(_mm_and_si128(sel, lanes(kLanes.lane_bit)), zero);
     vb = _mm_shuffle_epi8(_mm_or_si128(vb, _mm_shuffle_epi32(vb, 0x4e)), word0);
     const uint32_t eq = uint32_t(_mm_movemask_epi8(sel)) & 0x5555u;
     const uint32_t r = uint32_t(_mm_cvtsi128_si32(mp));
@@ -123,14 +140,14 @@ uint64_t code_sse41_lanes(const BitGraph& g) {
         return sse41::canonical_code_branch(g, KeyScanSse41(g), p, placed, inb64, code,
                                             uint32_t(_mm_cvtsi128_si32(vb)) & 0xffu, r & 0xffffu);
       }
-      vb = kLanes.bit[(r >> 16) & 7];
-      sel = _mm_cmpeq_epi16(kLanes.lane_bit, vb);
+      vb = lanes(kLanes.bit[(r >> 16) & 7]);
+      sel = _mm_cmpeq_epi16(lanes(kLanes.lane_bit), vb);
     }
     const uint32_t mn = r & 0xffffu;
     code = (((code << kLabelBits) | (mn >> 8)) << p) | (mn & 0xffu);
     placed |= 1u << ((r >> 16) & 7);
     const __m128i succ = _mm_cmpeq_epi16(_mm_and_si128(pred, vb), vb);  // lanes x with v -> x
-    inb = _mm_or_si128(inb, _mm_and_si128(succ, kLanes.bit[p]));
+    inb = _mm_or_si128(inb, _mm_and_si128(succ, lanes(kLanes.bit[p])));
     wait = _mm_or_si128(_mm_andnot_si128(vb, wait), _mm_and_si128(sel, placed_flag));
   }
   alignas(16) uint16_t last[kMax];
@@ -139,27 +156,14 @@ uint64_t code_sse41_lanes(const BitGraph& g) {
 }
 
 void codes_sse41(const uint8_t* a, const int8_t* l, const int8_t* nn, int64_t* out, int64_t lo, int64_t hi, int64_t N) {
-  BitGraph g;
-  if (N == 8) {
-    for (int64_t b = lo; b < hi; ++b)
-      out[b] = load_bits8(a + b * 64, l + b * 8, nn[b], g) ? int64_t(code_sse41_lanes(g)) : -1;
-  } else {
-    for (int64_t b = lo; b < hi; ++b)
-      out[b] = load_bits(a + b * N * N, l + b * N, nn[b], N, g) ? int64_t(sse41::canonical_code_search(g, KeyScanSse41(g))) : -1;
-  }
+  codes_range(a, l, nn, out, lo, hi, N, [](const BitGraph& g) { return code_sse41_lanes(g); },
+              [](const BitGraph& g) { return sse41::canonical_code_search(g, KeyScanSse41(g)); });
 }
 #pragma GCC pop_options
 #endif
 
 void codes_generic(const uint8_t* a, const int8_t* l, const int8_t* nn, int64_t* out, int64_t lo, int64_t hi, int64_t N) {
-  BitGraph g;
-  if (N == 8) {
-    for (int64_t b = lo; b < hi; ++b)
-      out[b] = load_bits8(a + b * 64, l + b * 8, nn[b], g) ? int64_t(canonical_code_bits(g)) : -1;
-  } else {
-    for (int64_t b = lo; b < hi; ++b)
-      out[b] = load_bits(a + b * N * N, l + b * N, nn[b], N, g) ? int64_t(canonical_code_bits(g)) : -1;
-  }
+  codes_range(a, l, nn, out, lo, hi, N, canonical_code_bits, canonical_code_bits);
 }
 
 bool use_sse41() {
