@@ -165,18 +165,9 @@ def _train_flow(args: argparse.Namespace) -> int:
 
 def _write_json_list_atomic(path: str, rows: list[Any]) -> None:
     """A JSON list, one element per line, written to ``PATH.partial`` and renamed into place."""
-    import os
-    from pathlib import Path
+    from .train.checkpoint import write_text_atomic
 
-    p = Path(path)
-    tmp = p.with_name(p.name + ".partial")
-    try:
-        with open(tmp, "w") as f:
-            f.write("[\n" + ",\n".join(json.dumps(r) for r in rows) + "\n]\n")
-        os.replace(tmp, p)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_text_atomic(path, "[\n" + ",\n".join(json.dumps(r) for r in rows) + "\n]\n")
 
 
 def _pipeline(args: argparse.Namespace) -> int:
@@ -359,19 +350,16 @@ def _check_outputs(*paths: str | None) -> None:
                 raise CLIError(f"cannot write {path}: folder {parent} does not exist")
 
 
-def _family(space: str) -> str:
-    return "nb101" if space.startswith("nb101") else "nb201"
-
-
-def _upper_bound_like(args: argparse.Namespace, task, sets: list[str], transfer: bool) -> int:
-    from .evaluate.training import get_protocol
+def _upper_bound_like(args: argparse.Namespace, task_kw: dict[str, Any], sets: list[str], transfer: bool) -> int:
+    from .evaluate.training import get_protocol, load_task
     from .evaluate.upper_bound import run_upper_bound, summary_markdown, transfer_markdown
     from .train.checkpoint import write_text_atomic
 
+    proto = get_protocol(args.protocol, space=args.space)
+    task = load_task(args.task, proto, **task_kw)
     _check_outputs(args.json, args.md, args.png)
     if args.png and importlib.util.find_spec("matplotlib") is None:
         raise CLIError("--png needs matplotlib: pip install 'cgnf_fast[plot]'")
-    proto = get_protocol(args.protocol or _family(args.space))
     png_tmp = args.png + ".drawing.png" if args.png else None
     r = run_upper_bound(args.space, _reference_arg(args.reference), n=args.n, seed=args.seed, model=args.model,
                         task=task, protocol=proto, seeds=_seeds_arg(args.seeds), sets=sets, store=args.store,
@@ -391,19 +379,13 @@ def _upper_bound_like(args: argparse.Namespace, task, sets: list[str], transfer:
 
 
 def _evaluate_upper_bound(args: argparse.Namespace) -> int:
-    from .evaluate.training import get_protocol, load_task
-
     sets = [x.strip() for x in args.sets.split(",") if x.strip()]
-    task = load_task(args.task, get_protocol(args.protocol or _family(args.space)))
-    return _upper_bound_like(args, task, sets, transfer=False)
+    return _upper_bound_like(args, {}, sets, transfer=False)
 
 
 def _evaluate_transfer(args: argparse.Namespace) -> int:
-    from .evaluate.training import get_protocol, load_task
-
-    task = load_task(args.task, get_protocol(args.protocol or _family(args.space)), loss=args.loss, metric=args.metric,
-                     objective=args.objective)
-    return _upper_bound_like(args, task, ["generated"], transfer=True)
+    return _upper_bound_like(args, dict(loss=args.loss, metric=args.metric, objective=args.objective), ["generated"],
+                             transfer=True)
 
 
 def _evaluate_all(args: argparse.Namespace) -> int:

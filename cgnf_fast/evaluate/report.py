@@ -99,12 +99,13 @@ def run_all(out: str | os.PathLike, *, protocol: str | None = None, seeds: tuple
     from .predictor import evaluate_latent, evaluate_predictor
     from .sampler import evaluate_sampler, measure
     from .training import get_protocol, load_task
+    from ..zc.run import skeleton_of
     from .upper_bound import run_upper_bound, summary_markdown, transfer_markdown
 
     t_start = time.time()
     outdir = Path(out)
     outdir.mkdir(parents=True, exist_ok=True)
-    protos = {fam: get_protocol(protocol if protocol is not None else fam) for fam in ("nb201", "nb101")}
+    protos = {fam: get_protocol(protocol, space=fam) for fam in ("nb201", "nb101")}
     proto = protos["nb201"]
     transfer = None
     if transfer_task is not None:  # read (and checked) before hours of work, not after
@@ -212,21 +213,24 @@ def run_all(out: str | os.PathLike, *, protocol: str | None = None, seeds: tuple
     # 5. upper bound -------------------------------------------------------------------------
     md += ["", "## 5. Pushing the upper bound (paper Sec. 4.3), with baselines", ""]
     ub_results = {}
-    try:
-        cifar = {fam: load_task("cifar10", protos[fam], data_dir=data_dir) for fam in protos}
-    except ValueError as e:
-        cifar, why_data = None, str(e)
+    cifar: dict[tuple[int | None, int | None], Any] = {}  # images each protocol uses -> the task, or why not
     for space, m, why in (("nb201-like", m201, why201), ("nb101-like", m101, why101)):
-        if cifar is None:
-            md += [f"### {space}", "", f"Skipped: {why_data}", ""]
+        fam = skeleton_of(space)
+        budget = (protos[fam].train_images, protos[fam].test_images)
+        if budget not in cifar:  # decoded once for both spaces when their protocols use as many images
+            try:
+                cifar[budget] = load_task("cifar10", protos[fam], data_dir=data_dir)
+            except ValueError as e:
+                cifar[budget] = str(e)
+        if isinstance(cifar[budget], str):
+            md += [f"### {space}", "", f"Skipped: {cifar[budget]}", ""]
             continue
         if m is None:
             md += [f"### {space}", "", f"Skipped: {why}", ""]
             continue
         _say(f"upper bound on {space}", progress)
         png = outdir / f"upper_bound_{space}.png"
-        fam = space.split("-")[0]
-        r = run_upper_bound(space, "best", n=n, seed=seed, model=m, task=cifar[fam], protocol=protos[fam], seeds=seeds,
+        r = run_upper_bound(space, "best", n=n, seed=seed, model=m, task=cifar[budget], protocol=protos[fam], seeds=seeds,
                             store=store,
                             work_dir=str(work), device=device, png=str(png), data_dir=data_dir,
                             progress=progress)

@@ -382,9 +382,16 @@ PROTOCOLS: dict[str, Protocol] = {
 }
 
 
-def get_protocol(spec: str | dict | Protocol) -> Protocol:
+def get_protocol(spec: str | dict | Protocol | None, *, space: str | None = None) -> Protocol:
     """A protocol by preset name, a JSON file path, a ``name:key=value,...`` override of a preset
-    (e.g. ``cpu-small:epochs=10,train_images=10000``), a dict, or a :class:`Protocol`."""
+    (e.g. ``cpu-small:epochs=10,train_images=10000``), a dict, or a :class:`Protocol`; None: the
+    seed benchmark's own recipe for ``space`` (preset ``nb201`` or ``nb101``)."""
+    if spec is None:
+        if space is None:
+            raise ValueError("no protocol given, and no space to take the default recipe from")
+        from ..zc.run import skeleton_of
+
+        spec = skeleton_of(space)
     if isinstance(spec, Protocol):
         return spec
     if isinstance(spec, dict):
@@ -445,14 +452,15 @@ class TrainResult:
 
 
 def _prepare(task: Task, protocol: Protocol) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    xtr, ytr, xte, yte = task.x_train, task.y_train, task.x_test, task.y_test
-    # a shortened budget keeps the first images (classification: the first of every class, interleaved)
-    if protocol.train_images is not None and protocol.train_images < ytr.shape[0]:
-        idx = interleaved(ytr, None) if task.loss == "cross_entropy" else torch.arange(ytr.shape[0])
-        xtr, ytr = xtr[idx[:protocol.train_images]], ytr[idx[:protocol.train_images]]
-    if protocol.test_images is not None and protocol.test_images < yte.shape[0]:
-        idx = interleaved(yte, None) if task.loss == "cross_entropy" else torch.arange(yte.shape[0])
-        xte, yte = xte[idx[:protocol.test_images]], yte[idx[:protocol.test_images]]
+    def head(x: torch.Tensor, y: torch.Tensor, k: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        # a shortened budget keeps the first images (classification: the first of every class, interleaved)
+        if k is None or k >= y.shape[0]:
+            return x, y
+        idx = (interleaved(y, None) if task.loss == "cross_entropy" else torch.arange(y.shape[0]))[:k]
+        return x[idx], y[idx]
+
+    xtr, ytr = head(task.x_train, task.y_train, protocol.train_images)
+    xte, yte = head(task.x_test, task.y_test, protocol.test_images)
     if protocol.resolution is not None and xtr.shape[-1] != protocol.resolution:
         r = protocol.resolution
         xtr = nn.functional.interpolate(xtr, size=(r, r), mode="area")
@@ -644,9 +652,7 @@ def train_cells(cells: Sequence[Cell], skeleton: str, task: Task, protocol: Prot
     space, fp = _store_key(task, protocol, skeleton, device)
     ver = code_version()
     st = ScoreStore(store) if store is not None else None
-    prepared = _prepare(task, protocol)
-    if cells:
-        _check_fits(cells[0], skeleton, task, protocol, prepared[0])
+    prepared = None  # the protocol's cut of the data, made (and checked) at the first cell to train
     out: list[list[TrainResult]] = [[None] * len(seeds) for _ in cells]  # type: ignore[list-item]
     cached: dict[tuple[int, int], dict[str, float]] = {}
     if st is not None:
@@ -663,7 +669,8 @@ def train_cells(cells: Sequence[Cell], skeleton: str, task: Task, protocol: Prot
     try:
         for i, j in jobs:
             cell, seed = cells[i], seeds[j]
-            code = cell.pruned(allow_zero=True).network_code()
+            pruned = cell.pruned(allow_zero=True)
+            code = pruned.network_code()
             got = cached.get((code, seed))
             if got is not None and {"metric", "test_loss", "train_loss"} <= set(got):
                 res = TrainResult(cell, seed, got["metric"], got["test_loss"], got["train_loss"],
@@ -672,9 +679,12 @@ def train_cells(cells: Sequence[Cell], skeleton: str, task: Task, protocol: Prot
                 r0 = done_here[(code, seed)]
                 res = dataclasses.replace(r0, cell=cell, cached=True)
             else:
+                if prepared is None:
+                    prepared = _prepare(task, protocol)
+                    _check_fits(cells[0], skeleton, task, protocol, prepared[0])
                 ck = None
                 if work_dir is not None:  # named by the exact cell: a relabelled copy has other weights' order
-                    exact = hashlib.sha256(cell.pruned(allow_zero=True).dumps().encode()).hexdigest()[:16]
+                    exact = hashlib.sha256(pruned.dumps().encode()).hexdigest()[:16]
                     ck = Path(work_dir) / f"{skeleton}-{fp}-{exact}-s{seed}.safetensors"
                 try:
                     res = train_cell(cell, skeleton, task, protocol, seed=seed, device=device, checkpoint=ck,
@@ -684,7 +694,7 @@ def train_cells(cells: Sequence[Cell], skeleton: str, task: Task, protocol: Prot
                     res = TrainResult(cell, seed, math.nan, math.nan, math.nan, math.nan)
                 done_here[(code, seed)] = res
                 if st is not None:
-                    st.put(space, code, cell.pruned(allow_zero=True).dumps(), fp, seed, ver,
+                    st.put(space, code, pruned.dumps(), fp, seed, ver,
                            {"metric": res.metric, "test_loss": res.test_loss, "train_loss": res.train_loss,
                             "seconds": res.seconds})
                 if ck is not None:

@@ -139,7 +139,7 @@ def neighbours(reference: Cell, seed_space, n: int, seed: int = 0, max_distance:
 def cell_sets(space: str = "nb201-like", reference: Any = "best", n: int = 20, seed: int = 0, model: Any = None,
               sets: Sequence[str] = SETS, device: str = "cpu") -> tuple[Cell, dict[str, list[Cell]]]:
     """The reference and the requested cell sets (module doc)."""
-    from ..sample import SEED_SPACES, resolve_reference, sample
+    from ..sample import SEED_SPACES, _resolve_model, resolve_reference, sample
     from ..space.spaces import get as get_space
 
     unknown = [s for s in sets if s not in SETS]
@@ -159,6 +159,8 @@ def cell_sets(space: str = "nb201-like", reference: Any = "best", n: int = 20, s
         return keep
 
     out: dict[str, list[Cell]] = {}
+    if "generated" in sets:
+        model = _resolve_model(model, sp, device)  # loaded once for the draws below
     for name in sets:
         if name == "generated":  # one more draw each time the reference (or the zero cell) is among them
             k = n
@@ -240,10 +242,10 @@ def run_upper_bound(space: str = "nb201-like", reference: Any = "best", *, n: in
     from .training import load_task
 
     sp = get_space(space)
-    proto = get_protocol(protocol if protocol is not None else _skeleton(sp))
+    skeleton = _skeleton(sp)
+    proto = get_protocol(protocol, space=sp.name)
     if task is None:
         task = load_task("cifar10", proto, data_dir=data_dir)
-    skeleton = _skeleton(sp)
     if progress:
         print(f"[upper-bound] {task.describe()}\n[upper-bound] {proto.describe()}\n[upper-bound] drawing the cell "
               f"sets ({', '.join(sets)}; n={n}, seed={seed})", file=sys.stderr, flush=True)
@@ -253,9 +255,8 @@ def run_upper_bound(space: str = "nb201-like", reference: Any = "best", *, n: in
     order = [ref] + [c for name in sets for c in groups[name]]
     trained = train_cells(order, skeleton, task, proto, seeds=seeds, store=store, device=device, work_dir=work_dir,
                           progress=progress, desc=f"train {len(order)} cells x {len(seeds)} seeds")
-    family = skeleton
-    bench = benchmark_accuracy(order, family, data_dir) if benchmark else [None] * len(order)
-    seed_sp = get_space(family)
+    bench = benchmark_accuracy(order, skeleton, data_dir) if benchmark else [None] * len(order)
+    seed_sp = get_space(skeleton)
     cache: dict[int, tuple[int, int]] = {}
 
     def row(i: int, c: Cell) -> dict[str, Any]:

@@ -12,6 +12,7 @@ NB101 counts in ``trainable_parameters``).
 
 from __future__ import annotations
 
+import collections
 import functools
 
 import torch
@@ -152,39 +153,50 @@ class NB101Network(nn.Module):
         return self.classifier(self.features(x).mean(dim=(2, 3)))
 
 
+#: Convolution kernel of each conv op (the other op, the 3x3 max pool, has no weights).
+_KERNEL = {"conv3x3-bn-relu": 3, "conv1x1-bn-relu": 1}
+
+
+def _cell_modules(stem_channels: int, num_stacks: int, cells_per_stack: int) -> collections.Counter:
+    """``(stack, c_in, c_out) -> how many cell modules`` of the network, stack by stack."""
+    shapes: collections.Counter = collections.Counter()
+    c_in = c = stem_channels
+    for stack in range(num_stacks):
+        if stack > 0:
+            c *= 2
+        for _ in range(cells_per_stack):
+            shapes[(stack, c_in, c)] += 1
+            c_in = c
+    return shapes
+
+
 def param_count(cell: Cell, num_classes: int = 10, stem_channels: int = STEM_CHANNELS,
                 num_stacks: int = NUM_STACKS, cells_per_stack: int = CELLS_PER_STACK) -> int:
     """Trainable parameters of ``NB101Network(cell, ...)``, computed without building it
     (NB101's ``trainable_parameters`` convention: conv kernels, BN scale and shift, dense layer)."""
     cell = cell.pruned()
-    m = [list(r) for r in cell.adjacency]
-    n = len(m)
+    m, n = cell.adjacency, cell.num_nodes
 
     def cbr(c_in: int, c_out: int, k: int) -> int:
         return k * k * c_in * c_out + 2 * c_out
 
     def module(c_in: int, c_out: int) -> int:
-        ch = _channels(c_in, c_out, cell.adjacency)
+        ch = _channels(c_in, c_out, m)
         total = 0
         for t in range(1, n - 1):
             if m[0][t]:
                 total += cbr(c_in, ch[t], 1)
-            k = {"conv3x3-bn-relu": 3, "conv1x1-bn-relu": 1}.get(cell.ops[t])
+            k = _KERNEL.get(cell.ops[t])
             if k:
                 total += cbr(ch[t], ch[t], k)
         if m[0][n - 1]:
             total += cbr(c_in, c_out, 1)
         return total
 
-    module = functools.lru_cache(maxsize=None)(module)  # the same (c_in, c_out) in most cells of a stack
+    c = stem_channels << max(num_stacks - 1, 0)  # the last stack's width
     total = cbr(3, stem_channels, 3)
-    c_in = c = stem_channels
-    for stack in range(num_stacks):
-        if stack > 0:
-            c *= 2
-        for _ in range(cells_per_stack):
-            total += module(c_in, c)
-            c_in = c
+    total += sum(k * module(c_in, c_out) for (_, c_in, c_out), k in
+                 _cell_modules(stem_channels, num_stacks, cells_per_stack).items())
     return total + c * num_classes + num_classes
 
 
@@ -199,32 +211,24 @@ def flop_count(cell: Cell, num_classes: int = 10, stem_channels: int = STEM_CHAN
         raise ValueError(f"image_size must be an int >= {2 ** max(num_stacks - 1, 0)} for {num_stacks} stacks, "
                          f"got {image_size!r}")
     cell = cell.pruned()
-    m = [list(r) for r in cell.adjacency]
-    n = len(m)
-    kernels = {"conv3x3-bn-relu": 3, "conv1x1-bn-relu": 1}
+    m, n = cell.adjacency, cell.num_nodes
 
     def module(c_in: int, c_out: int, area: int) -> int:
-        ch = _channels(c_in, c_out, cell.adjacency)
+        ch = _channels(c_in, c_out, m)
         total = 0
         for t in range(1, n - 1):
             if m[0][t]:
                 total += c_in * ch[t] * area
-            k = kernels.get(cell.ops[t])
+            k = _KERNEL.get(cell.ops[t])
             total += k * k * ch[t] * ch[t] * area if k else 9 * ch[t] * area  # conv, or 3x3 max pool
         if m[0][n - 1]:
             total += c_in * c_out * area
         return total
 
-    module = functools.lru_cache(maxsize=None)(module)  # the same shapes in most cells of a stack
-    r = image_size
-    total = 9 * 3 * stem_channels * r * r
-    c_in = c = stem_channels
-    for stack in range(num_stacks):
-        if stack > 0:
-            r //= 2
-            total += 4 * c * r * r  # 2x2 max pool, stride 2
-            c *= 2
-        for _ in range(cells_per_stack):
-            total += module(c_in, c, r * r)
-            c_in = c
+    c = stem_channels << max(num_stacks - 1, 0)  # the last stack's width
+    total = 9 * 3 * stem_channels * image_size * image_size
+    for stack in range(1, num_stacks):  # 2x2 max pool, stride 2, before every stack but the first
+        total += 4 * (stem_channels << (stack - 1)) * (image_size >> stack) ** 2
+    total += sum(k * module(c_in, c_out, (image_size >> stack) ** 2) for (stack, c_in, c_out), k in
+                 _cell_modules(stem_channels, num_stacks, cells_per_stack).items())
     return total + c * num_classes + num_classes

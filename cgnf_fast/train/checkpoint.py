@@ -31,14 +31,17 @@ def _atomic(path: Path) -> Path:
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """``text`` written to ``PATH.partial``, synced and renamed into place: readers see the old
-    file or the whole new one, never a half-written one."""
+    file or the whole new one, never a half-written one (nor a stray ``.partial``)."""
     path = Path(path)
     tmp = _atomic(path)
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a write that failed leaves nothing behind
 
 
 def save_json(path: str | os.PathLike, obj: Any) -> None:
