@@ -123,7 +123,8 @@ def _train_gvae(args: argparse.Namespace) -> int:
                           include_seed_space=args.seed_space_cells, heldout=args.heldout, latent=args.latent,
                           hidden=args.hidden, layers=args.layers, batch=args.batch, epochs=args.epochs, lr=args.lr,
                           beta=args.beta, margin=args.margin, triplet_weight=args.triplet_weight,
-                          predictor_weight=args.predictor_weight, seed=args.seed)
+                          predictor_weight=args.predictor_weight, predictor=args.predictor,
+                          path_channels=args.path_channels, seed=args.seed)
     metrics = train_gvae(cfg, args.out, device=args.device, backend=args.backend, progress=not args.no_progress)
     print(json.dumps(metrics))
     return 0
@@ -179,7 +180,7 @@ def _pipeline(args: argparse.Namespace) -> int:
                          workers=args.workers, seed=args.seed, gvae_epochs=args.gvae_epochs, gvae_lr=args.gvae_lr,
                          unlabelled=args.unlabelled, seed_space_cells=args.seed_space_cells, heldout=args.heldout,
                          latent=args.latent, gvae_hidden=args.gvae_hidden, gvae_layers=args.gvae_layers,
-                         gvae_batch=args.gvae_batch,
+                         gvae_batch=args.gvae_batch, gvae_predictor=args.gvae_predictor,
                          flow_epochs=args.flow_epochs, flow_batch=args.flow_batch, flow_max_cells=args.flow_max_cells,
                          flow_hidden=args.flow_hidden)
     summary = run_pipeline(cfg, args.out, device=args.device, progress=not args.no_progress,
@@ -518,6 +519,9 @@ def _build_parser() -> argparse.ArgumentParser:
     tg.add_argument("--margin", type=float, default=0.5, help="triplet margin m")
     tg.add_argument("--triplet-weight", type=float, default=1.0, help="0 disables the triplet loss (ablation)")
     tg.add_argument("--predictor-weight", type=float, default=10.0)
+    tg.add_argument("--predictor", choices=("paths", "latent"), default="paths",
+                    help="attribute predictor: learned path gains of the decoded graph (default) or an MLP on z")
+    tg.add_argument("--path-channels", type=int, default=16, help="learned path-gain channels (--predictor paths)")
     tg.add_argument("--seed", type=int, default=0)
     tg.add_argument("--device", default="cpu")
     tg.add_argument("--backend", choices=("native", "torch"), default="native", help="message-passing kernel")
@@ -584,6 +588,8 @@ def _build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--gvae-hidden", type=int, default=128)
     pl.add_argument("--gvae-layers", type=int, default=4)
     pl.add_argument("--gvae-batch", type=int, default=512)
+    pl.add_argument("--gvae-predictor", choices=("paths", "latent"), default="paths",
+                    help="the G-VAE's attribute predictor (see `cgnf train gvae --help`)")
     pl.add_argument("--flow-epochs", type=int, default=15)
     pl.add_argument("--flow-batch", type=int, default=256)
     pl.add_argument("--flow-max-cells", type=int, default=30_000, help="latents the flow trains on")

@@ -67,6 +67,7 @@ class PipelineConfig:
     gvae_hidden: int = 128
     gvae_layers: int = 4
     gvae_batch: int = 512
+    gvae_predictor: str = "paths"
     # flow
     flow_epochs: int = 15
     flow_batch: int = 256
@@ -75,6 +76,8 @@ class PipelineConfig:
 
     #: may change between a run and its resumption (it does not change what is computed)
     RESUMABLE_CHANGES = ("workers",)
+    #: what a run directory written before a field existed used
+    LEGACY_DEFAULTS = {"gvae_predictor": "latent"}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -116,7 +119,8 @@ class PipelineConfig:
         return TrainGVAEConfig(space=self.space, store=store, attributes=attrs, n_unlabelled=self.unlabelled,
                                include_seed_space=self.seed_space_cells, heldout=self.heldout, latent=self.latent,
                                hidden=self.gvae_hidden, layers=self.gvae_layers, batch=self.gvae_batch,
-                               epochs=self.gvae_epochs, lr=self.gvae_lr, seed=self.seed)
+                               epochs=self.gvae_epochs, lr=self.gvae_lr, predictor=self.gvae_predictor,
+                               seed=self.seed)
 
     def flow_config(self):
         from .train.flow import TrainFlowConfig
@@ -136,10 +140,11 @@ def _check_resume(out: Path, cfg: PipelineConfig) -> None:
     if not isinstance(old, dict) or old.get("format") != "cgnf_fast.pipeline" or "config" not in old:
         raise CheckpointError(f"{out / 'pipeline.json'}: not a pipeline run directory (use a new --out)")
     new = cfg.to_dict()
-    diff = sorted(k for k in set(old["config"]) | set(new)
-                  if k not in PipelineConfig.RESUMABLE_CHANGES and old["config"].get(k) != new.get(k))
+    was = {**PipelineConfig.LEGACY_DEFAULTS, **old["config"]}
+    diff = sorted(k for k in set(was) | set(new)
+                  if k not in PipelineConfig.RESUMABLE_CHANGES and was.get(k) != new.get(k))
     if diff:
-        detail = ", ".join(f"{k}: {old['config'].get(k)!r} -> {new.get(k)!r}" for k in diff[:4])
+        detail = ", ".join(f"{k}: {was.get(k)!r} -> {new.get(k)!r}" for k in diff[:4])
         raise ValueError(f"{out} holds a pipeline run with a different config ({detail}); use a new --out")
 
 

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from cgnf_fast import get_space
 from cgnf_fast.models.api import GraphVAE
 from cgnf_fast.models.codec import CellCodec, canonical_cell, code_to_graph
-from cgnf_fast.models.gvae import GVAE, GVAEConfig, mine_triplets, triplet_loss
+from cgnf_fast.models.gvae import GVAE, GVAEConfig, PathPredictor, mine_triplets, triplet_loss
 from cgnf_fast.reference import dag as ref
 from cgnf_fast.space import Cell
 from cgnf_fast.train.checkpoint import CheckpointError, load_module, load_tensors, save_tensors
@@ -84,6 +84,68 @@ def test_triplet_loss_is_zero_when_latents_mirror_scores_and_positive_when_rever
     assert triplet_loss(good, t, margin=0.01, generator=torch.Generator().manual_seed(2)).item() < 0.05
     bad = torch.randn(128, 2, generator=g).double()
     assert triplet_loss(bad, t, margin=1.0, generator=torch.Generator().manual_seed(2)).item() > 0.3
+
+
+# -- the path predictor --------------------------------------------------------------------
+def _path_sums(cell: Cell, ops: list[str], gains: torch.Tensor) -> list[float]:
+    """Brute force: per channel, the sum over input->output paths of the product of the
+    gains of the paths' op vertices (every path enumerated)."""
+    p = cell.pruned(allow_zero=True)
+    m, n = p.matrix, p.num_nodes
+    out = []
+    for c in range(gains.shape[0]):
+        total = 0.0
+        stack = [(0, 1.0)]
+        while stack:
+            v, prod = stack.pop()
+            if v == n - 1:
+                total += prod
+                continue
+            for w in range(v + 1, n):
+                if m[v, w]:
+                    stack.append((w, prod if w == n - 1 else prod * float(gains[c, ops.index(p.ops[w])])))
+        out.append(total)
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(dags(ops=NB201_OPS), min_size=1, max_size=6))
+def test_path_features_are_the_path_sums_of_the_cell(cells: list[Cell]) -> None:
+    cfg = GVAEConfig(space="nb201-like", num_nodes=8, ops=list(NB201_OPS), attributes=["a"], predictor="paths",
+                     path_channels=3)
+    torch.manual_seed(0)
+    pp = PathPredictor(cfg).double()
+    adj, ops = CellCodec(get_space("nb201-like")).encode(cells)
+    f = pp.features(*pp.features_of_layout(adj.double(), ops)).detach()
+    gains = pp.log_gain.detach().exp()
+    for i, c in enumerate(cells):
+        want = np.log(np.array(_path_sums(c, list(NB201_OPS), gains)) + PathPredictor.EPS)
+        np.testing.assert_allclose(f[i, :3].numpy(), want, rtol=1e-9, atol=1e-9)
+        p = c.pruned(allow_zero=True)
+        counts = [sum(o == op for o in p.ops) for op in NB201_OPS]
+        np.testing.assert_array_equal(f[i, 3:3 + len(NB201_OPS)].numpy(), counts)
+        assert f[i, -1].item() == p.num_edges
+
+
+def test_path_predictor_reads_the_decoded_graph_without_training_the_decoder() -> None:
+    torch.manual_seed(0)
+    cfg = GVAEConfig(space="nb201-like", num_nodes=8, ops=list(NB201_OPS), hidden=8, layers=1, latent=4,
+                     dec_hidden=16, pred_hidden=8, attributes=["a", "b"], predictor="paths", path_channels=4)
+    m = GVAE(cfg)
+    z = torch.randn(5, 4, requires_grad=True)
+    out = m.predict_std(z)
+    op_logits, edge_logits = m.decode_logits(z)
+    torch.testing.assert_close(out, m.predictor(op_logits.softmax(-1), edge_logits.sigmoid()))
+    out.sum().backward()
+    assert z.grad is None and all(p.grad is None for p in m.decoder.parameters())
+    assert m.predictor.log_gain.grad is not None
+    with pytest.raises(ValueError, match="predictor must be one of"):
+        GVAE(GVAEConfig(space="nb201-like", num_nodes=8, ops=list(NB201_OPS), predictor="mlp"))
+    with pytest.raises(ValueError, match="path_channels"):
+        GVAE(GVAEConfig(space="nb201-like", num_nodes=8, ops=list(NB201_OPS), path_channels=0))
+    # configs written before the option existed are MLP-on-z models
+    old = {k: v for k, v in cfg.to_dict().items() if k not in ("predictor", "path_channels")}
+    assert GVAEConfig.from_dict(old).predictor == "latent"
 
 
 # -- checkpoints ---------------------------------------------------------------------------
@@ -163,6 +225,22 @@ def test_train_writes_a_loadable_model_and_metrics(label_store: str, tmp_path: P
     with pytest.raises(ValueError, match="different config"):
         train_gvae(TrainGVAEConfig(space="nb201-like", store=label_store, **{**TINY, "latent": 8}),
                    str(tmp_path / "run"), backend="torch", progress=False)
+
+
+def test_latent_predictor_trains_and_old_runs_resume_as_latent(label_store: str, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    cfg = TrainGVAEConfig(space="nb201-like", store=label_store, predictor="latent", **{**TINY, "epochs": 1})
+    train_gvae(cfg, str(run), backend="torch", progress=False)
+    vae = GraphVAE.load(run, backend="torch")
+    assert vae.cfg.predictor == "latent" and not isinstance(vae.model.predictor, PathPredictor)
+    # a run directory from before the option existed: its train.json has no "predictor"
+    old = json.loads((run / "train.json").read_text())
+    del old["predictor"], old["path_channels"]
+    (run / "train.json").write_text(json.dumps(old))
+    train_gvae(cfg, str(run), backend="torch", progress=False)  # resumes (nothing left to do)
+    with pytest.raises(ValueError, match="predictor: 'latent' -> 'paths'"):
+        train_gvae(TrainGVAEConfig(space="nb201-like", store=label_store, **{**TINY, "epochs": 1}), str(run),
+                   backend="torch", progress=False)
 
 
 def test_native_and_torch_backends_train_alike(label_store: str, tmp_path: Path) -> None:

@@ -19,6 +19,22 @@ MLP -> ``(mu, logvar)``.
 Decoder: ``z`` -> MLP -> op logits for the op slots 1 .. N-2 (``absent`` or an op of the
 space) and edge logits for every pair ``i < j`` of slots.
 
+Attribute predictor (``predictor`` in the config):
+
+* ``"paths"`` (the default for new runs): the predictor reads a latent *through the decoder*.
+  ``z`` is decoded to a soft slot layout (op probabilities per slot, edge probabilities per
+  pair; no gradient flows back into the decoder), and :class:`PathPredictor` turns that graph
+  into features an MLP maps to the attributes: ``C`` learned *path gains*
+  ``log sum over input->output paths of prod over the path's op vertices of g[c, op]`` (one
+  learned gain per channel and op, computed by one pass over the slots in topological order,
+  soft in the probabilities), the expected count of each op and the expected edge count. The
+  path sums generalise NAS path encodings (every path's op sequence) to a few learned
+  channels; they are what makes the predictor extrapolate to cells no label covers, such as
+  NB201-like cells with one or two op vertices, which are all NB201 networks and so never
+  labelled when the seed space is held out (synflow, for one, is a path sum of products of
+  layer gains: linear in these features to ~0.1 % of its range).
+* ``"latent"`` (the models trained before it): an MLP on ``z``.
+
 Shapes:
     adj [B, N, N] float32, ops [B, N] int64, z [B, latent], attributes [B, A].
 """
@@ -33,6 +49,7 @@ from torch import nn
 from torch.nn import functional as F
 
 BACKENDS = ("native", "torch")
+PREDICTORS = ("paths", "latent")
 
 
 @dataclass
@@ -51,6 +68,9 @@ class GVAEConfig:
     eps: float = 0.0
     max_edges: int | None = None
     allow_zero: bool = True
+    #: "paths" (learned path gains of the decoded graph -> MLP) or "latent" (MLP on z); see the module doc
+    predictor: str = "latent"
+    path_channels: int = 16
 
     def design_space(self):
         """The design space: a built-in one by name, else rebuilt from the stored definition."""
@@ -66,6 +86,12 @@ class GVAEConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def validate(self) -> None:
+        if self.predictor not in PREDICTORS:
+            raise ValueError(f"predictor must be one of {PREDICTORS}, got {self.predictor!r}")
+        if isinstance(self.path_channels, bool) or not isinstance(self.path_channels, int) or self.path_channels < 1:
+            raise ValueError(f"path_channels must be a positive int, got {self.path_channels!r}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GVAEConfig:
@@ -129,7 +155,7 @@ class MLPDecoder(nn.Module):
 
 
 class AttributePredictor(nn.Module):
-    """MLP from a latent to the (standardised) attribute vector."""
+    """MLP from a latent to the (standardised) attribute vector (``predictor="latent"``)."""
 
     def __init__(self, cfg: GVAEConfig) -> None:
         super().__init__()
@@ -140,15 +166,69 @@ class AttributePredictor(nn.Module):
         return self.net(z)
 
 
+class PathPredictor(nn.Module):
+    """Attributes of a (soft) slot layout: learned path gains, op and edge counts -> MLP + linear.
+
+    Input: ``op_probs [B, N-2, K+1]`` (slot 1 .. N-2: ``absent``, then the space's ops) and
+    ``edge_probs [B, N(N-1)/2]`` (pairs ``i < j`` in ``triu_indices`` order); one-hot rows
+    give a cell's exact features (:meth:`features_of_layout`).
+
+    Feature ``c`` of the ``C`` path channels: ``log(eps + v[N-1])`` with ``v[0] = 1`` and
+    ``v[j] = gain_c(j) * sum_{i<j} e[i, j] v[i]``, ``gain_c(j) = sum_k p[j, k] exp(a[c, k])``
+    (absent slots have gain 0, the output slot 1): for a hard graph, the sum over input->output
+    paths of the product of the gains of their op vertices.
+    """
+
+    EPS = 1e-6
+
+    def __init__(self, cfg: GVAEConfig) -> None:
+        super().__init__()
+        K, C, N = len(cfg.ops), cfg.path_channels, cfg.num_nodes
+        A = max(len(cfg.attributes), 1)
+        self.N, self.K, self.C = N, K, C
+        # log gains: spread around e^1 so the channels start different (the seed fixes them)
+        self.log_gain = nn.Parameter(1.0 + 0.5 * torch.randn(C, K))
+        F_ = C + K + 1
+        self.lin = nn.Linear(F_, A)
+        self.mlp = nn.Sequential(nn.Linear(F_, cfg.pred_hidden), nn.Tanh(), nn.Linear(cfg.pred_hidden, cfg.pred_hidden),
+                                 nn.Tanh(), nn.Linear(cfg.pred_hidden, A))
+        iu = torch.triu_indices(N, N, 1)
+        self.register_buffer("iu", iu, persistent=False)
+
+    def features(self, op_probs: torch.Tensor, edge_probs: torch.Tensor) -> torch.Tensor:
+        """``[B, C + K + 1]``: log path sums, expected op counts, expected edge count."""
+        B, N = op_probs.shape[0], self.N
+        e = op_probs.new_zeros(B, N, N)
+        e[:, self.iu[0], self.iu[1]] = edge_probs
+        gains = self.log_gain.clamp(-8.0, 8.0).exp()  # [C, K]
+        g = torch.einsum("bsk,ck->bcs", op_probs[..., 1:], gains)  # [B, C, N-2]
+        v = [op_probs.new_ones(B, self.C)]
+        for j in range(1, N):
+            acc = (e[:, :j, j, None] * torch.stack(v, 1)).sum(1)  # [B, C]
+            v.append(acc * g[:, :, j - 1] if j < N - 1 else acc)
+        paths = torch.log(v[-1] + self.EPS)
+        return torch.cat([paths, op_probs[..., 1:].sum(1), edge_probs.sum(1, keepdim=True)], dim=-1)
+
+    def forward(self, op_probs: torch.Tensor, edge_probs: torch.Tensor) -> torch.Tensor:
+        f = self.features(op_probs, edge_probs)
+        return self.lin(f) + self.mlp(f)
+
+    def features_of_layout(self, adj: torch.Tensor, ops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One-hot ``(op_probs, edge_probs)`` of an exact slot layout (``adj [B, N, N]``, ``ops [B, N]``)."""
+        op_probs = F.one_hot(ops[:, 1:-1], self.K + 3)[..., : self.K + 1].to(adj.dtype)
+        return op_probs, adj[:, self.iu[0], self.iu[1]]
+
+
 class GVAE(nn.Module):
     """Encoder + decoder + attribute predictor (one module, one checkpoint)."""
 
     def __init__(self, cfg: GVAEConfig) -> None:
         super().__init__()
+        cfg.validate()
         self.cfg = cfg
         self.encoder = GINEncoder(cfg)
         self.decoder = MLPDecoder(cfg)
-        self.predictor = AttributePredictor(cfg)
+        self.predictor = PathPredictor(cfg) if cfg.predictor == "paths" else AttributePredictor(cfg)
         A = max(len(cfg.attributes), 1)
         # standardisation of attributes (set from the labelled training data)
         self.register_buffer("attr_mean", torch.zeros(A))
@@ -162,12 +242,17 @@ class GVAE(nn.Module):
         return self.decoder(z)
 
     def predict_std(self, z: torch.Tensor) -> torch.Tensor:
-        """Standardised attribute predictions ``[B, A]``."""
+        """Standardised attribute predictions ``[B, A]`` (``"paths"``: of the decoded soft graph,
+        with no gradient into the decoder)."""
+        if isinstance(self.predictor, PathPredictor):
+            with torch.no_grad():
+                op_logits, edge_logits = self.decoder(z)
+            return self.predictor(op_logits.softmax(-1), edge_logits.sigmoid())
         return self.predictor(z)
 
     def predict(self, z: torch.Tensor) -> torch.Tensor:
         """Attribute predictions ``[B, A]`` in the units of the score store."""
-        return self.predictor(z) * self.attr_std + self.attr_mean
+        return self.predict_std(z) * self.attr_std + self.attr_mean
 
     def layout_from_logits(self, op_logits: torch.Tensor, edge_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Most likely slot layout ``(adj [B, N, N] float32, ops [B, N] int64)`` (slot 0 input, N-1 output)."""

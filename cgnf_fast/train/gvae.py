@@ -54,6 +54,9 @@ class TrainGVAEConfig:
     latent: int = 32
     dec_hidden: int = 512
     pred_hidden: int = 256
+    #: the attribute predictor: "paths" (decoded graph -> learned path gains -> MLP) or "latent" (MLP on z)
+    predictor: str = "paths"
+    path_channels: int = 16
     batch: int = 512
     labelled_batch: int = 128
     epochs: int = 40
@@ -69,6 +72,8 @@ class TrainGVAEConfig:
 
     #: fields that may change between a run and its resumption
     RESUMABLE_CHANGES = ("epochs", "ckpt_every")
+    #: what a run directory written before a field existed was trained with
+    LEGACY_DEFAULTS = {"predictor": "latent", "path_channels": 16}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,6 +93,7 @@ class TrainGVAEConfig:
                 raise ValueError(f"{f} must be a positive int, got {v!r}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        _model_config(self, []).validate()
         for f in ("lr", "beta", "margin", "triplet_weight", "predictor_weight"):
             v = getattr(self, f)
             if not isinstance(v, (int, float)) or v < 0 or not math.isfinite(v):
@@ -142,11 +148,12 @@ def _model_config(cfg: TrainGVAEConfig, attributes: list[str]) -> GVAEConfig:
     sp = cfg.design_space()
     return GVAEConfig(space=cfg.space, num_nodes=sp.max_nodes, ops=list(sp.ops), hidden=cfg.hidden, layers=cfg.layers,
                       latent=cfg.latent, dec_hidden=cfg.dec_hidden, pred_hidden=cfg.pred_hidden,
-                      attributes=list(attributes), max_edges=sp.max_edges, allow_zero=sp.allow_zero)
+                      attributes=list(attributes), max_edges=sp.max_edges, allow_zero=sp.allow_zero,
+                      predictor=cfg.predictor, path_channels=cfg.path_channels)
 
 
 def _check_resume(out: Path, cfg: TrainGVAEConfig) -> None:
-    old = load_json(out / "train.json")
+    old = {**TrainGVAEConfig.LEGACY_DEFAULTS, **load_json(out / "train.json")}
     new = cfg.to_dict()
     diff = sorted(k for k in set(old) | set(new)
                   if k not in TrainGVAEConfig.RESUMABLE_CHANGES and old.get(k) != new.get(k))
@@ -266,7 +273,9 @@ def train_gvae(cfg: TrainGVAEConfig, out: str, *, device: str = "cpu", backend: 
             nl = la.shape[0]
             target = lab_std[lidx].to(dev)
             trip = triplet_loss(mu[-nl:], target, cfg.margin)
-            pred = torch.nn.functional.mse_loss(model.predict_std(z[-nl:]), target)
+            # "paths" reads the decoded graph of the posterior mean (what it sees at inference)
+            zp = mu[-nl:] if mcfg.predictor == "paths" else z[-nl:]
+            pred = torch.nn.functional.mse_loss(model.predict_std(zp), target)
             loss = rec + cfg.beta * kl + cfg.triplet_weight * trip + cfg.predictor_weight * pred
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower --lr")
