@@ -67,7 +67,7 @@ class PipelineConfig:
     gvae_hidden: int = 128
     gvae_layers: int = 4
     gvae_batch: int = 512
-    gvae_predictor: str = "paths"
+    gvae_predictor: str | None = None  # None: the space's default (train.gvae.default_predictor)
     # flow
     flow_epochs: int = 15
     flow_batch: int = 256
@@ -108,6 +108,10 @@ class PipelineConfig:
             if self.batch_size > available:
                 raise ValueError(f"batch_size {self.batch_size}: the embedded calibration batch has {available} "
                                  f"images; pass --images DIR for larger batches")
+        if self.gvae_predictor is None:
+            from .train.gvae import default_predictor
+
+            self.gvae_predictor = default_predictor(self.space)
         self.gvae_config("scores.sqlite").validate()
         self.flow_config().validate()
 

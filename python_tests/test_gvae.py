@@ -24,7 +24,7 @@ from cgnf_fast.models.gvae import GVAE, GVAEConfig, PathPredictor, mine_triplets
 from cgnf_fast.reference import dag as ref
 from cgnf_fast.space import Cell
 from cgnf_fast.train.checkpoint import CheckpointError, load_module, load_tensors, save_tensors
-from cgnf_fast.train.gvae import TrainGVAEConfig, train_gvae
+from cgnf_fast.train.gvae import TrainGVAEConfig, default_predictor, train_gvae
 
 from helpers import dags, permute, topo_permutations
 
@@ -238,6 +238,10 @@ def test_latent_predictor_trains_and_old_runs_resume_as_latent(label_store: str,
     del old["predictor"], old["path_channels"]
     (run / "train.json").write_text(json.dumps(old))
     train_gvae(cfg, str(run), backend="torch", progress=False)  # resumes (nothing left to do)
+    assert default_predictor("nb201-like") == "paths" and default_predictor("nb101-like") == "latent"
+    auto = TrainGVAEConfig(space="nb101-like", store=label_store)
+    auto.validate()
+    assert auto.predictor == "latent"
     with pytest.raises(ValueError, match="predictor: 'latent' -> 'paths'"):
         train_gvae(TrainGVAEConfig(space="nb201-like", store=label_store, **{**TINY, "epochs": 1}), str(run),
                    backend="torch", progress=False)
@@ -255,7 +259,7 @@ def test_native_and_torch_backends_train_alike(label_store: str, tmp_path: Path)
 _TRAIN_SCRIPT = """
 import sys, time, torch
 torch.set_num_threads(1)
-from cgnf_fast.train.gvae import TrainGVAEConfig, train_gvae
+from cgnf_fast.train.gvae import TrainGVAEConfig, default_predictor, train_gvae
 cfg = TrainGVAEConfig(space="nb201-like", store=sys.argv[1], **{tiny})
 train_gvae(cfg, sys.argv[2], backend="torch", progress=False)
 """
