@@ -124,7 +124,7 @@ def _train_gvae(args: argparse.Namespace) -> int:
                           hidden=args.hidden, layers=args.layers, batch=args.batch, epochs=args.epochs, lr=args.lr,
                           beta=args.beta, margin=args.margin, triplet_weight=args.triplet_weight,
                           predictor_weight=args.predictor_weight, predictor=args.predictor,
-                          path_channels=args.path_channels, seed=args.seed)
+                          path_channels=args.path_channels, degree_features=args.degree_features, seed=args.seed)
     metrics = train_gvae(cfg, args.out, device=args.device, backend=args.backend, progress=not args.no_progress)
     print(json.dumps(metrics))
     return 0
@@ -520,8 +520,10 @@ def _build_parser() -> argparse.ArgumentParser:
     tg.add_argument("--triplet-weight", type=float, default=1.0, help="0 disables the triplet loss (ablation)")
     tg.add_argument("--predictor-weight", type=float, default=10.0)
     tg.add_argument("--predictor", choices=("paths", "latent"), default=None,
-                    help="attribute predictor: learned path gains of the decoded graph, or an MLP on z (default: "
-                    "latent for NB101-skeleton spaces, paths otherwise)")
+                    help="attribute predictor: learned path gains of the decoded graph (default), or an MLP on z")
+    tg.add_argument("--degree-features", action=argparse.BooleanOptionalAction, default=None,
+                    help="the path predictor also reads output in-degree features (default: on for NB101-skeleton "
+                    "spaces, whose outputs concatenate)")
     tg.add_argument("--path-channels", type=int, default=16, help="learned path-gain channels (--predictor paths)")
     tg.add_argument("--seed", type=int, default=0)
     tg.add_argument("--device", default="cpu")
@@ -590,8 +592,7 @@ def _build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--gvae-layers", type=int, default=4)
     pl.add_argument("--gvae-batch", type=int, default=512)
     pl.add_argument("--gvae-predictor", choices=("paths", "latent"), default=None,
-                    help="the G-VAE's attribute predictor (default: latent for NB101-skeleton spaces, paths "
-                    "otherwise; see `cgnf train gvae --help`)")
+                    help="the G-VAE's attribute predictor (default: paths; see `cgnf train gvae --help`)")
     pl.add_argument("--flow-epochs", type=int, default=15)
     pl.add_argument("--flow-batch", type=int, default=256)
     pl.add_argument("--flow-max-cells", type=int, default=30_000, help="latents the flow trains on")

@@ -879,6 +879,13 @@ def sample_with_info(reference: Any, condition: Mapping[str, Any] | None = None,
     nb101_rows = [i for i, k in enumerate(kept) if all(o in NB101_OPS for o in k[0].ops[1:-1])]
     nb101_hashes = dict(zip(nb101_rows, dag_nb101_hash(*batch_from_cells(
         [kept[i][0].pruned() for i in nb101_rows], MAX_NODES, nb101_labels=True)))) if nb101_rows else {}
+    if skeleton == "nb101":  # the returned cells' exact counts in one array pass
+        todo = {k[1]: k[0] for k in kept if k[5] is None and k[1] not in counts_cache}
+        if todo:
+            from .nets import nb101 as nets_nb101
+
+            ps, fs = nets_nb101.count_batch(list(todo.values()))
+            counts_cache.update(zip(todo, zip(ps.tolist(), fs.tolist())))
     out: list[SampledCell] = []
     for i, (cell, key, repaired, latent, in_seed, counts) in enumerate(kept):
         if in_seed is None and seed_space is not None:

@@ -127,6 +127,31 @@ def test_path_features_are_the_path_sums_of_the_cell(cells: list[Cell]) -> None:
         assert f[i, -1].item() == p.num_edges
 
 
+NB101_OPS = tuple(get_space("nb101-like").ops)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(dags(ops=NB101_OPS, max_nodes=7), min_size=1, max_size=6))
+def test_degree_features_count_the_output_split(cells: list[Cell]) -> None:
+    cfg = GVAEConfig(space="nb101-like", num_nodes=7, ops=list(NB101_OPS), attributes=["a"], predictor="paths",
+                     path_channels=2, degree_features=True)
+    pp = PathPredictor(cfg).double()
+    adj, ops = CellCodec(get_space("nb101-like")).encode(cells)
+    f = pp.features(*pp.features_of_layout(adj.double(), ops)).detach().numpy()
+    K = len(NB101_OPS)
+    assert f.shape == (len(cells), 2 + K + 1 + 2 * K + 6)
+    for i, c in enumerate(cells):
+        p = c.pruned(allow_zero=True)
+        m, n = p.matrix, p.num_nodes
+        feeding = [v for v in range(1, n - 1) if m[v, n - 1]]
+        k = max(len(feeding), 1)
+        counts = np.array([sum(o == op for o in p.ops) for op in NB101_OPS], dtype=float)
+        in_ops = sum(m[0, v] for v in range(1, n - 1))
+        want = [k, 1 / k, 1 / k ** 2, m[0, 1:].sum(), m[0, n - 1] if n > 1 else 0,
+                *[sum(p.ops[v] == op for v in feeding) for op in NB101_OPS], *(counts / k ** 2), in_ops / k]
+        np.testing.assert_allclose(f[i, 2 + K + 1:], want, rtol=1e-12, atol=1e-12)
+
+
 def test_path_predictor_reads_the_decoded_graph_without_training_the_decoder() -> None:
     torch.manual_seed(0)
     cfg = GVAEConfig(space="nb201-like", num_nodes=8, ops=list(NB201_OPS), hidden=8, layers=1, latent=4,
@@ -238,10 +263,11 @@ def test_latent_predictor_trains_and_old_runs_resume_as_latent(label_store: str,
     del old["predictor"], old["path_channels"]
     (run / "train.json").write_text(json.dumps(old))
     train_gvae(cfg, str(run), backend="torch", progress=False)  # resumes (nothing left to do)
-    assert default_predictor("nb201-like") == "paths" and default_predictor("nb101-like") == "latent"
-    auto = TrainGVAEConfig(space="nb101-like", store=label_store)
-    auto.validate()
-    assert auto.predictor == "latent"
+    assert default_predictor("nb201-like") == default_predictor("nb101-like") == "paths"
+    for space, degrees in (("nb101-like", True), ("nb201-like", False)):
+        auto = TrainGVAEConfig(space=space, store=label_store)
+        auto.validate()
+        assert auto.predictor == "paths" and auto.degree_features is degrees
     with pytest.raises(ValueError, match="predictor: 'latent' -> 'paths'"):
         train_gvae(TrainGVAEConfig(space="nb201-like", store=label_store, **{**TINY, "epochs": 1}), str(run),
                    backend="torch", progress=False)

@@ -146,6 +146,28 @@ def test_nb101_closed_form_flops_equal_the_module_count(cell, num_classes, size,
     assert nb101.flop_count(cell, num_classes=num_classes, image_size=size, **hp) == want
 
 
+@settings(max_examples=40, deadline=None)
+@given(cells=st.lists(dags(min_nodes=2, max_nodes=7, ops=("conv3x3-bn-relu", "conv1x1-bn-relu", "maxpool3x3")),
+                      min_size=1, max_size=12),
+       num_classes=st.sampled_from([10, 100]), size=st.sampled_from([16, 32]),
+       hp=st.sampled_from([{}, {"stem_channels": 16, "num_stacks": 2, "cells_per_stack": 1},
+                           {"stem_channels": 8, "num_stacks": 3, "cells_per_stack": 2}]))
+def test_nb101_batch_counts_equal_the_closed_forms(cells, num_classes, size, hp):
+    cells = [c for c in cells if c.has_path()]
+    params, flops = nb101.count_batch(cells, num_classes=num_classes, image_size=size, **hp)
+    assert params.tolist() == [nb101.param_count(c, num_classes=num_classes, **hp) for c in cells]
+    assert flops.tolist() == [nb101.flop_count(c, num_classes=num_classes, image_size=size, **hp) for c in cells]
+
+
+def test_nb101_batch_counts_of_the_shared_graphs_and_errors():
+    cells = [INCEPTION, Cell([[0, 1], [0, 0]], ["input", "output"])]
+    params, _ = nb101.count_batch(cells)
+    assert params.tolist() == [nb101.param_count(c) for c in cells]
+    assert [a.tolist() for a in nb101.count_batch([])] == [[], []]
+    with pytest.raises(ValueError, match="image_size"):
+        nb101.count_batch(cells, image_size=2)
+
+
 def test_nb201_closed_form_flops_of_strings():
     for s in (BEST_ISH, "|nor_conv_3x3~0|+|none~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_1x1~1|none~2|",
               "|none~0|+|none~0|none~1|+|none~0|none~1|none~2|"):

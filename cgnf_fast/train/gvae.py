@@ -55,10 +55,11 @@ class TrainGVAEConfig:
     dec_hidden: int = 512
     pred_hidden: int = 256
     #: the attribute predictor: "paths" (decoded graph -> learned path gains -> MLP), "latent" (MLP
-    #: on z), or None: "latent" for spaces built with NB101's skeleton, "paths" otherwise
-    #: (:func:`default_predictor`; resolved by :meth:`validate`)
+    #: on z), or None: :func:`default_predictor` (resolved by :meth:`validate`)
     predictor: str | None = None
     path_channels: int = 16
+    #: the path predictor's degree features (None: on for NB101-skeleton spaces; see GVAEConfig)
+    degree_features: bool | None = None
     batch: int = 512
     labelled_batch: int = 128
     epochs: int = 40
@@ -75,7 +76,7 @@ class TrainGVAEConfig:
     #: fields that may change between a run and its resumption
     RESUMABLE_CHANGES = ("epochs", "ckpt_every")
     #: what a run directory written before a field existed was trained with
-    LEGACY_DEFAULTS = {"predictor": "latent", "path_channels": 16}
+    LEGACY_DEFAULTS = {"predictor": "latent", "path_channels": 16, "degree_features": False}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,6 +91,8 @@ class TrainGVAEConfig:
         self.design_space()
         if self.predictor is None:
             self.predictor = default_predictor(self.space)
+        if self.degree_features is None:
+            self.degree_features = _nb101_skeleton(self.space)
         for f in ("n_unlabelled", "heldout", "hidden", "layers", "latent", "batch", "labelled_batch", "epochs",
                   "ckpt_every", "dec_hidden", "pred_hidden"):
             v = getattr(self, f)
@@ -104,15 +107,16 @@ class TrainGVAEConfig:
                 raise ValueError(f"{f} must be a finite non-negative number, got {v!r}")
 
 
-def default_predictor(space: str) -> str:
-    """The attribute predictor a space trains by default: ``"paths"``, except ``"latent"`` for
-    spaces whose networks use NB101's skeleton. NB101 concatenates the vertices that feed the
-    output and splits the channels between them, so a cell's size and scores depend on the
-    output's in-degree in ways path gains and op counts do not describe: on NB101 the path
-    predictor erred 4.1 % (pooled ZC mean) where the MLP on ``z`` erred 1.45 %."""
+def _nb101_skeleton(space: str) -> bool:
     from ..zc.run import skeleton_of
 
-    return "latent" if skeleton_of(space) == "nb101" else "paths"
+    return skeleton_of(space) == "nb101"
+
+
+def default_predictor(space: str) -> str:
+    """The attribute predictor a space trains by default: ``"paths"`` (in NB101-skeleton spaces
+    with the degree features, :class:`cgnf_fast.models.gvae.PathPredictor`)."""
+    return "paths"
 
 
 def _stack(codec: CellCodec, cells: list[Cell]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,7 +168,9 @@ def _model_config(cfg: TrainGVAEConfig, attributes: list[str]) -> GVAEConfig:
     return GVAEConfig(space=cfg.space, num_nodes=sp.max_nodes, ops=list(sp.ops), hidden=cfg.hidden, layers=cfg.layers,
                       latent=cfg.latent, dec_hidden=cfg.dec_hidden, pred_hidden=cfg.pred_hidden,
                       attributes=list(attributes), max_edges=sp.max_edges, allow_zero=sp.allow_zero,
-                      predictor=cfg.predictor, path_channels=cfg.path_channels)
+                      predictor=cfg.predictor, path_channels=cfg.path_channels,
+                      degree_features=bool(cfg.degree_features) if cfg.degree_features is not None
+                      else _nb101_skeleton(cfg.space))
 
 
 def _check_resume(out: Path, cfg: TrainGVAEConfig) -> None:
