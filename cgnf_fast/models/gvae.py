@@ -21,8 +21,8 @@ space) and edge logits for every pair ``i < j`` of slots.
 
 Attribute predictor (``predictor`` in the config):
 
-* ``"paths"`` (the default for new runs, except in NB101-skeleton spaces, see
-  :func:`cgnf_fast.train.gvae.default_predictor`): the predictor reads a latent *through the decoder*.
+* ``"paths"`` (the default for new runs; in NB101-skeleton spaces with ``degree_features``,
+  see :class:`PathPredictor`): the predictor reads a latent *through the decoder*.
   ``z`` is decoded to a soft slot layout (op probabilities per slot, edge probabilities per
   pair; no gradient flows back into the decoder), and :class:`PathPredictor` turns that graph
   into features an MLP maps to the attributes: ``C`` learned *path gains*
