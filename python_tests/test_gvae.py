@@ -263,6 +263,10 @@ def test_latent_predictor_trains_and_old_runs_resume_as_latent(label_store: str,
     del old["predictor"], old["path_channels"]
     (run / "train.json").write_text(json.dumps(old))
     train_gvae(cfg, str(run), backend="torch", progress=False)  # resumes (nothing left to do)
+    # an NB101-skeleton latent run resumes too (degree features belong to the path predictor only)
+    legacy = TrainGVAEConfig(space="nb101-like", store=label_store, predictor="latent")
+    legacy.validate()
+    assert legacy.degree_features is False
     assert default_predictor("nb201-like") == default_predictor("nb101-like") == "paths"
     for space, degrees in (("nb101-like", True), ("nb201-like", False)):
         auto = TrainGVAEConfig(space=space, store=label_store)

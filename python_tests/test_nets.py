@@ -160,9 +160,12 @@ def test_nb101_batch_counts_equal_the_closed_forms(cells, num_classes, size, hp)
 
 
 def test_nb101_batch_counts_of_the_shared_graphs_and_errors():
-    cells = [INCEPTION, Cell([[0, 1], [0, 0]], ["input", "output"])]
-    params, _ = nb101.count_batch(cells)
+    cells = [INCEPTION, Cell([[0, 1], [0, 0]], ["input", "output"]),
+             Cell([[0, 1, 1, 0], [0, 0, 0, 1], [0, 0, 0, 1], [0, 0, 0, 0]],
+                  ["input", "conv3x3-bn-relu", "avg_pool_3x3", "output"])]  # a foreign op: the scalar rules
+    params, flops = nb101.count_batch(cells)
     assert params.tolist() == [nb101.param_count(c) for c in cells]
+    assert flops.tolist() == [nb101.flop_count(c) for c in cells]
     assert [a.tolist() for a in nb101.count_batch([])] == [[], []]
     with pytest.raises(ValueError, match="image_size"):
         nb101.count_batch(cells, image_size=2)

@@ -24,7 +24,8 @@ Attribute predictor (``predictor`` in the config):
 * ``"paths"`` (the default for new runs; in NB101-skeleton spaces with ``degree_features``,
   see :class:`PathPredictor`): the predictor reads a latent *through the decoder*.
   ``z`` is decoded to a soft slot layout (op probabilities per slot, edge probabilities per
-  pair; no gradient flows back into the decoder), and :class:`PathPredictor` turns that graph
+  pair; no gradient flows back into the decoder or the encoder, so the predictor's loss does
+  not shape the latent space, the reconstruction, KL and triplet losses do), and :class:`PathPredictor` turns that graph
   into features an MLP maps to the attributes: ``C`` learned *path gains*
   ``log sum over input->output paths of prod over the path's op vertices of g[c, op]`` (one
   learned gain per channel and op, computed by one pass over the slots in topological order,

@@ -226,13 +226,12 @@ def count_batch(cells: list[Cell], num_classes: int = 10, stem_channels: int = S
     for n, rows in by_n.items():
         m = np.array([pruned[i].adjacency for i in rows], dtype=np.int64)  # [b, n, n]
         kern = np.array([[_KERNEL.get(o, 0) for o in pruned[i].ops] for i in rows], dtype=np.int64)  # [b, n]
-        pool = np.array([[o == "maxpool3x3" for o in pruned[i].ops] for i in rows], dtype=np.int64)
         from_in = m[:, 0, 1:n - 1]  # [b, n-2]: input -> vertex (a 1x1 projection)
         in_out = m[:, 0, n - 1]  # [b]: input -> output (a projection added to the output)
         feeds = m[:, 1:n - 1, n - 1]  # [b, n-2]: vertex -> output (concatenated)
         k2 = (kern * kern)[:, 1:n - 1]
         conv = (kern[:, 1:n - 1] > 0).astype(np.int64)
-        pools = pool[:, 1:n - 1]
+        pools = 1 - conv  # every op without a kernel counts as a 3x3 pool, as in flop_count
         p_tot = np.zeros(len(rows), dtype=np.int64)
         f_tot = np.zeros(len(rows), dtype=np.int64)
         for (stack, c_in, c_out), count in shapes.items():

@@ -91,8 +91,8 @@ class TrainGVAEConfig:
         self.design_space()
         if self.predictor is None:
             self.predictor = default_predictor(self.space)
-        if self.degree_features is None:
-            self.degree_features = _nb101_skeleton(self.space)
+        if self.degree_features is None:  # only the path predictor has them
+            self.degree_features = self.predictor == "paths" and _nb101_skeleton(self.space)
         for f in ("n_unlabelled", "heldout", "hidden", "layers", "latent", "batch", "labelled_batch", "epochs",
                   "ckpt_every", "dec_hidden", "pred_hidden"):
             v = getattr(self, f)
@@ -170,7 +170,7 @@ def _model_config(cfg: TrainGVAEConfig, attributes: list[str]) -> GVAEConfig:
                       attributes=list(attributes), max_edges=sp.max_edges, allow_zero=sp.allow_zero,
                       predictor=cfg.predictor, path_channels=cfg.path_channels,
                       degree_features=bool(cfg.degree_features) if cfg.degree_features is not None
-                      else _nb101_skeleton(cfg.space))
+                      else cfg.predictor in (None, "paths") and _nb101_skeleton(cfg.space))
 
 
 def _check_resume(out: Path, cfg: TrainGVAEConfig) -> None:
