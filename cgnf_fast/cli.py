@@ -519,7 +519,7 @@ def _build_parser() -> argparse.ArgumentParser:
     tg.add_argument("--margin", type=float, default=0.5, help="triplet margin m")
     tg.add_argument("--triplet-weight", type=float, default=1.0, help="0 disables the triplet loss (ablation)")
     tg.add_argument("--predictor-weight", type=float, default=10.0)
-    tg.add_argument("--predictor", choices=("paths", "latent"), default=None,
+    tg.add_argument("--predictor", choices=("paths", "latent"), default="paths",
                     help="attribute predictor: learned path gains of the decoded graph (default), or an MLP on z")
     tg.add_argument("--degree-features", action=argparse.BooleanOptionalAction, default=None,
                     help="the path predictor also reads output in-degree features (default: on for NB101-skeleton "
@@ -591,7 +591,7 @@ def _build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--gvae-hidden", type=int, default=128)
     pl.add_argument("--gvae-layers", type=int, default=4)
     pl.add_argument("--gvae-batch", type=int, default=512)
-    pl.add_argument("--gvae-predictor", choices=("paths", "latent"), default=None,
+    pl.add_argument("--gvae-predictor", choices=("paths", "latent"), default="paths",
                     help="the G-VAE's attribute predictor (default: paths; see `cgnf train gvae --help`)")
     pl.add_argument("--flow-epochs", type=int, default=15)
     pl.add_argument("--flow-batch", type=int, default=256)

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .train.checkpoint import CheckpointError, load_json, save_json
+from .train.checkpoint import CheckpointError, config_changes, load_json, save_json
 
 __all__ = ["DEFAULT_PROXIES", "PipelineConfig", "export_model", "run_pipeline"]
 
@@ -67,7 +67,7 @@ class PipelineConfig:
     gvae_hidden: int = 128
     gvae_layers: int = 4
     gvae_batch: int = 512
-    gvae_predictor: str | None = None  # None: the space's default (train.gvae.default_predictor)
+    gvae_predictor: str = "paths"
     # flow
     flow_epochs: int = 15
     flow_batch: int = 256
@@ -108,10 +108,6 @@ class PipelineConfig:
             if self.batch_size > available:
                 raise ValueError(f"batch_size {self.batch_size}: the embedded calibration batch has {available} "
                                  f"images; pass --images DIR for larger batches")
-        if self.gvae_predictor is None:
-            from .train.gvae import default_predictor
-
-            self.gvae_predictor = default_predictor(self.space)
         self.gvae_config("scores.sqlite").validate()
         self.flow_config().validate()
 
@@ -143,12 +139,9 @@ def _check_resume(out: Path, cfg: PipelineConfig) -> None:
     old = load_json(out / "pipeline.json")
     if not isinstance(old, dict) or old.get("format") != "cgnf_fast.pipeline" or "config" not in old:
         raise CheckpointError(f"{out / 'pipeline.json'}: not a pipeline run directory (use a new --out)")
-    new = cfg.to_dict()
-    was = {**PipelineConfig.LEGACY_DEFAULTS, **old["config"]}
-    diff = sorted(k for k in set(was) | set(new)
-                  if k not in PipelineConfig.RESUMABLE_CHANGES and was.get(k) != new.get(k))
-    if diff:
-        detail = ", ".join(f"{k}: {was.get(k)!r} -> {new.get(k)!r}" for k in diff[:4])
+    detail = config_changes(old["config"], cfg.to_dict(), PipelineConfig.RESUMABLE_CHANGES,
+                            PipelineConfig.LEGACY_DEFAULTS)
+    if detail:
         raise ValueError(f"{out} holds a pipeline run with a different config ({detail}); use a new --out")
 
 

@@ -715,6 +715,19 @@ def _exact_counts(cell: Cell, skeleton: str, cache: dict[int, tuple[int, int]], 
     return cache[key]
 
 
+def _fill_counts(cells: dict[int, Cell], skeleton: str, cache: dict[int, tuple[int, int]]) -> None:
+    """:func:`_exact_counts` of many cells (network code -> cell) into ``cache``: NB101's closed
+    forms in one array pass (``nets.nb101.count_batch``), NB201's per cell (cached per op)."""
+    todo = {k: c for k, c in cells.items() if k not in cache}
+    if skeleton == "nb101" and todo:
+        from .nets import nb101
+
+        ps, fs = nb101.count_batch(list(todo.values()))
+        cache.update(zip(todo, zip(ps.tolist(), fs.tolist())))
+    for k, c in todo.items():
+        _exact_counts(c, skeleton, cache, k)
+
+
 # -- sampling ------------------------------------------------------------------------------
 def _check_args(n: Any, temperature: Any, seed: Any, novel_only: Any, chunk: Any, max_draws: Any,
                 oversample: Any = 1.0) -> None:
@@ -879,13 +892,7 @@ def sample_with_info(reference: Any, condition: Mapping[str, Any] | None = None,
     nb101_rows = [i for i, k in enumerate(kept) if all(o in NB101_OPS for o in k[0].ops[1:-1])]
     nb101_hashes = dict(zip(nb101_rows, dag_nb101_hash(*batch_from_cells(
         [kept[i][0].pruned() for i in nb101_rows], MAX_NODES, nb101_labels=True)))) if nb101_rows else {}
-    if skeleton == "nb101":  # the returned cells' exact counts in one array pass
-        todo = {k[1]: k[0] for k in kept if k[5] is None and k[1] not in counts_cache}
-        if todo:
-            from .nets import nb101 as nets_nb101
-
-            ps, fs = nets_nb101.count_batch(list(todo.values()))
-            counts_cache.update(zip(todo, zip(ps.tolist(), fs.tolist())))
+    _fill_counts({k[1]: k[0] for k in kept if k[5] is None}, skeleton, counts_cache)
     out: list[SampledCell] = []
     for i, (cell, key, repaired, latent, in_seed, counts) in enumerate(kept):
         if in_seed is None and seed_space is not None:

@@ -24,7 +24,7 @@ from cgnf_fast.models.gvae import GVAE, GVAEConfig, PathPredictor, mine_triplets
 from cgnf_fast.reference import dag as ref
 from cgnf_fast.space import Cell
 from cgnf_fast.train.checkpoint import CheckpointError, load_module, load_tensors, save_tensors
-from cgnf_fast.train.gvae import TrainGVAEConfig, default_predictor, train_gvae
+from cgnf_fast.train.gvae import TrainGVAEConfig, train_gvae
 
 from helpers import dags, permute, topo_permutations
 
@@ -267,7 +267,6 @@ def test_latent_predictor_trains_and_old_runs_resume_as_latent(label_store: str,
     legacy = TrainGVAEConfig(space="nb101-like", store=label_store, predictor="latent")
     legacy.validate()
     assert legacy.degree_features is False
-    assert default_predictor("nb201-like") == default_predictor("nb101-like") == "paths"
     for space, degrees in (("nb101-like", True), ("nb201-like", False)):
         auto = TrainGVAEConfig(space=space, store=label_store)
         auto.validate()
@@ -289,7 +288,7 @@ def test_native_and_torch_backends_train_alike(label_store: str, tmp_path: Path)
 _TRAIN_SCRIPT = """
 import sys, time, torch
 torch.set_num_threads(1)
-from cgnf_fast.train.gvae import TrainGVAEConfig, default_predictor, train_gvae
+from cgnf_fast.train.gvae import TrainGVAEConfig, train_gvae
 cfg = TrainGVAEConfig(space="nb201-like", store=sys.argv[1], **{tiny})
 train_gvae(cfg, sys.argv[2], backend="torch", progress=False)
 """

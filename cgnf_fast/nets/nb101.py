@@ -172,6 +172,23 @@ def _cell_modules(stem_channels: int, num_stacks: int, cells_per_stack: int) -> 
     return shapes
 
 
+def _check_image_size(image_size: int, num_stacks: int) -> None:
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 2 ** max(num_stacks - 1, 0):
+        raise ValueError(f"image_size must be an int >= {2 ** max(num_stacks - 1, 0)} for {num_stacks} stacks, "
+                         f"got {image_size!r}")
+
+
+def _skeleton_counts(num_classes: int, stem_channels: int, num_stacks: int, image_size: int) -> tuple[int, int]:
+    """(params, FLOPs) of everything but the cells: the stem conv-bn-relu, the 2x2 max pools
+    between stacks (4 FLOPs per output element) and the classifier."""
+    c = stem_channels << max(num_stacks - 1, 0)  # the last stack's width
+    params = 9 * 3 * stem_channels + 2 * stem_channels + c * num_classes + num_classes
+    flops = 9 * 3 * stem_channels * image_size * image_size + c * num_classes + num_classes
+    for stack in range(1, num_stacks):
+        flops += 4 * (stem_channels << (stack - 1)) * (image_size >> stack) ** 2
+    return params, flops
+
+
 def param_count(cell: Cell, num_classes: int = 10, stem_channels: int = STEM_CHANNELS,
                 num_stacks: int = NUM_STACKS, cells_per_stack: int = CELLS_PER_STACK) -> int:
     """Trainable parameters of ``NB101Network(cell, ...)``, computed without building it
@@ -195,11 +212,9 @@ def param_count(cell: Cell, num_classes: int = 10, stem_channels: int = STEM_CHA
             total += cbr(c_in, c_out, 1)
         return total
 
-    c = stem_channels << max(num_stacks - 1, 0)  # the last stack's width
-    total = cbr(3, stem_channels, 3)
-    total += sum(k * module(c_in, c_out) for (_, c_in, c_out), k in
-                 _cell_modules(stem_channels, num_stacks, cells_per_stack).items())
-    return total + c * num_classes + num_classes
+    shapes = _cell_modules(stem_channels, num_stacks, cells_per_stack)
+    return _skeleton_counts(num_classes, stem_channels, num_stacks, 32)[0] + sum(
+        k * module(c_in, c_out) for (_, c_in, c_out), k in shapes.items())
 
 
 def count_batch(cells: list[Cell], num_classes: int = 10, stem_channels: int = STEM_CHANNELS,
@@ -208,18 +223,12 @@ def count_batch(cells: list[Cell], num_classes: int = 10, stem_channels: int = S
     """``(params [B], flops [B])`` int64: :func:`param_count` and :func:`flop_count` of many
     cells at once, with array operations over the cells of each vertex count (the same closed
     forms; equal to them, tested). For the thousands of cells a large ``sample()`` returns."""
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 2 ** max(num_stacks - 1, 0):
-        raise ValueError(f"image_size must be an int >= {2 ** max(num_stacks - 1, 0)} for {num_stacks} stacks, "
-                         f"got {image_size!r}")
+    _check_image_size(image_size, num_stacks)
     pruned = [c.pruned() for c in cells]
     params = np.zeros(len(pruned), dtype=np.int64)
     flops = np.zeros(len(pruned), dtype=np.int64)
     shapes = _cell_modules(stem_channels, num_stacks, cells_per_stack)
-    c_last = stem_channels << max(num_stacks - 1, 0)
-    base_p = 9 * 3 * stem_channels + 2 * stem_channels + c_last * num_classes + num_classes
-    base_f = 9 * 3 * stem_channels * image_size * image_size + c_last * num_classes + num_classes
-    for stack in range(1, num_stacks):
-        base_f += 4 * (stem_channels << (stack - 1)) * (image_size >> stack) ** 2
+    base_p, base_f = _skeleton_counts(num_classes, stem_channels, num_stacks, image_size)
     by_n: dict[int, list[int]] = collections.defaultdict(list)
     for i, c in enumerate(pruned):
         by_n[c.num_nodes].append(i)
@@ -267,9 +276,7 @@ def flop_count(cell: Cell, num_classes: int = 10, stem_channels: int = STEM_CHAN
     convolutions ``k^2 C_in C_out`` per output position (no biases), 3x3 max pools 9 and the 2x2
     pools between stacks 4 per output element, the classifier ``C * classes + classes``;
     projections by truncation, additions and concatenations count zero."""
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 2 ** max(num_stacks - 1, 0):
-        raise ValueError(f"image_size must be an int >= {2 ** max(num_stacks - 1, 0)} for {num_stacks} stacks, "
-                         f"got {image_size!r}")
+    _check_image_size(image_size, num_stacks)
     cell = cell.pruned()
     m, n = cell.adjacency, cell.num_nodes
 
@@ -285,10 +292,6 @@ def flop_count(cell: Cell, num_classes: int = 10, stem_channels: int = STEM_CHAN
             total += c_in * c_out * area
         return total
 
-    c = stem_channels << max(num_stacks - 1, 0)  # the last stack's width
-    total = 9 * 3 * stem_channels * image_size * image_size
-    for stack in range(1, num_stacks):  # 2x2 max pool, stride 2, before every stack but the first
-        total += 4 * (stem_channels << (stack - 1)) * (image_size >> stack) ** 2
-    total += sum(k * module(c_in, c_out, (image_size >> stack) ** 2) for (stack, c_in, c_out), k in
-                 _cell_modules(stem_channels, num_stacks, cells_per_stack).items())
-    return total + c * num_classes + num_classes
+    return _skeleton_counts(num_classes, stem_channels, num_stacks, image_size)[1] + sum(
+        k * module(c_in, c_out, (image_size >> stack) ** 2) for (stack, c_in, c_out), k in
+        _cell_modules(stem_channels, num_stacks, cells_per_stack).items())

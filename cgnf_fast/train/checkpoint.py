@@ -59,6 +59,16 @@ def load_json(path: str | os.PathLike) -> Any:
         raise CheckpointError(f"{path}: not valid JSON ({e}); the file is corrupt or truncated") from None
 
 
+def config_changes(old: dict[str, Any], new: dict[str, Any], resumable: tuple[str, ...] = (),
+                   legacy: dict[str, Any] | None = None) -> str:
+    """The fields (up to four) where a run directory's saved config ``old`` and ``new`` differ,
+    as ``"key: old -> new, ..."``; empty when a resume may go on. ``resumable`` fields may change;
+    ``legacy`` gives the values of fields a directory written before they existed was run with."""
+    was = {**(legacy or {}), **old}
+    diff = sorted(k for k in set(was) | set(new) if k not in resumable and was.get(k) != new.get(k))
+    return ", ".join(f"{k}: {was.get(k)!r} -> {new.get(k)!r}" for k in diff[:4])
+
+
 def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     from safetensors.torch import save_file
 

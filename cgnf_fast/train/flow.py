@@ -74,8 +74,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .checkpoint import (CheckpointError, load_json, load_module, load_tensors, load_training, save_on_interrupt,
-                         save_json, save_tensors, save_training)
+from .checkpoint import (CheckpointError, config_changes, load_json, load_module, load_tensors, load_training,
+                         save_json, save_on_interrupt, save_tensors, save_training)
 
 if TYPE_CHECKING:
     from ..models.flow import ConditionalCNF
@@ -547,11 +547,8 @@ def _check_resume(out: Path, cfg: TrainFlowConfig, sha: str) -> None:
     old = load_json(out / "train.json")
     if not isinstance(old, dict) or old.get("format") != FORMAT + ".train" or "config" not in old:
         raise CheckpointError(f"{out / 'train.json'}: not a flow training run (use a new --out)")
-    old_cfg, new_cfg = old["config"], cfg.to_dict()
-    diff = sorted(k for k in set(old_cfg) | set(new_cfg)
-                  if k not in TrainFlowConfig.RESUMABLE_CHANGES and old_cfg.get(k) != new_cfg.get(k))
-    if diff:
-        detail = ", ".join(f"{k}: {old_cfg.get(k)!r} -> {new_cfg.get(k)!r}" for k in diff[:4])
+    detail = config_changes(old["config"], cfg.to_dict(), TrainFlowConfig.RESUMABLE_CHANGES)
+    if detail:
         raise ValueError(f"{out} holds a flow run with a different config ({detail}); use a new --out to start "
                          f"another run")
     old_sha = old.get("gvae", {}).get("sha256")

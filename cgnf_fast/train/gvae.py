@@ -35,8 +35,8 @@ from ..models.api import CONFIG, WEIGHTS, GraphVAE
 from ..models.codec import CellCodec
 from ..models.gvae import BACKENDS, GVAE, GVAEConfig, kl_divergence, reconstruction_loss, triplet_loss
 from ..space import Cell
-from .checkpoint import (CheckpointError, load_json, load_tensors, load_training, save_on_interrupt, save_json,
-                         save_tensors, save_training)
+from .checkpoint import (CheckpointError, config_changes, load_json, load_tensors, load_training, save_json,
+                         save_on_interrupt, save_tensors, save_training)
 from .data import load_labelled, unlabelled_cells
 
 
@@ -54,11 +54,11 @@ class TrainGVAEConfig:
     latent: int = 32
     dec_hidden: int = 512
     pred_hidden: int = 256
-    #: the attribute predictor: "paths" (decoded graph -> learned path gains -> MLP), "latent" (MLP
-    #: on z), or None: :func:`default_predictor` (resolved by :meth:`validate`)
-    predictor: str | None = None
+    #: the attribute predictor: "paths" (decoded graph -> learned path gains -> MLP) or "latent" (MLP on z)
+    predictor: str = "paths"
     path_channels: int = 16
-    #: the path predictor's degree features (None: on for NB101-skeleton spaces; see GVAEConfig)
+    #: the path predictor's degree features (None: on for NB101-skeleton spaces, resolved by
+    #: :meth:`validate`; see GVAEConfig)
     degree_features: bool | None = None
     batch: int = 512
     labelled_batch: int = 128
@@ -89,8 +89,6 @@ class TrainGVAEConfig:
 
     def validate(self) -> None:
         self.design_space()
-        if self.predictor is None:
-            self.predictor = default_predictor(self.space)
         if self.degree_features is None:  # only the path predictor has them
             self.degree_features = self.predictor == "paths" and _nb101_skeleton(self.space)
         for f in ("n_unlabelled", "heldout", "hidden", "layers", "latent", "batch", "labelled_batch", "epochs",
@@ -111,12 +109,6 @@ def _nb101_skeleton(space: str) -> bool:
     from ..zc.run import skeleton_of
 
     return skeleton_of(space) == "nb101"
-
-
-def default_predictor(space: str) -> str:
-    """The attribute predictor a space trains by default: ``"paths"`` (in NB101-skeleton spaces
-    with the degree features, :class:`cgnf_fast.models.gvae.PathPredictor`)."""
-    return "paths"
 
 
 def _stack(codec: CellCodec, cells: list[Cell]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -169,17 +161,13 @@ def _model_config(cfg: TrainGVAEConfig, attributes: list[str]) -> GVAEConfig:
                       latent=cfg.latent, dec_hidden=cfg.dec_hidden, pred_hidden=cfg.pred_hidden,
                       attributes=list(attributes), max_edges=sp.max_edges, allow_zero=sp.allow_zero,
                       predictor=cfg.predictor, path_channels=cfg.path_channels,
-                      degree_features=bool(cfg.degree_features) if cfg.degree_features is not None
-                      else cfg.predictor in (None, "paths") and _nb101_skeleton(cfg.space))
+                      degree_features=bool(cfg.degree_features))  # resolved by cfg.validate()
 
 
 def _check_resume(out: Path, cfg: TrainGVAEConfig) -> None:
-    old = {**TrainGVAEConfig.LEGACY_DEFAULTS, **load_json(out / "train.json")}
-    new = cfg.to_dict()
-    diff = sorted(k for k in set(old) | set(new)
-                  if k not in TrainGVAEConfig.RESUMABLE_CHANGES and old.get(k) != new.get(k))
-    if diff:
-        detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:4])
+    detail = config_changes(load_json(out / "train.json"), cfg.to_dict(), TrainGVAEConfig.RESUMABLE_CHANGES,
+                            TrainGVAEConfig.LEGACY_DEFAULTS)
+    if detail:
         raise ValueError(f"{out} holds a run with a different config ({detail}); use a new --out to start another run")
 
 
@@ -331,4 +319,4 @@ def train_gvae(cfg: TrainGVAEConfig, out: str, *, device: str = "cpu", backend: 
     return metrics
 
 
-__all__ = ["CheckpointError", "TrainGVAEConfig", "default_predictor", "evaluate_run", "train_gvae"]
+__all__ = ["CheckpointError", "TrainGVAEConfig", "evaluate_run", "train_gvae"]
