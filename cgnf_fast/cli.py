@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import os
 import shlex
 import sys
@@ -124,10 +125,23 @@ def _train_gvae(args: argparse.Namespace) -> int:
                           hidden=args.hidden, layers=args.layers, batch=args.batch, epochs=args.epochs, lr=args.lr,
                           beta=args.beta, margin=args.margin, triplet_weight=args.triplet_weight,
                           predictor_weight=args.predictor_weight, predictor=args.predictor,
-                          path_channels=args.path_channels, degree_features=args.degree_features, seed=args.seed)
+                          path_channels=args.path_channels, degree_features=args.degree_features,
+                          predictor_lr=args.predictor_lr, seed=args.seed)
     metrics = train_gvae(cfg, args.out, device=args.device, backend=args.backend, progress=not args.no_progress)
     print(json.dumps(metrics))
     return 0
+
+
+def _lr_or_none(text: str) -> float | None:
+    if text.strip().lower() == "none":
+        return None
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a learning rate or 'none', got {text!r}") from None
+    if not math.isfinite(v) or v < 0:
+        raise argparse.ArgumentTypeError(f"a learning rate is a finite number >= 0, got {text!r}")
+    return v
 
 
 def _int_list(text: str) -> list[int]:
@@ -181,6 +195,7 @@ def _pipeline(args: argparse.Namespace) -> int:
                          unlabelled=args.unlabelled, seed_space_cells=args.seed_space_cells, heldout=args.heldout,
                          latent=args.latent, gvae_hidden=args.gvae_hidden, gvae_layers=args.gvae_layers,
                          gvae_batch=args.gvae_batch, gvae_predictor=args.gvae_predictor,
+                         gvae_predictor_lr=args.gvae_predictor_lr,
                          flow_epochs=args.flow_epochs, flow_batch=args.flow_batch, flow_max_cells=args.flow_max_cells,
                          flow_hidden=args.flow_hidden)
     summary = run_pipeline(cfg, args.out, device=args.device, progress=not args.no_progress,
@@ -519,12 +534,15 @@ def _build_parser() -> argparse.ArgumentParser:
     tg.add_argument("--margin", type=float, default=0.5, help="triplet margin m")
     tg.add_argument("--triplet-weight", type=float, default=1.0, help="0 disables the triplet loss (ablation)")
     tg.add_argument("--predictor-weight", type=float, default=10.0)
-    tg.add_argument("--predictor", choices=("paths", "latent"), default="paths",
-                    help="attribute predictor: learned path gains of the decoded graph (default), or an MLP on z")
+    tg.add_argument("--predictor", choices=("graph", "paths", "latent"), default="graph",
+                    help="attribute predictor: learned path gains of the cell's graph (default; a latent through its "
+                    "decoded cell), of the decoder's soft graph (paths), or an MLP on z (latent)")
+    tg.add_argument("--predictor-lr", type=_lr_or_none, default=3e-3,
+                    help="the predictor's learning rate ('none': --lr, one parameter group, as older runs)")
     tg.add_argument("--degree-features", action=argparse.BooleanOptionalAction, default=None,
                     help="the path predictor also reads output in-degree features (default: on for NB101-skeleton "
                     "spaces, whose outputs concatenate)")
-    tg.add_argument("--path-channels", type=int, default=16, help="learned path-gain channels (--predictor paths)")
+    tg.add_argument("--path-channels", type=int, default=16, help="learned path-gain channels (graph/paths predictors)")
     tg.add_argument("--seed", type=int, default=0)
     tg.add_argument("--device", default="cpu")
     tg.add_argument("--backend", choices=("native", "torch"), default="native", help="message-passing kernel")
@@ -591,8 +609,10 @@ def _build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--gvae-hidden", type=int, default=128)
     pl.add_argument("--gvae-layers", type=int, default=4)
     pl.add_argument("--gvae-batch", type=int, default=512)
-    pl.add_argument("--gvae-predictor", choices=("paths", "latent"), default="paths",
-                    help="the G-VAE's attribute predictor (default: paths; see `cgnf train gvae --help`)")
+    pl.add_argument("--gvae-predictor", choices=("graph", "paths", "latent"), default="graph",
+                    help="the G-VAE's attribute predictor (default: graph; see `cgnf train gvae --help`)")
+    pl.add_argument("--gvae-predictor-lr", type=_lr_or_none, default=3e-3,
+                    help="the predictor's learning rate ('none': --gvae-lr, as older runs)")
     pl.add_argument("--flow-epochs", type=int, default=15)
     pl.add_argument("--flow-batch", type=int, default=256)
     pl.add_argument("--flow-max-cells", type=int, default=30_000, help="latents the flow trains on")

@@ -67,7 +67,8 @@ class PipelineConfig:
     gvae_hidden: int = 128
     gvae_layers: int = 4
     gvae_batch: int = 512
-    gvae_predictor: str = "paths"
+    gvae_predictor: str = "graph"
+    gvae_predictor_lr: float | None = 3e-3
     # flow
     flow_epochs: int = 15
     flow_batch: int = 256
@@ -77,7 +78,7 @@ class PipelineConfig:
     #: may change between a run and its resumption (it does not change what is computed)
     RESUMABLE_CHANGES = ("workers",)
     #: what a run directory written before a field existed used
-    LEGACY_DEFAULTS = {"gvae_predictor": "latent"}
+    LEGACY_DEFAULTS = {"gvae_predictor": "latent", "gvae_predictor_lr": None}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -120,7 +121,7 @@ class PipelineConfig:
                                include_seed_space=self.seed_space_cells, heldout=self.heldout, latent=self.latent,
                                hidden=self.gvae_hidden, layers=self.gvae_layers, batch=self.gvae_batch,
                                epochs=self.gvae_epochs, lr=self.gvae_lr, predictor=self.gvae_predictor,
-                               seed=self.seed)
+                               predictor_lr=self.gvae_predictor_lr, seed=self.seed)
 
     def flow_config(self):
         from .train.flow import TrainFlowConfig

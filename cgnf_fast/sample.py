@@ -69,8 +69,9 @@ Mechanism, per call:
    the proposals. ``oversample=1`` returns the
    first ``n`` candidates in the order drawn (then a smaller ``n`` gives a prefix).
 
-Each kept cell is re-encoded and the G-VAE predictor gives its ``predicted`` attributes (store
-units: ZC proxies as stored, params and FLOPs in millions); ``params``/``flops`` are exact
+The G-VAE predictor gives each kept cell its ``predicted`` attributes (store units: ZC proxies
+as stored, params and FLOPs in millions; the ``"graph"`` predictor reads the cell's own graph,
+older ones its re-encoded latent); ``params``/``flops`` are exact
 counts. Results are deterministic for a seed (same arguments, same model, same device).
 
 Units in conditions: ZC proxies in the score store's units (synflow is a log there); params
@@ -662,7 +663,7 @@ def draw_round(model: SamplingModel, c_row: torch.Tensor, size: int, generator: 
 class SampledCell:
     """One sampled cell and what is known about it.
 
-    ``predicted``: the G-VAE predictor on the re-encoded cell (store units; params/flops in
+    ``predicted``: the G-VAE predictor on the cell (store units; params/flops in
     millions). ``params``/``flops``: exact counts of the network in the space's macro skeleton.
     ``latent``: the flow's sample that decoded to it. ``repaired``: the decoder's most likely
     layout was invalid and was repaired (module doc).
@@ -853,7 +854,7 @@ def sample_with_info(reference: Any, condition: Mapping[str, Any] | None = None,
                 if not all(t.admits(exact[t.attribute]) for t in bounds):
                     stats["outside_bounds"] += 1
                     continue
-            kept.append((cell, key, repaired, zc[b].tolist(), in_seed, counts))
+            kept.append((cell, key, repaired, zc[b], in_seed, counts))  # (a list only for the cells returned)
             if len(kept) == want:
                 break
         dry = 0 if len(kept) > before else dry + size
@@ -902,7 +903,7 @@ def sample_with_info(reference: Any, condition: Mapping[str, Any] | None = None,
         nb101 = nb101_hashes.get(i)
         out.append(SampledCell(cell=cell, code=cell.canonical_code(), network_code=key, in_seed_space=in_seed,
                                nb201=nb201_str, nb101_hash=nb101, predicted={a: float(v[i]) for a, v in pred.items()},
-                               params=int(params), flops=int(flops), latent=latent, repaired=repaired))
+                               params=int(params), flops=int(flops), latent=latent.tolist(), repaired=repaired))
     info = {"space": sp.name, "seed_space": seed_name, "reference": ref, "reference_predicted": ref_pred,
             "reference_nb201": ref.to_nb201() if seed_name == "nb201" else None,
             "targets": {a: v for a, v in zip(conds.names, raw)}, "condition": targets,

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from cgnf_fast import get_space
 from cgnf_fast.models.api import GraphVAE
 from cgnf_fast.models.codec import CellCodec, canonical_cell, code_to_graph
-from cgnf_fast.models.gvae import GVAE, GVAEConfig, PathPredictor, mine_triplets, triplet_loss
+from cgnf_fast.models.gvae import GVAE, GVAEConfig, PathPredictor, mine_triplets, prune_layout, triplet_loss
 from cgnf_fast.reference import dag as ref
 from cgnf_fast.space import Cell
 from cgnf_fast.train.checkpoint import CheckpointError, load_module, load_tensors, save_tensors
@@ -152,6 +152,31 @@ def test_degree_features_count_the_output_split(cells: list[Cell]) -> None:
         np.testing.assert_allclose(f[i, 2 + K + 1:], want, rtol=1e-12, atol=1e-12)
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.sampled_from(["nb201-like", "nb101-like"]))
+def test_pruned_layouts_give_the_features_of_the_pruned_cells(seed: int, space: str) -> None:
+    """prune_layout on arbitrary slot layouts (dangling vertices, absent slots with edges, no
+    path at all) == the codec's layout of the pruned cell, as the graph predictor sees them."""
+    sp = get_space(space)
+    codec = CellCodec(sp)
+    N, K = sp.max_nodes, len(sp.ops)
+    g = torch.Generator().manual_seed(seed)
+    adj = (torch.rand(64, N, N, generator=g) < 0.35).float().triu(1)
+    ops = torch.randint(0, K + 1, (64, N), generator=g)
+    ops[:, 0], ops[:, -1] = K + 1, K + 2
+    cfg = GVAEConfig(space=space, num_nodes=N, ops=list(sp.ops), attributes=["a"], predictor="graph",
+                     path_channels=3, degree_features=space == "nb101-like")
+    pp = PathPredictor(cfg).double()
+    pa, po = prune_layout(adj, ops)
+    cells = codec.decode(adj, ops)  # pruned (the zero cell when nothing connects)
+    ca, co = codec.encode(cells)
+    f_pruned = pp.features(*pp.features_of_layout(pa.double(), po)).detach()
+    f_cells = pp.features(*pp.features_of_layout(ca.double(), co)).detach()
+    torch.testing.assert_close(f_pruned, f_cells, rtol=1e-9, atol=1e-9)
+    for i, c in enumerate(cells):  # same vertex and edge sets, up to the slot order
+        assert int((po[i, 1:-1] != 0).sum()) == c.num_nodes - 2 and int(pa[i].sum()) == c.num_edges
+
+
 def test_path_predictor_reads_the_decoded_graph_without_training_the_decoder() -> None:
     torch.manual_seed(0)
     cfg = GVAEConfig(space="nb201-like", num_nodes=8, ops=list(NB201_OPS), hidden=8, layers=1, latent=4,
@@ -241,7 +266,15 @@ def test_train_writes_a_loadable_model_and_metrics(label_store: str, tmp_path: P
     assert len(vae.decode(z)) == 5
     pred = vae.predict(cells)
     assert set(pred) == {"params", "flops"} and pred["params"].shape == (5,)
-    assert np.allclose(vae.predict(z)["flops"], pred["flops"])
+    # the graph predictor reads a latent through its most likely decoded cell
+    assert vae.cfg.predictor == "graph"
+    zr = torch.randn(64, 4, generator=torch.Generator().manual_seed(3))
+    back = vae.decode(zr)
+    ok = [i for i, c in enumerate(back) if not c.is_zero and vae.space.contains(c)]
+    assert len(ok) > 10
+    from_z, from_cells = vae.predict(zr[ok]), vae.predict([back[i] for i in ok])
+    for a in ("params", "flops"):
+        np.testing.assert_allclose(from_z[a], from_cells[a], rtol=1e-5, atol=1e-4)
     with pytest.raises(ValueError, match=r"z must have shape \[B, 4\]"):
         vae.decode(torch.zeros(2, 5))
     with pytest.raises(ValueError, match="not in space"):
@@ -254,14 +287,19 @@ def test_train_writes_a_loadable_model_and_metrics(label_store: str, tmp_path: P
 
 def test_latent_predictor_trains_and_old_runs_resume_as_latent(label_store: str, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    cfg = TrainGVAEConfig(space="nb201-like", store=label_store, predictor="latent", **{**TINY, "epochs": 1})
+    # trained as before the predictor options existed: one learning rate, an MLP on z
+    cfg = TrainGVAEConfig(space="nb201-like", store=label_store, predictor="latent", predictor_lr=None,
+                          **{**TINY, "epochs": 1})
     train_gvae(cfg, str(run), backend="torch", progress=False)
     vae = GraphVAE.load(run, backend="torch")
     assert vae.cfg.predictor == "latent" and not isinstance(vae.model.predictor, PathPredictor)
     # a run directory from before the option existed: its train.json has no "predictor"
     old = json.loads((run / "train.json").read_text())
-    del old["predictor"], old["path_channels"]
+    del old["predictor"], old["path_channels"], old["predictor_lr"]
     (run / "train.json").write_text(json.dumps(old))
+    with pytest.raises(ValueError, match="predictor_lr: None -> 0.003"):  # it trained with one learning rate
+        train_gvae(TrainGVAEConfig(space="nb201-like", store=label_store, predictor="latent", **{**TINY, "epochs": 1}),
+                   str(run), backend="torch", progress=False)
     train_gvae(cfg, str(run), backend="torch", progress=False)  # resumes (nothing left to do)
     # an NB101-skeleton latent run resumes too (degree features belong to the path predictor only)
     legacy = TrainGVAEConfig(space="nb101-like", store=label_store, predictor="latent")
@@ -270,10 +308,38 @@ def test_latent_predictor_trains_and_old_runs_resume_as_latent(label_store: str,
     for space, degrees in (("nb101-like", True), ("nb201-like", False)):
         auto = TrainGVAEConfig(space=space, store=label_store)
         auto.validate()
-        assert auto.predictor == "paths" and auto.degree_features is degrees
-    with pytest.raises(ValueError, match="predictor: 'latent' -> 'paths'"):
-        train_gvae(TrainGVAEConfig(space="nb201-like", store=label_store, **{**TINY, "epochs": 1}), str(run),
-                   backend="torch", progress=False)
+        assert auto.predictor == "graph" and auto.degree_features is degrees
+    with pytest.raises(ValueError, match="predictor: 'latent' -> 'graph'"):
+        train_gvae(TrainGVAEConfig(space="nb201-like", store=label_store, predictor_lr=None, **{**TINY, "epochs": 1}),
+                   str(run), backend="torch", progress=False)
+
+
+def test_soft_path_predictor_still_trains_and_predicts_through_latents(label_store: str, tmp_path: Path) -> None:
+    cfg = TrainGVAEConfig(space="nb201-like", store=label_store, predictor="paths", **{**TINY, "epochs": 1})
+    train_gvae(cfg, str(tmp_path / "run"), backend="torch", progress=False)
+    vae = GraphVAE.load(tmp_path / "run", backend="torch")
+    assert vae.cfg.predictor == "paths" and isinstance(vae.model.predictor, PathPredictor)
+    cells = get_space("nb201-like").sample(6, seed=2)
+    pred, via_z = vae.predict(cells), vae.predict(vae.encode(cells))
+    for a in pred:
+        np.testing.assert_allclose(pred[a], via_z[a], rtol=1e-6)
+    with pytest.raises(ValueError, match="reads latents"):
+        vae.model.predict_layout_std(*vae._tensors(cells))
+
+
+def test_predictor_groups_keep_the_autoencoder_independent_of_the_predictor(label_store: str, tmp_path: Path) -> None:
+    """With its own parameter group and clip, the graph predictor's settings leave the encoder
+    and decoder exactly as they are (its loss never reaches them)."""
+    base = {**TINY, "epochs": 1}
+    train_gvae(TrainGVAEConfig(space="nb201-like", store=label_store, **base), str(tmp_path / "a"),
+               backend="torch", progress=False)
+    train_gvae(TrainGVAEConfig(space="nb201-like", store=label_store, predictor_lr=0.05, predictor_weight=100.0,
+                               **base), str(tmp_path / "b"), backend="torch", progress=False)
+    wa, wb = _final_weights(tmp_path / "a"), _final_weights(tmp_path / "b")
+    for k in wa:
+        if k.startswith(("encoder.", "decoder.")):
+            torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0)
+    assert any(not torch.equal(wa[k], wb[k]) for k in wa if k.startswith("predictor."))
 
 
 def test_native_and_torch_backends_train_alike(label_store: str, tmp_path: Path) -> None:

@@ -107,11 +107,22 @@ class GraphVAE:
         return self.codec.decode(adj, ops)
 
     @torch.no_grad()
-    def predict(self, cells_or_z: Sequence[Cell] | torch.Tensor | np.ndarray) -> dict[str, np.ndarray]:
-        """Predicted attributes (units of the score store) of cells or latents: name -> ``[B]``."""
+    def predict(self, cells_or_z: Sequence[Cell] | torch.Tensor | np.ndarray,
+                batch_size: int = 4096) -> dict[str, np.ndarray]:
+        """Predicted attributes (units of the score store) of cells or latents: name -> ``[B]``.
+
+        With the ``"graph"`` predictor a cell is predicted from its own graph and a latent from
+        its decoded cell (so ``predict(z) == predict(decode(z))``); the others encode cells."""
         if isinstance(cells_or_z, (torch.Tensor, np.ndarray)):
-            z = self._check_z(cells_or_z)
+            p = self.model.predict(self._check_z(cells_or_z))
+        elif self.cfg.predictor == "graph":  # the cells' own layouts: no encoder or decoder pass
+            cells = list(cells_or_z)
+            parts = []
+            for i in range(0, len(cells), batch_size):
+                adj, ops = self._tensors(cells[i:i + batch_size])
+                parts.append(self.model.predict_layout_std(adj, ops) * self.model.attr_std + self.model.attr_mean)
+            p = torch.cat(parts) if parts else torch.zeros(0, len(self.cfg.attributes))
         else:
-            z = self.encode(list(cells_or_z))
-        p = self.model.predict(z).double().cpu().numpy()
+            p = self.model.predict(self.encode(list(cells_or_z)))
+        p = p.double().cpu().numpy()
         return {a: p[:, i] for i, a in enumerate(self.cfg.attributes)}

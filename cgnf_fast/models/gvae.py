@@ -21,21 +21,28 @@ space) and edge logits for every pair ``i < j`` of slots.
 
 Attribute predictor (``predictor`` in the config):
 
-* ``"paths"`` (the default for new runs; in NB101-skeleton spaces with ``degree_features``,
-  see :class:`PathPredictor`): the predictor reads a latent *through the decoder*.
-  ``z`` is decoded to a soft slot layout (op probabilities per slot, edge probabilities per
-  pair; no gradient flows back into the decoder or the encoder, so the predictor's loss does
-  not shape the latent space, the reconstruction, KL and triplet losses do), and :class:`PathPredictor` turns that graph
-  into features an MLP maps to the attributes: ``C`` learned *path gains*
-  ``log sum over input->output paths of prod over the path's op vertices of g[c, op]`` (one
-  learned gain per channel and op, computed by one pass over the slots in topological order,
-  soft in the probabilities), the expected count of each op and the expected edge count. The
-  path sums generalise NAS path encodings (every path's op sequence) to a few learned
-  channels; they are what makes the predictor extrapolate to cells no label covers, such as
-  NB201-like cells with one or two op vertices, which are all NB201 networks and so never
-  labelled when the seed space is held out (synflow, for one, is a path sum of products of
-  layer gains: linear in these features to ~0.1 % of its range).
-* ``"latent"`` (the models trained before it): an MLP on ``z``.
+* ``"graph"`` (the default for new runs): :class:`PathPredictor` on the *exact* graph. It is
+  trained on the labelled cells' own slot layouts; a latent is predicted through its most
+  likely decoded cell (argmax ops, edges with logit > 0, pruned: :func:`prune_layout`), so
+  ``predict(z)`` is the prediction of ``decode(z)`` and a cell is predicted from its layout
+  with no encoder or decoder pass (:meth:`GVAE.predict_layout_std`). The predictor has no
+  parameter in common with the encoder or decoder and its loss reaches neither, so it does not
+  shape the latent space (the reconstruction, KL and triplet losses do).
+* ``"paths"``: the same :class:`PathPredictor` on the decoder's *soft* layout of ``z`` (op
+  probabilities per slot, edge probabilities per pair; no gradient into the decoder); a cell
+  is encoded and its latent decoded. Slower on cells (an encoder and a decoder pass) and a
+  little less accurate; kept for the runs trained with it.
+* ``"latent"`` (the models trained before both): an MLP on ``z``.
+
+:class:`PathPredictor` turns a slot layout into features an MLP maps to the attributes: ``C``
+learned *path gains* ``log sum over input->output paths of prod over the path's op vertices
+of g[c, op]`` (one learned gain per channel and op, computed by one pass over the slots in
+topological order), the count of each op and the edge count, and in NB101-skeleton spaces
+``degree_features``. The path sums generalise NAS path encodings (every path's op sequence)
+to a few learned channels; they are what makes the predictor extrapolate to cells no label
+covers, such as NB201-like cells with one or two op vertices, which are all NB201 networks and
+so never labelled when the seed space is held out (synflow, for one, is a path sum of products
+of layer gains: linear in these features to ~0.1 % of its range).
 
 Shapes:
     adj [B, N, N] float32, ops [B, N] int64, z [B, latent], attributes [B, A].
@@ -51,7 +58,7 @@ from torch import nn
 from torch.nn import functional as F
 
 BACKENDS = ("native", "torch")
-PREDICTORS = ("paths", "latent")
+PREDICTORS = ("graph", "paths", "latent")
 
 
 @dataclass
@@ -70,10 +77,11 @@ class GVAEConfig:
     eps: float = 0.0
     max_edges: int | None = None
     allow_zero: bool = True
-    #: "paths" (learned path gains of the decoded graph -> MLP) or "latent" (MLP on z); see the module doc
+    #: "graph" (path features of the exact / most likely decoded graph -> MLP), "paths" (of the
+    #: decoder's soft graph) or "latent" (MLP on z); see the module doc
     predictor: str = "latent"
     path_channels: int = 16
-    #: "paths" also reads degree features (output in-degree k and 1/k, 1/k^2, input out-degree,
+    #: "graph"/"paths" also read degree features (output in-degree k and 1/k, 1/k^2, input out-degree,
     #: the ops feeding the output, op counts / k^2, input edges / k): NB101's channel split
     degree_features: bool = False
 
@@ -253,7 +261,7 @@ class GVAE(nn.Module):
         self.cfg = cfg
         self.encoder = GINEncoder(cfg)
         self.decoder = MLPDecoder(cfg)
-        self.predictor = PathPredictor(cfg) if cfg.predictor == "paths" else AttributePredictor(cfg)
+        self.predictor = PathPredictor(cfg) if cfg.predictor in ("graph", "paths") else AttributePredictor(cfg)
         A = max(len(cfg.attributes), 1)
         # standardisation of attributes (set from the labelled training data)
         self.register_buffer("attr_mean", torch.zeros(A))
@@ -267,13 +275,24 @@ class GVAE(nn.Module):
         return self.decoder(z)
 
     def predict_std(self, z: torch.Tensor) -> torch.Tensor:
-        """Standardised attribute predictions ``[B, A]`` (``"paths"``: of the decoded soft graph,
-        with no gradient into the decoder)."""
-        if isinstance(self.predictor, PathPredictor):
+        """Standardised attribute predictions ``[B, A]`` of latents (``"graph"``: of the most
+        likely decoded cell; ``"paths"``: of the decoded soft graph; no gradient into the decoder)."""
+        if self.cfg.predictor == "graph":
+            with torch.no_grad():
+                adj, ops = prune_layout(*self.layout_from_logits(*self.decoder(z)))
+            return self.predict_layout_std(adj, ops)
+        if self.cfg.predictor == "paths":
             with torch.no_grad():
                 op_logits, edge_logits = self.decoder(z)
             return self.predictor(op_logits.softmax(-1), edge_logits.sigmoid())
         return self.predictor(z)
+
+    def predict_layout_std(self, adj: torch.Tensor, ops: torch.Tensor) -> torch.Tensor:
+        """Standardised attribute predictions ``[B, A]`` of exact slot layouts (``"graph"`` only:
+        the other predictors read latents; pruned layouts, as :class:`~cgnf_fast.models.codec.CellCodec` writes)."""
+        if self.cfg.predictor != "graph":
+            raise ValueError(f"a {self.cfg.predictor!r} predictor reads latents, not layouts")
+        return self.predictor(*self.predictor.features_of_layout(adj, ops))
 
     def predict(self, z: torch.Tensor) -> torch.Tensor:
         """Attribute predictions ``[B, A]`` in the units of the score store."""
@@ -289,6 +308,32 @@ class GVAE(nn.Module):
         adj = torch.zeros(B, N, N, device=op_logits.device)
         adj[:, self.decoder.iu[0], self.decoder.iu[1]] = (edge_logits > 0).float()
         return adj, ops
+
+
+def prune_layout(adj: torch.Tensor, ops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A slot layout without the vertices off every input -> output path (and their edges):
+    what :class:`~cgnf_fast.models.codec.CellCodec` would write for the pruned cell, up to the
+    order of the slots (which no :class:`PathPredictor` feature depends on). A layout without a
+    path becomes the empty one (the zero cell). Absent slots (op 0) lose their edges first.
+
+    Shapes: ``adj [B, N, N]`` (0/1, strictly upper triangular), ``ops [B, N]`` int64; returns the same.
+    """
+    N = adj.shape[-1]
+    present = ops != 0
+    present[:, 0] = present[:, -1] = True
+    e = (adj > 0) & present[:, :, None] & present[:, None, :]
+    fwd = [torch.ones_like(present[:, 0])]
+    for j in range(1, N):  # reachable from the input
+        fwd.append((e[:, :j, j] & torch.stack(fwd, 1)).any(1))
+    bwd = [torch.ones_like(present[:, 0])]
+    for j in range(N - 2, -1, -1):  # reaches the output (bwd[0] is slot N-1, bwd[-1] slot j)
+        bwd.append((e[:, j, j + 1:] & torch.stack(bwd[::-1], 1)).any(1))
+    keep = torch.stack(fwd, 1) & torch.stack(bwd[::-1], 1)  # [B, N]
+    keep = keep & keep[:, -1:]  # no path: nothing is kept
+    keep[:, 0] = keep[:, -1] = True
+    e = e & keep[:, :, None] & keep[:, None, :]
+    out_ops = torch.where(keep, ops, torch.zeros_like(ops))
+    return e.to(adj.dtype), out_ops
 
 
 def reconstruction_loss(model: GVAE, op_logits: torch.Tensor, edge_logits: torch.Tensor, adj: torch.Tensor,

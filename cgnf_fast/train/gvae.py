@@ -54,8 +54,10 @@ class TrainGVAEConfig:
     latent: int = 32
     dec_hidden: int = 512
     pred_hidden: int = 256
-    #: the attribute predictor: "paths" (decoded graph -> learned path gains -> MLP) or "latent" (MLP on z)
-    predictor: str = "paths"
+    #: the attribute predictor (see cgnf_fast.models.gvae): "graph" (learned path gains of the
+    #: exact graph -> MLP; a latent through its decoded cell), "paths" (of the decoder's soft
+    #: graph) or "latent" (MLP on z)
+    predictor: str = "graph"
     path_channels: int = 16
     #: the path predictor's degree features (None: on for NB101-skeleton spaces, resolved by
     #: :meth:`validate`; see GVAEConfig)
@@ -68,6 +70,9 @@ class TrainGVAEConfig:
     margin: float = 0.5
     triplet_weight: float = 1.0
     predictor_weight: float = 10.0
+    #: the predictor's own learning rate (same cosine decay); None: ``lr``, one parameter group
+    #: and one gradient clip for the whole model, as runs before this field were trained
+    predictor_lr: float | None = 3e-3
     seed: int = 0
     ckpt_every: int = 500
     #: a user space: {"ops": [...], "max_nodes": n, "max_edges": e or None, "allow_zero": bool}
@@ -76,7 +81,7 @@ class TrainGVAEConfig:
     #: fields that may change between a run and its resumption
     RESUMABLE_CHANGES = ("epochs", "ckpt_every")
     #: what a run directory written before a field existed was trained with
-    LEGACY_DEFAULTS = {"predictor": "latent", "path_channels": 16, "degree_features": False}
+    LEGACY_DEFAULTS = {"predictor": "latent", "path_channels": 16, "degree_features": False, "predictor_lr": None}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,7 +95,7 @@ class TrainGVAEConfig:
     def validate(self) -> None:
         self.design_space()
         if self.degree_features is None:  # only the path predictor has them
-            self.degree_features = self.predictor == "paths" and _nb101_skeleton(self.space)
+            self.degree_features = self.predictor in ("graph", "paths") and _nb101_skeleton(self.space)
         for f in ("n_unlabelled", "heldout", "hidden", "layers", "latent", "batch", "labelled_batch", "epochs",
                   "ckpt_every", "dec_hidden", "pred_hidden"):
             v = getattr(self, f)
@@ -99,9 +104,11 @@ class TrainGVAEConfig:
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         _model_config(self, []).validate()
-        for f in ("lr", "beta", "margin", "triplet_weight", "predictor_weight"):
+        for f in ("lr", "beta", "margin", "triplet_weight", "predictor_weight", "predictor_lr"):
             v = getattr(self, f)
-            if not isinstance(v, (int, float)) or v < 0 or not math.isfinite(v):
+            if f == "predictor_lr" and v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or not math.isfinite(v):
                 raise ValueError(f"{f} must be a finite non-negative number, got {v!r}")
 
 
@@ -240,13 +247,21 @@ def train_gvae(cfg: TrainGVAEConfig, out: str, *, device: str = "cpu", backend: 
     model.attr_std.copy_(vals.std(0).clamp_min(1e-12).float())
     model.attr_max.copy_(vals.abs().max(0).values.clamp_min(1e-12).float())
     model.to(dev)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    # parameter groups: [encoder + decoder, predictor] with their own learning rates and
+    # gradient clips (the predictor's gradients never reach the others; with predictor_lr None,
+    # one group and one clip, as runs before it)
+    pred_params = list(model.predictor.parameters())
+    pred_ids = {id(q) for q in pred_params}
+    groups = ([{"params": [q for q in model.parameters() if id(q) not in pred_ids], "base_lr": cfg.lr},
+               {"params": pred_params, "base_lr": cfg.predictor_lr}] if cfg.predictor_lr is not None
+              else [{"params": list(model.parameters()), "base_lr": cfg.lr}])
+    opt = torch.optim.Adam(groups, lr=cfg.lr)
     U = data["unl_adj"].shape[0]
     M = data["lab_adj"].shape[0]
     steps_per_epoch = max(1, math.ceil(U / cfg.batch))
     total = cfg.epochs * steps_per_epoch
-    def lr_at(s: int) -> float:  # cosine decay, set before every step (so a resume needs no scheduler state)
-        return cfg.lr * (0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    def lr_at(s: int, base: float) -> float:  # cosine decay, set before every step (so a resume needs no scheduler state)
+        return base * (0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
 
     ck_path = outp / "checkpoint.safetensors"
     ck = load_training(ck_path, model, opt)
@@ -282,17 +297,19 @@ def train_gvae(cfg: TrainGVAEConfig, out: str, *, device: str = "cpu", backend: 
             nl = la.shape[0]
             target = lab_std[lidx].to(dev)
             trip = triplet_loss(mu[-nl:], target, cfg.margin)
-            # "paths" reads the decoded graph of the posterior mean (what it sees at inference)
-            zp = mu[-nl:] if mcfg.predictor == "paths" else z[-nl:]
-            pred = torch.nn.functional.mse_loss(model.predict_std(zp), target)
+            if mcfg.predictor == "graph":  # the labelled cells' exact graphs
+                p_std = model.predict_layout_std(la, lo)
+            else:  # "paths" reads the decoded graph of the posterior mean (what it sees at inference)
+                p_std = model.predict_std(mu[-nl:] if mcfg.predictor == "paths" else z[-nl:])
+            pred = torch.nn.functional.mse_loss(p_std, target)
             loss = rec + cfg.beta * kl + cfg.triplet_weight * trip + cfg.predictor_weight * pred
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower --lr")
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
             for g in opt.param_groups:
-                g["lr"] = lr_at(step)
+                torch.nn.utils.clip_grad_norm_(g["params"], 10.0)
+                g["lr"] = lr_at(step, g["base_lr"])
             opt.step()
             step += 1
             parts = {"rec": rec.item(), "kl": kl.item(), "trip": trip.item(), "pred": pred.item()}
