@@ -82,10 +82,11 @@ Relative changes move away from the reference's predicted value by ``|value| * p
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -575,12 +576,15 @@ def _decode_one(codec: CellCodec, space: DesignSpace, op_logp: np.ndarray,
 
 @torch.no_grad()
 def decode_logits(op_logits: torch.Tensor, edge_logits: torch.Tensor, codec: CellCodec,
-                  space: DesignSpace | None = None) -> list[tuple[Cell | None, bool]]:
+                  space: DesignSpace | None = None,
+                  known: set[int] | None = None) -> list[tuple[Cell | None, bool | None]]:
     """Cells of a batch of decoder outputs, repaired where invalid (module doc, step 4).
 
     Returns ``(cell or None, repaired)`` per row: the pruned member cell (never the zero cell)
     and whether the most likely layout had to be repaired; None when repair could not make a
-    member of ``space`` (default: the codec's space).
+    member of ``space`` (default: the codec's space). A row whose most likely layout is a member
+    whose network code is in ``known`` comes back as ``(None, None)`` without building its cell
+    (the sampler's duplicates: most draws of a large request).
 
     Shapes:
         op_logits [B, N-2, K+1] (slot ops: absent + the space's K ops), edge_logits
@@ -623,10 +627,21 @@ def decode_logits(op_logits: torch.Tensor, edge_logits: torch.Tensor, codec: Cel
     net = dict(zip(rows.tolist(), dag_network_code(ra, rl, rn, _ops.identity_labels())))
     ops_fit = set(codec.ops) <= set(sp.ops)  # else checked per cell
     edges = pa.sum(axis=(1, 2)).tolist() if sp.max_edges is not None else None
-    pa_rows, pl_rows, pn_list = pa.tolist(), pl.tolist(), pn.tolist()
+    pn_list = pn.tolist()
+    skip = np.zeros(B, dtype=bool)
+    if known and plain_members and ops_fit:  # a member by size alone: its cell would be a duplicate
+        for b in rows.tolist():
+            k = pn_list[b]
+            skip[b] = (net[b] in known and k <= sp.max_nodes and (edges is None or edges[b] <= sp.max_edges))
+    build = np.flatnonzero(~skip)
+    pa_rows = dict(zip(build.tolist(), pa[build].tolist()))
+    pl_rows = dict(zip(build.tolist(), pl[build].tolist()))
     every = [tuple(range(k)) for k in range(N + 1)]  # a pruned cell keeps all its vertices
-    out: list[tuple[Cell | None, bool]] = []
+    out: list[tuple[Cell | None, bool | None]] = []
     for b in range(B):
+        if skip[b]:
+            out.append((None, None))
+            continue
         k = pn_list[b]
         cell = None
         if k >= 2:
@@ -643,19 +658,79 @@ def decode_logits(op_logits: torch.Tensor, edge_logits: torch.Tensor, codec: Cel
 
 @torch.no_grad()
 def draw_round(model: SamplingModel, c_row: torch.Tensor, size: int, generator: torch.Generator,
-               temperature: float = 1.0) -> tuple[torch.Tensor, list[tuple[Cell | None, bool]]]:
+               temperature: float = 1.0,
+               known: set[int] | None = None) -> tuple[torch.Tensor, list[tuple[Cell | None, bool | None]]]:
     """One round of draws (steps 3-4 of the module doc): ``size`` noise vectors
     ``temperature * N(0, I)`` from the CPU ``generator``, the flow's latents under the condition
     ``c_row [1, A]`` (the flow's standardised units), decoded and repaired.
 
-    Returns ``(z [size, D], [(cell or None, repaired)] * size)``.
+    Returns ``(z [size, D], [(cell or None, repaired)] * size)``; rows that decode to a network
+    in ``known`` are ``(None, None)`` (:func:`decode_logits`).
     """
     flow, vae = model.flow, model.vae
     p = flow._param
     noise = torch.randn((size, flow.latent), generator=generator, dtype=torch.float64) * float(temperature)
     z = flow.sample(c_row.to(p.device, p.dtype).expand(size, -1).contiguous(), noise=noise.to(p.device, p.dtype))
     op_logits, edge_logits = vae.model.decode_logits(z.to(vae.device, torch.float32))
-    return z, decode_logits(op_logits, edge_logits, vae.codec, model.space)
+    return z, decode_logits(op_logits, edge_logits, vae.codec, model.space, known)
+
+
+def _rounds(model: SamplingModel, c_row: torch.Tensor, generator: torch.Generator, temperature: float, chunk: int,
+            limit: int, known: set[int]) -> Iterator[tuple[int, torch.Tensor, list[tuple[Cell | None, bool | None]]]]:
+    """The rounds of :func:`draw_round` up to ``limit`` latents, as ``(size, z, decoded)``, with
+    the flow's solve for the next round running in a worker thread while the caller decodes and
+    examines this one (the native solve releases the GIL). The noise is drawn in the calling
+    thread in round order and each solve is independent, so the rounds are exactly those of
+    :func:`draw_round` one after another; ``known`` is read when a round is decoded (after the
+    caller has examined the previous one). On the CPU this thread gives up one of torch's
+    threads to the worker until the generator is closed."""
+    flow, vae = model.flow, model.vae
+    p = flow._param
+    c = c_row.to(p.device, p.dtype)
+
+    def solve(noise: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():  # (grad mode is per thread)
+            return flow.sample(c.expand(noise.shape[0], -1).contiguous(), noise=noise.to(p.device, p.dtype))
+
+    def noise_for(size: int) -> torch.Tensor:
+        return torch.randn((size, flow.latent), generator=generator, dtype=torch.float64) * float(temperature)
+
+    def decode(z: torch.Tensor) -> list[tuple[Cell | None, bool | None]]:
+        with torch.no_grad():
+            op_logits, edge_logits = vae.model.decode_logits(z.to(vae.device, torch.float32))
+        return decode_logits(op_logits, edge_logits, vae.codec, model.space, known)
+
+    size = min(chunk, limit)
+    if size <= 0:
+        return
+    threads = torch.get_num_threads()
+    if p.device.type == "cpu" and threads > 1:  # one core for the solve ahead, the rest for this thread
+        torch.set_num_threads(threads - 1)
+    try:
+        yield from _solved_ahead(solve, noise_for, decode, size, chunk, limit)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _solved_ahead(solve: Callable[[torch.Tensor], torch.Tensor], noise_for: Callable[[int], torch.Tensor],
+                  decode: Callable[[torch.Tensor], Any], size: int, chunk: int, limit: int) -> Iterator[tuple[int, torch.Tensor, Any]]:
+    """:func:`_rounds`' loop: round ``k + 1``'s noise is drawn and its solve submitted before
+    round ``k`` is decoded and yielded."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    drawn = 0
+    with ThreadPoolExecutor(1, thread_name_prefix="cgnf-flow") as pool:
+        pending = pool.submit(solve, noise_for(size))
+        while True:
+            z = pending.result()
+            drawn += size
+            nxt = min(chunk, limit - drawn)
+            if nxt > 0:
+                pending = pool.submit(solve, noise_for(nxt))
+            yield size, z, decode(z)
+            if nxt <= 0:
+                return
+            size = nxt
 
 
 # -- results -------------------------------------------------------------------------------
@@ -816,50 +891,57 @@ def sample_with_info(reference: Any, condition: Mapping[str, Any] | None = None,
     vae.model.eval()
     want = max(n, math.ceil(oversample * n - 1e-9))  # candidates gathered before selecting n
     dry = 0  # latents drawn since the last new candidate
-    while len(kept) < want and stats["drawn"] < limit:
-        size = min(chunk, limit - stats["drawn"])
-        z, decoded = draw_round(m, c_row, size, gen, temperature)  # [size, D], size x (cell | None, repaired)
-        zc = z.double().cpu().numpy()
-        stats["drawn"] += size
-        stats["rounds"] += 1
-        before = len(kept)
-        # canonical codes of the round in one native batch, then network codes (a function of
-        # the pruned cell's class) natively for the classes not met before
-        cells = [cell for cell, _ in decoded if cell is not None]
-        new_classes = {}
-        for cell, code in zip(cells, cell_canonical_codes(cells)):
-            if code not in net_of_class:
-                new_classes.setdefault(code, cell)
-        net_of_class.update(zip(new_classes, cell_network_codes(list(new_classes.values()))))
-        for b, (cell, repaired) in enumerate(decoded):
-            stats["examined"] += 1
-            if cell is None:
-                stats["invalid"] += 1
-                continue
-            stats["repaired"] += int(repaired)
-            key = net_of_class[cell.canonical_code()]
-            if key in seen:
-                stats["duplicates"] += 1
-                continue
-            seen.add(key)
-            # (decided here only when it filters; otherwise for the cells returned, below)
-            in_seed = seed_space.contains(cell) if novel_only and seed_space is not None else None
-            if novel_only and in_seed:
-                stats["in_seed_space_dropped"] += 1
-                continue
-            counts = None
-            if bounds:  # exact counts build the network: only when a bound needs them before selection
-                counts = _exact_counts(cell, skeleton, counts_cache, key)
-                exact = {"params": counts[0] / 1e6, "flops": counts[1] / 1e6}
-                if not all(t.admits(exact[t.attribute]) for t in bounds):
-                    stats["outside_bounds"] += 1
+    # (closing: waits for the round being solved ahead and restores torch's thread count,
+    # also when this loop raises)
+    with contextlib.closing(_rounds(m, c_row, gen, temperature, chunk, limit, seen)) as rounds:
+        for size, z, decoded in rounds:
+            # z [size, D], size x (cell | None, repaired); (None, None): a network already seen
+            zc = z.double().cpu().numpy()
+            stats["drawn"] += size
+            stats["rounds"] += 1
+            before = len(kept)
+            # canonical codes of the round in one native batch, then network codes (a function of
+            # the pruned cell's class) natively for the classes not met before
+            cells = [cell for cell, _ in decoded if cell is not None]
+            new_classes = {}
+            for cell, code in zip(cells, cell_canonical_codes(cells)):
+                if code not in net_of_class:
+                    new_classes.setdefault(code, cell)
+            net_of_class.update(zip(new_classes, cell_network_codes(list(new_classes.values()))))
+            for b, (cell, repaired) in enumerate(decoded):
+                stats["examined"] += 1
+                if repaired is None:
+                    stats["duplicates"] += 1
                     continue
-            kept.append((cell, key, repaired, zc[b], in_seed, counts))  # (a list only for the cells returned)
-            if len(kept) == want:
+                if cell is None:
+                    stats["invalid"] += 1
+                    continue
+                stats["repaired"] += int(repaired)
+                key = net_of_class[cell.canonical_code()]
+                if key in seen:
+                    stats["duplicates"] += 1
+                    continue
+                seen.add(key)
+                # (decided here only when it filters; otherwise for the cells returned, below)
+                in_seed = seed_space.contains(cell) if novel_only and seed_space is not None else None
+                if novel_only and in_seed:
+                    stats["in_seed_space_dropped"] += 1
+                    continue
+                counts = None
+                if bounds:  # exact counts build the network: only when a bound needs them before selection
+                    counts = _exact_counts(cell, skeleton, counts_cache, key)
+                    exact = {"params": counts[0] / 1e6, "flops": counts[1] / 1e6}
+                    if not all(t.admits(exact[t.attribute]) for t in bounds):
+                        stats["outside_bounds"] += 1
+                        continue
+                kept.append((cell, key, repaired, zc[b], in_seed, counts))  # (a list only for the cells returned)
+                if len(kept) == want:
+                    break
+            dry = 0 if len(kept) > before else dry + size
+            if len(kept) >= want:
                 break
-        dry = 0 if len(kept) > before else dry + size
-        if len(kept) >= n and dry >= max(chunk, DEFAULT_CHUNK):
-            break  # enough cells, and the last draws found no new candidate: the extra pool is exhausted
+            if len(kept) >= n and dry >= max(chunk, DEFAULT_CHUNK):
+                break  # enough cells, and the last draws found no new candidate: the extra pool is exhausted
     if len(kept) < n:
         why = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in stats.items()
                         if k not in ("drawn", "rounds", "examined", "repaired") and v)
@@ -870,7 +952,7 @@ def sample_with_info(reference: Any, condition: Mapping[str, Any] | None = None,
     # selection: the n candidates whose attributes are closest to the condition (standardised
     # units, every conditioned attribute; exact params/FLOPs where they are closed forms, the
     # predictor otherwise; a bound only counts when violated); ties keep the draw order
-    pred = vae.predict([k[0] for k in kept])
+    pred = vae.predict([k[0] for k in kept], members=True)  # (decoded members of the space)
     cand = np.stack([np.asarray(pred[a], dtype=np.float64) for a in conds.names], 1)  # [K, A]
     if skeleton == "nb201":
         for j, a in enumerate(conds.names):

@@ -65,13 +65,16 @@ class GraphVAE:
         return cls(model, device=device, backend=backend, info=meta)
 
     # -- cells <-> latents ----------------------------------------------------------------
-    def _tensors(self, cells: Sequence[Cell]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _tensors(self, cells: Sequence[Cell], members: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(cells, Cell):
             raise ValueError("pass a list of cells (got a single Cell)")
         pruned = []
         for i, c in enumerate(cells):
             if not isinstance(c, Cell):
                 raise ValueError(f"cells[{i}] is a {type(c).__name__}, expected a Cell")
+            if members:  # known members (the codec still checks ops and size)
+                pruned.append(c)
+                continue
             try:
                 pruned.append(self.space.validate(c))
             except ValueError as e:
@@ -108,18 +111,20 @@ class GraphVAE:
 
     @torch.no_grad()
     def predict(self, cells_or_z: Sequence[Cell] | torch.Tensor | np.ndarray,
-                batch_size: int = 4096) -> dict[str, np.ndarray]:
+                batch_size: int = 4096, *, members: bool = False) -> dict[str, np.ndarray]:
         """Predicted attributes (units of the score store) of cells or latents: name -> ``[B]``.
 
         With the ``"graph"`` predictor a cell is predicted from its own graph and a latent from
-        its decoded cell (so ``predict(z) == predict(decode(z))``); the others encode cells."""
+        its decoded cell (so ``predict(z) == predict(decode(z))``); the others encode cells.
+        ``members=True`` skips the check that each cell is a member of the space (for cells
+        that are known to be, such as the sampler's; a wrong one gives a wrong prediction)."""
         if isinstance(cells_or_z, (torch.Tensor, np.ndarray)):
             p = self.model.predict(self._check_z(cells_or_z))
         elif self.cfg.predictor == "graph":  # the cells' own layouts: no encoder or decoder pass
             cells = list(cells_or_z)
             parts = []
             for i in range(0, len(cells), batch_size):
-                adj, ops = self._tensors(cells[i:i + batch_size])
+                adj, ops = self._tensors(cells[i:i + batch_size], members)
                 parts.append(self.model.predict_layout_std(adj, ops) * self.model.attr_std + self.model.attr_mean)
             p = torch.cat(parts) if parts else torch.zeros(0, len(self.cfg.attributes))
         else:

@@ -248,8 +248,9 @@ def train_gvae(cfg: TrainGVAEConfig, out: str, *, device: str = "cpu", backend: 
     model.attr_max.copy_(vals.abs().max(0).values.clamp_min(1e-12).float())
     model.to(dev)
     # parameter groups: [encoder + decoder, predictor] with their own learning rates and
-    # gradient clips (the predictor's gradients never reach the others; with predictor_lr None,
-    # one group and one clip, as runs before it)
+    # gradient clips (the graph and paths predictors' loss never reaches the encoder or decoder,
+    # so their settings leave those alone; "latent" trains the encoder through z); with
+    # predictor_lr None, one group and one clip, as runs before it
     pred_params = list(model.predictor.parameters())
     pred_ids = {id(q) for q in pred_params}
     groups = ([{"params": [q for q in model.parameters() if id(q) not in pred_ids], "base_lr": cfg.lr},
