@@ -86,7 +86,7 @@ import contextlib
 import math
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -656,7 +656,27 @@ def decode_logits(op_logits: torch.Tensor, edge_logits: torch.Tensor, codec: Cel
     return out
 
 
-@torch.no_grad()
+def _round_noise(model: SamplingModel, generator: torch.Generator, size: int, temperature: float) -> torch.Tensor:
+    """``temperature * N(0, I)`` noise for one round, ``[size, D]`` float64, from the CPU generator."""
+    return torch.randn((size, model.flow.latent), generator=generator, dtype=torch.float64) * float(temperature)
+
+
+def _solve_round(model: SamplingModel, c_row: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """The flow's latents for ``noise`` under the condition ``c_row [1, A]``."""
+    p = model.flow._param
+    with torch.no_grad():  # (here too: grad mode is per thread, and this may run in a worker)
+        return model.flow.sample(c_row.to(p.device, p.dtype).expand(noise.shape[0], -1).contiguous(),
+                                 noise=noise.to(p.device, p.dtype))
+
+
+def _decode_round(model: SamplingModel, z: torch.Tensor,
+                  known: set[int] | None) -> list[tuple[Cell | None, bool | None]]:
+    vae = model.vae
+    with torch.no_grad():
+        op_logits, edge_logits = vae.model.decode_logits(z.to(vae.device, torch.float32))
+    return decode_logits(op_logits, edge_logits, vae.codec, model.space, known)
+
+
 def draw_round(model: SamplingModel, c_row: torch.Tensor, size: int, generator: torch.Generator,
                temperature: float = 1.0,
                known: set[int] | None = None) -> tuple[torch.Tensor, list[tuple[Cell | None, bool | None]]]:
@@ -667,70 +687,44 @@ def draw_round(model: SamplingModel, c_row: torch.Tensor, size: int, generator: 
     Returns ``(z [size, D], [(cell or None, repaired)] * size)``; rows that decode to a network
     in ``known`` are ``(None, None)`` (:func:`decode_logits`).
     """
-    flow, vae = model.flow, model.vae
-    p = flow._param
-    noise = torch.randn((size, flow.latent), generator=generator, dtype=torch.float64) * float(temperature)
-    z = flow.sample(c_row.to(p.device, p.dtype).expand(size, -1).contiguous(), noise=noise.to(p.device, p.dtype))
-    op_logits, edge_logits = vae.model.decode_logits(z.to(vae.device, torch.float32))
-    return z, decode_logits(op_logits, edge_logits, vae.codec, model.space, known)
+    z = _solve_round(model, c_row, _round_noise(model, generator, size, temperature))
+    return z, _decode_round(model, z, known)
 
 
 def _rounds(model: SamplingModel, c_row: torch.Tensor, generator: torch.Generator, temperature: float, chunk: int,
             limit: int, known: set[int]) -> Iterator[tuple[int, torch.Tensor, list[tuple[Cell | None, bool | None]]]]:
     """The rounds of :func:`draw_round` up to ``limit`` latents, as ``(size, z, decoded)``, with
-    the flow's solve for the next round running in a worker thread while the caller decodes and
-    examines this one (the native solve releases the GIL). The noise is drawn in the calling
+    the flow's solve for round ``k + 1`` running in a worker thread while the caller decodes and
+    examines round ``k`` (the native solve releases the GIL). The noise is drawn in the calling
     thread in round order and each solve is independent, so the rounds are exactly those of
     :func:`draw_round` one after another; ``known`` is read when a round is decoded (after the
     caller has examined the previous one). On the CPU this thread gives up one of torch's
     threads to the worker until the generator is closed."""
-    flow, vae = model.flow, model.vae
-    p = flow._param
-    c = c_row.to(p.device, p.dtype)
-
-    def solve(noise: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():  # (grad mode is per thread)
-            return flow.sample(c.expand(noise.shape[0], -1).contiguous(), noise=noise.to(p.device, p.dtype))
-
-    def noise_for(size: int) -> torch.Tensor:
-        return torch.randn((size, flow.latent), generator=generator, dtype=torch.float64) * float(temperature)
-
-    def decode(z: torch.Tensor) -> list[tuple[Cell | None, bool | None]]:
-        with torch.no_grad():
-            op_logits, edge_logits = vae.model.decode_logits(z.to(vae.device, torch.float32))
-        return decode_logits(op_logits, edge_logits, vae.codec, model.space, known)
+    from concurrent.futures import ThreadPoolExecutor
 
     size = min(chunk, limit)
     if size <= 0:
         return
     threads = torch.get_num_threads()
-    if p.device.type == "cpu" and threads > 1:  # one core for the solve ahead, the rest for this thread
+    if model.flow._param.device.type == "cpu" and threads > 1:  # one core for the solve ahead
         torch.set_num_threads(threads - 1)
     try:
-        yield from _solved_ahead(solve, noise_for, decode, size, chunk, limit)
+        with ThreadPoolExecutor(1, thread_name_prefix="cgnf-flow") as pool:
+            drawn = 0
+            pending = pool.submit(_solve_round, model, c_row, _round_noise(model, generator, size, temperature))
+            while True:
+                z = pending.result()
+                drawn += size
+                nxt = min(chunk, limit - drawn)
+                if nxt > 0:
+                    pending = pool.submit(_solve_round, model, c_row,
+                                          _round_noise(model, generator, nxt, temperature))
+                yield size, z, _decode_round(model, z, known)
+                if nxt <= 0:
+                    return
+                size = nxt
     finally:
         torch.set_num_threads(threads)
-
-
-def _solved_ahead(solve: Callable[[torch.Tensor], torch.Tensor], noise_for: Callable[[int], torch.Tensor],
-                  decode: Callable[[torch.Tensor], Any], size: int, chunk: int, limit: int) -> Iterator[tuple[int, torch.Tensor, Any]]:
-    """:func:`_rounds`' loop: round ``k + 1``'s noise is drawn and its solve submitted before
-    round ``k`` is decoded and yielded."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    drawn = 0
-    with ThreadPoolExecutor(1, thread_name_prefix="cgnf-flow") as pool:
-        pending = pool.submit(solve, noise_for(size))
-        while True:
-            z = pending.result()
-            drawn += size
-            nxt = min(chunk, limit - drawn)
-            if nxt > 0:
-                pending = pool.submit(solve, noise_for(nxt))
-            yield size, z, decode(z)
-            if nxt <= 0:
-                return
-            size = nxt
 
 
 # -- results -------------------------------------------------------------------------------
@@ -885,7 +879,8 @@ def sample_with_info(reference: Any, condition: Mapping[str, Any] | None = None,
     gen = torch.Generator().manual_seed(seed)  # CPU: the same noise on every device
     seen: set[int] = set()
     net_of_class: dict[int, int] = {}  # canonical code -> network code
-    kept: list[tuple[Cell, int, bool, list[float], bool | None, tuple[int, int] | None]] = []
+    # (cell, network code, repaired, latent [D], in seed space, exact counts) per candidate
+    kept: list[tuple[Cell, int, bool, np.ndarray, bool | None, tuple[int, int] | None]] = []
     stats = {"drawn": 0, "rounds": 0, "examined": 0, "repaired": 0, "invalid": 0, "duplicates": 0,
              "in_seed_space_dropped": 0, "outside_bounds": 0}
     vae.model.eval()

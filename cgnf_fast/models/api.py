@@ -125,7 +125,7 @@ class GraphVAE:
             parts = []
             for i in range(0, len(cells), batch_size):
                 adj, ops = self._tensors(cells[i:i + batch_size], members)
-                parts.append(self.model.predict_layout_std(adj, ops) * self.model.attr_std + self.model.attr_mean)
+                parts.append(self.model.predict_layout(adj, ops))
             p = torch.cat(parts) if parts else torch.zeros(0, len(self.cfg.attributes))
         else:
             p = self.model.predict(self.encode(list(cells_or_z)))

@@ -298,6 +298,10 @@ class GVAE(nn.Module):
         """Attribute predictions ``[B, A]`` in the units of the score store."""
         return self.predict_std(z) * self.attr_std + self.attr_mean
 
+    def predict_layout(self, adj: torch.Tensor, ops: torch.Tensor) -> torch.Tensor:
+        """:meth:`predict_layout_std` in the units of the score store."""
+        return self.predict_layout_std(adj, ops) * self.attr_std + self.attr_mean
+
     def layout_from_logits(self, op_logits: torch.Tensor, edge_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Most likely slot layout ``(adj [B, N, N] float32, ops [B, N] int64)`` (slot 0 input, N-1 output)."""
         B, N = op_logits.shape[0], self.cfg.num_nodes
