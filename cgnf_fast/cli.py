@@ -83,6 +83,13 @@ def _nonneg_int(text: str) -> int:
     return v
 
 
+def _pos_int(text: str) -> int:
+    v = _nonneg_int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
+    return v
+
+
 def _zc_score(args: argparse.Namespace) -> int:
     from .space import spaces
     from .zc import calibration_batch, run
@@ -325,7 +332,8 @@ def _evaluate_sampler(args: argparse.Namespace) -> int:
         raise CLIError(f"--levels: expected comma-separated numbers, got {args.levels!r}") from None
     r = evaluate_sampler(args.model, space=args.space, reference=reference,
                          attributes=[a.strip() for a in args.attributes.split(",") if a.strip()], levels=levels,
-                         n=args.n, batch=args.batch, seed=args.seed, temperature=args.temperature,
+                         n=args.n, batch=args.batch, batches=args.batches, seed=args.seed,
+                         temperature=args.temperature,
                          oversample=args.oversample, store=args.store,
                          png=args.png, device=args.device, progress=not args.no_progress)
     if args.json:
@@ -345,6 +353,11 @@ def _evaluate_sampler(args: argparse.Namespace) -> int:
         nov = f"{b['novelty']:.1%}" if b["novelty"] is not None else "-"
         print(f"{b['batch']} draws: validity {b['validity']:.1%}, uniqueness {b['uniqueness']:.1%}, "
               f"novelty (outside {b['seed_space']}) {nov}")
+        bs = r["batches"]
+        if len(bs["runs"]) > 1:
+            print(f"{len(bs['runs'])} batches of {b['batch']} (seeds {bs['seeds'][0]}-{bs['seeds'][-1]}): uniqueness "
+                  f"{', '.join(format(x['uniqueness'], '.1%') for x in bs['runs'])} (mean {bs['uniqueness_mean']:.1%}, "
+                  f"min {bs['uniqueness_min']:.1%}); validity min {bs['validity_min']:.1%}")
     return 0
 
 
@@ -680,6 +693,8 @@ def _build_parser() -> argparse.ArgumentParser:
                     "(default -1,-0.5,0,0.5,1)")
     es.add_argument("--n", type=int, default=20, help="cells sampled per level (default 20)")
     es.add_argument("--batch", type=_nonneg_int, default=1000, help="draws for validity/uniqueness/novelty")
+    es.add_argument("--batches", type=_pos_int, default=5,
+                    help="independent batches of --batch draws (seeds SEED, SEED+1, ...; default 5)")
     es.add_argument("--seed", type=int, default=0)
     es.add_argument("--temperature", type=float, default=1.0)
     es.add_argument("--oversample", type=float, default=DEFAULT_OVERSAMPLE, help="as in cgnf sample")

@@ -124,7 +124,7 @@ def test_resume_from_another_directory_and_foreign_label_groups(run_dir: Path, t
 def test_evaluate_sampler_cli(run_dir: Path, tmp_path: Path) -> None:
     png = tmp_path / "cond.png"
     rc, out, err = run_cli("evaluate", "sampler", "--model", str(run_dir / "model"), "--attributes", "params",
-                            "--levels=-1,0,1", "--n", "4", "--batch", "50", "--png", str(png), "--json",
+                            "--levels=-1,0,1", "--n", "4", "--batch", "50", "--batches", "2", "--png", str(png), "--json",
                             "--no-progress")
     assert rc == 0, err
     r = json.loads(out)
@@ -137,6 +137,10 @@ def test_evaluate_sampler_cli(run_dir: Path, tmp_path: Path) -> None:
     b = r["batch"]
     assert b["batch"] == 50 and 0 <= b["valid"] <= 50 and b["unique_networks"] <= b["valid"]
     assert b["seed_space"] == "nb201" and 0 <= b["novel"] <= b["unique_networks"]
+    bs = r["batches"]
+    assert bs["seeds"] == [0, 1] and bs["runs"][0] == b and bs["runs"][1]["batch"] == 50
+    u = [x["uniqueness"] for x in bs["runs"]]
+    assert bs["uniqueness_min"] == min(u) and abs(bs["uniqueness_mean"] - sum(u) / 2) < 1e-12
     assert png.stat().st_size > 10_000
     rc, out, err = run_cli("evaluate", "sampler", "--model", str(run_dir / "model"), "--attributes", "synflow",
                             "--no-progress")

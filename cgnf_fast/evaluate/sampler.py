@@ -104,9 +104,14 @@ def batch_statistics(model, reference: Cell, *, batch: int = 1000, seed: int = 0
             "seed_space": seed_name}
 
 
+def _mean(xs) -> float:
+    xs = list(xs)
+    return sum(xs) / len(xs)
+
+
 def evaluate_sampler(model: str | None = None, *, space: str = "nb201-like", reference: Any = "best",
                      attributes: Sequence[str] = ("synflow", "params"), levels: Sequence[float] = DEFAULT_LEVELS,
-                     n: int = 20, batch: int = 1000, seed: int = 0, temperature: float = 1.0,
+                     n: int = 20, batch: int = 1000, batches: int = 5, seed: int = 0, temperature: float = 1.0,
                      oversample: float = 5.0, store: str | None = None, png: str | None = None, device: str = "cpu",
                      progress: bool = True) -> dict[str, Any]:
     """The measurements of the module doc; ``model`` None: the installed pretrained model."""
@@ -122,6 +127,8 @@ def evaluate_sampler(model: str | None = None, *, space: str = "nb201-like", ref
         raise ValueError(f"attributes {unknown}: the flow is conditioned on {conds.names} only")
     if len(levels) < 2:
         raise ValueError(f"need at least 2 levels, got {list(levels)}")
+    if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
+        raise ValueError(f"batches must be an int >= 1, got {batches!r}")
     ref_pred = {a: float(v[0]) for a, v in m.vae.predict([ref]).items()}
     out: dict[str, Any] = {"space": sp.name, "reference": ref.to_json(),
                            "reference_predicted": ref_pred, "n": n, "seed": seed, "temperature": temperature, "oversample": oversample,
@@ -160,7 +167,12 @@ def evaluate_sampler(model: str | None = None, *, space: str = "nb201-like", ref
     if batch:
         if progress:
             print(f"[sampler] validity / uniqueness / novelty of {batch} draws", file=sys.stderr, flush=True)
-        out["batch"] = batch_statistics(m, ref, batch=batch, seed=seed, temperature=temperature)
+        runs = [batch_statistics(m, ref, batch=batch, seed=seed + k, temperature=temperature)
+                for k in range(batches)]
+        out["batch"] = runs[0]
+        out["batches"] = {"seeds": [seed + k for k in range(batches)], "runs": runs,
+                          **{f"{key}_{name}": f([r[key] for r in runs])
+                             for key in ("validity", "uniqueness") for name, f in (("min", min), ("mean", _mean))}}
     if png:
         plot_conditioning(out, png)
     return out
