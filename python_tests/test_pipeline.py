@@ -124,8 +124,8 @@ def test_resume_from_another_directory_and_foreign_label_groups(run_dir: Path, t
 def test_evaluate_sampler_cli(run_dir: Path, tmp_path: Path) -> None:
     png = tmp_path / "cond.png"
     rc, out, err = run_cli("evaluate", "sampler", "--model", str(run_dir / "model"), "--attributes", "params",
-                            "--levels=-1,0,1", "--n", "4", "--batch", "50", "--batches", "2", "--png", str(png), "--json",
-                            "--no-progress")
+                            "--levels=-1,0,1", "--n", "4", "--batch", "50", "--batches", "2", "--png", str(png),
+                            "--json", "--no-progress")
     assert rc == 0, err
     r = json.loads(out)
     c = r["conditioning"]["params"]
@@ -142,6 +142,10 @@ def test_evaluate_sampler_cli(run_dir: Path, tmp_path: Path) -> None:
     u = [x["uniqueness"] for x in bs["runs"]]
     assert bs["uniqueness_min"] == min(u) and abs(bs["uniqueness_mean"] - sum(u) / 2) < 1e-12
     assert png.stat().st_size > 10_000
+    from cgnf_fast.evaluate.sampler import evaluate_sampler
+
+    with pytest.raises(ValueError, match="batches must be an int >= 1"):
+        evaluate_sampler(str(run_dir / "model"), attributes=["params"], batches=0, progress=False)
     rc, out, err = run_cli("evaluate", "sampler", "--model", str(run_dir / "model"), "--attributes", "synflow",
                             "--no-progress")
     assert rc == 2 and "conditioned on ['params', 'flops'] only" in err
