@@ -70,7 +70,7 @@ class PipelineConfig:
     gvae_predictor: str = "graph"
     gvae_predictor_lr: float | None = 3e-3
     # flow
-    flow_epochs: int = 15
+    flow_epochs: int = 30
     flow_batch: int = 256
     flow_max_cells: int = 30_000
     flow_hidden: list[int] = field(default_factory=lambda: [128, 128])
