@@ -64,11 +64,20 @@ def test_the_exported_model_samples(run_dir: Path) -> None:
 
 def test_rerun_resumes_without_recomputing(run_dir: Path) -> None:
     before = {p: _sha(run_dir / p) for p in ("gvae/gvae.safetensors", "flow/flow.safetensors")}
+    losses = json.loads((run_dir / "gvae" / "metrics.json").read_text())["final_losses"]
+    nll = json.loads((run_dir / "flow" / "metrics.json").read_text())["final_train_nll_ema"]
     rc, out, err = run_cli("pipeline", "--out", str(run_dir), *TINY)
     assert rc == 0, err
     info = json.loads((run_dir / "pipeline.json").read_text())
     assert info["stages"]["score"]["computed"] == 0  # every label came from the store
     assert {p: _sha(run_dir / p) for p in before} == before
+    # nothing was left to train, and the metrics (and the exported provenance) still report the
+    # losses the runs ended with (from their checkpoints' last records)
+    again = json.loads((run_dir / "model" / "model.json").read_text())["gvae_metrics"]["final_losses"]
+    assert set(losses) == {"rec", "kl", "trip", "pred"} and set(again) == set(losses)
+    assert all(again[k] == pytest.approx(losses[k], rel=1e-3, abs=1e-5) for k in losses)
+    flow_again = json.loads((run_dir / "flow" / "metrics.json").read_text())["final_train_nll_ema"]
+    assert nll is not None and flow_again == pytest.approx(nll, rel=1e-3, abs=1e-5)
 
 
 def test_changed_config_is_refused(run_dir: Path) -> None:

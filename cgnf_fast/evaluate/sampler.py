@@ -24,6 +24,7 @@ networks / ``batch``) and novelty (share of the distinct networks outside the se
 from __future__ import annotations
 
 import math
+import statistics
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -104,11 +105,6 @@ def batch_statistics(model, reference: Cell, *, batch: int = 1000, seed: int = 0
             "seed_space": seed_name}
 
 
-def _mean(xs) -> float:
-    xs = list(xs)
-    return sum(xs) / len(xs)
-
-
 def evaluate_sampler(model: str | None = None, *, space: str = "nb201-like", reference: Any = "best",
                      attributes: Sequence[str] = ("synflow", "params"), levels: Sequence[float] = DEFAULT_LEVELS,
                      n: int = 20, batch: int = 1000, batches: int = 5, seed: int = 0, temperature: float = 1.0,
@@ -167,12 +163,13 @@ def evaluate_sampler(model: str | None = None, *, space: str = "nb201-like", ref
     if batch:
         if progress:
             print(f"[sampler] validity / uniqueness / novelty of {batch} draws", file=sys.stderr, flush=True)
-        runs = [batch_statistics(m, ref, batch=batch, seed=seed + k, temperature=temperature)
-                for k in range(batches)]
-        out["batch"] = runs[0]
-        out["batches"] = {"seeds": [seed + k for k in range(batches)], "runs": runs,
-                          **{f"{key}_{name}": f([r[key] for r in runs])
-                             for key in ("validity", "uniqueness") for name, f in (("min", min), ("mean", _mean))}}
+        seeds = [seed + k for k in range(batches)]
+        runs = [batch_statistics(m, ref, batch=batch, seed=s, temperature=temperature) for s in seeds]
+        validity, uniqueness = [r["validity"] for r in runs], [r["uniqueness"] for r in runs]
+        out["batch"] = runs[0]  # (the first batch, as before --batches)
+        out["batches"] = {"seeds": seeds, "runs": runs,
+                          "validity_min": min(validity), "validity_mean": statistics.fmean(validity),
+                          "uniqueness_min": min(uniqueness), "uniqueness_mean": statistics.fmean(uniqueness)}
     if png:
         plot_conditioning(out, png)
     return out

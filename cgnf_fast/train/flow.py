@@ -619,7 +619,7 @@ def train_flow(cfg: TrainFlowConfig, gvae_dir: str | os.PathLike, out: str | os.
                dynamic_ncols=True)
     _set_mode(flow, True)
     t0 = time.time()
-    ema: float | None = None
+    ema: float | None = history[-1].get("nll_ema") if history else None  # goes on from the checkpoint
     with save_on_interrupt(save_checkpoint, bar, lambda: (step, total)):
         while step < total:
             epoch, k = divmod(step, steps_per_epoch)

@@ -279,7 +279,9 @@ def train_gvae(cfg: TrainGVAEConfig, out: str, *, device: str = "cpu", backend: 
                file=sys.stderr, dynamic_ncols=True)
     model.train()
     t0 = time.time()
-    acc: dict[str, float] = {}
+    # the loss averages go on from the checkpoint's last record (a resumed run, even one with
+    # no step left, reports the losses it ended with)
+    acc: dict[str, float] = {k: v for k, v in history[-1].items() if k != "step"} if history else {}
     with save_on_interrupt(save_checkpoint, bar, lambda: (step, total)):
         while step < total:
             epoch, k = divmod(step, steps_per_epoch)
