@@ -123,6 +123,11 @@ def _zc_export(args: argparse.Namespace) -> int:
     return 0
 
 
+HOLDOUT_CHOICES = ("seed", "eval")
+HOLDOUT_HELP = ("labels kept out so the predictor can be evaluated on the seed space: 'eval' (default) only the "
+                "networks of its evaluation set (all of NB201; 4,000 NB101 networks), 'seed' every seed-space cell")
+
+
 def _train_gvae(args: argparse.Namespace) -> int:
     from .train.gvae import TrainGVAEConfig, train_gvae
 
@@ -133,7 +138,7 @@ def _train_gvae(args: argparse.Namespace) -> int:
                           beta=args.beta, margin=args.margin, triplet_weight=args.triplet_weight,
                           predictor_weight=args.predictor_weight, predictor=args.predictor,
                           path_channels=args.path_channels, degree_features=args.degree_features,
-                          predictor_lr=args.predictor_lr, seed=args.seed)
+                          predictor_lr=args.predictor_lr, holdout=args.holdout, seed=args.seed)
     metrics = train_gvae(cfg, args.out, device=args.device, backend=args.backend, progress=not args.no_progress)
     print(json.dumps(metrics))
     return 0
@@ -202,7 +207,8 @@ def _pipeline(args: argparse.Namespace) -> int:
                          unlabelled=args.unlabelled, seed_space_cells=args.seed_space_cells, heldout=args.heldout,
                          latent=args.latent, gvae_hidden=args.gvae_hidden, gvae_layers=args.gvae_layers,
                          gvae_batch=args.gvae_batch, gvae_predictor=args.gvae_predictor,
-                         gvae_predictor_lr=args.gvae_predictor_lr,
+                         gvae_predictor_lr=args.gvae_predictor_lr, seed_labels=args.seed_labels,
+                         gvae_holdout=args.gvae_holdout,
                          flow_epochs=args.flow_epochs, flow_batch=args.flow_batch, flow_max_cells=args.flow_max_cells,
                          flow_hidden=args.flow_hidden)
     summary = run_pipeline(cfg, args.out, device=args.device, progress=not args.no_progress,
@@ -556,6 +562,7 @@ def _build_parser() -> argparse.ArgumentParser:
                     help="the path predictor also reads output in-degree features (default: on for NB101-skeleton "
                     "spaces, whose outputs concatenate)")
     tg.add_argument("--path-channels", type=int, default=16, help="learned path-gain channels (graph/paths predictors)")
+    tg.add_argument("--holdout", choices=HOLDOUT_CHOICES, default="eval", help=HOLDOUT_HELP)
     tg.add_argument("--seed", type=int, default=0)
     tg.add_argument("--device", default="cpu")
     tg.add_argument("--backend", choices=("native", "torch"), default="native", help="message-passing kernel")
@@ -608,6 +615,9 @@ def _build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--labels", type=_nonneg_int, default=3000, help="random cells scored (default 3000)")
     pl.add_argument("--stratified", type=_nonneg_int, default=1500,
                     help="cells spread over vertex counts, also scored (default 1500)")
+    pl.add_argument("--seed-labels", type=_nonneg_int, default=0,
+                    help="networks of the seed space outside its predictor evaluation set, also scored (NB101 only: "
+                    "every NB201 cell is evaluated; default 0)")
     pl.add_argument("--batch-size", type=int, default=16, help="images per proxy evaluation (default 16)")
     pl.add_argument("--images", help="a folder of class sub-folders instead of the embedded CIFAR-10 batch")
     pl.add_argument("--workers", type=int, default=1, help="scoring processes")
@@ -626,6 +636,7 @@ def _build_parser() -> argparse.ArgumentParser:
                     help="the G-VAE's attribute predictor (default: graph; see `cgnf train gvae --help`)")
     pl.add_argument("--gvae-predictor-lr", type=_lr_or_none, default=3e-3,
                     help="the predictor's learning rate ('none': --gvae-lr, as older runs)")
+    pl.add_argument("--gvae-holdout", choices=HOLDOUT_CHOICES, default="eval", help=HOLDOUT_HELP)
     pl.add_argument("--flow-epochs", type=int, default=30,
                     help="epochs of the flow (default 30; at 15 the shipped flows were still improving)")
     pl.add_argument("--flow-batch", type=int, default=256)

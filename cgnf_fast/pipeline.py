@@ -4,7 +4,8 @@ Stages, each resumable on its own (rerunning the same command continues where it
 
 1. **score** -- ``labels`` distinct cells sampled uniformly from the space plus ``stratified``
    cells spread evenly over vertex counts (:meth:`DesignSpace.sample_stratified`; uniform
-   sampling almost never draws small cells) are scored on real CIFAR-10 images (the embedded
+   sampling almost never draws small cells) plus ``seed_labels`` networks of the seed space
+   outside its predictor evaluation set (:func:`cgnf_fast.train.data.seed_label_cells`) are scored on real CIFAR-10 images (the embedded
    calibration batch, or ``images``: a folder of class sub-folders) into the SQLite score store.
    Cells already in the store (same proxies, images, seed and code version) are not recomputed,
    so an existing store can be passed with ``store``.
@@ -53,6 +54,9 @@ class PipelineConfig:
     proxies: list[str] = field(default_factory=lambda: list(DEFAULT_PROXIES))
     labels: int = 3000
     stratified: int = 1500
+    #: seed-space networks outside the seed space's evaluation set (NB101 only: every NB201 cell
+    #: is evaluated), learnt from under the "eval" holdout
+    seed_labels: int = 0
     batch_size: int = 16
     images: str | None = None
     workers: int = 1
@@ -69,6 +73,7 @@ class PipelineConfig:
     gvae_batch: int = 512
     gvae_predictor: str = "graph"
     gvae_predictor_lr: float | None = 3e-3
+    gvae_holdout: str = "eval"
     # flow
     flow_epochs: int = 30
     flow_batch: int = 256
@@ -78,7 +83,8 @@ class PipelineConfig:
     #: may change between a run and its resumption (it does not change what is computed)
     RESUMABLE_CHANGES = ("workers",)
     #: what a run directory written before a field existed used
-    LEGACY_DEFAULTS = {"gvae_predictor": "latent", "gvae_predictor_lr": None}
+    LEGACY_DEFAULTS = {"gvae_predictor": "latent", "gvae_predictor_lr": None, "seed_labels": 0,
+                       "gvae_holdout": "seed"}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,12 +97,22 @@ class PipelineConfig:
 
         spaces.get(self.space)  # a clear error for an unknown space
         self.proxies = list(check_proxies(self.proxies))
-        for f in ("labels", "stratified"):
+        for f in ("labels", "stratified", "seed_labels"):
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"{f} must be an int >= 0, got {v!r}")
         if self.labels + self.stratified < 2:
             raise ValueError("labels + stratified must be at least 2 (the G-VAE learns from labelled cells)")
+        if self.seed_labels:
+            from .train.data import EVAL_SETS, SEED_SPACES
+
+            seed_name = SEED_SPACES.get(self.space)
+            if seed_name is None or EVAL_SETS[seed_name][0] is None:
+                raise ValueError(f"seed_labels must be 0 for {self.space}: " + (
+                    "it has no seed space" if seed_name is None else
+                    f"every {seed_name} cell is in the predictor evaluation set"))
+            if self.gvae_holdout != "eval":
+                raise ValueError("seed_labels need gvae_holdout 'eval' (the 'seed' holdout drops every seed-space label)")
         for f in ("batch_size", "workers", "gvae_epochs", "flow_epochs", "flow_batch", "flow_max_cells", "latent",
                   "gvae_hidden", "gvae_layers", "gvae_batch"):
             v = getattr(self, f)
@@ -121,7 +137,7 @@ class PipelineConfig:
                                include_seed_space=self.seed_space_cells, heldout=self.heldout, latent=self.latent,
                                hidden=self.gvae_hidden, layers=self.gvae_layers, batch=self.gvae_batch,
                                epochs=self.gvae_epochs, lr=self.gvae_lr, predictor=self.gvae_predictor,
-                               predictor_lr=self.gvae_predictor_lr, seed=self.seed)
+                               predictor_lr=self.gvae_predictor_lr, holdout=self.gvae_holdout, seed=self.seed)
 
     def flow_config(self):
         from .train.flow import TrainFlowConfig
@@ -184,6 +200,7 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path, *, device: str = "cpu", p
                  command: list[str] | None = None) -> dict[str, Any]:
     """Runs (or resumes) every stage in ``out``; returns a summary (also in ``out/pipeline.json``)."""
     from .space import spaces
+    from .train.data import seed_label_cells
     from .train.flow import train_flow
     from .train.gvae import train_gvae
     from .zc import calibration_batch, run
@@ -205,12 +222,14 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path, *, device: str = "cpu", p
     save_json(outp / "pipeline.json", summary)
 
     # 1. labels
-    t0 = _stage(f"1/4 score {cfg.labels} random + {cfg.stratified} stratified {cfg.space} cells into {store}",
+    extra = f" + {cfg.seed_labels} seed-space" if cfg.seed_labels else ""
+    t0 = _stage(f"1/4 score {cfg.labels} random + {cfg.stratified} stratified{extra} {cfg.space} cells into {store}",
                 progress)
     sp = spaces.get(cfg.space)
     cells = sp.sample(cfg.labels, seed=cfg.seed, unique=True) if cfg.labels else []
     if cfg.stratified:
         cells = cells + sp.sample_stratified(cfg.stratified, seed=cfg.seed)
+    cells = cells + seed_label_cells(sp.name, cfg.seed_labels, cfg.seed)
     if cfg.images:
         batch = folder_batch(cfg.images, cfg.batch_size)
     else:
@@ -225,7 +244,7 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path, *, device: str = "cpu", p
 
     t0 = _stage("2/4 train the G-VAE", progress)
     gcfg = cfg.gvae_config(store)
-    lab = load_labelled(store, sp.name, gcfg.attributes)
+    lab = load_labelled(store, sp.name, gcfg.attributes, holdout=gcfg.holdout)
     want = (data_fingerprint(*batch), cfg.seed, code_version())
     if (lab.data_fp, lab.seed, lab.code_version) != want:
         raise ValueError(f"{store}: its largest label group (images {lab.data_fp}, seed {lab.seed}, code "

@@ -7,6 +7,7 @@ import math
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 
 import pytest
@@ -53,6 +54,70 @@ def test_sigkill_then_rerun_scores_every_cell_exactly_once(tmp_path):
     rows = stored(store)
     assert len(rows) == len(set(rows)) == 2 * N_CELLS  # nothing lost, nothing duplicated
     assert {p for _, p in rows} == {"nwot", "params"}
+
+
+def _children(pid: int) -> list[int]:
+    """Pids whose parent is ``pid`` (Linux /proc)."""
+    from pathlib import Path
+
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _cmdline(pid: int) -> str:
+    from pathlib import Path
+
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text()
+    except OSError:
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    from pathlib import Path
+
+    try:  # a zombie (exited, not yet reaped by init) counts as gone
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_pool_workers_stop_when_their_parent_is_killed(tmp_path):
+    """SIGTERM/SIGKILL of the parent skips the pool's cleanup: the workers notice and stop."""
+    store = tmp_path / "s.sqlite"
+    cmd = ["zc", "score", "nb201-like", "--n", "400", "--proxies", "params", "--batch-size", "2", "--workers", "2",
+           "--no-progress", "--store", str(store)]
+    proc = subprocess.Popen([cgnf_executable(), *cmd], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    workers: list[int] = []
+    while time.time() < deadline:  # both workers started and scoring
+        time.sleep(0.2)
+        workers = [c for c in _children(proc.pid) if "multiprocessing-fork" in _cmdline(c)]
+        try:
+            if len(workers) == 2 and store.exists() and len(stored(store)) >= 4:
+                break
+        except sqlite3.Error:
+            continue
+    assert len(workers) == 2
+    proc.send_signal(signal.SIGTERM)
+    proc.wait()
+    deadline = time.time() + 60
+    while time.time() < deadline and any(_alive(w) for w in workers):
+        time.sleep(0.2)
+    assert not any(_alive(w) for w in workers), "pool workers outlived their killed parent"
+    rows = stored(store)
+    assert len(rows) == len(set(rows)) < 400, "the kill should land mid-run"
+    time.sleep(1.0)
+    assert len(stored(store)) == len(rows)  # nothing scores on
 
 
 def test_two_concurrent_scorers_share_the_work(tmp_path):

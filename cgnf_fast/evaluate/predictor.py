@@ -1,7 +1,9 @@
 """The paper's Section 4.2: error of the attribute predictor on a whole seed space.
 
-The G-VAE was trained without any of the seed space's labels (cells that build a seed-space
-network are excluded from its labelled data, see :func:`cgnf_fast.train.data.load_labelled`).
+The G-VAE was trained without the labels of the evaluated cells: its labelled data excludes
+every cell that builds a seed-space network (holdout "seed") or every network of the seed
+space's evaluation set (holdout "eval"; see :func:`cgnf_fast.train.data.load_labelled`), and
+an evaluation outside what was held out is refused.
 Ground truth: the same proxies, computed with the same data batch, seed and code version as
 the training labels, read from a score store (``truth``); missing cells are scored into it
 first (resumable). Cells that build the same network share its scores, so one cell per
@@ -22,27 +24,11 @@ import numpy as np
 
 from ..models.api import GraphVAE
 from ..space import Cell
-from ..space import get as get_space
+from ..train.data import EVAL_SETS, eval_cells, eval_networks
 from ..zc.store import ScoreStore
 
 #: Attributes that are not zero-cost proxies (reported apart from the headline figure).
 COST_ATTRIBUTES = ("params", "flops")
-
-
-def eval_cells(space: str, n: int | None = None, seed: int = 0) -> list[Cell]:
-    """The cells a seed space is evaluated on: every NB201 cell (or ``n`` of them, drawn without
-    replacement with ``seed``); ``n`` (default 4000) distinct NB101 networks."""
-    if space == "nb201":
-        from ..space import nb201
-
-        cells = list(nb201.all_cells())
-        if n is None or n >= len(cells):
-            return cells
-        idx = np.sort(np.random.default_rng(seed).choice(len(cells), n, replace=False))
-        return [cells[i] for i in idx]
-    if space == "nb101":
-        return get_space("nb101").sample(n or 4000, seed=seed, unique=True)
-    raise ValueError(f"predictor evaluation is defined on the seed spaces 'nb201' and 'nb101', got {space!r}")
 
 
 def find_batch(data_fp: str):
@@ -76,6 +62,20 @@ def _truth_by_network(truth: str, space: str, fp: str, seed: int, ver: str,
     return out
 
 
+def _check_held_out(labelled: dict[str, Any], space: str, cells: list[Cell]) -> None:
+    """Refuses to evaluate cells whose labels the G-VAE may have learnt from: under the "eval"
+    holdout only the seed space's default evaluation set was kept out of its labels."""
+    if labelled.get("holdout", "seed") != "eval" or EVAL_SETS[space][0] is None:
+        return
+    held = eval_networks(space)
+    outside = sum(c.network_code() not in held for c in cells)
+    if outside:
+        n, seed = EVAL_SETS[space]
+        raise ValueError(f"{outside} of the {len(cells)} {space} cells to evaluate are outside the {n} networks "
+                         f"(seed {seed}) this G-VAE held out of its labels, so it may have learnt them; "
+                         f"evaluate on those {n} (the default n)")
+
+
 def truth_matrix(vae: GraphVAE, truth: str, space: str = "nb201", *, n: int | None = None, device: str = "cpu",
                  workers: int = 1, progress: bool = True) -> tuple[list[Cell], np.ndarray, int]:
     """``(cells, values [M, A] (NaN where not finite), networks)``: the true attributes of the
@@ -91,6 +91,7 @@ def truth_matrix(vae: GraphVAE, truth: str, space: str = "nb201", *, n: int | No
         raise ValueError(f"the training labels come from proxy code version {ver}; this install computes "
                          f"{code_version()}, so its scores are not comparable")
     cells = eval_cells(space, n)
+    _check_held_out(lab, space, cells)
     reps: dict[int, Cell] = {}
     keys = []
     for c in cells:

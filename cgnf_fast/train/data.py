@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -16,6 +17,57 @@ from ..zc.store import ScoreStore
 
 #: The seed space each built-in extended space grows from.
 SEED_SPACES = {"nb201-like": "nb201", "nb101-like": "nb101"}
+#: How many cells of a seed space its predictor evaluation uses (None: every cell) and the draw's seed.
+EVAL_SETS: dict[str, tuple[int | None, int]] = {"nb201": (None, 0), "nb101": (4000, 0)}
+#: What ``load_labelled`` keeps out of the labels: every cell that builds a seed-space network
+#: ("seed"), only the networks of the seed space's evaluation set ("eval"), or nothing (None).
+HOLDOUTS = ("seed", "eval")
+
+
+def eval_cells(space: str, n: int | None = None, seed: int = 0) -> list[Cell]:
+    """The cells a seed space's predictor is evaluated on: every NB201 cell (or ``n`` of them,
+    drawn without replacement with ``seed``); ``n`` (default 4000) distinct NB101 networks."""
+    if space == "nb201":
+        from ..space import nb201
+
+        cells = list(nb201.all_cells())
+        if n is None or n >= len(cells):
+            return cells
+        idx = np.sort(np.random.default_rng(seed).choice(len(cells), n, replace=False))
+        return [cells[i] for i in idx]
+    if space == "nb101":
+        return get_space("nb101").sample(n or EVAL_SETS["nb101"][0], seed=seed, unique=True)
+    raise ValueError(f"predictor evaluation is defined on the seed spaces 'nb201' and 'nb101', got {space!r}")
+
+
+@functools.lru_cache(maxsize=4)
+def eval_networks(seed_space: str) -> frozenset[int]:
+    """Network codes of a seed space's (default) evaluation set (drawn once per process)."""
+    n, seed = EVAL_SETS[seed_space]
+    return frozenset(c.network_code() for c in eval_cells(seed_space, n, seed))
+
+
+def seed_label_cells(space: str, n: int, seed: int) -> list[Cell]:
+    """``n`` distinct networks of ``space``'s seed space that are not in its evaluation set, drawn
+    uniformly (with ``seed + 2``; ``seed + 1`` draws the seed-space structures of
+    :func:`unlabelled_cells`): labels the G-VAE may learn from under the "eval" holdout."""
+    if n == 0:
+        return []
+    seed_name = SEED_SPACES.get(space)
+    if seed_name is None:
+        raise ValueError(f"space {space!r} has no seed space to draw seed-space labels from")
+    if EVAL_SETS[seed_name][0] is None:
+        raise ValueError(f"every cell of {seed_name} is in its predictor evaluation set, so {space} cannot take "
+                         "seed-space labels (use 0)")
+    held = eval_networks(seed_name)
+    # the draw is uniform over labelled graphs, so common networks dominate it and about half of
+    # a draw lands in the evaluation set: draw enough to keep n after filtering
+    draw = get_space(seed_name).sample(3 * n + 4000, seed=seed + 2, unique=True)
+    out = [c for c in draw if c.network_code() not in held][:n]
+    if len(out) < n:
+        raise ValueError(f"{seed_name} has only {len(out)} networks outside its evaluation set in a draw of "
+                         f"{len(draw)}; ask for fewer seed-space labels")
+    return out
 
 
 @dataclass
@@ -29,10 +81,14 @@ class Labelled:
     skipped_nonfinite: int
     skipped_seed: int
     skipped_incomplete: int
+    holdout: str | None = "seed"
+    #: labelled cells that build a seed-space network (learnt from under the "eval" holdout)
+    seed_space_labels: int = 0
 
     def info(self) -> dict[str, Any]:
         return {"cells": len(self.cells), "attributes": self.attributes, "data_fp": self.data_fp,
-                "seed": self.seed, "code_version": self.code_version,
+                "seed": self.seed, "code_version": self.code_version, "holdout": self.holdout,
+                "seed_space_labels": self.seed_space_labels,
                 "skipped_nonfinite": self.skipped_nonfinite, "skipped_seed_space": self.skipped_seed,
                 "skipped_incomplete": self.skipped_incomplete}
 
@@ -60,14 +116,18 @@ class SeedMembership:
 
 
 def load_labelled(store: str, space: str, attributes: list[str] | None = None,
-                  exclude_seed: bool = True) -> Labelled:
+                  holdout: str | None = "seed") -> Labelled:
     """Cells of ``space`` in ``store`` with every attribute finite, as ``[M, A]`` values.
 
     The store may hold scores from several data batches, seeds or code versions; the group
-    with the most cells is used (and named in the result). Cells that build a network of the
-    seed space are skipped when ``exclude_seed`` (so the predictor can be evaluated on the
-    seed space honestly), as are cells with a non-finite or missing attribute (counted).
+    with the most cells is used (and named in the result). So that the predictor can be
+    evaluated on the seed space honestly, ``holdout`` "seed" skips every cell that builds a
+    seed-space network and "eval" only the networks of the seed space's evaluation set
+    (:func:`eval_cells`: all of NB201, so the same there; the 4,000 NB101 evaluation networks);
+    cells with a non-finite or missing attribute are skipped too (all counted).
     """
+    if holdout is not None and holdout not in HOLDOUTS:
+        raise ValueError(f"holdout must be one of {HOLDOUTS} or None, got {holdout!r}")
     by_group: dict[tuple[str, int, str], dict[int, dict[str, Any]]] = {}
     with ScoreStore(store) as st:
         for r in st.rows(space=space):
@@ -87,9 +147,11 @@ def load_labelled(store: str, space: str, attributes: list[str] | None = None,
     missing = [a for a in attributes if not any(a in d["values"] or a in d["bad"] for d in group.values())]
     if missing:
         raise ValueError(f"store {store} has no {missing} scores for space {space!r}")
-    member = SeedMembership(SEED_SPACES.get(space)) if exclude_seed else SeedMembership(None)
+    seed_name = SEED_SPACES.get(space)
+    member = SeedMembership(seed_name)
+    held = eval_networks(seed_name) if holdout == "eval" and seed_name else frozenset()
     cells, rows = [], []
-    nonfinite = seed_skipped = incomplete = 0
+    nonfinite = seed_skipped = incomplete = seed_kept = 0
     for code in sorted(group):
         d = group[code]
         if any(a in d["bad"] for a in attributes):
@@ -104,14 +166,16 @@ def load_labelled(store: str, space: str, attributes: list[str] | None = None,
             continue
         cell = Cell.from_json(d["cell"])
         if member(cell):
-            seed_skipped += 1
-            continue
+            if holdout == "seed" or cell.network_code() in held:
+                seed_skipped += 1
+                continue
+            seed_kept += 1
         cells.append(cell)
         rows.append(vals)
     if len(cells) < 3:
         raise ValueError(f"store {store} has only {len(cells)} usable labelled cells of space {space!r} (need >= 3)")
     return Labelled(cells, np.asarray(rows, dtype=np.float64), list(attributes), key[0], key[1], key[2],
-                    nonfinite, seed_skipped, incomplete)
+                    nonfinite, seed_skipped, incomplete, holdout, seed_kept)
 
 
 def unlabelled_cells(space: str | DesignSpace, n: int, seed: int, include_seed_space: int = 0) -> list[Cell]:

@@ -37,7 +37,7 @@ from ..models.gvae import BACKENDS, GVAE, GVAEConfig, kl_divergence, reconstruct
 from ..space import Cell
 from .checkpoint import (CheckpointError, config_changes, load_json, load_tensors, load_training, save_json,
                          save_on_interrupt, save_tensors, save_training)
-from .data import load_labelled, unlabelled_cells
+from .data import HOLDOUTS, load_labelled, unlabelled_cells
 
 
 @dataclass
@@ -70,6 +70,9 @@ class TrainGVAEConfig:
     margin: float = 0.5
     triplet_weight: float = 1.0
     predictor_weight: float = 10.0
+    #: which labels are kept out (cgnf_fast.train.data.load_labelled): every seed-space cell
+    #: ("seed") or only the seed space's predictor evaluation set ("eval")
+    holdout: str = "eval"
     #: the predictor's own learning rate (same cosine decay); None: ``lr``, one parameter group
     #: and one gradient clip for the whole model, as runs before this field were trained
     predictor_lr: float | None = 3e-3
@@ -81,7 +84,8 @@ class TrainGVAEConfig:
     #: fields that may change between a run and its resumption
     RESUMABLE_CHANGES = ("epochs", "ckpt_every")
     #: what a run directory written before a field existed was trained with
-    LEGACY_DEFAULTS = {"predictor": "latent", "path_channels": 16, "degree_features": False, "predictor_lr": None}
+    LEGACY_DEFAULTS = {"predictor": "latent", "path_channels": 16, "degree_features": False, "predictor_lr": None,
+                       "holdout": "seed"}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,6 +105,8 @@ class TrainGVAEConfig:
             v = getattr(self, f)
             if not isinstance(v, int) or v < (0 if f in ("n_unlabelled", "heldout") else 1):
                 raise ValueError(f"{f} must be a positive int, got {v!r}")
+        if self.holdout not in HOLDOUTS:
+            raise ValueError(f"holdout must be one of {HOLDOUTS}, got {self.holdout!r}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         _model_config(self, []).validate()
@@ -124,7 +130,7 @@ def _stack(codec: CellCodec, cells: list[Cell]) -> tuple[torch.Tensor, torch.Ten
 
 
 def _build_data(cfg: TrainGVAEConfig, codec: CellCodec, progress: bool) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    lab = load_labelled(cfg.store, cfg.space, cfg.attributes)
+    lab = load_labelled(cfg.store, cfg.space, cfg.attributes, holdout=cfg.holdout)
     rng = np.random.default_rng(cfg.seed)
     perm = rng.permutation(len(lab.cells))
     n_val = int(round(cfg.val_fraction * len(perm)))

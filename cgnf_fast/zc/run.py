@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing as mp
+import os
 import sys
 import time
 import traceback
@@ -40,7 +41,10 @@ def skeleton_of(space: str) -> str:
 
 
 def _score_loop(store_path: str, jobs: list[tuple[int, str]], space: str, proxies: list[str], batch, seed: int,
-                device: str, worker: int, progress: bool) -> dict[str, int]:
+                device: str, worker: int, progress: bool, parent: int | None = None) -> dict[str, int]:
+    """Scores ``jobs`` into the store (skipping cells claimed or done elsewhere). A pool worker
+    gets its ``parent``'s pid and stops when that process is gone (killed with SIGTERM or
+    SIGKILL, which leaves a pool's workers running), so no orphan keeps scoring."""
     fp = data_fingerprint(*batch)
     ver = code_version()
     computed = skipped = 0
@@ -49,6 +53,8 @@ def _score_loop(store_path: str, jobs: list[tuple[int, str]], space: str, proxie
         bar = tqdm(order, desc=f"zc score {space}", unit="cell", disable=not progress or worker != 0,
                    file=sys.stderr, leave=False)
         for code, cell_json in bar:
+            if parent is not None and os.getppid() != parent:
+                break
             if not store.claim(space, code, fp, seed, ver):
                 skipped += 1
                 continue
@@ -64,7 +70,8 @@ def _score_loop(store_path: str, jobs: list[tuple[int, str]], space: str, proxie
 
 def _worker_main(args) -> dict[str, int]:
     torch.set_num_threads(1)
-    return _score_loop(*args)
+    *loop_args, parent = args
+    return _score_loop(*loop_args, parent=parent)
 
 
 def _score_one(cell_json: str, space: str, proxies: list[str], batch, seed: int, device: str):
@@ -169,8 +176,8 @@ def score_cells(cells: list[Cell], *, space: str, proxies: list[str] | str, stor
     else:
         ctx = mp.get_context("spawn")
         with ctx.Pool(workers) as pool:
-            parts = pool.map(_worker_main, [(store, todo, space, proxies, batch, seed, device, w, progress)
-                                            for w in range(workers)])
+            parts = pool.map(_worker_main, [(store, todo, space, proxies, batch, seed, device, w, progress,
+                                             os.getpid()) for w in range(workers)])
         counts = {"computed": sum(p["computed"] for p in parts), "skipped": sum(p["skipped"] for p in parts)}
     return {"cells": len(jobs), "already_done": len(jobs) - len(todo), **counts}
 

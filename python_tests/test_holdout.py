@@ -1,0 +1,86 @@
+"""Which labels the G-VAE may learn from: the "seed" and "eval" holdouts, seed-space labels outside
+the evaluation set, and the predictor evaluation's refusal to score cells that were not held out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cgnf_fast import get_space
+from cgnf_fast.evaluate.predictor import _check_held_out
+from cgnf_fast.pipeline import PipelineConfig
+from cgnf_fast.train.data import eval_cells, eval_networks, load_labelled, seed_label_cells
+from cgnf_fast.zc.store import ScoreStore
+
+NB101 = get_space("nb101")
+
+
+def _store(path: Path, groups: dict[str, list]) -> str:
+    """A label store of nb101-like cells with synthetic values (one row set per cell)."""
+    with ScoreStore(str(path)) as st:
+        for i, cell in enumerate(c for cells in groups.values() for c in cells):
+            st.put("nb101-like", cell.canonical_code(), cell.dumps(), "fp", 0, "v", {"synflow": float(i), "params": 1.0})
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def groups() -> dict[str, list]:
+    evaluated = eval_cells("nb101")[:4]
+    outside = seed_label_cells("nb101-like", 5, seed=0)
+    beyond = [c for c in get_space("nb101-like").sample(200, seed=4, unique=True) if not NB101.contains(c)][:6]
+    assert len(beyond) == 6
+    return {"evaluated": evaluated, "outside": outside, "beyond": beyond}
+
+
+def test_seed_label_cells_are_distinct_nb101_networks_outside_the_evaluation_set() -> None:
+    cells = seed_label_cells("nb101-like", 40, seed=0)
+    held = eval_networks("nb101")
+    assert len(held) == 4000
+    codes = [c.network_code() for c in cells]
+    assert len(set(codes)) == 40 and not set(codes) & held
+    assert all(NB101.contains(c) for c in cells)
+    assert [c.network_code() for c in seed_label_cells("nb101-like", 40, seed=0)] == codes  # deterministic
+    assert seed_label_cells("nb101-like", 0, seed=0) == []
+    with pytest.raises(ValueError, match="every cell of nb201 is in its predictor evaluation set"):
+        seed_label_cells("nb201-like", 3, seed=0)
+    with pytest.raises(ValueError, match="no seed space"):
+        seed_label_cells("nb101", 3, seed=0)
+
+
+def test_holdouts_keep_out_the_seed_space_or_only_its_evaluation_set(groups, tmp_path: Path) -> None:
+    store = _store(tmp_path / "s.sqlite", groups)
+    attrs = ["synflow", "params"]
+    strict = load_labelled(store, "nb101-like", attrs, holdout="seed")
+    assert {c.canonical_code() for c in strict.cells} == {c.canonical_code() for c in groups["beyond"]}
+    assert strict.skipped_seed == 9 and strict.info()["seed_space_labels"] == 0
+    ev = load_labelled(store, "nb101-like", attrs, holdout="eval")
+    assert {c.canonical_code() for c in ev.cells} == {c.canonical_code() for c in groups["beyond"] + groups["outside"]}
+    assert ev.skipped_seed == 4 and ev.info()["seed_space_labels"] == 5 and ev.info()["holdout"] == "eval"
+    assert len(load_labelled(store, "nb101-like", attrs, holdout=None).cells) == 15
+    with pytest.raises(ValueError, match="holdout must be one of"):
+        load_labelled(store, "nb101-like", attrs, holdout="all")
+
+
+def test_predictor_evaluation_refuses_cells_outside_the_held_out_set() -> None:
+    cells = eval_cells("nb101", 50, seed=3)  # another draw: most are in the 4,000, not all
+    _check_held_out({"holdout": "seed"}, "nb101", cells)  # every NB101 cell was held out
+    _check_held_out({}, "nb101", cells)  # models from before the option: "seed"
+    _check_held_out({"holdout": "eval"}, "nb101", eval_cells("nb101"))
+    _check_held_out({"holdout": "eval"}, "nb201", eval_cells("nb201", 30))  # all of NB201 is held out
+    with pytest.raises(ValueError, match=r"outside the 4000 networks \(seed 0\) this G-VAE held out"):
+        _check_held_out({"holdout": "eval"}, "nb101", cells)
+
+
+def test_pipeline_config_checks_seed_labels() -> None:
+    with pytest.raises(ValueError, match="every nb201 cell is in the predictor evaluation set"):
+        PipelineConfig(space="nb201-like", seed_labels=5).validate()
+    with pytest.raises(ValueError, match="seed_labels need gvae_holdout 'eval'"):
+        PipelineConfig(space="nb101-like", seed_labels=5, gvae_holdout="seed").validate()
+    with pytest.raises(ValueError, match="seed_labels must be an int >= 0"):
+        PipelineConfig(space="nb101-like", seed_labels=-1).validate()
+    cfg = PipelineConfig(space="nb101-like", seed_labels=5)
+    cfg.validate()
+    assert cfg.gvae_config("s.sqlite").holdout == "eval"
+    with pytest.raises(ValueError, match="holdout must be one of"):
+        PipelineConfig(space="nb101-like", gvae_holdout="none").validate()
