@@ -604,8 +604,8 @@ def _build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser(
         "pipeline", help="everything from scratch: score labels on real images, train the G-VAE and the flow, "
         "export a model directory (resumable: rerun to continue)",
-        description="Stages: (1) score LABELS random + STRATIFIED cells of the space on CIFAR-10 images into the "
-        "store, (2) train the G-VAE in OUT/gvae, (3) train the conditional flow in OUT/flow, (4) export the "
+        description="Stages: (1) score LABELS random + STRATIFIED cells of the space (+ SEED_LABELS networks of its "
+        "seed space) on CIFAR-10 images into the store, (2) train the G-VAE in OUT/gvae, (3) train the conditional flow in OUT/flow, (4) export the "
         "sampling model to OUT/model (use with `cgnf sample --model OUT/model`). Defaults reproduce the "
         "pretrained nb201-like model that ships with the package.")
     pl.add_argument("--space", required=True, help=f"one of: {', '.join(spaces.names())}")
@@ -682,7 +682,9 @@ def _build_parser() -> argparse.ArgumentParser:
         e.add_argument("--space", default="nb201", choices=("nb201", "nb101"))
         e.add_argument("--truth", required=True,
                        help="score store with (or to receive) the seed space's true scores")
-        e.add_argument("--n", type=_nonneg_int, default=None, help="NB101: cells sampled (default 4000)")
+        e.add_argument("--n", type=_nonneg_int, default=None,
+                       help="NB101: cells sampled (default 4000: the networks a model trained with the 'eval' "
+                       "holdout kept out of its labels, and the only NB101 cells such a model is evaluated on)")
         e.add_argument("--device", default="cpu")
         e.add_argument("--workers", type=int, default=1, help="processes scoring missing cells")
         e.add_argument("--no-progress", action="store_true")

@@ -5,8 +5,9 @@ Stages, each resumable on its own (rerunning the same command continues where it
 1. **score** -- ``labels`` distinct cells sampled uniformly from the space plus ``stratified``
    cells spread evenly over vertex counts (:meth:`DesignSpace.sample_stratified`; uniform
    sampling almost never draws small cells) plus ``seed_labels`` networks of the seed space
-   outside its predictor evaluation set (:func:`cgnf_fast.train.data.seed_label_cells`) are scored on real CIFAR-10 images (the embedded
-   calibration batch, or ``images``: a folder of class sub-folders) into the SQLite score store.
+   outside its predictor evaluation set (:func:`cgnf_fast.train.data.seed_label_cells`) are
+   scored on real CIFAR-10 images (the embedded calibration batch, or ``images``: a folder of
+   class sub-folders) into the SQLite score store.
    Cells already in the store (same proxies, images, seed and code version) are not recomputed,
    so an existing store can be passed with ``store``.
 2. **gvae** -- the graph VAE + attribute predictor (:func:`cgnf_fast.train.gvae.train_gvae`) in

@@ -165,11 +165,11 @@ def load_labelled(store: str, space: str, attributes: list[str] | None = None,
             nonfinite += 1
             continue
         cell = Cell.from_json(d["cell"])
-        if member(cell):
-            if holdout == "seed" or cell.network_code() in held:
-                seed_skipped += 1
-                continue
-            seed_kept += 1
+        seed_member = member(cell)
+        if (seed_member and holdout == "seed") or (held and cell.network_code() in held):
+            seed_skipped += 1
+            continue
+        seed_kept += seed_member
         cells.append(cell)
         rows.append(vals)
     if len(cells) < 3:
