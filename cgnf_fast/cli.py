@@ -605,9 +605,9 @@ def _build_parser() -> argparse.ArgumentParser:
         "pipeline", help="everything from scratch: score labels on real images, train the G-VAE and the flow, "
         "export a model directory (resumable: rerun to continue)",
         description="Stages: (1) score LABELS random + STRATIFIED cells of the space (+ SEED_LABELS networks of its "
-        "seed space) on CIFAR-10 images into the store, (2) train the G-VAE in OUT/gvae, (3) train the conditional flow in OUT/flow, (4) export the "
-        "sampling model to OUT/model (use with `cgnf sample --model OUT/model`). Defaults reproduce the "
-        "pretrained nb201-like model that ships with the package.")
+        "seed space) on CIFAR-10 images into the store, (2) train the G-VAE in OUT/gvae, (3) train the "
+        "conditional flow in OUT/flow, (4) export the sampling model to OUT/model (use with `cgnf sample --model "
+        "OUT/model`). Defaults reproduce the pretrained nb201-like model that ships with the package.")
     pl.add_argument("--space", required=True, help=f"one of: {', '.join(spaces.names())}")
     pl.add_argument("--out", required=True, help="run directory")
     pl.add_argument("--store", help="score store (default OUT/scores.sqlite; cells already scored are reused)")

@@ -113,7 +113,8 @@ class PipelineConfig:
                     "it has no seed space" if seed_name is None else
                     f"every {seed_name} cell is in the predictor evaluation set"))
             if self.gvae_holdout != "eval":
-                raise ValueError("seed_labels need gvae_holdout 'eval' (the 'seed' holdout drops every seed-space label)")
+                raise ValueError("seed_labels need gvae_holdout 'eval' (the 'seed' holdout drops every "
+                                 "seed-space label)")
         for f in ("batch_size", "workers", "gvae_epochs", "flow_epochs", "flow_batch", "flow_max_cells", "latent",
                   "gvae_hidden", "gvae_layers", "gvae_batch"):
             v = getattr(self, f)
