@@ -684,7 +684,7 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="score store with (or to receive) the seed space's true scores")
         e.add_argument("--n", type=_nonneg_int, default=None,
                        help="NB101: cells sampled (default 4000: the networks a model trained with the 'eval' "
-                       "holdout kept out of its labels, and the only NB101 cells such a model is evaluated on)")
+                       "holdout kept out of its labels; fewer are the first N of them)")
         e.add_argument("--device", default="cpu")
         e.add_argument("--workers", type=int, default=1, help="processes scoring missing cells")
         e.add_argument("--no-progress", action="store_true")
@@ -763,7 +763,9 @@ def _build_parser() -> argparse.ArgumentParser:
     ea.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     ea.add_argument("--truth-nb201", help="score store with (or to receive) true ZC scores of all NB201 cells")
     ea.add_argument("--truth-nb101", help="score store with (or to receive) true ZC scores of NB101 cells")
-    ea.add_argument("--nb101-cells", type=int, default=4000, help="NB101 cells for the predictor (default 4000)")
+    ea.add_argument("--nb101-cells", type=int, default=4000,
+                    help="NB101 cells for the predictor (default 4000; at most 4000 for a model trained with the "
+                    "'eval' holdout, such as the shipped nb101-like one: the networks it held out)")
     ea.add_argument("--model-nb201", help="nb201-like model directory (default: the installed one)")
     ea.add_argument("--model-nb101", help="nb101-like model directory (default: the installed one, if any)")
     ea.add_argument("--transfer-task", help="a user task for the transfer section (folder or .npz/.safetensors)")

@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .train.checkpoint import CheckpointError, config_changes, load_json, save_json
+from .train.checkpoint import CheckpointError, config_changes, legacy_flags, load_json, save_json
 
 __all__ = ["DEFAULT_PROXIES", "PipelineConfig", "export_model", "run_pipeline"]
 
@@ -105,7 +105,10 @@ class PipelineConfig:
         if self.labels + self.stratified < 2:
             raise ValueError("labels + stratified must be at least 2 (the G-VAE learns from labelled cells)")
         if self.seed_labels:
-            from .train.data import EVAL_SETS, SEED_SPACES
+            from .train.data import EVAL_SETS, HOLDOUTS, SEED_SPACES
+
+            if self.gvae_holdout not in HOLDOUTS:
+                raise ValueError(f"gvae_holdout must be one of {HOLDOUTS}, got {self.gvae_holdout!r}")
 
             seed_name = SEED_SPACES.get(self.space)
             if seed_name is None or EVAL_SETS[seed_name][0] is None:
@@ -161,7 +164,8 @@ def _check_resume(out: Path, cfg: PipelineConfig) -> None:
     detail = config_changes(old["config"], cfg.to_dict(), PipelineConfig.RESUMABLE_CHANGES,
                             PipelineConfig.LEGACY_DEFAULTS)
     if detail:
-        raise ValueError(f"{out} holds a pipeline run with a different config ({detail}); use a new --out")
+        hint = legacy_flags(old["config"], cfg.to_dict(), PipelineConfig.LEGACY_DEFAULTS)
+        raise ValueError(f"{out} holds a pipeline run with a different config ({detail}); use a new --out{hint}")
 
 
 def _sha256(path: Path) -> str:

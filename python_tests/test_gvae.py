@@ -297,7 +297,8 @@ def test_latent_predictor_trains_and_old_runs_resume_as_latent(label_store: str,
     old = json.loads((run / "train.json").read_text())
     del old["predictor"], old["path_channels"], old["predictor_lr"]
     (run / "train.json").write_text(json.dumps(old))
-    with pytest.raises(ValueError, match="predictor_lr: None -> 0.003"):  # it trained with one learning rate
+    # it trained with one learning rate; the refusal names the flag that resumes it
+    with pytest.raises(ValueError, match=r"predictor_lr: None -> 0.003.*to resume it, add --predictor-lr none"):
         train_gvae(TrainGVAEConfig(space="nb201-like", store=label_store, predictor="latent", **{**TINY, "epochs": 1}),
                    str(run), backend="torch", progress=False)
     train_gvae(cfg, str(run), backend="torch", progress=False)  # resumes (nothing left to do)

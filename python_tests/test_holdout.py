@@ -64,12 +64,36 @@ def test_holdouts_keep_out_the_seed_space_or_only_its_evaluation_set(groups, tmp
 
 def test_predictor_evaluation_refuses_cells_outside_the_held_out_set() -> None:
     cells = eval_cells("nb101", 50, seed=3)  # another draw: most are in the 4,000, not all
-    _check_held_out({"holdout": "seed"}, "nb101", cells)  # every NB101 cell was held out
-    _check_held_out({}, "nb101", cells)  # models from before the option: "seed"
-    _check_held_out({"holdout": "eval"}, "nb101", eval_cells("nb101"))
-    _check_held_out({"holdout": "eval"}, "nb201", eval_cells("nb201", 30))  # all of NB201 is held out
+    _check_held_out("nb101-like", {"holdout": "seed"}, "nb101", cells)  # every NB101 cell was held out
+    _check_held_out("nb101-like", {}, "nb101", cells)  # models from before the option: "seed"
+    _check_held_out("nb101-like", {"holdout": "eval"}, "nb101", eval_cells("nb101"))
+    _check_held_out("nb201-like", {"holdout": "eval"}, "nb201", eval_cells("nb201", 30))  # all of NB201 is held out
     with pytest.raises(ValueError, match=r"outside the 4000 networks \(seed 0\) this G-VAE held out"):
-        _check_held_out({"holdout": "eval"}, "nb101", cells)
+        _check_held_out("nb101-like", {"holdout": "eval"}, "nb101", cells)
+    # fewer cells with the default seed: the first n of the 4,000, so an "eval" model takes them
+    first = eval_cells("nb101", 50)
+    assert [c.network_code() for c in first] == [c.network_code() for c in eval_cells("nb101")[:50]]
+    _check_held_out("nb101-like", {"holdout": "eval"}, "nb101", first)
+    # a model whose labels held nothing of the evaluated space out
+    with pytest.raises(ValueError, match="learnt nb101 labels, none of which were held out .* model of nb101-like"):
+        _check_held_out("nb101", {"holdout": "eval"}, "nb101", first)
+    with pytest.raises(ValueError, match="learnt nb101-like labels, none of which were held out for an evaluation on nb201"):
+        _check_held_out("nb101-like", {"holdout": "seed"}, "nb201", eval_cells("nb201", 30))
+    with pytest.raises(ValueError, match="holdout None, which keeps nb101 labels in"):
+        _check_held_out("nb101-like", {"holdout": None}, "nb101", first)
+
+
+def test_old_pipeline_runs_resume_with_the_flags_they_predate(tmp_path: Path) -> None:
+    import json
+
+    from cgnf_fast.pipeline import _check_resume
+
+    cfg = PipelineConfig(space="nb101-like").to_dict()
+    del cfg["gvae_holdout"], cfg["seed_labels"]  # written before the options existed: it held out "seed"
+    (tmp_path / "pipeline.json").write_text(json.dumps({"format": "cgnf_fast.pipeline", "config": cfg}))
+    with pytest.raises(ValueError, match=r"gvae_holdout: 'seed' -> 'eval'.*to resume it, add --gvae-holdout seed\)"):
+        _check_resume(tmp_path, PipelineConfig(space="nb101-like"))
+    _check_resume(tmp_path, PipelineConfig(space="nb101-like", gvae_holdout="seed"))
 
 
 def test_pipeline_config_checks_seed_labels() -> None:
@@ -84,3 +108,5 @@ def test_pipeline_config_checks_seed_labels() -> None:
     assert cfg.gvae_config("s.sqlite").holdout == "eval"
     with pytest.raises(ValueError, match="holdout must be one of"):
         PipelineConfig(space="nb101-like", gvae_holdout="none").validate()
+    with pytest.raises(ValueError, match="gvae_holdout must be one of"):
+        PipelineConfig(space="nb101-like", gvae_holdout="none", seed_labels=5).validate()

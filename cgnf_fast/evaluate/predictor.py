@@ -24,7 +24,7 @@ import numpy as np
 
 from ..models.api import GraphVAE
 from ..space import Cell
-from ..train.data import EVAL_SETS, eval_cells, eval_networks
+from ..train.data import EVAL_SETS, HOLDOUTS, SEED_SPACES, eval_cells, eval_networks
 from ..zc.store import ScoreStore
 
 #: Attributes that are not zero-cost proxies (reported apart from the headline figure).
@@ -62,10 +62,19 @@ def _truth_by_network(truth: str, space: str, fp: str, seed: int, ver: str,
     return out
 
 
-def _check_held_out(labelled: dict[str, Any], space: str, cells: list[Cell]) -> None:
-    """Refuses to evaluate cells whose labels the G-VAE may have learnt from: under the "eval"
-    holdout only the seed space's default evaluation set was kept out of its labels."""
-    if labelled.get("holdout", "seed") != "eval" or EVAL_SETS[space][0] is None:
+def _check_held_out(model_space: str, labelled: dict[str, Any], space: str, cells: list[Cell]) -> None:
+    """Refuses to evaluate cells whose labels the G-VAE may have learnt from: a model of a space
+    that does not grow from ``space`` held none of its cells out, and under the "eval" holdout
+    only the seed space's default evaluation set was kept out of its labels."""
+    if SEED_SPACES.get(model_space) != space:
+        grows = [k for k, v in SEED_SPACES.items() if v == space]
+        raise ValueError(f"this G-VAE learnt {model_space} labels, none of which were held out for an evaluation on "
+                         f"{space}; evaluate a model of {' or '.join(grows) or 'its extended space'}")
+    holdout = labelled.get("holdout", "seed")  # models from before the option held out the whole seed space
+    if holdout not in HOLDOUTS:
+        raise ValueError(f"this G-VAE's labels were loaded with holdout {holdout!r}, which keeps {space} labels in; "
+                         f"its predictor cannot be evaluated on {space}")
+    if holdout == "seed" or EVAL_SETS[space][0] is None:
         return
     held = eval_networks(space)
     outside = sum(c.network_code() not in held for c in cells)
@@ -91,7 +100,7 @@ def truth_matrix(vae: GraphVAE, truth: str, space: str = "nb201", *, n: int | No
         raise ValueError(f"the training labels come from proxy code version {ver}; this install computes "
                          f"{code_version()}, so its scores are not comparable")
     cells = eval_cells(space, n)
-    _check_held_out(lab, space, cells)
+    _check_held_out(vae.cfg.space, lab, space, cells)
     reps: dict[int, Cell] = {}
     keys = []
     for c in cells:
@@ -159,6 +168,8 @@ def evaluate_latent(gvaes: list[str], truth: str, space: str = "nb201", *, png: 
         raise ValueError("give at least one G-VAE directory")
     vaes = [GraphVAE.load(g, device=device) for g in gvaes]
     cells, values, _ = truth_matrix(vaes[0], truth, space, n=n, device=device, workers=workers, progress=progress)
+    for vae in vaes[1:]:  # (truth_matrix checked the first)
+        _check_held_out(vae.cfg.space, vae.info.get("data", {}).get("labelled") or {}, space, cells)
     attrs = vaes[0].attributes
     zc = [i for i, a in enumerate(attrs) if a not in COST_ATTRIBUTES] or list(range(len(attrs)))
     ok = np.isfinite(values[:, zc]).all(1)

@@ -69,6 +69,22 @@ def config_changes(old: dict[str, Any], new: dict[str, Any], resumable: tuple[st
     return ", ".join(f"{k}: {was.get(k)!r} -> {new.get(k)!r}" for k in diff[:4])
 
 
+def legacy_flags(old: dict[str, Any], new: dict[str, Any], legacy: dict[str, Any]) -> str:
+    """The command-line flags that resume a run directory written before some options existed
+    (``--field-name value`` for each ``legacy`` field missing from ``old`` whose value differs in
+    ``new``), as a sentence to append to a refusal; empty when there are none."""
+    flags = []
+    for k, v in legacy.items():
+        if k in old or new.get(k) == v:
+            continue
+        name = "--" + k.replace("_", "-")
+        if isinstance(v, bool):
+            flags.append(name if v else "--no-" + name[2:])
+        else:
+            flags.append(f"{name} {'none' if v is None else v}")
+    return f" (it predates these options; to resume it, add {' '.join(flags)})" if flags else ""
+
+
 def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     from safetensors.torch import save_file
 

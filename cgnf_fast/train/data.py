@@ -26,7 +26,8 @@ HOLDOUTS = ("seed", "eval")
 
 def eval_cells(space: str, n: int | None = None, seed: int = 0) -> list[Cell]:
     """The cells a seed space's predictor is evaluated on: every NB201 cell (or ``n`` of them,
-    drawn without replacement with ``seed``); ``n`` (default 4000) distinct NB101 networks."""
+    drawn without replacement with ``seed``); ``n`` (default 4000) distinct NB101 networks (with
+    seed 0 and ``n <= 4000``, the first ``n`` of the default 4,000)."""
     if space == "nb201":
         from ..space import nb201
 
@@ -36,7 +37,10 @@ def eval_cells(space: str, n: int | None = None, seed: int = 0) -> list[Cell]:
         idx = np.sort(np.random.default_rng(seed).choice(len(cells), n, replace=False))
         return [cells[i] for i in idx]
     if space == "nb101":
-        return get_space("nb101").sample(n or EVAL_SETS["nb101"][0], seed=seed, unique=True)
+        default_n, default_seed = EVAL_SETS["nb101"]
+        if seed == default_seed and (n is None or n <= default_n):  # a prefix of the default set
+            return get_space("nb101").sample(default_n, seed=seed, unique=True)[: n or default_n]
+        return get_space("nb101").sample(n or default_n, seed=seed, unique=True)
     raise ValueError(f"predictor evaluation is defined on the seed spaces 'nb201' and 'nb101', got {space!r}")
 
 
@@ -84,10 +88,13 @@ class Labelled:
     holdout: str | None = "seed"
     #: labelled cells that build a seed-space network (learnt from under the "eval" holdout)
     seed_space_labels: int = 0
+    #: the seed space whose cells were held out (None: the space has none, nothing held out)
+    seed_space: str | None = None
 
     def info(self) -> dict[str, Any]:
         return {"cells": len(self.cells), "attributes": self.attributes, "data_fp": self.data_fp,
                 "seed": self.seed, "code_version": self.code_version, "holdout": self.holdout,
+                "seed_space": self.seed_space,
                 "seed_space_labels": self.seed_space_labels,
                 "skipped_nonfinite": self.skipped_nonfinite, "skipped_seed_space": self.skipped_seed,
                 "skipped_incomplete": self.skipped_incomplete}
@@ -175,7 +182,7 @@ def load_labelled(store: str, space: str, attributes: list[str] | None = None,
     if len(cells) < 3:
         raise ValueError(f"store {store} has only {len(cells)} usable labelled cells of space {space!r} (need >= 3)")
     return Labelled(cells, np.asarray(rows, dtype=np.float64), list(attributes), key[0], key[1], key[2],
-                    nonfinite, seed_skipped, incomplete, holdout, seed_kept)
+                    nonfinite, seed_skipped, incomplete, holdout, seed_kept, seed_name)
 
 
 def unlabelled_cells(space: str | DesignSpace, n: int, seed: int, include_seed_space: int = 0) -> list[Cell]:

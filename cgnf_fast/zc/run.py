@@ -54,7 +54,7 @@ def _score_loop(store_path: str, jobs: list[tuple[int, str]], space: str, proxie
                    file=sys.stderr, leave=False)
         for code, cell_json in bar:
             if parent is not None and os.getppid() != parent:
-                break
+                os._exit(0)  # nobody to report to (and no claim held: it is checked before claiming)
             if not store.claim(space, code, fp, seed, ver):
                 skipped += 1
                 continue
