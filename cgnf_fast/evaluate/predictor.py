@@ -82,7 +82,7 @@ def _check_held_out(model_space: str, labelled: dict[str, Any], space: str, cell
         n, seed = EVAL_SETS[space]
         raise ValueError(f"{outside} of the {len(cells)} {space} cells to evaluate are outside the {n} networks "
                          f"(seed {seed}) this G-VAE held out of its labels, so it may have learnt them; "
-                         f"evaluate on those {n} (the default n)")
+                         f"evaluate on at most {n} cells with the default seed (the first n of those networks)")
 
 
 def truth_matrix(vae: GraphVAE, truth: str, space: str = "nb201", *, n: int | None = None, device: str = "cpu",
