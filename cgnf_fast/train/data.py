@@ -39,14 +39,21 @@ def eval_cells(space: str, n: int | None = None, seed: int = 0) -> list[Cell]:
     if space == "nb101":
         default_n, default_seed = EVAL_SETS["nb101"]
         if seed == default_seed and (n is None or n <= default_n):  # a prefix of the default set
-            return get_space("nb101").sample(default_n, seed=seed, unique=True)[: n or default_n]
+            return list(_default_nb101_cells()[: n or default_n])
         return get_space("nb101").sample(n or default_n, seed=seed, unique=True)
     raise ValueError(f"predictor evaluation is defined on the seed spaces 'nb201' and 'nb101', got {space!r}")
 
 
+@functools.lru_cache(maxsize=1)
+def _default_nb101_cells() -> tuple[Cell, ...]:
+    """The default NB101 evaluation draw (a few seconds; drawn once per process)."""
+    n, seed = EVAL_SETS["nb101"]
+    return tuple(get_space("nb101").sample(n, seed=seed, unique=True))
+
+
 @functools.lru_cache(maxsize=4)
 def eval_networks(seed_space: str) -> frozenset[int]:
-    """Network codes of a seed space's (default) evaluation set (drawn once per process)."""
+    """Network codes of a seed space's (default) evaluation set."""
     n, seed = EVAL_SETS[seed_space]
     return frozenset(c.network_code() for c in eval_cells(seed_space, n, seed))
 
@@ -88,13 +95,10 @@ class Labelled:
     holdout: str | None = "seed"
     #: labelled cells that build a seed-space network (learnt from under the "eval" holdout)
     seed_space_labels: int = 0
-    #: the seed space whose cells were held out (None: the space has none, nothing held out)
-    seed_space: str | None = None
 
     def info(self) -> dict[str, Any]:
         return {"cells": len(self.cells), "attributes": self.attributes, "data_fp": self.data_fp,
                 "seed": self.seed, "code_version": self.code_version, "holdout": self.holdout,
-                "seed_space": self.seed_space,
                 "seed_space_labels": self.seed_space_labels,
                 "skipped_nonfinite": self.skipped_nonfinite, "skipped_seed_space": self.skipped_seed,
                 "skipped_incomplete": self.skipped_incomplete}
@@ -156,7 +160,12 @@ def load_labelled(store: str, space: str, attributes: list[str] | None = None,
         raise ValueError(f"store {store} has no {missing} scores for space {space!r}")
     seed_name = SEED_SPACES.get(space)
     member = SeedMembership(seed_name)
-    held = eval_networks(seed_name) if holdout == "eval" and seed_name else frozenset()
+    # "eval" of a seed space whose evaluation set is every cell (NB201) drops what "seed" drops
+    if holdout == "eval" and seed_name is not None and EVAL_SETS[seed_name][0] is None:
+        holdout_rule = "seed"
+    else:
+        holdout_rule = holdout
+    held = eval_networks(seed_name) if holdout_rule == "eval" and seed_name else frozenset()
     cells, rows = [], []
     nonfinite = seed_skipped = incomplete = seed_kept = 0
     for code in sorted(group):
@@ -173,7 +182,7 @@ def load_labelled(store: str, space: str, attributes: list[str] | None = None,
             continue
         cell = Cell.from_json(d["cell"])
         seed_member = member(cell)
-        if (seed_member and holdout == "seed") or (held and cell.network_code() in held):
+        if (seed_member and holdout_rule == "seed") or (held and cell.network_code() in held):
             seed_skipped += 1
             continue
         seed_kept += seed_member
@@ -182,7 +191,7 @@ def load_labelled(store: str, space: str, attributes: list[str] | None = None,
     if len(cells) < 3:
         raise ValueError(f"store {store} has only {len(cells)} usable labelled cells of space {space!r} (need >= 3)")
     return Labelled(cells, np.asarray(rows, dtype=np.float64), list(attributes), key[0], key[1], key[2],
-                    nonfinite, seed_skipped, incomplete, holdout, seed_kept, seed_name)
+                    nonfinite, seed_skipped, incomplete, holdout, seed_kept)
 
 
 def unlabelled_cells(space: str | DesignSpace, n: int, seed: int, include_seed_space: int = 0) -> list[Cell]:
