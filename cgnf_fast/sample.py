@@ -691,39 +691,68 @@ def draw_round(model: SamplingModel, c_row: torch.Tensor, size: int, generator: 
     return z, _decode_round(model, z, known)
 
 
+_AHEAD = 4  # rounds solved ahead of the one being decoded, at most (worker and calling thread together)
+
+
 def _rounds(model: SamplingModel, c_row: torch.Tensor, generator: torch.Generator, temperature: float, chunk: int,
             limit: int, known: set[int]) -> Iterator[tuple[int, torch.Tensor, list[tuple[Cell | None, bool | None]]]]:
     """The rounds of :func:`draw_round` up to ``limit`` latents, as ``(size, z, decoded)``, with
-    the flow's solve for round ``k + 1`` running in a worker thread while the caller decodes and
-    examines round ``k`` (the native solve releases the GIL). The noise is drawn in the calling
-    thread in round order and each solve is independent, so the rounds are exactly those of
-    :func:`draw_round` one after another; ``known`` is read when a round is decoded (after the
-    caller has examined the previous one). On the CPU this thread gives up one of torch's
-    threads to the worker until the generator is closed."""
-    from concurrent.futures import ThreadPoolExecutor
+    the flow's solves running ahead in a worker thread while the caller decodes and examines
+    round ``k`` (the native solve releases the GIL). When the caller would otherwise wait for
+    the worker (the solves take longer than the decoding: nb101-like's flow), it solves a later
+    round itself meanwhile, keeping one round queued for the worker, up to ``_AHEAD`` rounds
+    ahead. The noise is drawn in the calling thread in round order and each solve depends only
+    on its own noise (bitwise: which thread solves a round changes nothing), so the rounds are
+    exactly those of :func:`draw_round` one after another; ``known`` is read when a round is
+    decoded (after the caller has examined the previous one). On the CPU this thread gives up
+    one of torch's threads to the worker until the generator is closed; rounds solved ahead and
+    not consumed are dropped (queued ones cancelled) when it is."""
+    from concurrent.futures import Future, ThreadPoolExecutor
 
-    size = min(chunk, limit)
-    if size <= 0:
+    if min(chunk, limit) <= 0:
         return
     threads = torch.get_num_threads()
-    if model.flow._param.device.type == "cpu" and threads > 1:  # one core for the solve ahead
+    cpu = model.flow._param.device.type == "cpu"
+    if cpu and threads > 1:  # one core for the solves ahead
         torch.set_num_threads(threads - 1)
+    helps = cpu and threads > 1  # with one core, solving in this thread too would only time-slice
+    pool = ThreadPoolExecutor(1, thread_name_prefix="cgnf-flow")
+    planned = 0  # latents whose noise is drawn
+    ahead: list[tuple[int, Future | torch.Tensor]] = []  # in round order
+
+    def noise() -> tuple[int, torch.Tensor] | None:
+        nonlocal planned
+        size = min(chunk, limit - planned)
+        if size <= 0:
+            return None
+        planned += size
+        return size, _round_noise(model, generator, size, temperature)
+
+    def submit() -> bool:
+        nxt = noise()
+        if nxt is not None:
+            ahead.append((nxt[0], pool.submit(_solve_round, model, c_row, nxt[1])))
+        return nxt is not None
+
     try:
-        with ThreadPoolExecutor(1, thread_name_prefix="cgnf-flow") as pool:
-            drawn = 0
-            pending = pool.submit(_solve_round, model, c_row, _round_noise(model, generator, size, temperature))
-            while True:
-                z = pending.result()
-                drawn += size
-                nxt = min(chunk, limit - drawn)
-                if nxt > 0:
-                    pending = pool.submit(_solve_round, model, c_row,
-                                          _round_noise(model, generator, nxt, temperature))
-                yield size, z, _decode_round(model, z, known)
-                if nxt <= 0:
-                    return
-                size = nxt
+        submit()
+        while ahead:
+            size, head = ahead[0]
+            if helps and isinstance(head, Future) and not head.done() and len(ahead) < _AHEAD:
+                if not any(isinstance(f, Future) and not f.running() and not f.done() for _, f in ahead):
+                    submit()  # the worker's next round, so it does not idle while this thread solves
+                if len(ahead) < _AHEAD:
+                    nxt = noise()
+                    if nxt is not None:
+                        ahead.append((nxt[0], _solve_round(model, c_row, nxt[1])))
+                        continue
+            del ahead[0]
+            z = head.result() if isinstance(head, Future) else head
+            if not any(isinstance(f, Future) and not f.done() for _, f in ahead):
+                submit()  # keep the worker busy while this round is decoded
+            yield size, z, _decode_round(model, z, known)
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
         torch.set_num_threads(threads)
 
 

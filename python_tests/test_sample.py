@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import math
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -448,22 +450,56 @@ def test_rounds_solved_ahead_and_skipped_duplicates_change_nothing(model: Sampli
     networks it has already seen; both are pure speed-ups: the same cells and counts as plain
     draw_round calls one after another, and torch's thread count is restored."""
     S = sys.modules[sample_with_info.__module__]  # (cgnf_fast.sample is also the name of the function)
-
-    def one_by_one(m, c_row, gen, temperature, chunk, limit, known):
-        drawn = 0
-        while drawn < limit:
-            size = min(chunk, limit - drawn)
-            z, decoded = S.draw_round(m, c_row, size, gen, temperature)  # no `known`: every cell built
-            drawn += size
-            yield size, z, decoded
-
     threads = torch.get_num_threads()
     runs = [dict(n=12, seed=4), dict(n=30, seed=5, chunk=32), dict(n=6, seed=6, oversample=1, chunk=16)]
     fast = [sample_with_info("best", model=model, **kw) for kw in runs]
     assert torch.get_num_threads() == threads
-    monkeypatch.setattr(S, "_rounds", one_by_one)
+    monkeypatch.setattr(S, "_rounds", _one_by_one)
     slow = [sample_with_info("best", model=model, **kw) for kw in runs]
     for (a, ia), (b, ib) in zip(fast, slow):
         assert [s.to_json() for s in a] == [s.to_json() for s in b]
         assert ia == ib
     assert any(info["duplicates"] for _, info in fast)
+
+
+def test_the_calling_thread_solves_rounds_while_the_worker_is_slow(model: SamplingModel, monkeypatch) -> None:
+    """When the worker's solves take longer than the decoding, the calling thread solves later
+    rounds itself meanwhile: some rounds are solved in each thread, the cells and counts are
+    those of plain rounds one after another, and at most _AHEAD rounds are solved beyond those
+    consumed (queued ones are cancelled when the sampler stops)."""
+    S = sys.modules[sample_with_info.__module__]
+    solve, where = S._solve_round, []
+
+    def slow_worker(m, c_row, noise):
+        in_worker = threading.current_thread().name.startswith("cgnf-flow")
+        where.append(in_worker)
+        if in_worker:
+            time.sleep(0.05)
+        return solve(m, c_row, noise)
+
+    monkeypatch.setattr(S, "_solve_round", slow_worker)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the calling thread helps only when torch has a thread to give the worker
+    try:
+        fast, info = sample_with_info("best", model=model, n=30, seed=5, chunk=16)
+        assert torch.get_num_threads() == 2
+        monkeypatch.setattr(S, "_rounds", _one_by_one)
+        slow, slow_info = sample_with_info("best", model=model, n=30, seed=5, chunk=16)
+    finally:
+        torch.set_num_threads(threads)
+    helped = where[: len(where) - slow_info["rounds"]]
+    assert any(helped) and not all(helped), helped  # rounds solved in both threads
+    assert info["rounds"] <= len(helped) <= info["rounds"] + S._AHEAD
+    assert [s.to_json() for s in fast] == [s.to_json() for s in slow]
+    assert info == slow_info
+
+
+def _one_by_one(m, c_row, gen, temperature, chunk, limit, known):
+    """The sampler's rounds without solving ahead or skipping known networks: plain draw_round calls."""
+    S = sys.modules[sample_with_info.__module__]
+    drawn = 0
+    while drawn < limit:
+        size = min(chunk, limit - drawn)
+        z, decoded = S.draw_round(m, c_row, size, gen, temperature)  # no `known`: every cell built
+        drawn += size
+        yield size, z, decoded
