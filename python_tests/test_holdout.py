@@ -10,7 +10,7 @@ import pytest
 from cgnf_fast import get_space
 from cgnf_fast.evaluate.predictor import _check_held_out
 from cgnf_fast.pipeline import PipelineConfig
-from cgnf_fast.train.data import eval_cells, eval_networks, load_labelled, seed_label_cells
+from cgnf_fast.train.data import eval_cells, eval_networks, eval_set_sha256, load_labelled, seed_label_cells
 from cgnf_fast.zc.store import ScoreStore
 
 NB101 = get_space("nb101")
@@ -57,6 +57,7 @@ def test_holdouts_keep_out_the_seed_space_or_only_its_evaluation_set(groups, tmp
     ev = load_labelled(store, "nb101-like", attrs, holdout="eval")
     assert {c.canonical_code() for c in ev.cells} == {c.canonical_code() for c in groups["beyond"] + groups["outside"]}
     assert ev.skipped_seed == 4 and ev.info()["seed_space_labels"] == 5 and ev.info()["holdout"] == "eval"
+    assert ev.info()["held_out_sha256"] == eval_set_sha256("nb101") and "held_out_sha256" not in strict.info()
     assert len(load_labelled(store, "nb101-like", attrs, holdout=None).cells) == 15
     with pytest.raises(ValueError, match="holdout must be one of"):
         load_labelled(store, "nb101-like", attrs, holdout="all")
@@ -110,3 +111,21 @@ def test_pipeline_config_checks_seed_labels() -> None:
         PipelineConfig(space="nb101-like", gvae_holdout="none").validate()
     with pytest.raises(ValueError, match="gvae_holdout must be one of"):
         PipelineConfig(space="nb101-like", gvae_holdout="none", seed_labels=5).validate()
+
+
+#: eval_set_sha256("nb101") of the 4,000 networks the shipped nb101-like G-VAE held out of its labels
+SHIPPED_NB101_EVAL_SET = "e535a8ba4ae10078279dcf9c69d261eb9f06904cc8f41083ee2e1a3657aefd13"
+
+
+def test_the_nb101_evaluation_set_is_the_one_the_shipped_model_held_out() -> None:
+    """The set is redrawn from the NB101 sampler at evaluation time: a change to the sampler
+    would change it, and the shipped nb101-like model's NB101 figures would then include cells
+    it learnt from. A G-VAE trained from now on records the fingerprint, and the evaluation
+    refuses a model whose recorded set differs from this install's."""
+    assert eval_set_sha256("nb101") == SHIPPED_NB101_EVAL_SET, (
+        "the NB101 evaluation draw changed; retrain the shipped nb101-like model (its labels held out the old draw)")
+    good = {"holdout": "eval", "held_out_sha256": SHIPPED_NB101_EVAL_SET}
+    _check_held_out("nb101-like", good, "nb101", eval_cells("nb101", 20))
+    with pytest.raises(ValueError, match="draws a different nb101 evaluation set .* from the one this G-VAE held out"):
+        _check_held_out("nb101-like", dict(good, held_out_sha256="0" * 64), "nb101", eval_cells("nb101", 20))
+

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..models.api import GraphVAE
 from ..space import Cell
-from ..train.data import EVAL_SETS, HOLDOUTS, SEED_SPACES, eval_cells, eval_networks
+from ..train.data import EVAL_SETS, HOLDOUTS, SEED_SPACES, eval_cells, eval_networks, eval_set_sha256
 from ..zc.store import ScoreStore
 
 #: Attributes that are not zero-cost proxies (reported apart from the headline figure).
@@ -76,6 +76,13 @@ def _check_held_out(model_space: str, labelled: dict[str, Any], space: str, cell
                          f"its predictor cannot be evaluated on {space}")
     if holdout == "seed" or EVAL_SETS[space][0] is None:
         return
+    recorded = labelled.get("held_out_sha256")  # (G-VAEs trained before it was recorded: not checked)
+    if recorded is not None and recorded != eval_set_sha256(space):
+        n, seed = EVAL_SETS[space]
+        raise ValueError(f"this install draws a different {space} evaluation set ({n} networks, seed {seed}) from the "
+                         f"one this G-VAE held out of its labels (sha256 {recorded[:12]}... recorded, "
+                         f"{eval_set_sha256(space)[:12]}... now), so it may have learnt some of the cells; "
+                         "retrain it with this install")
     held = eval_networks(space)
     outside = sum(c.network_code() not in held for c in cells)
     if outside:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -58,6 +59,14 @@ def eval_networks(seed_space: str) -> frozenset[int]:
     return frozenset(c.network_code() for c in eval_cells(seed_space, n, seed))
 
 
+def eval_set_sha256(seed_space: str) -> str:
+    """sha256 of a seed space's evaluation networks (sorted network codes, one decimal per line):
+    recorded in a G-VAE that held them out, so that an evaluation can tell whether this install
+    draws the same set."""
+    text = "\n".join(str(c) for c in sorted(eval_networks(seed_space)))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def seed_label_cells(space: str, n: int, seed: int) -> list[Cell]:
     """``n`` distinct networks of ``space``'s seed space that are not in its evaluation set, drawn
     uniformly (with ``seed + 2``; ``seed + 1`` draws the seed-space structures of
@@ -95,13 +104,18 @@ class Labelled:
     holdout: str | None = "seed"
     #: labelled cells that build a seed-space network (learnt from under the "eval" holdout)
     seed_space_labels: int = 0
+    #: :func:`eval_set_sha256` of the networks held out under the "eval" rule (None otherwise)
+    held_out_sha256: str | None = None
 
     def info(self) -> dict[str, Any]:
-        return {"cells": len(self.cells), "attributes": self.attributes, "data_fp": self.data_fp,
-                "seed": self.seed, "code_version": self.code_version, "holdout": self.holdout,
-                "seed_space_labels": self.seed_space_labels,
-                "skipped_nonfinite": self.skipped_nonfinite, "skipped_seed_space": self.skipped_seed,
-                "skipped_incomplete": self.skipped_incomplete}
+        out = {"cells": len(self.cells), "attributes": self.attributes, "data_fp": self.data_fp,
+               "seed": self.seed, "code_version": self.code_version, "holdout": self.holdout,
+               "seed_space_labels": self.seed_space_labels,
+               "skipped_nonfinite": self.skipped_nonfinite, "skipped_seed_space": self.skipped_seed,
+               "skipped_incomplete": self.skipped_incomplete}
+        if self.held_out_sha256 is not None:
+            out["held_out_sha256"] = self.held_out_sha256
+        return out
 
 
 class SeedMembership:
@@ -191,7 +205,8 @@ def load_labelled(store: str, space: str, attributes: list[str] | None = None,
     if len(cells) < 3:
         raise ValueError(f"store {store} has only {len(cells)} usable labelled cells of space {space!r} (need >= 3)")
     return Labelled(cells, np.asarray(rows, dtype=np.float64), list(attributes), key[0], key[1], key[2],
-                    nonfinite, seed_skipped, incomplete, holdout, seed_kept)
+                    nonfinite, seed_skipped, incomplete, holdout, seed_kept,
+                    eval_set_sha256(seed_name) if held else None)
 
 
 def unlabelled_cells(space: str | DesignSpace, n: int, seed: int, include_seed_space: int = 0) -> list[Cell]:
