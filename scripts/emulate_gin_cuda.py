@@ -346,6 +346,10 @@ def main() -> int:
     check(301, 5, 20, "dag", 0.0, seed=203)
     check(257, 9, 6, "dense", -1.0, seed=204)
     check(130, 16, 1, "soft", 0.0, seed=205)
+    check(300, 1, 1, "soft", 0.0, seed=215)
+    check(300, 16, 33, "soft", 0.25, seed=216)
+    check(301, 8, 97, "dense", -1.0, seed=217)
+    check(1, 4, 1000, "soft", 0.25, seed=218)  # block 256x1, 4 column strides, 32 grad_adj tiles
     # B = 0 (the launcher returns before any launch).
     check(0, 3, 8, "soft", 0.0, seed=206)
     # Without grad_adj (h not passed to the backward at all).
@@ -360,6 +364,8 @@ def main() -> int:
     check(37, 7, 70, "dense", 0.0, cap=3, seed=212)
     check(11, 13, 33, "soft", -1.0, cap=2, seed=213)
     check(9, 16, 260, "dag", 0.25, cap=1, seed=214)
+    check(29, 9, 129, "soft", 0.0, cap=4, seed=219)
+    check(50, 4, 16, "dag", -1.0, adj_grad=False, cap=5, seed=220)
     dt = time.perf_counter() - t0
     if FAILS:
         print(f"{len(FAILS)} case(s) FAILED in {dt:.0f} s: " + "; ".join(FAILS))
