@@ -1,6 +1,6 @@
 """Native DAG ops and space counts vs the pure-Python reference, side by side in one run.
 
-    python benches/bench_dag.py [--batch 200000] [--counts nb101,nb101-like,nb201-like] [--device cpu]
+    python benches/bench_dag.py [--batch 200000] [--counts nb101,nb101-like,nb201-like] [--device cpu] [--no-ops]
 
 Prints one JSON row per measurement. Op rows give seconds per graph for the Python reference
 and for the native op on one thread and on all threads, and their ratios: each of ``--rounds``
@@ -19,7 +19,6 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -117,10 +116,14 @@ def bench_ops(batch: int, device: str, rounds: int) -> list[dict]:
 
 
 def bench_count(space: str, device: str) -> dict:
-    cgnf = Path(sys.executable).with_name("cgnf")
+    """``cgnf space count`` in a fresh process (run from / so a source checkout cannot shadow the
+    installed package); a failed count is a row with its ``error`` (the command's last stderr line)."""
     t0 = time.perf_counter()
-    out = subprocess.run([str(cgnf), "space", "count", space, "--json", "--no-progress", "--device", device],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "cgnf_fast", "space", "count", space, "--json", "--no-progress",
+                          "--device", device], capture_output=True, text=True, cwd="/")
+    if out.returncode != 0:
+        last = (out.stderr.strip().splitlines() or ["(no stderr)"])[-1]
+        return {"op": "space_count", "space": space, "device": device, "error": last, "returncode": out.returncode}
     r = json.loads(out.stdout)
     r["op"] = "space_count"
     r["process_seconds"] = round(time.perf_counter() - t0, 3)
@@ -133,9 +136,10 @@ def main() -> None:
     ap.add_argument("--counts", default="nb101,nb101-like", help="comma-separated spaces to count ('' for none)")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--rounds", type=int, default=5, help="reference/native rounds per op (ratios: their median)")
+    ap.add_argument("--no-ops", action="store_true", help="skip the op rows (counts only)")
     args = ap.parse_args()
     meta = {"machine": platform.machine(), "torch": torch.__version__}
-    for r in bench_ops(args.batch, args.device, args.rounds):
+    for r in [] if args.no_ops else bench_ops(args.batch, args.device, args.rounds):
         print(json.dumps(r | meta), flush=True)
     for space in filter(None, args.counts.split(",")):
         print(json.dumps(bench_count(space, args.device) | meta), flush=True)

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+import cgnf_fast
 from cgnf_fast.space import Cell, DesignSpace, counting
 
 from helpers import DEVICE_PARAMS
@@ -132,3 +133,14 @@ def test_devices_agree(device, space):
     got = counting.count(space, device=device, progress=False)
     want = counting.count(space, device="cpu", progress=False)
     assert {k: got[k] for k in keys} == {k: want[k] for k in keys}
+
+
+@pytest.mark.skipif(not cgnf_fast.cuda_available(), reason="no CUDA device (or built without CUDA)")
+def test_devices_agree_on_8_vertices_cuda():
+    """8-vertex spaces (nb201-like's size) on the GPU: network keys whose first word is negative
+    as int64, through torch.unique on the device. The CPU path's numbers (12 s on a 2-core CPU:
+    pinned here so the GPU run does not recount them)."""
+    space = DesignSpace(("skip_connect", "nor_conv_3x3", "avg_pool_3x3"), max_nodes=8, max_edges=9, name="k8e9")
+    got = counting.count(space, device="cuda", progress=False)
+    assert {k: got[k] for k in ("labeled", "valid", "unique", "unique_networks")} == {
+        "labeled": 195_689_447_424, "valid": 112_982_279_679, "unique": 871_692, "unique_networks": 127_872}

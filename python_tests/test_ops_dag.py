@@ -44,6 +44,26 @@ def reference_prune(adj, labels, n):
     return out_adj, out_labels, out_n
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_prune_on_a_side_stream_cuda():
+    """The kernel runs on the current stream: inputs written on a side stream, pruned there, read
+    after that stream only, equal the CPU's."""
+    import cgnf_fast
+
+    if not cgnf_fast.cuda_available():
+        pytest.skip("built without CUDA")
+    rng = np.random.default_rng(5)
+    adj, labels, n = random_batch(rng, 20000, 8)
+    want = dag_prune(torch.from_numpy(adj), torch.from_numpy(labels), torch.from_numpy(n))
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        ins = [torch.from_numpy(x).pin_memory().to("cuda", non_blocking=True) for x in (adj, labels, n)]
+        got = [x.to("cpu", non_blocking=False) for x in dag_prune(*ins)]
+    side.synchronize()
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
+
+
 @pytest.mark.parametrize("device", DEVICE_PARAMS)
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), B=st.integers(0, 300), N=st.integers(2, 8), garbage=st.booleans())

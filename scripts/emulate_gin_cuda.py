@@ -46,6 +46,12 @@ NAN = math.nan
 TSIZE = 8  # sizeof(double): the emulation runs the float64 instantiation
 
 
+def bwd_adj_graphs(NMAX):
+    """Graphs per block of gin_bwd_adj_kernel."""
+    assert kThreads % (NMAX * NMAX) == 0
+    return kThreads // (NMAX * NMAX)
+
+
 def grid_for(count, threads, cap=kGridCap):
     """common/cuda_utils.h grid_for (cap lowered only to reach the grid-stride loops)."""
     blocks = (count + threads - 1) // threads
@@ -163,7 +169,7 @@ def gin_bwd_h_kernel(NMAX, grid, block, smem_bytes, grad_out, adj, grad_h, B, N,
 
 def gin_bwd_adj_kernel(NMAX, grid, grad_out, h, grad_adj, B, N, H, writes, stats):
     P = NMAX * NMAX
-    G = kThreads // P
+    G = bwd_adj_graphs(NMAX)
     R = kTileK + 1  # rows padded to 33
 
     def at(qq, r, kk):  # [G][NMAX][kTileK + 1]
@@ -244,11 +250,11 @@ def bwd_typed(grad_out, adj, h, B, N, H, eps, want_adj, cap=kGridCap):
     if not want_adj:
         return grad_h, grad_adj, wh, wa, stats, desc
     if N <= 8:
-        grid2 = grid_for(B, kThreads // 64, cap)
+        grid2 = grid_for(B, bwd_adj_graphs(8), cap)
         gin_bwd_adj_kernel(8, grid2, grad_out, h, grad_adj, B, N, H, wa, stats)
         desc += f" bwd_adj<8> grid={grid2}"
     else:
-        grid2 = grid_for(B, kThreads // 256, cap)
+        grid2 = grid_for(B, bwd_adj_graphs(16), cap)
         gin_bwd_adj_kernel(16, grid2, grad_out, h, grad_adj, B, N, H, wa, stats)
         desc += f" bwd_adj<16> grid={grid2}"
     return grad_h, grad_adj, wh, wa, stats, desc

@@ -32,7 +32,7 @@ def count(sp: DesignSpace, *, networks: bool, progress: bool) -> dict[str, Any]:
     valid = torch.zeros(1, dtype=torch.int64, device=dev)
     unique = torch.zeros(2, dtype=torch.int64, device=dev)
     count_buf = torch.zeros(1, dtype=torch.int64, device=dev)
-    capacity = 1 << 24
+    capacity = 1 << 25  # (nb201-like's largest work units make 17.7M keys)
     keys = torch.empty((capacity, 4), dtype=torch.int64, device=dev) if collect_networks else None
     weights = [hi - lo for _, lo, hi in units]
     with tqdm(total=sum(weights), desc=f"count {sp.name} (cuda)", unit="graph", unit_scale=True,

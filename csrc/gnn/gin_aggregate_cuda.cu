@@ -115,11 +115,18 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// Graphs per block of gin_bwd_adj_kernel: one thread per (a, c) pair of NMAX x NMAX.
+template <int NMAX>
+constexpr int bwd_adj_graphs() {
+  static_assert(kThreads % (NMAX * NMAX) == 0, "a block holds whole graphs");
+  return kThreads / (NMAX * NMAX);
+}
+
 template <typename T, int NMAX>
 __global__ void __launch_bounds__(kThreads)
     gin_bwd_adj_kernel(const T* __restrict__ grad_out, const T* __restrict__ h, T* __restrict__ grad_adj, int64_t B,
                        int N, int64_t H) {
-  constexpr int P = NMAX * NMAX, G = kThreads / P;
+  constexpr int P = NMAX * NMAX, G = bwd_adj_graphs<NMAX>();
   __shared__ T hs[G][NMAX][kTileK + 1], g1s[G][NMAX][kTileK + 1], g2s[G][NMAX][kTileK + 1];
   const int t = threadIdx.x, q = t / P, a = (t % P) / NMAX, c = t % NMAX;
   for (int64_t g0 = int64_t(blockIdx.x) * G; g0 < B; g0 += int64_t(gridDim.x) * G) {
@@ -179,9 +186,10 @@ void bwd_typed(const T* grad_out, const T* adj, const T* h, T* grad_h, T* grad_a
   cuda_check(cudaGetLastError(), "gin_bwd_h_kernel launch");
   if (!grad_adj) return;
   if (N <= 8)
-    gin_bwd_adj_kernel<T, 8><<<grid_for(B, kThreads / 64), kThreads, 0, stream>>>(grad_out, h, grad_adj, B, N, H);
+    gin_bwd_adj_kernel<T, 8><<<grid_for(B, bwd_adj_graphs<8>()), kThreads, 0, stream>>>(grad_out, h, grad_adj, B, N, H);
   else
-    gin_bwd_adj_kernel<T, 16><<<grid_for(B, kThreads / 256), kThreads, 0, stream>>>(grad_out, h, grad_adj, B, N, H);
+    gin_bwd_adj_kernel<T, 16>
+        <<<grid_for(B, bwd_adj_graphs<16>()), kThreads, 0, stream>>>(grad_out, h, grad_adj, B, N, H);
   cuda_check(cudaGetLastError(), "gin_bwd_adj_kernel launch");
 }
 
