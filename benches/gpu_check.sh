@@ -68,6 +68,8 @@ grep -E "^(FAILED|ERROR)" "$OUT/tests.txt" | head -30 | tee -a "$S"
 # 3. benchmarks on the GPU, then the counts on this machine's CPU (same machine: the count ratio)
 run_step bench_dag_cuda 150 "$J" python benches/bench_dag.py --device cuda --counts nb101,nb101-like,nb201-like
 run_step bench_gnn_cuda 90 "$J" python benches/bench_gnn.py --device cuda --batch 1000,16384,65536 --reps 10
+# the same with TF32 Linear layers (both backends): how much of the stack the aggregation is
+run_step bench_gnn_cuda_tf32 60 "$J" python benches/bench_gnn.py --device cuda --batch 16384 --reps 10 --matmul-precision high
 run_step bench_cnf_cuda 90 "$J" python benches/bench_cnf.py --device cuda --batch 20,256,1000,4096 --reps 10 --skip-exact-over 0
 run_step bench_dag_cpu 90 "$J" python benches/bench_dag.py --device cpu --no-ops --counts nb101,nb101-like
 # the GPU counts against the CPU path's exact numbers (README; nb201-like: 102 s on the 2-core CPU)
