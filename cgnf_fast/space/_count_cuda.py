@@ -19,6 +19,11 @@ from .._native import _C
 from . import counting
 from .spaces import DesignSpace
 
+# Rows of the network-key buffer to start with (grown and the unit rerun when a unit makes more;
+# nb201-like's largest work units make 17.7M keys). A module constant so that
+# scripts/emulate_count_cuda.py can start it small and run the regrow path.
+_KEY_CAPACITY = 1 << 25
+
 
 def count(sp: DesignSpace, *, networks: bool, progress: bool) -> dict[str, Any]:
     _native.require_cuda("space count --device cuda")
@@ -32,7 +37,7 @@ def count(sp: DesignSpace, *, networks: bool, progress: bool) -> dict[str, Any]:
     valid = torch.zeros(1, dtype=torch.int64, device=dev)
     unique = torch.zeros(2, dtype=torch.int64, device=dev)
     count_buf = torch.zeros(1, dtype=torch.int64, device=dev)
-    capacity = 1 << 25  # (nb201-like's largest work units make 17.7M keys)
+    capacity = _KEY_CAPACITY
     keys = torch.empty((capacity, 4), dtype=torch.int64, device=dev) if collect_networks else None
     weights = [hi - lo for _, lo, hi in units]
     with tqdm(total=sum(weights), desc=f"count {sp.name} (cuda)", unit="graph", unit_scale=True,

@@ -18,6 +18,7 @@
 
 namespace cgnf {
 
+// emulate_count_cuda: begin (scripts/emulate_count_cuda.py compiles from here to the end marker as host C++)
 namespace {
 
 constexpr int kThreads = 128;
@@ -128,5 +129,6 @@ void network_keys_cuda(int64_t k, int64_t max_edges, int64_t lo, int64_t hi, int
       reinterpret_cast<uint64_t*>(keys), (unsigned long long)capacity, reinterpret_cast<unsigned long long*>(count));
   cuda_check(cudaGetLastError(), "network_keys_kernel launch");
 }
+// emulate_count_cuda: end
 
 }  // namespace cgnf

@@ -1,0 +1,609 @@
+"""Check csrc/dag/count_cuda.cu (the GPU space count) without a GPU.
+
+Compiles the .cu's own kernels *and* launchers (the text between its ``emulate_count_cuda:
+begin`` / ``end`` marker comments) as host C++ with g++, against the real graph_impl.h,
+space_impl.h, checks.h and cuda_utils.h: ``__syncthreads`` is a barrier of the block's
+threads, ``atomicAdd`` a ``std::atomic_ref`` add, ``__shared__`` a static, and each
+``kernel<<<grid, threads, smem, stream>>>(...)`` runs its blocks one after another, each block
+as ``threads`` (128) OS threads running the kernel body concurrently. The library is loaded
+with ctypes and the real ``cgnf_fast.space._count_cuda.count`` runs against it, with only the
+device plumbing swapped, for the duration of the run: the module's ``_C`` (the three
+``*_cuda`` launchers go to the emulation, anything else named ``*_cuda`` is an error),
+``_native.require_cuda`` (a no-op), ``torch.device("cuda", ...)`` (the CPU: the kernels write
+the CPU tensors through their data pointers) and ``torch.cuda.current_device`` /
+``current_stream`` / ``synchronize``; ``_count_cuda._KEY_CAPACITY`` (the initial key buffer)
+is set small so that the grow-and-rerun loop runs. The counts (labeled, valid, unique,
+unique_networks) must equal ``counting.count(space, device="cpu")`` exactly.
+
+What it checks: the kernels' index arithmetic and grid-stride loops (the block count the
+launcher asks for, ``grid_for``'s, is lowered to ``--grid``, so every thread visits several
+masks; each kernel's per-mask call, ``preds_of`` or ``canonical_class``, is counted and every
+mask of a launch's [lo, hi) must be visited exactly once), the shared-memory reduction and the
+per-block atomics, the key-slot counter and the capacity guard against a buffer that is too
+small (buffers from ``torch.empty`` are poisoned with -1, so a key slot left unwritten makes
+the host merge reject a corrupt code), that the key kernel makes ``2**(k-2)`` keys for every
+class the unique kernel counted in each unit, the launchers (argument checks, the
+``max_edges < 0`` mapping, the argument order into the kernels, every launch on the caller's
+stream) and the Python glue (work units, key regrow loop, dedup, host merge). A
+``__syncthreads`` that some threads of a block never reach (divergent barrier) is reported as
+an error instead of hanging.
+
+What it cannot check: races beyond this barrier model (threads of a block run preemptively on
+OS threads, which is harsher than lock-step warps for a missing barrier, and a missing one in
+the reduction does show up, but a race may still go unseen in a given run; blocks run one at
+a time, so nothing between blocks other than the atomics is exercised; the C++ memory model is
+not the GPU's); reads of uninitialised shared memory (a static starts zeroed and keeps the
+previous block's values); the hardware, nvcc's code generation, register/stack limits and the
+real 65535-block grid cap (grids here are a few blocks); torch.unique on the device (it runs on
+the CPU here).
+
+Keep the markers around the code this needs when the .cu changes (a launch the rewrite cannot
+parse, a missing marker or a compile error stops the run; compile errors point at the .cu's
+lines). python_tests/test_count_cuda_emulation.py runs it on three small spaces. Usage
+(default spaces: about 5 s with the build; --all adds nb101, nb101-like and the 8-vertex k8e9:
+about 45 s on two cores; exit status 1 on any mismatch, 2 when it cannot be built):
+
+    python scripts/emulate_count_cuda.py [--all] [--space NAME ...] [--grid 3] [--capacity 16]
+                                         [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import types
+from collections.abc import Iterator
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CU = REPO / "csrc" / "dag" / "count_cuda.cu"
+BEGIN = "// emulate_count_cuda: begin"
+END = "// emulate_count_cuda: end"
+CXXFLAGS = ["-std=c++20", "-O2", "-pthread", "-shared", "-fPIC"]
+FAKE_STREAM = 0x5EED  # what the fake torch.cuda.current_stream hands out; every launch must use it
+LAUNCHERS = {  # name -> number of int64 arguments (the pybind signature in csrc/bindings.cpp)
+    "count_valid_cuda": 6,
+    "count_unique_cuda": 7,
+    "network_keys_cuda": 8,
+}
+
+
+class CompilerUnavailable(RuntimeError):
+    """No C++ compiler that can build the harness (g++ missing, or no C++20 atomic_ref/threads)."""
+
+
+class EmulationError(RuntimeError):
+    """The emulated kernel misbehaved (divergent barrier, wrong stream, bad launch config)."""
+
+
+class HarnessError(RuntimeError):
+    """The .cu's kernel section could not be cut out, rewritten or compiled."""
+
+
+# A stand-in for <cuda_runtime.h>, just enough for csrc/common/cuda_utils.h and the launchers.
+CUDA_RUNTIME_STUB = r"""
+#pragma once
+#include <cstdint>
+typedef struct CUstream_st* cudaStream_t;
+enum cudaError_t { cudaSuccess = 0, cudaErrorLaunchFailure = 4 };
+cudaError_t cudaGetLastError();
+inline const char* cudaGetErrorString(cudaError_t e) { return e == cudaSuccess ? "no error" : "emulated launch failure"; }
+"""
+
+HARNESS_HEAD = r"""
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdio>
+#include <exception>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include <cuda_runtime.h>
+#include "common/checks.h"
+#include "common/cuda_utils.h"
+#include "dag/graph_impl.h"
+#include "dag/space_impl.h"
+
+#define __device__
+#define __global__
+#define __host__
+#define __forceinline__ inline
+#define __shared__ static
+#define __launch_bounds__(...)
+
+struct EmuDim { unsigned x = 1, y = 1, z = 1; };
+static EmuDim blockIdx, blockDim, gridDim;  // blocks run one after another
+static thread_local EmuDim threadIdx;
+
+// A block barrier that never hangs: a thread that leaves the kernel while others wait (or
+// arrives after one left) breaks it and the launch reports a divergent __syncthreads.
+struct EmuBarrier {
+  std::mutex m;
+  std::condition_variable cv;
+  unsigned n, waiting = 0, exited = 0;
+  unsigned long long generation = 0;
+  bool broken = false;
+  explicit EmuBarrier(unsigned n_) : n(n_) {}
+  void wait() {
+    std::unique_lock<std::mutex> l(m);
+    if (broken) return;
+    if (exited) { broken = true; cv.notify_all(); return; }
+    const auto g = generation;
+    if (++waiting == n) { waiting = 0; ++generation; cv.notify_all(); return; }
+    cv.wait(l, [&] { return generation != g || broken; });
+  }
+  void leave() {
+    std::lock_guard<std::mutex> l(m);
+    ++exited;
+    if (waiting) { broken = true; cv.notify_all(); }
+  }
+};
+static thread_local EmuBarrier* emu_block_barrier = nullptr;
+inline void __syncthreads() { emu_block_barrier->wait(); }
+
+template <typename T>
+inline T atomicAdd(T* p, T v) { return std::atomic_ref<T>(*p).fetch_add(v); }
+
+namespace cgnf_emu {
+unsigned grid_cap = 3;
+long long launches = 0, strided = 0, max_requested_grid = 0;
+std::string error;  // set by a launch that misbehaved; the launcher then raises
+cudaError_t last = cudaSuccess;
+
+template <typename F>
+void launch(const char* kernel, F&& body, long long grid, long long threads, long long smem = 0,
+            cudaStream_t stream = nullptr) {
+  auto fail = [&](const std::string& what) {
+    if (error.empty()) error = std::string(kernel) + ": " + what;
+    last = cudaErrorLaunchFailure;
+  };
+  if (grid < 1 || threads < 1 || threads > 1024 || smem != 0) return fail("bad launch configuration");
+  if (reinterpret_cast<intptr_t>(stream) != """ + str(FAKE_STREAM) + r""")
+    return fail("launched on a stream other than the caller's");
+  ++launches;
+  if (grid > max_requested_grid) max_requested_grid = grid;
+  if (grid > grid_cap) { grid = grid_cap; ++strided; }
+  blockDim = {unsigned(threads), 1, 1};
+  gridDim = {unsigned(grid), 1, 1};
+  for (long long b = 0; b < grid; ++b) {
+    blockIdx = {unsigned(b), 0, 0};
+    EmuBarrier bar{static_cast<unsigned>(threads)};
+    std::vector<std::thread> ts;
+    ts.reserve(threads);
+    for (long long t = 0; t < threads; ++t)
+      ts.emplace_back([&, t] {
+        threadIdx = {unsigned(t), 0, 0};
+        emu_block_barrier = &bar;
+        body();
+        bar.leave();
+      });
+    for (auto& th : ts) th.join();
+    if (bar.broken) return fail("divergent __syncthreads (a thread left the kernel while others waited)");
+  }
+}
+}  // namespace cgnf_emu
+
+// Every mask of a launch's range [lo, hi) must be visited exactly once: the per-mask calls of
+// the kernels (preds_of in count_valid_kernel, canonical_class in the other two) are counted.
+namespace cgnf_emu {
+uint64_t visit_lo = 0, visit_hi = 0;
+std::vector<uint8_t> visits;
+std::atomic<unsigned long long> visits_outside{0};
+inline void visit(uint64_t mask) {
+  if (mask < visit_lo || mask >= visit_hi) { ++visits_outside; return; }
+  std::atomic_ref<uint8_t> v(visits[mask - visit_lo]);
+  uint8_t old = v.load();
+  while (old < 255 && !v.compare_exchange_weak(old, uint8_t(old + 1))) {}
+}
+void track(int64_t lo, int64_t hi) {
+  visit_lo = uint64_t(lo < 0 ? 0 : lo);
+  visit_hi = hi > lo ? uint64_t(hi) : visit_lo;
+  visits.assign(visit_hi - visit_lo, 0);
+  visits_outside = 0;
+}
+void check_visits(const char* kernel) {
+  if (!error.empty()) return;
+  uint64_t never = 0, repeated = 0, first = ~uint64_t{0};
+  for (uint64_t i = 0; i < visits.size(); ++i)
+    if (visits[i] != 1) {
+      (visits[i] ? repeated : never) += 1;
+      if (first == ~uint64_t{0}) first = visit_lo + i;
+    }
+  if (never || repeated || visits_outside)
+    error = std::string(kernel) + ": masks of [" + std::to_string(visit_lo) + ", " + std::to_string(visit_hi) +
+            ") visited not exactly once: " + std::to_string(never) + " never, " + std::to_string(repeated) +
+            " more than once (first " + std::to_string(first) + "), " + std::to_string(visits_outside.load()) +
+            " visits outside the range";
+}
+template <typename... A>
+inline void visit_preds_of(uint64_t mask, A&&... a) {
+  visit(mask);
+  cgnf::preds_of(mask, std::forward<A>(a)...);
+}
+template <typename... A>
+inline decltype(auto) visit_canonical_class(uint64_t mask, A&&... a) {
+  visit(mask);
+  return cgnf::canonical_class(mask, std::forward<A>(a)...);
+}
+}  // namespace cgnf_emu
+#define preds_of ::cgnf_emu::visit_preds_of
+#define canonical_class ::cgnf_emu::visit_canonical_class
+
+cudaError_t cudaGetLastError() {
+  const cudaError_t e = cgnf_emu::last;
+  cgnf_emu::last = cudaSuccess;
+  return e;
+}
+
+namespace cgnf {
+"""
+
+HARNESS_TAIL = r"""
+}  // namespace cgnf
+
+namespace {
+thread_local std::string emu_message;
+template <typename F>
+int guarded(const char* kernel, int64_t lo, int64_t hi, F&& f) {
+  // 0 ok, 1 std::invalid_argument (ValueError in _C), 2 other (RuntimeError), 3 emulation error
+  cgnf_emu::error.clear();
+  try {
+    cgnf_emu::track(lo, hi);
+    f();
+    cgnf_emu::check_visits(kernel);
+  } catch (const std::invalid_argument& e) {
+    emu_message = e.what();
+    return 1;
+  } catch (const std::exception& e) {
+    emu_message = e.what();
+    return cgnf_emu::error.empty() ? 2 : 3;
+  }
+  return cgnf_emu::error.empty() ? 0 : 3;
+}
+}  // namespace
+
+extern "C" {
+const char* emu_message_text() { return cgnf_emu::error.empty() ? emu_message.c_str() : cgnf_emu::error.c_str(); }
+void emu_set_grid_cap(unsigned cap) { cgnf_emu::grid_cap = cap; }
+void emu_stats(long long* out) {
+  out[0] = cgnf_emu::launches; out[1] = cgnf_emu::strided; out[2] = cgnf_emu::max_requested_grid;
+}
+int emu_count_valid_cuda(int64_t K, int64_t max_edges, int64_t lo, int64_t hi, int64_t out, int64_t stream) {
+  return guarded("count_valid_kernel", lo, hi, [&] { cgnf::count_valid_cuda(K, max_edges, lo, hi, out, stream); });
+}
+int emu_count_unique_cuda(int64_t k, int64_t num_ops, int64_t max_edges, int64_t lo, int64_t hi, int64_t out,
+                          int64_t stream) {
+  return guarded("count_unique_kernel", lo, hi, [&] { cgnf::count_unique_cuda(k, num_ops, max_edges, lo, hi, out, stream); });
+}
+int emu_network_keys_cuda(int64_t k, int64_t max_edges, int64_t lo, int64_t hi, int64_t keys, int64_t capacity,
+                          int64_t count, int64_t stream) {
+  return guarded("network_keys_kernel", lo, hi, [&] { cgnf::network_keys_cuda(k, max_edges, lo, hi, keys, capacity, count, stream); });
+}
+}
+"""
+
+PROBE = r"""
+#include <atomic>
+#include <thread>
+extern "C" int probe() {
+  unsigned long long x = 0;
+  std::thread t([&] { std::atomic_ref<unsigned long long>(x).fetch_add(1); });
+  t.join();
+  return int(x);
+}
+"""
+
+
+def kernel_section(cu_text: str) -> tuple[int, str]:
+    """(first line number, text) of the code between the .cu's marker comments."""
+    lines = cu_text.splitlines(keepends=True)
+    begin = [i for i, s in enumerate(lines) if s.lstrip().startswith(BEGIN)]
+    end = [i for i, s in enumerate(lines) if s.lstrip().startswith(END)]
+    if len(begin) != 1 or len(end) != 1 or begin[0] >= end[0]:
+        raise HarnessError(f"{CU}: expected one '{BEGIN}' line before one '{END}' line "
+                           f"(found {len(begin)} and {len(end)})")
+    return begin[0] + 2, "".join(lines[begin[0] + 1 : end[0]])
+
+
+def _matching_paren(s: str, i: int) -> int:
+    depth = 0
+    for j in range(i, len(s)):
+        depth += {"(": 1, ")": -1}.get(s[j], 0)
+        if depth == 0:
+            return j
+    raise HarnessError(f"{CU}: unbalanced parentheses in a kernel launch")
+
+
+def rewrite_launches(code: str) -> str:
+    """``k<<<cfg>>>(args);`` -> ``::cgnf_emu::launch("k", [&] { k(args); }, cfg);``, same lines."""
+    out, pos, n = [], 0, 0
+    pat = re.compile(r"(\w+)\s*<<<(.*?)>>>\s*\(", re.S)
+    while m := pat.search(code, pos):
+        close = _matching_paren(code, m.end() - 1)
+        args = code[m.end() : close]
+        skipped = code[m.start() : m.end()].count("\n") - m.group(2).count("\n")
+        out.append(code[pos : m.start()])
+        out.append(f'::cgnf_emu::launch("{m.group(1)}", [&] {{ {m.group(1)}({args}); }}, {m.group(2)})'
+                   + "\n" * skipped)
+        pos, n = close + 1, n + 1
+    out.append(code[pos:])
+    text = "".join(out)
+    if n == 0 or "<<<" in text or ">>>" in text:
+        raise HarnessError(f"{CU}: found {n} kernel launches to rewrite between the markers"
+                           + (" and some '<<<'/'>>>' left over" if n else ""))
+    return text
+
+
+def harness_source() -> str:
+    first, code = kernel_section(CU.read_text())
+    return (HARNESS_HEAD + f'#line {first} "{CU}"\n' + rewrite_launches(code)
+            + '#line 1 "emulate_count_cuda_tail"\n' + HARNESS_TAIL)
+
+
+def _compile(cxx: str, src: Path, lib: Path, include: list[Path]) -> subprocess.CompletedProcess:
+    cmd = [cxx, *CXXFLAGS, *(f"-I{p}" for p in include), str(src), "-o", str(lib)]
+    return subprocess.run(cmd, capture_output=True, text=True)
+
+
+def check_compiler(cxx: str | None = None) -> str:
+    """The compiler to use; raises CompilerUnavailable when it is missing or too old."""
+    cxx = cxx or os.environ.get("CXX") or "g++"
+    if shutil.which(cxx) is None:
+        raise CompilerUnavailable(f"no C++ compiler '{cxx}' on PATH")
+    with tempfile.TemporaryDirectory(prefix="cgnf_emu_probe_") as d:
+        src, lib = Path(d) / "probe.cpp", Path(d) / "probe.so"
+        src.write_text(PROBE)
+        r = _compile(cxx, src, lib, [])
+        if r.returncode != 0:
+            errors = [ln for ln in r.stderr.splitlines() if "error" in ln] or r.stderr.splitlines()[-1:]
+            raise CompilerUnavailable(f"'{cxx}' cannot build C++20 std::atomic_ref with threads: "
+                                      + (errors[0].strip() if errors else f"exit status {r.returncode}"))
+    return cxx
+
+
+class Emulation:
+    """The compiled harness, loaded (``build()`` makes one)."""
+
+    def __init__(self, lib_path: Path):
+        self.lib = lib = ctypes.CDLL(str(lib_path))
+        for name, nargs in LAUNCHERS.items():
+            f = getattr(lib, "emu_" + name)
+            f.argtypes, f.restype = [ctypes.c_int64] * nargs, ctypes.c_int
+        lib.emu_message_text.restype = ctypes.c_char_p
+        lib.emu_set_grid_cap.argtypes = [ctypes.c_uint]
+        lib.emu_stats.argtypes = [ctypes.POINTER(ctypes.c_longlong)]
+
+    def set_grid(self, blocks: int) -> None:
+        if blocks < 1:
+            raise ValueError("grid must be >= 1 block")
+        self.lib.emu_set_grid_cap(blocks)
+
+    def stats(self) -> dict[str, int]:
+        a = (ctypes.c_longlong * 3)()
+        self.lib.emu_stats(a)
+        return {"launches": a[0], "strided": a[1], "max_requested_grid": a[2]}
+
+    def call(self, name: str, *args: int) -> None:
+        rc = getattr(self.lib, "emu_" + name)(*args)
+        if rc:
+            msg = self.lib.emu_message_text().decode()
+            raise (ValueError, RuntimeError, EmulationError)[rc - 1](msg)
+
+
+def build(workdir: str | os.PathLike | None = None, cxx: str | None = None) -> Emulation:
+    """Write the harness, compile it (CompilerUnavailable without a usable g++) and load it."""
+    cxx = check_compiler(cxx)
+    with contextlib.ExitStack() as stack:
+        d = Path(workdir) if workdir else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cgnf_emu_")))
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "cuda_runtime.h").write_text(CUDA_RUNTIME_STUB)
+        src, lib = d / "count_cuda_emu.cpp", d / "libcount_cuda_emu.so"
+        src.write_text(harness_source())
+        r = _compile(cxx, src, lib, [d, REPO / "csrc"])
+        if r.returncode != 0:
+            raise HarnessError(f"compiling the count_cuda.cu emulation failed:\n{r.stderr}")
+        return Emulation(lib)  # loaded before the temporary folder goes
+
+
+class _FakeC:
+    """``_count_cuda._C``: the CUDA launchers go to the emulation; other names to the real _C.
+
+    It also checks one invariant between the kernels, unit by unit: network_keys_kernel makes
+    one key per identity subset (``2**(k-2)``) of every canonical class that count_unique_kernel
+    counted as a skeleton (``out[1]``), so a mask the key kernel skips shows up even when the
+    distinct networks happen not to change.
+    """
+
+    def __init__(self, emu: Emulation, real_c):
+        self._emu, self._real = emu, real_c
+        self.calls: dict[str, int] = dict.fromkeys(LAUNCHERS, 0)
+        self.overflows = 0  # network_keys_cuda calls that made more keys than the buffer holds
+        self.skeletons: dict[tuple[int, int, int], int] = {}  # (k, lo, hi) -> classes counted
+        self.problems: list[str] = []
+
+    def __getattr__(self, name: str):
+        if name in LAUNCHERS:
+            def launcher(*args):
+                self.calls[name] += 1
+                if len(args) != LAUNCHERS[name] or not all(isinstance(a, int) for a in args):
+                    raise TypeError(f"{name}{args}: expected {LAUNCHERS[name]} ints")
+                if name == "count_unique_cuda":  # (k, num_ops, max_edges, lo, hi, out, stream)
+                    k, lo, hi, out = args[0], args[3], args[4], args[5]
+                    before = ctypes.c_int64.from_address(out + 8).value
+                self._emu.call(name, *args)
+                if name == "count_unique_cuda":
+                    self.skeletons[(k, lo, hi)] = ctypes.c_int64.from_address(out + 8).value - before
+                elif name == "network_keys_cuda":  # (k, max_edges, lo, hi, keys, capacity, count, stream)
+                    k, lo, hi, capacity = args[0], args[2], args[3], args[5]
+                    produced = ctypes.c_int64.from_address(args[6]).value
+                    self.overflows += produced > capacity
+                    want = self.skeletons.get((k, lo, hi), -1) << (k - 2)
+                    if produced != want:
+                        self.problems.append(f"unit k={k} [{lo}, {hi}): {produced} network keys, "
+                                             f"the unique kernel's classes make {want}")
+            return launcher
+        if name.endswith("_cuda"):
+            raise AttributeError(f"_C.{name}: not emulated (add it to scripts/emulate_count_cuda.py)")
+        return getattr(self._real, name)
+
+
+def _host_torch(torch):
+    """``torch`` as _count_cuda sees it: cuda devices are the CPU, streams and syncs are fakes."""
+
+    class HostTorch(types.ModuleType):
+        def __getattr__(self, name):
+            return getattr(torch, name)
+
+    t = HostTorch("torch")
+
+    def device(type, index=None):  # noqa: A002 - torch's own argument name
+        if isinstance(type, str) and type.startswith("cuda"):
+            return torch.device("cpu")
+        return torch.device(type) if index is None else torch.device(type, index)
+
+    def empty(*size, **kwargs):  # poisoned: an entry the kernels should have written and did not shows
+        x = torch.empty(*size, **kwargs)
+        return x.fill_(float("nan") if x.is_floating_point() else -1)
+
+    t.device = device
+    t.empty = empty
+    t.cuda = types.SimpleNamespace(
+        current_device=lambda: 0,
+        current_stream=lambda device=None: types.SimpleNamespace(cuda_stream=FAKE_STREAM),
+        synchronize=lambda device=None: None,
+    )
+    return t
+
+
+@contextlib.contextmanager
+def emulated(emu: Emulation, capacity: int) -> Iterator[_FakeC]:
+    """Swap _count_cuda's device plumbing for the emulation (restored on exit)."""
+    import torch
+
+    from cgnf_fast import _native
+    from cgnf_fast.space import _count_cuda as cc
+
+    for name in ("_C", "_native", "torch", "_KEY_CAPACITY"):
+        if name not in vars(cc):
+            raise HarnessError(f"cgnf_fast.space._count_cuda has no '{name}' to swap: update the emulation")
+    fake = _FakeC(emu, _native._C)
+    native = types.ModuleType("cgnf_fast._native")
+    native.__dict__.update(vars(_native))
+    native.require_cuda = lambda what: None
+    saved = {n: getattr(cc, n) for n in ("_C", "_native", "torch", "_KEY_CAPACITY")}
+    try:
+        cc._C, cc._native, cc.torch, cc._KEY_CAPACITY = fake, native, _host_torch(torch), capacity
+        yield fake
+    finally:
+        for n, v in saved.items():
+            setattr(cc, n, v)
+
+
+KEYS = ("labeled", "valid", "unique", "unique_networks")
+
+
+def check_space(emu: Emulation, sp, *, grid: int = 3, capacity: int = 16) -> dict:
+    """Counts of ``sp`` through the emulated GPU path and the CPU path; ``ok`` when equal."""
+    from cgnf_fast.space import _count_cuda, counting
+
+    emu.set_grid(grid)
+    before = emu.stats()
+    t0 = time.perf_counter()
+    with emulated(emu, capacity) as fake:
+        try:
+            got = _count_cuda.count(sp, networks=True, progress=False)
+        except (EmulationError, RuntimeError, ValueError) as e:  # (the host merge rejects corrupt keys)
+            got = dict.fromkeys(KEYS)
+            fake.problems.insert(0, f"stopped: {type(e).__name__}: {e}")
+    seconds = time.perf_counter() - t0
+    after = emu.stats()
+    want = counting.count(sp, device="cpu", progress=False)
+    return {
+        "space": sp.name,
+        "ok": all(got[k] == want[k] for k in KEYS) and not fake.problems,
+        "problems": fake.problems,
+        "got": {k: got[k] for k in KEYS},
+        "want": {k: want[k] for k in KEYS},
+        "seconds": seconds,
+        "launches": after["launches"] - before["launches"],
+        "strided": after["strided"] - before["strided"],
+        "key_reruns": fake.overflows,
+    }
+
+
+def spaces(all_: bool) -> dict:
+    from cgnf_fast.space import DesignSpace, get
+
+    three = ("skip_connect", "nor_conv_3x3", "avg_pool_3x3")
+    out = {
+        "s5": DesignSpace(three, max_nodes=5, name="s5"),
+        "s6e7": DesignSpace(("skip_connect", "nor_conv_1x1"), max_nodes=6, max_edges=7, name="s6e7"),
+        "s6e5": DesignSpace(three, max_nodes=6, max_edges=5, name="s6e5"),
+        "nb101ish": DesignSpace(("conv3x3-bn-relu", "maxpool3x3"), max_nodes=5, max_edges=4, name="nb101ish"),
+        "s6": DesignSpace(three, max_nodes=6, name="s6"),
+    }
+    if all_:
+        out |= {"nb101": get("nb101"), "nb101-like": get("nb101-like"),
+                "k8e9": DesignSpace(three, max_nodes=8, max_edges=9, name="k8e9")}
+    return out
+
+
+def format_result(r: dict, grid: int, capacity: int) -> str:
+    counts = " ".join(f"{k}={r['got'][k]}" for k in KEYS)
+    line = (f"{r['space']:<10} {'match' if r['ok'] else 'MISMATCH'}  {counts}  grid={grid} "
+            f"capacity={capacity} launches={r['launches']} strided={r['strided']} "
+            f"key_reruns={r['key_reruns']}  {r['seconds']:.1f}s")
+    if r["got"] != r["want"]:
+        line += "\n           cpu: " + " ".join(f"{k}={r['want'][k]}" for k in KEYS)
+    for p in r["problems"][:5]:
+        line += "\n           " + p
+    if len(r["problems"]) > 5:
+        line += f"\n           ... and {len(r['problems']) - 5} more such units"
+    return line
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--all", action="store_true", help="add nb101, nb101-like and k8e9 (8 vertices, <= 9 edges)")
+    p.add_argument("--space", action="append", default=None, help="run only these (repeatable)")
+    p.add_argument("--grid", type=int, default=3, help="blocks per launch at most (grid_for's cap; default 3)")
+    p.add_argument("--capacity", type=int, default=16, help="initial key-buffer rows (default 16)")
+    p.add_argument("--workdir", help="keep the generated harness and library here")
+    a = p.parse_args(argv)
+    sps = spaces(a.all or bool(a.space))
+    if a.space:
+        unknown = set(a.space) - set(sps)
+        if unknown:
+            p.error(f"unknown space(s) {sorted(unknown)}; known: {sorted(sps)}")
+        sps = {n: sps[n] for n in a.space}
+    t0 = time.perf_counter()
+    try:
+        emu = build(a.workdir)
+    except (CompilerUnavailable, HarnessError) as e:
+        print(f"cannot build the emulation: {e}", file=sys.stderr)
+        return 2
+    print(f"compiled the kernel section of {CU.relative_to(REPO)} in {time.perf_counter() - t0:.1f}s", flush=True)
+    bad = 0
+    for sp in sps.values():
+        r = check_space(emu, sp, grid=a.grid, capacity=a.capacity)
+        bad += not r["ok"]
+        print(format_result(r, a.grid, a.capacity), flush=True)
+    print("all match" if not bad else f"{bad} space(s) MISMATCH", f"({time.perf_counter() - t0:.1f}s)")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
