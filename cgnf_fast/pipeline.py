@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .train.checkpoint import CheckpointError, config_changes, legacy_flags, load_json, save_json
+from .train.checkpoint import CheckpointError, load_json, refuse_changed_config, save_json
 
 __all__ = ["DEFAULT_PROXIES", "PipelineConfig", "export_model", "run_pipeline"]
 
@@ -161,11 +161,8 @@ def _check_resume(out: Path, cfg: PipelineConfig) -> None:
     old = load_json(out / "pipeline.json")
     if not isinstance(old, dict) or old.get("format") != "cgnf_fast.pipeline" or "config" not in old:
         raise CheckpointError(f"{out / 'pipeline.json'}: not a pipeline run directory (use a new --out)")
-    detail = config_changes(old["config"], cfg.to_dict(), PipelineConfig.RESUMABLE_CHANGES,
-                            PipelineConfig.LEGACY_DEFAULTS)
-    if detail:
-        hint = legacy_flags(old["config"], cfg.to_dict(), PipelineConfig.LEGACY_DEFAULTS)
-        raise ValueError(f"{out} holds a pipeline run with a different config ({detail}); use a new --out{hint}")
+    refuse_changed_config(out, "a pipeline run", old["config"], cfg.to_dict(), PipelineConfig.RESUMABLE_CHANGES,
+                          PipelineConfig.LEGACY_DEFAULTS)
 
 
 def _sha256(path: Path) -> str:

@@ -69,6 +69,19 @@ def config_changes(old: dict[str, Any], new: dict[str, Any], resumable: tuple[st
     return ", ".join(f"{k}: {was.get(k)!r} -> {new.get(k)!r}" for k in diff[:4])
 
 
+def refuse_changed_config(out: Any, what: str, old: dict[str, Any], new: dict[str, Any],
+                          resumable: tuple[str, ...] = (), legacy: dict[str, Any] | None = None) -> None:
+    """Raises ValueError when the run directory ``out`` (holding ``what``, e.g. "a flow run") was
+    written with a config other than ``new`` in a field that may not change on resume
+    (:func:`config_changes`), naming the fields and, for a directory written before some
+    options existed, the flags that resume it (:func:`legacy_flags`)."""
+    detail = config_changes(old, new, resumable, legacy)
+    if detail:
+        hint = legacy_flags(old, new, legacy) if legacy else ""
+        raise ValueError(f"{out} holds {what} with a different config ({detail}); use a new --out to start another "
+                         f"run{hint}")
+
+
 def legacy_flags(old: dict[str, Any], new: dict[str, Any], legacy: dict[str, Any]) -> str:
     """The command-line flags that resume a run directory written before some options existed
     (``--field-name value`` for each ``legacy`` field missing from ``old`` whose value differs in

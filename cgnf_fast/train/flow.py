@@ -74,7 +74,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .checkpoint import (CheckpointError, config_changes, load_json, load_module, load_tensors, load_training,
+from .checkpoint import (CheckpointError, load_json, load_module, load_tensors, load_training, refuse_changed_config,
                          save_json, save_on_interrupt, save_tensors, save_training)
 
 if TYPE_CHECKING:
@@ -547,10 +547,7 @@ def _check_resume(out: Path, cfg: TrainFlowConfig, sha: str) -> None:
     old = load_json(out / "train.json")
     if not isinstance(old, dict) or old.get("format") != FORMAT + ".train" or "config" not in old:
         raise CheckpointError(f"{out / 'train.json'}: not a flow training run (use a new --out)")
-    detail = config_changes(old["config"], cfg.to_dict(), TrainFlowConfig.RESUMABLE_CHANGES)
-    if detail:
-        raise ValueError(f"{out} holds a flow run with a different config ({detail}); use a new --out to start "
-                         f"another run")
+    refuse_changed_config(out, "a flow run", old["config"], cfg.to_dict(), TrainFlowConfig.RESUMABLE_CHANGES)
     old_sha = old.get("gvae", {}).get("sha256")
     if old_sha != sha:
         raise ValueError(f"{out} holds a flow run trained on another G-VAE ({old.get('gvae', {}).get('dir')}, "

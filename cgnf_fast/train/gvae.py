@@ -35,8 +35,8 @@ from ..models.api import CONFIG, WEIGHTS, GraphVAE
 from ..models.codec import CellCodec
 from ..models.gvae import BACKENDS, GVAE, GVAEConfig, kl_divergence, reconstruction_loss, triplet_loss
 from ..space import Cell
-from .checkpoint import (CheckpointError, config_changes, legacy_flags, load_json, load_tensors, load_training,
-                         save_json, save_on_interrupt, save_tensors, save_training)
+from .checkpoint import (CheckpointError, load_json, load_tensors, load_training, refuse_changed_config, save_json,
+                         save_on_interrupt, save_tensors, save_training)
 from .data import HOLDOUTS, load_labelled, unlabelled_cells
 
 
@@ -178,12 +178,8 @@ def _model_config(cfg: TrainGVAEConfig, attributes: list[str]) -> GVAEConfig:
 
 
 def _check_resume(out: Path, cfg: TrainGVAEConfig) -> None:
-    old = load_json(out / "train.json")
-    detail = config_changes(old, cfg.to_dict(), TrainGVAEConfig.RESUMABLE_CHANGES, TrainGVAEConfig.LEGACY_DEFAULTS)
-    if detail:
-        hint = legacy_flags(old, cfg.to_dict(), TrainGVAEConfig.LEGACY_DEFAULTS)
-        raise ValueError(f"{out} holds a run with a different config ({detail}); use a new --out to start another "
-                         f"run{hint}")
+    refuse_changed_config(out, "a G-VAE run", load_json(out / "train.json"), cfg.to_dict(),
+                          TrainGVAEConfig.RESUMABLE_CHANGES, TrainGVAEConfig.LEGACY_DEFAULTS)
 
 
 def _batches(data: dict[str, torch.Tensor], key: str, idx: torch.Tensor, device: torch.device):
