@@ -105,16 +105,13 @@ class PipelineConfig:
         if self.labels + self.stratified < 2:
             raise ValueError("labels + stratified must be at least 2 (the G-VAE learns from labelled cells)")
         if self.seed_labels:
-            from .train.data import EVAL_SETS, HOLDOUTS, SEED_SPACES
+            from .train.data import HOLDOUTS, no_seed_labels
 
             if self.gvae_holdout not in HOLDOUTS:
                 raise ValueError(f"gvae_holdout must be one of {HOLDOUTS}, got {self.gvae_holdout!r}")
-
-            seed_name = SEED_SPACES.get(self.space)
-            if seed_name is None or EVAL_SETS[seed_name][0] is None:
-                raise ValueError(f"seed_labels must be 0 for {self.space}: " + (
-                    "it has no seed space" if seed_name is None else
-                    f"every {seed_name} cell is in the predictor evaluation set"))
+            why = no_seed_labels(self.space)
+            if why:
+                raise ValueError(f"seed_labels must be 0 for {self.space}: {why}")
             if self.gvae_holdout != "eval":
                 raise ValueError("seed_labels need gvae_holdout 'eval' (the 'seed' holdout drops every "
                                  "seed-space label)")

@@ -42,9 +42,9 @@ def test_seed_label_cells_are_distinct_nb101_networks_outside_the_evaluation_set
     assert all(NB101.contains(c) for c in cells)
     assert [c.network_code() for c in seed_label_cells("nb101-like", 40, seed=0)] == codes  # deterministic
     assert seed_label_cells("nb101-like", 0, seed=0) == []
-    with pytest.raises(ValueError, match="every cell of nb201 is in its predictor evaluation set"):
+    with pytest.raises(ValueError, match="nb201-like cannot take seed-space labels: every nb201 cell is in the predictor evaluation set"):
         seed_label_cells("nb201-like", 3, seed=0)
-    with pytest.raises(ValueError, match="no seed space"):
+    with pytest.raises(ValueError, match="nb101 cannot take seed-space labels: it has no seed space"):
         seed_label_cells("nb101", 3, seed=0)
 
 

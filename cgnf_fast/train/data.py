@@ -67,18 +67,26 @@ def eval_set_sha256(seed_space: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def no_seed_labels(space: str) -> str | None:
+    """Why ``space`` cannot take seed-space labels (:func:`seed_label_cells`), or None when it can."""
+    seed_name = SEED_SPACES.get(space)
+    if seed_name is None:
+        return "it has no seed space"
+    if EVAL_SETS[seed_name][0] is None:
+        return f"every {seed_name} cell is in the predictor evaluation set"
+    return None
+
+
 def seed_label_cells(space: str, n: int, seed: int) -> list[Cell]:
     """``n`` distinct networks of ``space``'s seed space that are not in its evaluation set, drawn
     uniformly (with ``seed + 2``; ``seed + 1`` draws the seed-space structures of
     :func:`unlabelled_cells`): labels the G-VAE may learn from under the "eval" holdout."""
     if n == 0:
         return []
-    seed_name = SEED_SPACES.get(space)
-    if seed_name is None:
-        raise ValueError(f"space {space!r} has no seed space to draw seed-space labels from")
-    if EVAL_SETS[seed_name][0] is None:
-        raise ValueError(f"every cell of {seed_name} is in its predictor evaluation set, so {space} cannot take "
-                         "seed-space labels (use 0)")
+    why = no_seed_labels(space)
+    if why:
+        raise ValueError(f"{space} cannot take seed-space labels: {why} (use 0)")
+    seed_name = SEED_SPACES[space]
     held = eval_networks(seed_name)
     # the draw is uniform over labelled graphs, so common networks dominate it and about half of
     # a draw lands in the evaluation set: draw enough to keep n after filtering
