@@ -79,9 +79,11 @@ def gin_checks(gen: torch.Generator) -> None:
                 out = gin_aggregate(a, x, eps=0.25)
                 out.backward(g_out.to(dev))
                 res[dev] = [t.detach().cpu() for t in (out, a.grad, x.grad)]
+            # relative to each output's largest magnitude (grad adj sums H products: values ~40 here)
             tol = 1e-5 if dtype == torch.float32 else 1e-12
-            err = max(float((p - q).abs().max()) if p.numel() else 0.0 for p, q in zip(res["cpu"], res["cuda"]))
-            check(f"gin_aggregate fwd+bwd {dtype} B={B} N={N} H={H}", err <= tol * max(1.0, H / 32), f"max|diff| {err:.2e}")
+            err = max(float((p - q).abs().max() / p.abs().max().clamp_min(1.0)) if p.numel() else 0.0
+                      for p, q in zip(res["cpu"], res["cuda"]))
+            check(f"gin_aggregate fwd+bwd {dtype} B={B} N={N} H={H}", err <= tol, f"max relative |diff| {err:.2e}")
 
 
 def cnf_checks(gen: torch.Generator) -> None:

@@ -718,7 +718,7 @@ def _rounds(model: SamplingModel, c_row: torch.Tensor, generator: torch.Generato
     helps = cpu and threads > 1  # with one core, solving in this thread too would only time-slice
     pool = ThreadPoolExecutor(1, thread_name_prefix="cgnf-flow")
     planned = 0  # latents whose noise is drawn
-    ahead: list[tuple[int, Future | torch.Tensor]] = []  # in round order
+    ahead: list[tuple[int, Future]] = []  # in round order: the worker's, and finished ones solved here
 
     def noise() -> tuple[int, torch.Tensor] | None:
         nonlocal planned
@@ -728,32 +728,42 @@ def _rounds(model: SamplingModel, c_row: torch.Tensor, generator: torch.Generato
         planned += size
         return size, _round_noise(model, generator, size, temperature)
 
-    def submit() -> bool:
+    def submit() -> None:
         nxt = noise()
         if nxt is not None:
             ahead.append((nxt[0], pool.submit(_solve_round, model, c_row, nxt[1])))
-        return nxt is not None
+
+    def solve_here() -> bool:
+        nxt = noise()
+        if nxt is None:
+            return False
+        done: Future = Future()
+        try:  # a failed solve fails its round when (if) the caller reaches it, as in the worker
+            done.set_result(_solve_round(model, c_row, nxt[1]))
+        except Exception as e:
+            done.set_exception(e)
+        ahead.append((nxt[0], done))
+        return True
 
     try:
         submit()
         while ahead:
             size, head = ahead[0]
-            if helps and isinstance(head, Future) and not head.done() and len(ahead) < _AHEAD:
-                if not any(isinstance(f, Future) and not f.running() and not f.done() for _, f in ahead):
+            if helps and not head.done() and len(ahead) < _AHEAD:
+                if not any(not f.running() and not f.done() for _, f in ahead):
                     submit()  # the worker's next round, so it does not idle while this thread solves
-                if len(ahead) < _AHEAD:
-                    nxt = noise()
-                    if nxt is not None:
-                        ahead.append((nxt[0], _solve_round(model, c_row, nxt[1])))
-                        continue
+                if len(ahead) < _AHEAD and solve_here():
+                    continue
             del ahead[0]
-            z = head.result() if isinstance(head, Future) else head
-            if not any(isinstance(f, Future) and not f.done() for _, f in ahead):
+            z = head.result()
+            if all(f.done() for _, f in ahead):
                 submit()  # keep the worker busy while this round is decoded
             yield size, z, _decode_round(model, z, known)
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        torch.set_num_threads(threads)
+        try:
+            pool.shutdown(wait=True, cancel_futures=True)
+        finally:
+            torch.set_num_threads(threads)
 
 
 # -- results -------------------------------------------------------------------------------

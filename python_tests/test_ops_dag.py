@@ -56,6 +56,7 @@ def test_prune_on_a_side_stream_cuda():
     adj, labels, n = random_batch(rng, 20000, 8)
     want = dag_prune(torch.from_numpy(adj), torch.from_numpy(labels), torch.from_numpy(n))
     side = torch.cuda.Stream()
+    torch.cuda._sleep(10**8)  # the default stream is busy: a kernel queued there would lose the race
     with torch.cuda.stream(side):
         ins = [torch.from_numpy(x).pin_memory().to("cuda", non_blocking=True) for x in (adj, labels, n)]
         got = [x.to("cpu", non_blocking=False) for x in dag_prune(*ins)]

@@ -494,6 +494,34 @@ def test_the_calling_thread_solves_rounds_while_the_worker_is_slow(model: Sampli
     assert info == slow_info
 
 
+def test_a_failed_solve_ahead_fails_only_the_round_that_is_reached(model: SamplingModel, monkeypatch) -> None:
+    """A round solved ahead in the calling thread that fails raises only if the sampler reaches
+    that round, as a failed worker round does: here the first round (slow, in the worker) is
+    enough, so the failing rounds solved meanwhile are never reached and the draw succeeds."""
+    S = sys.modules[sample_with_info.__module__]
+    kw = dict(n=6, seed=6, oversample=1, chunk=16)
+    want, want_info = sample_with_info("best", model=model, **kw)
+    assert want_info["rounds"] == 1  # (the premise: one round is enough)
+    solve, failed = S._solve_round, []
+
+    def flaky(m, c_row, noise):
+        if threading.current_thread().name.startswith("cgnf-flow"):
+            time.sleep(0.2)
+            return solve(m, c_row, noise)
+        failed.append(True)
+        raise RuntimeError("solve failed")
+
+    monkeypatch.setattr(S, "_solve_round", flaky)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        got, info = sample_with_info("best", model=model, **kw)
+    finally:
+        torch.set_num_threads(threads)
+    assert failed  # rounds were solved (and failed) in the calling thread
+    assert [c.to_json() for c in got] == [c.to_json() for c in want] and info == want_info
+
+
 def _one_by_one(m, c_row, gen, temperature, chunk, limit, known):
     """The sampler's rounds without solving ahead or skipping known networks: plain draw_round calls."""
     S = sys.modules[sample_with_info.__module__]
