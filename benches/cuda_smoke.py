@@ -74,8 +74,8 @@ def gin_checks(gen: torch.Generator) -> None:
             g_out = torch.randn(B, N, 2 * H, generator=gen, dtype=dtype)
             res = {}
             for dev in ("cpu", "cuda"):
-                a = adj.to(dev).requires_grad_()
-                x = h.to(dev).requires_grad_()
+                a = adj.to(dev).clone().requires_grad_()  # (clone: a fresh leaf on every device)
+                x = h.to(dev).clone().requires_grad_()
                 out = gin_aggregate(a, x, eps=0.25)
                 out.backward(g_out.to(dev))
                 res[dev] = [t.detach().cpu() for t in (out, a.grad, x.grad)]

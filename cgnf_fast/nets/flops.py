@@ -93,7 +93,8 @@ def count_flops(module: nn.Module, input_size: tuple[int, int, int] = (3, 32, 32
     try:
         module.eval()
         with torch.no_grad():
-            module(torch.zeros(1, *input_size))
+            p = next(module.parameters(), None)
+            module(torch.zeros(1, *input_size, device=p.device if p is not None else None))
     finally:
         for h in handles:
             h.remove()

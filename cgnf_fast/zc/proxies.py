@@ -108,7 +108,7 @@ def jacob_cov(net: nn.Module, batch: Batch) -> float:
 def nwot(net: nn.Module, batch: Batch) -> float:
     x, _ = batch
     n = x.shape[0]
-    K = torch.zeros(n, n, dtype=torch.float64)
+    K = torch.zeros(n, n, dtype=torch.float64, device=x.device)
 
     def count(_m, _i, out):
         codes = (out.detach().reshape(n, -1) > 0).double()
@@ -135,7 +135,7 @@ def synflow(net: nn.Module, batch: Batch) -> float:
         for p in net.parameters():
             p.abs_()
     net.zero_grad(set_to_none=True)
-    net(torch.ones(1, *x.shape[1:], dtype=torch.float64)).sum().backward()
+    net(torch.ones(1, *x.shape[1:], dtype=torch.float64, device=x.device)).sum().backward()
     s = sum(float((m.weight.detach() * m.weight.grad).abs().sum()) for m in _scored(net) if m.weight.grad is not None)
     return math.log(s) if s > 0 else float("-inf")
 
@@ -146,8 +146,8 @@ def zen(net: nn.Module, batch: Batch) -> float:
     if features is None:
         raise ValueError("zen needs a network with a features(x) method returning the maps before global pooling")
     g = torch.Generator().manual_seed(0)
-    a = torch.randn(x.shape, generator=g)
-    b = torch.randn(x.shape, generator=g)
+    a = torch.randn(x.shape, generator=g).to(x.device)  # (drawn on the CPU: the same on every device)
+    b = torch.randn(x.shape, generator=g).to(x.device)
     with torch.no_grad():
         diff = (features(a) - features(a + 0.01 * b)).abs().sum(dim=(1, 2, 3)).mean().item()
     bn_term = sum(
