@@ -2,10 +2,12 @@
 
 Compiles the .cu's own kernels *and* launchers (the text between its ``emulate_count_cuda:
 begin`` / ``end`` marker comments) as host C++ with g++, against the real graph_impl.h,
-space_impl.h, checks.h and cuda_utils.h: ``__syncthreads`` is a barrier of the block's
-threads, ``atomicAdd`` a ``std::atomic_ref`` add, ``__shared__`` a static, and each
-``kernel<<<grid, threads, smem, stream>>>(...)`` runs its blocks one after another, each block
-as ``threads`` (128) OS threads running the kernel body concurrently. The library is loaded
+space_impl.h, checks.h and cuda_utils.h (their device branches: ``__CUDA_ARCH__`` is defined),
+with the machinery of scripts/cuda_host_emu.py: ``__syncthreads`` is a barrier of the block's
+threads, ``atomicAdd`` a ``std::atomic_ref`` add, ``__shared__`` a static that is poisoned
+(0xFF bytes) before each block, and each ``kernel<<<grid, threads, smem, stream>>>(...)`` runs
+its blocks one after another, each block as ``threads`` (128) OS threads running the kernel
+body concurrently (this script keeps cuda_host_emu's ``threads`` schedule). The library is loaded
 with ctypes and the real ``cgnf_fast.space._count_cuda.count`` runs against it, with only the
 device plumbing swapped, for the duration of the run: the module's ``_C`` (the three
 ``*_cuda`` launchers go to the emulation, anything else named ``*_cuda`` is an error),
@@ -32,8 +34,7 @@ What it cannot check: races beyond this barrier model (threads of a block run pr
 OS threads, which is harsher than lock-step warps for a missing barrier, and a missing one in
 the reduction does show up, but a race may still go unseen in a given run; blocks run one at
 a time, so nothing between blocks other than the atomics is exercised; the C++ memory model is
-not the GPU's); reads of uninitialised shared memory (a static starts zeroed and keeps the
-previous block's values); the hardware, nvcc's code generation, register/stack limits and the
+not the GPU's); the hardware, nvcc's code generation, register/stack limits and the
 real 65535-block grid cap (grids here are a few blocks); torch.unique on the device (it runs on
 the CPU here).
 
@@ -53,9 +54,6 @@ import argparse
 import contextlib
 import ctypes
 import os
-import re
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -63,141 +61,24 @@ import types
 from collections.abc import Iterator
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import cuda_host_emu as emu_rt  # noqa: E402  (the shared machinery, beside this script)
+from cuda_host_emu import CompilerUnavailable, EmulationError, HarnessError  # noqa: E402,F401
+
+REPO = emu_rt.REPO
 CU = REPO / "csrc" / "dag" / "count_cuda.cu"
-BEGIN = "// emulate_count_cuda: begin"
-END = "// emulate_count_cuda: end"
-CXXFLAGS = ["-std=c++20", "-O2", "-pthread", "-shared", "-fPIC"]
-FAKE_STREAM = 0x5EED  # what the fake torch.cuda.current_stream hands out; every launch must use it
+MARKER = "emulate_count_cuda"  # the .cu's "// emulate_count_cuda: begin" / "end" lines
+FAKE_STREAM = emu_rt.FAKE_STREAM  # what the fake torch.cuda.current_stream hands out; every launch must use it
 LAUNCHERS = {  # name -> number of int64 arguments (the pybind signature in csrc/bindings.cpp)
     "count_valid_cuda": 6,
     "count_unique_cuda": 7,
     "network_keys_cuda": 8,
 }
 
-
-class CompilerUnavailable(RuntimeError):
-    """No C++ compiler that can build the harness (g++ missing, or no C++20 atomic_ref/threads)."""
-
-
-class EmulationError(RuntimeError):
-    """The emulated kernel misbehaved (divergent barrier, wrong stream, bad launch config)."""
-
-
-class HarnessError(RuntimeError):
-    """The .cu's kernel section could not be cut out, rewritten or compiled."""
-
-
-# A stand-in for <cuda_runtime.h>, just enough for csrc/common/cuda_utils.h and the launchers.
-CUDA_RUNTIME_STUB = r"""
-#pragma once
-#include <cstdint>
-typedef struct CUstream_st* cudaStream_t;
-enum cudaError_t { cudaSuccess = 0, cudaErrorLaunchFailure = 4 };
-cudaError_t cudaGetLastError();
-inline const char* cudaGetErrorString(cudaError_t e) { return e == cudaSuccess ? "no error" : "emulated launch failure"; }
-"""
-
-HARNESS_HEAD = r"""
-#include <atomic>
-#include <condition_variable>
-#include <cstdint>
-#include <cstdio>
-#include <exception>
-#include <mutex>
-#include <stdexcept>
-#include <string>
-#include <thread>
-#include <utility>
-#include <vector>
-
-#include <cuda_runtime.h>
-#include "common/checks.h"
-#include "common/cuda_utils.h"
-#include "dag/graph_impl.h"
-#include "dag/space_impl.h"
-
-#define __device__
-#define __global__
-#define __host__
-#define __forceinline__ inline
-#define __shared__ static
-#define __launch_bounds__(...)
-
-struct EmuDim { unsigned x = 1, y = 1, z = 1; };
-static EmuDim blockIdx, blockDim, gridDim;  // blocks run one after another
-static thread_local EmuDim threadIdx;
-
-// A block barrier that never hangs: a thread that leaves the kernel while others wait (or
-// arrives after one left) breaks it and the launch reports a divergent __syncthreads.
-struct EmuBarrier {
-  std::mutex m;
-  std::condition_variable cv;
-  unsigned n, waiting = 0, exited = 0;
-  unsigned long long generation = 0;
-  bool broken = false;
-  explicit EmuBarrier(unsigned n_) : n(n_) {}
-  void wait() {
-    std::unique_lock<std::mutex> l(m);
-    if (broken) return;
-    if (exited) { broken = true; cv.notify_all(); return; }
-    const auto g = generation;
-    if (++waiting == n) { waiting = 0; ++generation; cv.notify_all(); return; }
-    cv.wait(l, [&] { return generation != g || broken; });
-  }
-  void leave() {
-    std::lock_guard<std::mutex> l(m);
-    ++exited;
-    if (waiting) { broken = true; cv.notify_all(); }
-  }
-};
-static thread_local EmuBarrier* emu_block_barrier = nullptr;
-inline void __syncthreads() { emu_block_barrier->wait(); }
-
-template <typename T>
-inline T atomicAdd(T* p, T v) { return std::atomic_ref<T>(*p).fetch_add(v); }
-
-namespace cgnf_emu {
-unsigned grid_cap = 3;
-long long launches = 0, strided = 0, max_requested_grid = 0;
-std::string error;  // set by a launch that misbehaved; the launcher then raises
-cudaError_t last = cudaSuccess;
-
-template <typename F>
-void launch(const char* kernel, F&& body, long long grid, long long threads, long long smem = 0,
-            cudaStream_t stream = nullptr) {
-  auto fail = [&](const std::string& what) {
-    if (error.empty()) error = std::string(kernel) + ": " + what;
-    last = cudaErrorLaunchFailure;
-  };
-  if (grid < 1 || threads < 1 || threads > 1024 || smem != 0) return fail("bad launch configuration");
-  if (reinterpret_cast<intptr_t>(stream) != """ + str(FAKE_STREAM) + r""")
-    return fail("launched on a stream other than the caller's");
-  ++launches;
-  if (grid > max_requested_grid) max_requested_grid = grid;
-  if (grid > grid_cap) { grid = grid_cap; ++strided; }
-  blockDim = {unsigned(threads), 1, 1};
-  gridDim = {unsigned(grid), 1, 1};
-  for (long long b = 0; b < grid; ++b) {
-    blockIdx = {unsigned(b), 0, 0};
-    EmuBarrier bar{static_cast<unsigned>(threads)};
-    std::vector<std::thread> ts;
-    ts.reserve(threads);
-    for (long long t = 0; t < threads; ++t)
-      ts.emplace_back([&, t] {
-        threadIdx = {unsigned(t), 0, 0};
-        emu_block_barrier = &bar;
-        body();
-        bar.leave();
-      });
-    for (auto& th : ts) th.join();
-    if (bar.broken) return fail("divergent __syncthreads (a thread left the kernel while others waited)");
-  }
-}
-}  // namespace cgnf_emu
-
-// Every mask of a launch's range [lo, hi) must be visited exactly once: the per-mask calls of
-// the kernels (preds_of in count_valid_kernel, canonical_class in the other two) are counted.
+# After the project headers: every mask of a launch's range [lo, hi) must be visited exactly
+# once; the per-mask calls of the kernels (preds_of in count_valid_kernel, canonical_class in the
+# other two) are counted.
+PRELUDE = r"""
 namespace cgnf_emu {
 uint64_t visit_lo = 0, visit_hi = 0;
 std::vector<uint8_t> visits;
@@ -215,7 +96,7 @@ void track(int64_t lo, int64_t hi) {
   visits_outside = 0;
 }
 void check_visits(const char* kernel) {
-  if (!error.empty()) return;
+  if (!cuda_emu::error.empty()) return;
   uint64_t never = 0, repeated = 0, first = ~uint64_t{0};
   for (uint64_t i = 0; i < visits.size(); ++i)
     if (visits[i] != 1) {
@@ -223,10 +104,10 @@ void check_visits(const char* kernel) {
       if (first == ~uint64_t{0}) first = visit_lo + i;
     }
   if (never || repeated || visits_outside)
-    error = std::string(kernel) + ": masks of [" + std::to_string(visit_lo) + ", " + std::to_string(visit_hi) +
-            ") visited not exactly once: " + std::to_string(never) + " never, " + std::to_string(repeated) +
-            " more than once (first " + std::to_string(first) + "), " + std::to_string(visits_outside.load()) +
-            " visits outside the range";
+    cuda_emu::error = std::string(kernel) + ": masks of [" + std::to_string(visit_lo) + ", " +
+                      std::to_string(visit_hi) + ") visited not exactly once: " + std::to_string(never) +
+                      " never, " + std::to_string(repeated) + " more than once (first " + std::to_string(first) +
+                      "), " + std::to_string(visits_outside.load()) + " visits outside the range";
 }
 template <typename... A>
 inline void visit_preds_of(uint64_t mask, A&&... a) {
@@ -241,166 +122,58 @@ inline decltype(auto) visit_canonical_class(uint64_t mask, A&&... a) {
 }  // namespace cgnf_emu
 #define preds_of ::cgnf_emu::visit_preds_of
 #define canonical_class ::cgnf_emu::visit_canonical_class
-
-cudaError_t cudaGetLastError() {
-  const cudaError_t e = cgnf_emu::last;
-  cgnf_emu::last = cudaSuccess;
-  return e;
-}
-
-namespace cgnf {
 """
 
-HARNESS_TAIL = r"""
-}  // namespace cgnf
-
+TAIL = r"""
 namespace {
-thread_local std::string emu_message;
 template <typename F>
-int guarded(const char* kernel, int64_t lo, int64_t hi, F&& f) {
-  // 0 ok, 1 std::invalid_argument (ValueError in _C), 2 other (RuntimeError), 3 emulation error
-  cgnf_emu::error.clear();
-  try {
+int tracked(const char* kernel, int64_t lo, int64_t hi, F&& f) {
+  return cuda_emu::guarded([&] {
     cgnf_emu::track(lo, hi);
     f();
     cgnf_emu::check_visits(kernel);
-  } catch (const std::invalid_argument& e) {
-    emu_message = e.what();
-    return 1;
-  } catch (const std::exception& e) {
-    emu_message = e.what();
-    return cgnf_emu::error.empty() ? 2 : 3;
-  }
-  return cgnf_emu::error.empty() ? 0 : 3;
+  });
 }
 }  // namespace
 
 extern "C" {
-const char* emu_message_text() { return cgnf_emu::error.empty() ? emu_message.c_str() : cgnf_emu::error.c_str(); }
-void emu_set_grid_cap(unsigned cap) { cgnf_emu::grid_cap = cap; }
-void emu_stats(long long* out) {
-  out[0] = cgnf_emu::launches; out[1] = cgnf_emu::strided; out[2] = cgnf_emu::max_requested_grid;
-}
 int emu_count_valid_cuda(int64_t K, int64_t max_edges, int64_t lo, int64_t hi, int64_t out, int64_t stream) {
-  return guarded("count_valid_kernel", lo, hi, [&] { cgnf::count_valid_cuda(K, max_edges, lo, hi, out, stream); });
+  return tracked("count_valid_kernel", lo, hi, [&] { cgnf::count_valid_cuda(K, max_edges, lo, hi, out, stream); });
 }
 int emu_count_unique_cuda(int64_t k, int64_t num_ops, int64_t max_edges, int64_t lo, int64_t hi, int64_t out,
                           int64_t stream) {
-  return guarded("count_unique_kernel", lo, hi, [&] { cgnf::count_unique_cuda(k, num_ops, max_edges, lo, hi, out, stream); });
+  return tracked("count_unique_kernel", lo, hi, [&] { cgnf::count_unique_cuda(k, num_ops, max_edges, lo, hi, out, stream); });
 }
 int emu_network_keys_cuda(int64_t k, int64_t max_edges, int64_t lo, int64_t hi, int64_t keys, int64_t capacity,
                           int64_t count, int64_t stream) {
-  return guarded("network_keys_kernel", lo, hi, [&] { cgnf::network_keys_cuda(k, max_edges, lo, hi, keys, capacity, count, stream); });
+  return tracked("network_keys_kernel", lo, hi, [&] { cgnf::network_keys_cuda(k, max_edges, lo, hi, keys, capacity, count, stream); });
 }
 }
 """
-
-PROBE = r"""
-#include <atomic>
-#include <thread>
-extern "C" int probe() {
-  unsigned long long x = 0;
-  std::thread t([&] { std::atomic_ref<unsigned long long>(x).fetch_add(1); });
-  t.join();
-  return int(x);
-}
-"""
-
-
-def kernel_section(cu_text: str) -> tuple[int, str]:
-    """(first line number, text) of the code between the .cu's marker comments."""
-    lines = cu_text.splitlines(keepends=True)
-    begin = [i for i, s in enumerate(lines) if s.lstrip().startswith(BEGIN)]
-    end = [i for i, s in enumerate(lines) if s.lstrip().startswith(END)]
-    if len(begin) != 1 or len(end) != 1 or begin[0] >= end[0]:
-        raise HarnessError(f"{CU}: expected one '{BEGIN}' line before one '{END}' line "
-                           f"(found {len(begin)} and {len(end)})")
-    return begin[0] + 2, "".join(lines[begin[0] + 1 : end[0]])
-
-
-def _matching_paren(s: str, i: int) -> int:
-    depth = 0
-    for j in range(i, len(s)):
-        depth += {"(": 1, ")": -1}.get(s[j], 0)
-        if depth == 0:
-            return j
-    raise HarnessError(f"{CU}: unbalanced parentheses in a kernel launch")
-
-
-def rewrite_launches(code: str) -> str:
-    """``k<<<cfg>>>(args);`` -> ``::cgnf_emu::launch("k", [&] { k(args); }, cfg);``, same lines."""
-    out, pos, n = [], 0, 0
-    pat = re.compile(r"(\w+)\s*<<<(.*?)>>>\s*\(", re.S)
-    while m := pat.search(code, pos):
-        close = _matching_paren(code, m.end() - 1)
-        args = code[m.end() : close]
-        skipped = code[m.start() : m.end()].count("\n") - m.group(2).count("\n")
-        out.append(code[pos : m.start()])
-        out.append(f'::cgnf_emu::launch("{m.group(1)}", [&] {{ {m.group(1)}({args}); }}, {m.group(2)})'
-                   + "\n" * skipped)
-        pos, n = close + 1, n + 1
-    out.append(code[pos:])
-    text = "".join(out)
-    if n == 0 or "<<<" in text or ">>>" in text:
-        raise HarnessError(f"{CU}: found {n} kernel launches to rewrite between the markers"
-                           + (" and some '<<<'/'>>>' left over" if n else ""))
-    return text
 
 
 def harness_source() -> str:
-    first, code = kernel_section(CU.read_text())
-    return (HARNESS_HEAD + f'#line {first} "{CU}"\n' + rewrite_launches(code)
-            + '#line 1 "emulate_count_cuda_tail"\n' + HARNESS_TAIL)
-
-
-def _compile(cxx: str, src: Path, lib: Path, include: list[Path]) -> subprocess.CompletedProcess:
-    cmd = [cxx, *CXXFLAGS, *(f"-I{p}" for p in include), str(src), "-o", str(lib)]
-    return subprocess.run(cmd, capture_output=True, text=True)
+    return emu_rt.harness_source([emu_rt.Section(CU, MARKER)],
+                                 ["common/checks.h", "common/cuda_utils.h", "dag/graph_impl.h", "dag/space_impl.h"],
+                                 PRELUDE, TAIL)
 
 
 def check_compiler(cxx: str | None = None) -> str:
     """The compiler to use; raises CompilerUnavailable when it is missing or too old."""
-    cxx = cxx or os.environ.get("CXX") or "g++"
-    if shutil.which(cxx) is None:
-        raise CompilerUnavailable(f"no C++ compiler '{cxx}' on PATH")
-    with tempfile.TemporaryDirectory(prefix="cgnf_emu_probe_") as d:
-        src, lib = Path(d) / "probe.cpp", Path(d) / "probe.so"
-        src.write_text(PROBE)
-        r = _compile(cxx, src, lib, [])
-        if r.returncode != 0:
-            errors = [ln for ln in r.stderr.splitlines() if "error" in ln] or r.stderr.splitlines()[-1:]
-            raise CompilerUnavailable(f"'{cxx}' cannot build C++20 std::atomic_ref with threads: "
-                                      + (errors[0].strip() if errors else f"exit status {r.returncode}"))
-    return cxx
+    return emu_rt.check_compiler(cxx)
 
 
-class Emulation:
-    """The compiled harness, loaded (``build()`` makes one)."""
+class Emulation(emu_rt.Library):
+    """The compiled harness, loaded (``build()`` makes one); OS threads, three blocks a launch."""
 
     def __init__(self, lib_path: Path):
-        self.lib = lib = ctypes.CDLL(str(lib_path))
-        for name, nargs in LAUNCHERS.items():
-            f = getattr(lib, "emu_" + name)
-            f.argtypes, f.restype = [ctypes.c_int64] * nargs, ctypes.c_int
-        lib.emu_message_text.restype = ctypes.c_char_p
-        lib.emu_set_grid_cap.argtypes = [ctypes.c_uint]
-        lib.emu_stats.argtypes = [ctypes.POINTER(ctypes.c_longlong)]
+        super().__init__(lib_path, {name: [ctypes.c_int64] * nargs for name, nargs in LAUNCHERS.items()})
+        self.set_grid(3)
 
     def set_grid(self, blocks: int) -> None:
         if blocks < 1:
             raise ValueError("grid must be >= 1 block")
-        self.lib.emu_set_grid_cap(blocks)
-
-    def stats(self) -> dict[str, int]:
-        a = (ctypes.c_longlong * 3)()
-        self.lib.emu_stats(a)
-        return {"launches": a[0], "strided": a[1], "max_requested_grid": a[2]}
-
-    def call(self, name: str, *args: int) -> None:
-        rc = getattr(self.lib, "emu_" + name)(*args)
-        if rc:
-            msg = self.lib.emu_message_text().decode()
-            raise (ValueError, RuntimeError, EmulationError)[rc - 1](msg)
+        self.set_grid_cap(blocks)
 
 
 def build(workdir: str | os.PathLike | None = None, cxx: str | None = None) -> Emulation:
@@ -408,13 +181,7 @@ def build(workdir: str | os.PathLike | None = None, cxx: str | None = None) -> E
     cxx = check_compiler(cxx)
     with contextlib.ExitStack() as stack:
         d = Path(workdir) if workdir else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cgnf_emu_")))
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "cuda_runtime.h").write_text(CUDA_RUNTIME_STUB)
-        src, lib = d / "count_cuda_emu.cpp", d / "libcount_cuda_emu.so"
-        src.write_text(harness_source())
-        r = _compile(cxx, src, lib, [d, REPO / "csrc"])
-        if r.returncode != 0:
-            raise HarnessError(f"compiling the count_cuda.cu emulation failed:\n{r.stderr}")
+        lib = emu_rt.finish(emu_rt.compile_harness(harness_source(), d, "count_cuda_emu", cxx), "count_cuda.cu")
         return Emulation(lib)  # loaded before the temporary folder goes
 
 

@@ -29,6 +29,7 @@
 
 namespace cgnf {
 
+// cuda_host_emu: begin (scripts/emulate_cuda_kernels.py compiles from here to the end marker as host C++)
 namespace {
 
 constexpr int kThreads = 256;
@@ -284,5 +285,6 @@ void cnf_dynamics_fwd_cuda(int64_t t, int64_t z, int64_t c, int64_t noise, const
            reinterpret_cast<const float*>(noise), weights, widths, reinterpret_cast<float*>(dz),
            reinterpret_cast<float*>(div), reinterpret_cast<float*>(workspace), B, C, sp, dv, as_stream(stream));
 }
+// cuda_host_emu: end
 
 }  // namespace cgnf

@@ -13,6 +13,7 @@
 
 namespace cgnf {
 
+// cuda_host_emu: begin (scripts/emulate_cuda_kernels.py compiles from here to the end marker as host C++)
 namespace {
 constexpr int kThreads = 128;
 
@@ -56,5 +57,6 @@ void dag_nb101_hash_cuda(int64_t adj, int64_t labels, int64_t n, int64_t out_dig
       reinterpret_cast<const int8_t*>(n), reinterpret_cast<uint8_t*>(out_digest), B, N);
   cuda_check(cudaGetLastError(), "nb101_hash_kernel launch");
 }
+// cuda_host_emu: end
 
 }  // namespace cgnf

@@ -10,6 +10,7 @@
 
 namespace cgnf {
 
+// cuda_host_emu: begin (scripts/emulate_cuda_kernels.py compiles from here to the end marker as host C++)
 __global__ void dag_prune_kernel(const uint8_t* __restrict__ adj, const int8_t* __restrict__ labels,
                                  const int8_t* __restrict__ n, uint8_t* __restrict__ out_adj,
                                  int8_t* __restrict__ out_labels, int8_t* __restrict__ out_n, int64_t B,
@@ -30,5 +31,6 @@ void dag_prune_cuda(int64_t adj, int64_t labels, int64_t n, int64_t out_adj, int
       reinterpret_cast<int8_t*>(out_n), B, N);
   cuda_check(cudaGetLastError(), "dag_prune_kernel launch");
 }
+// cuda_host_emu: end
 
 }  // namespace cgnf

@@ -28,6 +28,7 @@
 
 namespace cgnf {
 
+// cuda_host_emu: begin (scripts/emulate_cuda_kernels.py compiles from here to the end marker as host C++)
 namespace {
 
 constexpr int kThreads = 256;
@@ -221,5 +222,6 @@ void gin_aggregate_bwd_cuda(int64_t grad_out, int64_t adj, int64_t h, int64_t gr
               reinterpret_cast<const float*>(h), reinterpret_cast<float*>(grad_h), reinterpret_cast<float*>(grad_adj),
               B, int(N), H, static_cast<float>(1.0 + eps), as_stream(stream));
 }
+// cuda_host_emu: end
 
 }  // namespace cgnf
