@@ -454,6 +454,33 @@ def _check_counts(res: Result, name: str, counts: np.ndarray) -> None:
                             f"by the Counted pass (first flat index {first}, written {int(counts[first])}x)")
 
 
+def _counted_run(lib, res: Result, tag: str, counts, named: dict, name: str, *args) -> bool:
+    """Runs the ``Counted<T>`` launcher ``name``: stores into the ``counts`` buffers counted, loads
+    from the ``named`` buffers watched (a load outside them is a problem)."""
+    track(lib, counts)
+    watch_loads(lib, named)
+    ok = _run(res, lib, name, *args)
+    track(lib, [])
+    loads_outside(lib, res, tag, named)
+    return ok
+
+
+def _after_launches(lib, res: Result, tag: str, init: str, before, B: int, descs: list[str], buffers) -> None:
+    """Books one pass's launch statistics (described once, on the poisoned pass) and the checks
+    common to every driver: no launch for an empty batch, no write outside any of ``buffers``
+    (``(name, buffer or None)`` pairs)."""
+    st = _stats_delta(lib, before)
+    res.strided += st["strided"]
+    if init == "poison":
+        descs.append(f"{tag}: {st['launches']} launches, {st['blocks']} blocks ({st['strided']} capped), "
+                     f"{st['barriers']} barriers, shared {st['max_shared']} B")
+    if B == 0 and st["launches"]:
+        res.problems.append(f"{tag}: B=0 launched {st['launches']} kernels")
+    for nm, b in buffers:
+        if b is not None and not b.guard_ok():
+            res.problems.append(f"{tag} {init}: wrote outside {nm}")
+
+
 def _run(res: Result, lib: rt.Library, name: str, *args) -> bool:
     try:
         lib.call(name, *args)
@@ -601,27 +628,15 @@ def check_gin(lib: rt.Library, case: GinCase, dtypes=(torch.float64, torch.float
             elif B > 0:  # the templated launchers with Counted<T>: stores counted
                 counts = [(out, out.counts()), (gh, gh.counts())] + ([(ga, ga.counts())] if ga else [])
                 named = {"adj": badj, "h": bh, "grad_out": bgo, "out": out, "grad_h": gh, "grad_adj": ga}
-                track(lib, counts)
-                watch_loads(lib, named)
-                ok = _run(res, lib, "gin_counted", badj.ptr, bh.ptr, out.ptr, bgo.ptr, gh.ptr, ga_ptr, B, N, H, eps,
-                          f64, STREAM)
-                track(lib, [])
-                loads_outside(lib, res, tag, named)
+                ok = _counted_run(lib, res, tag, counts, named, "gin_counted", badj.ptr, bh.ptr, out.ptr, bgo.ptr,
+                                  gh.ptr, ga_ptr, B, N, H, eps, f64, STREAM)
                 for (b, c), nm in zip(counts, ("out", "grad_h", "grad_adj")):
                     _check_counts(res, f"{tag} {nm}", c)
             else:
                 ok = True
-            st = _stats_delta(lib, before)
-            res.strided += st["strided"]
-            if init == "poison":
-                descs.append(f"{tag}: {st['launches']} launches, {st['blocks']} blocks ({st['strided']} capped), "
-                             f"{st['barriers']} barriers, shared {st['max_shared']} B")
-            if B == 0 and st["launches"]:
-                res.problems.append(f"{tag}: B=0 launched {st['launches']} kernels")
             bufs = {"out": out, "grad_h": gh, "grad_adj": ga}
-            for nm, b in list(bufs.items()) + [("adj", badj), ("h", bh), ("grad_out", bgo)]:
-                if b is not None and not b.guard_ok():
-                    res.problems.append(f"{tag} {init}: wrote outside {nm}")
+            _after_launches(lib, res, tag, init, before, B, descs,
+                            list(bufs.items()) + [("adj", badj), ("h", bh), ("grad_out", bgo)])
             outs[init] = (ok, bufs)
         ok_p, p = outs["poison"]
         ok_z, z = outs["zero"]
@@ -758,29 +773,17 @@ def check_cnf(lib: rt.Library, case: CnfCase, dtypes=(torch.float64, torch.float
                 counts = [(dz, dz.counts()), (work, work.counts())] + ([(div, div.counts())] if div else [])
                 named = {"t": bt, "z": bz, "c": bc, "noise": bn, "dz": dz, "div": div, "workspace": work}
                 named |= {f"layer {i // 5} {'WbGgH'[i % 5]}": b for i, b in enumerate(bw)}
-                track(lib, counts)
-                watch_loads(lib, named)
-                ok = _run(res, lib, "cnf_counted", bt.ptr, bz.ptr, c_ptr, n_ptr, wptr, 5 * L, wdt, L + 1, dz.ptr,
-                          div_ptr, work_ptr, B, C, ACT_CODE[case.act], dv, f64, STREAM)
-                track(lib, [])
-                loads_outside(lib, res, tag, named)
+                ok = _counted_run(lib, res, tag, counts, named, "cnf_counted", bt.ptr, bz.ptr, c_ptr, n_ptr, wptr,
+                                  5 * L, wdt, L + 1, dz.ptr, div_ptr, work_ptr, B, C, ACT_CODE[case.act], dv, f64,
+                                  STREAM)
                 for (b, cnt), nm in zip(counts, ("dz", "workspace", "div")):
                     _check_counts(res, f"{tag} {nm}", cnt)
             else:
                 ok = True
-            st = _stats_delta(lib, before)
-            res.strided += st["strided"]
-            if init == "poison":
-                descs.append(f"{tag}: {st['launches']} launches, {st['blocks']} blocks ({st['strided']} capped), "
-                             f"{st['barriers']} barriers, shared {st['max_shared']} B")
-            if B == 0 and st["launches"]:
-                res.problems.append(f"{tag}: B=0 launched {st['launches']} kernels")
             bufs = {"dz": dz, "div": div, "workspace": work}
             named = list(bufs.items()) + [("t", bt), ("z", bz), ("c", bc), ("noise", bn)]
             named += [(f"weight {i}", b) for i, b in enumerate(bw)]
-            for nm, b in named:
-                if b is not None and not b.guard_ok():
-                    res.problems.append(f"{tag} {init}: wrote outside {nm}")
+            _after_launches(lib, res, tag, init, before, B, descs, named)
             outs[init] = (ok, bufs)
         ok_p, p = outs["poison"]
         ok_z, zz = outs["zero"]
