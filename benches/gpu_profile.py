@@ -26,22 +26,11 @@ import torch
 from cgnf_fast import _native
 from cgnf_fast.ops import cnf_dynamics, gin_aggregate
 from cgnf_fast.space import counting, get
+from cgnf_fast.space._count_cuda import _unique_rows as unique_rows_sorted
 
 
 def sync() -> None:
     torch.cuda.synchronize()
-
-
-def unique_rows_sorted(keys: torch.Tensor) -> torch.Tensor:
-    """Distinct rows of ``keys [n, 4] int64`` in lexicographic order: four stable 1-D sorts."""
-    idx = torch.arange(keys.shape[0], device=keys.device)
-    for w in reversed(range(keys.shape[1])):
-        _, order = torch.sort(keys[idx, w], stable=True)
-        idx = idx[order]
-    s = keys[idx]
-    keep = torch.ones(s.shape[0], dtype=torch.bool, device=s.device)
-    keep[1:] = (s[1:] != s[:-1]).any(dim=1)
-    return s[keep]
 
 
 def profile_count() -> None:
@@ -120,7 +109,10 @@ def wall_and_kernels(fn, reps: int = 20) -> tuple[float, float]:
         for _ in range(reps):
             fn()
         sync()
-    kernel_us = sum(e.device_time_total for e in prof.key_averages()) / reps  # (us per call)
+    from torch.autograd import DeviceType
+
+    kernel_us = sum(e.self_device_time_total for e in prof.key_averages()
+                    if e.device_type == DeviceType.CUDA) / reps  # (us per call)
     return statistics.median(walls), kernel_us * 1e-6
 
 

@@ -135,9 +135,10 @@ def test_devices_agree(device, space):
     assert {k: got[k] for k in keys} == {k: want[k] for k in keys}
 
 
-def test_unique_rows_is_torch_unique_dim0():
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+def test_unique_rows_is_torch_unique_dim0(device):
     """The GPU count's per-unit dedup (four stable sorts) returns torch.unique(dim=0)'s rows, in
-    its order (run here on the CPU; signed words, repeats, empty and one-row inputs)."""
+    its order (signed words, repeats, empty and one-row inputs)."""
     import torch
 
     from cgnf_fast.space._count_cuda import _unique_rows
@@ -146,7 +147,8 @@ def test_unique_rows_is_torch_unique_dim0():
     for n in (0, 1, 7, 5000):
         keys = torch.randint(-3, 3, (n, 4), generator=g, dtype=torch.int64)
         keys[: n // 2, 0] = torch.iinfo(torch.int64).min  # (the sign bit set, as 8-vertex keys have it)
-        assert torch.equal(_unique_rows(keys), torch.unique(keys, dim=0))
+        keys = keys.to(device)
+        assert torch.equal(_unique_rows(keys).cpu(), torch.unique(keys.cpu(), dim=0))
 
 
 @pytest.mark.skipif(not cgnf_fast.cuda_available(), reason="no CUDA device (or built without CUDA)")

@@ -14,7 +14,8 @@ device plumbing swapped, for the duration of the run: the module's ``_C`` (the t
 ``_native.require_cuda`` (a no-op), ``torch.device("cuda", ...)`` (the CPU: the kernels write
 the CPU tensors through their data pointers) and ``torch.cuda.current_device`` /
 ``current_stream`` / ``synchronize``; ``_count_cuda._KEY_CAPACITY`` (the initial key buffer)
-is set small so that the grow-and-rerun loop runs. The counts (labeled, valid, unique,
+and ``_STAGING_ROWS`` (the host staging buffers' initial rows) are set small so that the
+grow-and-rerun loop and the staging buffers' growth run. The counts (labeled, valid, unique,
 unique_networks) must equal ``counting.count(space, device="cpu")`` exactly.
 
 What it checks: the kernels' index arithmetic and grid-stride loops (the block count the
@@ -263,16 +264,18 @@ def emulated(emu: Emulation, capacity: int) -> Iterator[_FakeC]:
     from cgnf_fast import _native
     from cgnf_fast.space import _count_cuda as cc
 
-    for name in ("_C", "_native", "torch", "_KEY_CAPACITY"):
+    swapped = ("_C", "_native", "torch", "_KEY_CAPACITY", "_STAGING_ROWS")
+    for name in swapped:
         if name not in vars(cc):
             raise HarnessError(f"cgnf_fast.space._count_cuda has no '{name}' to swap: update the emulation")
     fake = _FakeC(emu, _native._C)
     native = types.ModuleType("cgnf_fast._native")
     native.__dict__.update(vars(_native))
     native.require_cuda = lambda what: None
-    saved = {n: getattr(cc, n) for n in ("_C", "_native", "torch", "_KEY_CAPACITY")}
+    saved = {n: getattr(cc, n) for n in swapped}
     try:
         cc._C, cc._native, cc.torch, cc._KEY_CAPACITY = fake, native, _host_torch(torch), capacity
+        cc._STAGING_ROWS = 2  # (so that the host staging buffers grow too)
         yield fake
     finally:
         for n, v in saved.items():

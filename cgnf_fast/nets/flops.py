@@ -94,7 +94,8 @@ def count_flops(module: nn.Module, input_size: tuple[int, int, int] = (3, 32, 32
         module.eval()
         with torch.no_grad():
             p = next(module.parameters(), None)
-            module(torch.zeros(1, *input_size, device=p.device if p is not None else None))
+            module(torch.zeros(1, *input_size, device=p.device if p is not None else None,
+                               dtype=p.dtype if p is not None and p.is_floating_point() else None))
     finally:
         for h in handles:
             h.remove()

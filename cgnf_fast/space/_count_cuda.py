@@ -28,6 +28,14 @@ from .spaces import DesignSpace
 # nb201-like's largest work units make 17.7M keys). A module constant so that
 # scripts/emulate_count_cuda.py can start it small and run the regrow path.
 _KEY_CAPACITY = 1 << 25
+# Rows of each pinned host staging buffer to start with (grown to the next power of two); a module
+# constant so that the emulation can start it small and run the regrow path.
+_STAGING_ROWS = 1 << 20
+
+
+def _merge(host: Any, buf: torch.Tensor, n: int, threads: int) -> None:
+    """The host merge of ``buf[:n]``, holding ``buf`` alive while the native code reads it."""
+    host.add_network_keys(buf.data_ptr(), n, threads)
 
 
 def _unique_rows(keys: torch.Tensor) -> torch.Tensor:
@@ -72,10 +80,11 @@ def count(sp: DesignSpace, *, networks: bool, progress: bool) -> dict[str, Any]:
             merging[i].result()  # (raises a failed merge here)
         n = rows.shape[0]
         buf = staging[i]
-        if buf is None or buf.shape[0] < n:
-            buf = staging[i] = torch.empty((max(n, 1 << 20), 4), dtype=torch.int64, pin_memory=pin)
+        if buf is None or buf.shape[0] < n:  # (powers of two: few slow pinned allocations)
+            rows_needed = max(1 << (n - 1).bit_length(), _STAGING_ROWS)
+            buf = staging[i] = torch.empty((rows_needed, 4), dtype=torch.int64, pin_memory=pin)
         buf[:n].copy_(rows)  # (synchronous: the buffer is complete when the merge starts)
-        merging[i] = merger.submit(host.add_network_keys, buf.data_ptr(), n, _native.num_threads())
+        merging[i] = merger.submit(_merge, host, buf, n, _native.num_threads())
 
     try:
         with tqdm(total=sum(weights), desc=f"count {sp.name} (cuda)", unit="graph", unit_scale=True,
@@ -103,6 +112,7 @@ def count(sp: DesignSpace, *, networks: bool, progress: bool) -> dict[str, Any]:
                 f.result()
     finally:
         merger.shutdown(wait=True, cancel_futures=True)
+        staging.clear()  # (the pinned blocks go back to torch's cache)
     torch.cuda.synchronize(dev)
     host.finalize(_native.num_threads())
     k = sp.max_nodes
