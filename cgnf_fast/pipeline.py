@@ -104,11 +104,11 @@ class PipelineConfig:
                 raise ValueError(f"{f} must be an int >= 0, got {v!r}")
         if self.labels + self.stratified < 2:
             raise ValueError("labels + stratified must be at least 2 (the G-VAE learns from labelled cells)")
-        if self.seed_labels:
-            from .train.data import HOLDOUTS, no_seed_labels
+        from .train.data import HOLDOUTS, no_seed_labels
 
-            if self.gvae_holdout not in HOLDOUTS:
-                raise ValueError(f"gvae_holdout must be one of {HOLDOUTS}, got {self.gvae_holdout!r}")
+        if self.gvae_holdout not in HOLDOUTS:  # (also in the G-VAE config's check, after these)
+            raise ValueError(f"gvae_holdout must be one of {HOLDOUTS}, got {self.gvae_holdout!r}")
+        if self.seed_labels:
             why = no_seed_labels(self.space)
             if why:
                 raise ValueError(f"seed_labels must be 0 for {self.space}: {why}")

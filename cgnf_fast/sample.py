@@ -712,10 +712,10 @@ def _rounds(model: SamplingModel, c_row: torch.Tensor, generator: torch.Generato
     if min(chunk, limit) <= 0:
         return
     threads = torch.get_num_threads()
-    cpu = model.flow._param.device.type == "cpu"
-    if cpu and threads > 1:  # one core for the solves ahead
+    # one core for the solves ahead; with one core, solving in this thread too would only time-slice
+    helps = model.flow._param.device.type == "cpu" and threads > 1
+    if helps:
         torch.set_num_threads(threads - 1)
-    helps = cpu and threads > 1  # with one core, solving in this thread too would only time-slice
     pool = ThreadPoolExecutor(1, thread_name_prefix="cgnf-flow")
     planned = 0  # latents whose noise is drawn
     ahead: list[tuple[int, Future]] = []  # in round order: the worker's, and finished ones solved here

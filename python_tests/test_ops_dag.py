@@ -8,6 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import cgnf_fast
 from cgnf_fast.ops import dag_prune
 from cgnf_fast.ops.dag import PAD_LABEL
 from cgnf_fast.reference import dag as ref
@@ -44,14 +45,10 @@ def reference_prune(adj, labels, n):
     return out_adj, out_labels, out_n
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.skipif(not cgnf_fast.cuda_available(), reason="no CUDA device (or built without CUDA)")
 def test_prune_on_a_side_stream_cuda():
     """The kernel runs on the current stream: inputs written on a side stream, pruned there, read
     after that stream only, equal the CPU's."""
-    import cgnf_fast
-
-    if not cgnf_fast.cuda_available():
-        pytest.skip("built without CUDA")
     rng = np.random.default_rng(5)
     adj, labels, n = random_batch(rng, 20000, 8)
     want = dag_prune(torch.from_numpy(adj), torch.from_numpy(labels), torch.from_numpy(n))

@@ -74,7 +74,7 @@ def _check_held_out(model_space: str, labelled: dict[str, Any], space: str, cell
     if holdout not in HOLDOUTS:
         raise ValueError(f"this G-VAE's labels were loaded with holdout {holdout!r}, which keeps {space} labels in; "
                          f"its predictor cannot be evaluated on {space}")
-    if holdout == "seed" or EVAL_SETS[space][0] is None:
+    if holdout == "seed":
         return
     recorded = labelled.get("held_out_sha256")  # (G-VAEs trained before it was recorded: not checked)
     if recorded is not None and recorded != eval_set_sha256(space):

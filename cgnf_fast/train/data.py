@@ -59,6 +59,7 @@ def eval_networks(seed_space: str) -> frozenset[int]:
     return frozenset(c.network_code() for c in eval_cells(seed_space, n, seed))
 
 
+@functools.lru_cache(maxsize=4)
 def eval_set_sha256(seed_space: str) -> str:
     """sha256 of a seed space's evaluation networks (sorted network codes, one decimal per line):
     recorded in a G-VAE that held them out, so that an evaluation can tell whether this install
@@ -131,12 +132,10 @@ class SeedMembership:
 
     def __init__(self, seed_space: str | None) -> None:
         self.name = seed_space
-        self._codes: set[int] | None = None
+        self._codes: frozenset[int] | None = None
         self._space: DesignSpace | None = None
         if seed_space == "nb201":
-            from ..space import nb201
-
-            self._codes = {c.network_code() for c in nb201.all_cells()}
+            self._codes = eval_networks("nb201")  # (NB201's evaluation set is every cell; cached)
         elif seed_space is not None:
             self._space = get_space(seed_space)
 
@@ -182,12 +181,7 @@ def load_labelled(store: str, space: str, attributes: list[str] | None = None,
         raise ValueError(f"store {store} has no {missing} scores for space {space!r}")
     seed_name = SEED_SPACES.get(space)
     member = SeedMembership(seed_name)
-    # "eval" of a seed space whose evaluation set is every cell (NB201) drops what "seed" drops
-    if holdout == "eval" and seed_name is not None and EVAL_SETS[seed_name][0] is None:
-        holdout_rule = "seed"
-    else:
-        holdout_rule = holdout
-    held = eval_networks(seed_name) if holdout_rule == "eval" and seed_name else frozenset()
+    held = eval_networks(seed_name) if holdout == "eval" and seed_name else frozenset()
     cells, rows = [], []
     nonfinite = seed_skipped = incomplete = seed_kept = 0
     for code in sorted(group):
@@ -204,7 +198,7 @@ def load_labelled(store: str, space: str, attributes: list[str] | None = None,
             continue
         cell = Cell.from_json(d["cell"])
         seed_member = member(cell)
-        if (seed_member and holdout_rule == "seed") or (held and cell.network_code() in held):
+        if (seed_member and holdout == "seed") or (held and cell.network_code() in held):
             seed_skipped += 1
             continue
         seed_kept += seed_member

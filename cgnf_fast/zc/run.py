@@ -70,8 +70,7 @@ def _score_loop(store_path: str, jobs: list[tuple[int, str]], space: str, proxie
 
 def _worker_main(args) -> dict[str, int]:
     torch.set_num_threads(1)
-    *loop_args, parent = args
-    return _score_loop(*loop_args, parent=parent)
+    return _score_loop(*args)
 
 
 def _score_one(cell_json: str, space: str, proxies: list[str], batch, seed: int, device: str):
