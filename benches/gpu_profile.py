@@ -3,10 +3,12 @@
     python benches/gpu_profile.py [--skip-count]
 
 * ``count_nb201like``: the GPU count of nb201-like split into its parts (the two counting
-  kernels, the network-key kernel, ``torch.unique(dim=0)`` on the keys, the copy to the host,
-  the host merge, the host's final Burnside count), with ``torch.cuda.synchronize()`` between
-  parts; and, on the largest unit's keys, ``torch.unique(dim=0)`` against a lexicographic row
-  sort made of four stable 1-D sorts.
+  kernels, the network-key kernel, the count's dedup of the keys (``_unique_rows``), a copy to
+  pageable host memory, the host merge, the host's final Burnside count), run one after another
+  with ``torch.cuda.synchronize()`` between parts (the count itself copies into pinned buffers
+  and merges while the GPU goes on); and, on the largest unit's keys, ``torch.unique(dim=0)``
+  against ``_unique_rows``. (The 2026-11-29 split in benches/RESULTS.md was taken before the
+  count used ``_unique_rows``, with ``torch.unique(dim=0)`` in that place.)
 * ``gin`` / ``cnf``: forward + backward of one GIN aggregation (B = 16384, N = 8, H = 256) and
   one CNF dynamics evaluation (B = 256 and 4096, hidden 128x128, no divergence and exact), per
   backend: wall time per call (synchronised, median of 20) and the GPU kernel time per call from
@@ -26,7 +28,10 @@ import torch
 from cgnf_fast import _native
 from cgnf_fast.ops import cnf_dynamics, gin_aggregate
 from cgnf_fast.space import counting, get
+from cgnf_fast.space import _count_cuda
 from cgnf_fast.space._count_cuda import _unique_rows as unique_rows_sorted
+
+from _timing import timed
 
 
 def sync() -> None:
@@ -43,9 +48,9 @@ def profile_count() -> None:
     valid = torch.zeros(1, dtype=torch.int64, device=dev)
     unique = torch.zeros(2, dtype=torch.int64, device=dev)
     count_buf = torch.zeros(1, dtype=torch.int64, device=dev)
-    capacity = 1 << 25
+    capacity = _count_cuda._KEY_CAPACITY
     keys = torch.empty((capacity, 4), dtype=torch.int64, device=dev)
-    t = dict.fromkeys(("valid_kernel", "unique_kernel", "key_kernel", "torch_unique", "to_host", "host_merge",
+    t = dict.fromkeys(("valid_kernel", "unique_kernel", "key_kernel", "dedup", "to_host", "host_merge",
                        "finalize"), 0.0)
     n_keys = n_distinct = 0
     largest = None
@@ -70,8 +75,8 @@ def profile_count() -> None:
         if not produced:
             continue
         n_keys += produced
-        t0 = time.perf_counter(); d = torch.unique(keys[:produced], dim=0); sync()
-        t["torch_unique"] += time.perf_counter() - t0
+        t0 = time.perf_counter(); d = unique_rows_sorted(keys[:produced]); sync()
+        t["dedup"] += time.perf_counter() - t0
         n_distinct += d.shape[0]
         if largest is None or produced > largest.shape[0]:
             largest = keys[:produced].clone()
@@ -100,9 +105,7 @@ def wall_and_kernels(fn, reps: int = 20) -> tuple[float, float]:
     for _ in range(3):
         fn()
     sync()
-    walls = []
-    for _ in range(reps):
-        t0 = time.perf_counter(); fn(); sync(); walls.append(time.perf_counter() - t0)
+    walls = [timed(fn, "cuda") for _ in range(reps)]
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CUDA]) as prof:

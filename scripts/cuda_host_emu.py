@@ -42,8 +42,9 @@ errors point at the .cu) and wraps it in a runtime that plays the device:
   value of that type at either end of a buffer and any read of a never-written value (all
   bytes 0xFF: poisoned shared memory, guards), used or not (``Library.track_loads``).
 
-The Python side: :func:`build` compiles a harness (:class:`CompilerUnavailable` without a g++
-that builds C++20 ``std::atomic_ref`` with threads) and loads it as a :class:`Library`, whose
+The Python side: :func:`compile_harness` / :func:`finish` compile a harness (after
+:func:`check_compiler`: :class:`CompilerUnavailable` without a g++ that builds C++20
+``std::atomic_ref`` with threads), loaded as a :class:`Library`, whose
 ``call`` maps the launchers' C++ exceptions to ValueError (``std::invalid_argument``, as _C
 does) / RuntimeError and a misbehaving launch to :class:`EmulationError`.
 
@@ -62,8 +63,8 @@ launches and ``cudaGetLastError``. The compiler is ``$CXX`` or g++ (C++20, -Og u
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
+import functools
 import os
 import re
 import shutil
@@ -722,8 +723,13 @@ def _compile(cxx: str, src: Path, lib: Path, include: list[Path]) -> subprocess.
 
 
 def check_compiler(cxx: str | None = None) -> str:
-    """The compiler to use; raises CompilerUnavailable when it is missing or too old."""
-    cxx = cxx or os.environ.get("CXX") or "g++"
+    """The compiler to use; raises CompilerUnavailable when it is missing or too old (probed
+    once per compiler and process)."""
+    return _probe(cxx or os.environ.get("CXX") or "g++")
+
+
+@functools.lru_cache(maxsize=None)
+def _probe(cxx: str) -> str:
     if shutil.which(cxx) is None:
         raise CompilerUnavailable(f"no C++ compiler '{cxx}' on PATH")
     with tempfile.TemporaryDirectory(prefix="cuda_emu_probe_") as d:
@@ -824,13 +830,3 @@ def finish(proc: subprocess.Popen, what: str) -> Path:
     if proc.returncode != 0:
         raise HarnessError(f"compiling the {what} emulation failed:\n{err}")
     return Path(proc.args[-1])
-
-
-def build(source: str, name: str, functions: dict[str, Sequence], workdir: str | os.PathLike | None = None,
-          cxx: str | None = None) -> Library:
-    """Compile ``source`` (CompilerUnavailable without a usable g++) and load it."""
-    cxx = check_compiler(cxx)
-    with contextlib.ExitStack() as stack:
-        d = Path(workdir) if workdir else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cuda_emu_")))
-        lib = finish(compile_harness(source, d, name, cxx), name)
-        return Library(lib, functions)  # loaded before a temporary folder goes
