@@ -123,7 +123,6 @@ def _zc_export(args: argparse.Namespace) -> int:
     return 0
 
 
-HOLDOUT_CHOICES = ("seed", "eval")
 HOLDOUT_HELP = ("labels kept out so the predictor can be evaluated on the seed space: 'eval' (default) only the "
                 "networks of its evaluation set (all of NB201; 4,000 NB101 networks), 'seed' every seed-space cell")
 
@@ -481,6 +480,7 @@ def _cell_hash(args: argparse.Namespace) -> int:
 def _build_parser() -> argparse.ArgumentParser:
     from .sample import DEFAULT_OVERSAMPLE
     from .space import spaces
+    from .train.data import HOLDOUTS
 
     p = argparse.ArgumentParser(prog="cgnf",
                                 description="cgnf_fast: cells, design spaces, zero-cost scores, models and sampling.")
@@ -562,7 +562,7 @@ def _build_parser() -> argparse.ArgumentParser:
                     help="the path predictor also reads output in-degree features (default: on for NB101-skeleton "
                     "spaces, whose outputs concatenate)")
     tg.add_argument("--path-channels", type=int, default=16, help="learned path-gain channels (graph/paths predictors)")
-    tg.add_argument("--holdout", choices=HOLDOUT_CHOICES, default="eval", help=HOLDOUT_HELP)
+    tg.add_argument("--holdout", choices=HOLDOUTS, default="eval", help=HOLDOUT_HELP)
     tg.add_argument("--seed", type=int, default=0)
     tg.add_argument("--device", default="cpu")
     tg.add_argument("--backend", choices=("native", "torch"), default="native", help="message-passing kernel")
@@ -636,7 +636,7 @@ def _build_parser() -> argparse.ArgumentParser:
                     help="the G-VAE's attribute predictor (default: graph; see `cgnf train gvae --help`)")
     pl.add_argument("--gvae-predictor-lr", type=_lr_or_none, default=3e-3,
                     help="the predictor's learning rate ('none': --gvae-lr, as older runs)")
-    pl.add_argument("--gvae-holdout", choices=HOLDOUT_CHOICES, default="eval", help=HOLDOUT_HELP)
+    pl.add_argument("--gvae-holdout", choices=HOLDOUTS, default="eval", help=HOLDOUT_HELP)
     pl.add_argument("--flow-epochs", type=int, default=30,
                     help="epochs of the flow (default 30; at 15 the shipped flows were still improving)")
     pl.add_argument("--flow-batch", type=int, default=256)

@@ -4,6 +4,7 @@ the evaluation set, and the predictor evaluation's refusal to score cells that w
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -14,6 +15,11 @@ from cgnf_fast.train.data import eval_cells, eval_networks, eval_set_sha256, loa
 from cgnf_fast.zc.store import ScoreStore
 
 NB101 = get_space("nb101")
+
+
+def _model(space: str, labelled: dict | None) -> SimpleNamespace:
+    """What the held-out check reads of a G-VAE: its space and its config's data.labelled."""
+    return SimpleNamespace(cfg=SimpleNamespace(space=space), info={"data": {"labelled": labelled}})
 
 
 def _store(path: Path, groups: dict[str, list]) -> str:
@@ -65,23 +71,25 @@ def test_holdouts_keep_out_the_seed_space_or_only_its_evaluation_set(groups, tmp
 
 def test_predictor_evaluation_refuses_cells_outside_the_held_out_set() -> None:
     cells = eval_cells("nb101", 50, seed=3)  # another draw: most are in the 4,000, not all
-    _check_held_out("nb101-like", {"holdout": "seed"}, "nb101", cells)  # every NB101 cell was held out
-    _check_held_out("nb101-like", {}, "nb101", cells)  # models from before the option: "seed"
-    _check_held_out("nb101-like", {"holdout": "eval"}, "nb101", eval_cells("nb101"))
-    _check_held_out("nb201-like", {"holdout": "eval"}, "nb201", eval_cells("nb201", 30))  # all of NB201 is held out
+    _check_held_out(_model("nb101-like", {"holdout": "seed"}), "nb101", cells)  # every NB101 cell was held out
+    _check_held_out(_model("nb101-like", {"data_fp": "0"}), "nb101", cells)  # models from before the option: "seed"
+    _check_held_out(_model("nb101-like", {"holdout": "eval"}), "nb101", eval_cells("nb101"))
+    _check_held_out(_model("nb201-like", {"holdout": "eval"}), "nb201", eval_cells("nb201", 30))  # all of NB201 is held out
     with pytest.raises(ValueError, match=r"outside the 4000 networks \(seed 0\) this G-VAE held out"):
-        _check_held_out("nb101-like", {"holdout": "eval"}, "nb101", cells)
+        _check_held_out(_model("nb101-like", {"holdout": "eval"}), "nb101", cells)
     # fewer cells with the default seed: the first n of the 4,000, so an "eval" model takes them
     first = eval_cells("nb101", 50)
     assert [c.network_code() for c in first] == [c.network_code() for c in eval_cells("nb101")[:50]]
-    _check_held_out("nb101-like", {"holdout": "eval"}, "nb101", first)
+    _check_held_out(_model("nb101-like", {"holdout": "eval"}), "nb101", first)
     # a model whose labels held nothing of the evaluated space out
     with pytest.raises(ValueError, match="learnt nb101 labels, none of which were held out .* model of nb101-like"):
-        _check_held_out("nb101", {"holdout": "eval"}, "nb101", first)
+        _check_held_out(_model("nb101", {"holdout": "eval"}), "nb101", first)
     with pytest.raises(ValueError, match="learnt nb101-like labels, none of which were held out for an evaluation on nb201"):
-        _check_held_out("nb101-like", {"holdout": "seed"}, "nb201", eval_cells("nb201", 30))
+        _check_held_out(_model("nb101-like", {"holdout": "seed"}), "nb201", eval_cells("nb201", 30))
     with pytest.raises(ValueError, match="holdout None, which keeps nb101 labels in"):
-        _check_held_out("nb101-like", {"holdout": None}, "nb101", first)
+        _check_held_out(_model("nb101-like", {"holdout": None}), "nb101", first)
+    with pytest.raises(ValueError, match=r"does not say which labels it was trained on \(data.labelled\)"):
+        _check_held_out(_model("nb101-like", None), "nb101", first)  # not taken for a "seed" model
 
 
 def test_old_pipeline_runs_resume_with_the_flags_they_predate(tmp_path: Path) -> None:
@@ -125,7 +133,7 @@ def test_the_nb101_evaluation_set_is_the_one_the_shipped_model_held_out() -> Non
     assert eval_set_sha256("nb101") == SHIPPED_NB101_EVAL_SET, (
         "the NB101 evaluation draw changed; retrain the shipped nb101-like model (its labels held out the old draw)")
     good = {"holdout": "eval", "held_out_sha256": SHIPPED_NB101_EVAL_SET}
-    _check_held_out("nb101-like", good, "nb101", eval_cells("nb101", 20))
+    _check_held_out(_model("nb101-like", good), "nb101", eval_cells("nb101", 20))
     with pytest.raises(ValueError, match="draws a different nb101 evaluation set .* from the one this G-VAE held out"):
-        _check_held_out("nb101-like", dict(good, held_out_sha256="0" * 64), "nb101", eval_cells("nb101", 20))
+        _check_held_out(_model("nb101-like", dict(good, held_out_sha256="0" * 64)), "nb101", eval_cells("nb101", 20))
 

@@ -62,10 +62,19 @@ def _truth_by_network(truth: str, space: str, fp: str, seed: int, ver: str,
     return out
 
 
-def _check_held_out(model_space: str, labelled: dict[str, Any], space: str, cells: list[Cell]) -> None:
+def _labelled(vae: GraphVAE) -> dict[str, Any]:
+    """What the G-VAE's config records of its training labels (``data.labelled``)."""
+    lab = vae.info.get("data", {}).get("labelled")
+    if not lab:
+        raise ValueError("the G-VAE's config does not say which labels it was trained on (data.labelled)")
+    return lab
+
+
+def _check_held_out(vae: GraphVAE, space: str, cells: list[Cell]) -> None:
     """Refuses to evaluate cells whose labels the G-VAE may have learnt from: a model of a space
     that does not grow from ``space`` held none of its cells out, and under the "eval" holdout
     only the seed space's default evaluation set was kept out of its labels."""
+    model_space, labelled = vae.cfg.space, _labelled(vae)
     if SEED_SPACES.get(model_space) != space:
         grows = [k for k, v in SEED_SPACES.items() if v == space]
         raise ValueError(f"this G-VAE learnt {model_space} labels, none of which were held out for an evaluation on "
@@ -98,16 +107,14 @@ def truth_matrix(vae: GraphVAE, truth: str, space: str = "nb201", *, n: int | No
     seed space's cells, computed like the G-VAE's training labels (missing ones are scored)."""
     from ..zc.run import code_version, score_cells
 
-    lab = vae.info.get("data", {}).get("labelled")
-    if not lab:
-        raise ValueError("the G-VAE's config does not say which labels it was trained on (data.labelled)")
+    lab = _labelled(vae)
     attrs = vae.attributes
     fp, seed, ver = lab["data_fp"], int(lab["seed"]), lab["code_version"]
     if code_version() != ver:
         raise ValueError(f"the training labels come from proxy code version {ver}; this install computes "
                          f"{code_version()}, so its scores are not comparable")
     cells = eval_cells(space, n)
-    _check_held_out(vae.cfg.space, lab, space, cells)
+    _check_held_out(vae, space, cells)
     reps: dict[int, Cell] = {}
     keys = []
     for c in cells:
@@ -176,7 +183,7 @@ def evaluate_latent(gvaes: list[str], truth: str, space: str = "nb201", *, png: 
     vaes = [GraphVAE.load(g, device=device) for g in gvaes]
     cells, values, _ = truth_matrix(vaes[0], truth, space, n=n, device=device, workers=workers, progress=progress)
     for vae in vaes[1:]:  # (truth_matrix checked the first)
-        _check_held_out(vae.cfg.space, vae.info.get("data", {}).get("labelled") or {}, space, cells)
+        _check_held_out(vae, space, cells)
     attrs = vaes[0].attributes
     zc = [i for i, a in enumerate(attrs) if a not in COST_ATTRIBUTES] or list(range(len(attrs)))
     ok = np.isfinite(values[:, zc]).all(1)
