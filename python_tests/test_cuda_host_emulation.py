@@ -8,8 +8,8 @@ and the CPU ops (that script says what this does and does not check). The CI sub
 a 512-wide layer, B = 0 and 1; outputs poisoned in one pass and zeroed in another, every output
 entry written exactly once, no read outside the buffers or of never-written memory; and the
 emulator's own checks on a synthetic kernel section. Skipped without a g++ that builds C++20
-(std::atomic_ref) with ucontext. About 13 s on two cores, the four builds included (three of
-them in parallel)."""
+(std::atomic_ref) with ucontext. About 13 s on two cores, the four builds (in parallel)
+included."""
 
 from __future__ import annotations
 
@@ -21,67 +21,55 @@ from pathlib import Path
 import pytest
 import torch
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-SCRIPT = SCRIPTS / "emulate_cuda_kernels.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "emulate_cuda_kernels.py"
 
 
 def _load():
+    """The script as a module (None when it is not in this checkout), with sys.path and
+    sys.modules left as they were (it puts scripts/ on the path to import cuda_host_emu)."""
+    if not SCRIPT.is_file():
+        return None
+    path, modules = list(sys.path), set(sys.modules)
     spec = importlib.util.spec_from_file_location("emulate_cuda_kernels", SCRIPT)
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path[:] = path
+        for name in ("emulate_cuda_kernels", "cuda_host_emu"):
+            if name not in modules:
+                sys.modules.pop(name, None)
     return mod
+
+
+MOD = _load()
 
 
 @pytest.fixture(scope="module")
 def emu(tmp_path_factory):
-    if not SCRIPT.is_file():
+    if MOD is None:
         pytest.skip(f"{SCRIPT} is not in this checkout")
-    added = str(SCRIPTS) not in sys.path
+    d = tmp_path_factory.mktemp("cuda_host_emu")
+    (d / "selftest.cu").write_text(SELFTEST_CU)
+    rt = MOD.rt
+    selftest = rt.Harness([rt.Section(d / "selftest.cu", "selftest")], ["common/checks.h", "common/cuda_utils.h"],
+                          {"selftest": [ctypes.c_int, ctypes.c_int64, ctypes.c_int64]}, tail=SELFTEST_TAIL)
     try:
-        mod = _load()
-        rt = mod.rt
-        try:
-            cxx = rt.check_compiler()
-        except rt.CompilerUnavailable as e:
-            pytest.skip(f"cannot compile the emulation: {e}")
-        d = tmp_path_factory.mktemp("cuda_host_emu")
-        (d / "selftest.cu").write_text(SELFTEST_CU)
-        src = rt.harness_source([rt.Section(d / "selftest.cu", "selftest")],
-                                ["common/checks.h", "common/cuda_utils.h"], tail=SELFTEST_TAIL)
-        proc = rt.compile_harness(src, d / "selftest", "selftest", cxx)  # alongside the three below
-        libs = mod.build(workdir=d, cxx=cxx)
-        libs["selftest"] = rt.Library(rt.finish(proc, "selftest"), {"selftest": [ctypes.c_int, ctypes.c_int64,
-                                                                                  ctypes.c_int64]})
-        libs["selftest"].set_stream(mod.STREAM)
-        yield mod, libs
-    finally:
-        sys.modules.pop("emulate_cuda_kernels", None)
-        sys.modules.pop("cuda_host_emu", None)
-        if added and str(SCRIPTS) in sys.path:
-            sys.path.remove(str(SCRIPTS))
+        return rt.build_many(MOD.harnesses() | {"selftest": selftest}, d)  # the four in parallel
+    except rt.CompilerUnavailable as e:
+        pytest.skip(f"cannot compile the emulation: {e}")
 
 
 def _cases(kind):
-    if not SCRIPT.is_file():
-        return []
-    added = str(SCRIPTS) not in sys.path
-    try:
-        return getattr(_load(), f"{kind}_cases")(quick=True)
-    finally:
-        sys.modules.pop("emulate_cuda_kernels", None)
-        sys.modules.pop("cuda_host_emu", None)
-        if added and str(SCRIPTS) in sys.path:
-            sys.path.remove(str(SCRIPTS))
+    return getattr(MOD, f"{kind}_cases")(quick=True) if MOD else []
 
 
-def _check(emu, kind, case):
-    mod, libs = emu
-    r = getattr(mod, f"check_{kind}")(libs["dag" if kind == "dag" else kind], case)
+def _check(libs, kind, case):
+    r = getattr(MOD, f"check_{kind}")(libs[kind], case)
     assert r.ok, r.line()
     if getattr(case, "cap", 0) and case.B > 0:
         assert r.strided > 0, f"no launch got fewer blocks than it asked for: {r.line()}"
-    return r
 
 
 @pytest.mark.parametrize("case", _cases("gin"), ids=lambda c: c.name.removeprefix("gin ").replace(" ", ","))
@@ -100,11 +88,10 @@ def test_dag_kernels_match_cpu(emu, case):
 
 
 def test_emulated_launchers_check_arguments(emu):
-    mod, libs = emu
-    S = mod.STREAM
+    S = MOD.STREAM
     x = torch.zeros(64, dtype=torch.float64)
     p = x.data_ptr()
-    gin, cnf, dag = libs["gin"], libs["cnf"], libs["dag"]
+    gin, cnf, dag = emu["gin"], emu["cnf"], emu["dag"]
     with pytest.raises(ValueError, match=r"N must be in \[1, 16\]"):
         gin.call("gin_aggregate_fwd_cuda", p, p, p, 1, 17, 1, 0.0, 1, S)
     with pytest.raises(ValueError, match="null pointer"):
@@ -115,7 +102,7 @@ def test_emulated_launchers_check_arguments(emu):
     wd = (ctypes.c_int64 * 2)(2, 2)
     with pytest.raises(ValueError, match="workspace"):
         cnf.call("cnf_dynamics_fwd_cuda", p, p, 0, 0, w, 5, wd, 2, p, p, p, 1, 1, 0, 0, 1, 1, S)
-    with pytest.raises(mod.rt.EmulationError, match="stream"):
+    with pytest.raises(MOD.rt.EmulationError, match="stream"):
         dag.call("dag_prune_cuda", p, p, p, p, p, p, 1, 2, S + 1)
 
 
@@ -176,15 +163,9 @@ extern "C" int emu_selftest(int which, int64_t out, int64_t stream) {
 """
 
 
-@pytest.fixture(scope="module")
-def selftest(emu):
-    mod, libs = emu
-    return mod.rt, libs["selftest"], mod.STREAM
-
-
 @pytest.mark.parametrize("schedule", ["forward", "reverse", "threads"])
-def test_emulator_checks(selftest, schedule):
-    rt, lib, S = selftest
+def test_emulator_checks(emu, schedule):
+    rt, lib, S = MOD.rt, emu["selftest"], MOD.STREAM
     lib.set_schedule(schedule)
     out = torch.zeros(256, dtype=torch.float64)
     p = out.data_ptr()

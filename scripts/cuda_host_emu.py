@@ -2,7 +2,7 @@
 
 The shared machinery behind scripts/emulate_count_cuda.py and scripts/emulate_cuda_kernels.py.
 A .cu file marks the code to emulate (its kernels and host launchers) with two comment lines,
-``// <marker>: begin ...`` and ``// <marker>: end``; :func:`harness_source` cuts that text out,
+``// <marker>: begin ...`` and ``// <marker>: end``; :meth:`Harness.source` cuts that text out,
 rewrites the few CUDA-only constructs (same line numbers; ``#line`` directives make compile
 errors point at the .cu) and wraps it in a runtime that plays the device:
 
@@ -11,9 +11,10 @@ errors point at the .cu) and wraps it in a runtime that plays the device:
   and block sizes, at most 1024 threads a block and no more than the kernel's
   ``__launch_bounds__``, dynamic plus static shared memory within the 48 KiB a kernel gets
   without opting in, at most 4 KiB of kernel parameters (from the kernel's signature), the
-  caller's stream), optionally lowers ``gridDim.x`` to a cap (kernels
-  with grid-stride loops then run several items per thread) and runs the blocks one after
-  another, ``blockIdx`` / ``threadIdx`` / ``blockDim`` / ``gridDim`` with x, y and z.
+  caller's stream: ``FAKE_STREAM``, the one the drivers hand the launchers), optionally lowers
+  ``gridDim.x`` to a cap (kernels with grid-stride loops then run several items per thread) and
+  runs the blocks one after another, ``blockIdx`` / ``threadIdx`` / ``blockDim`` / ``gridDim``
+  with x, y and z.
 * A block's threads run in one of two ways (``Library.set_schedule``):
   ``threads``: blockDim OS threads, preemptively, ``__syncthreads`` a barrier of them (the
   model of the original count emulation); ``forward`` / ``reverse`` / ``shuffle``: one fiber
@@ -41,10 +42,12 @@ errors point at the .cu) and wraps it in a runtime that plays the device:
   often each output entry is written (``Library.track_stores``), any out-of-bounds read of a
   value of that type at either end of a buffer and any read of a never-written value (all
   bytes 0xFF: poisoned shared memory, guards), used or not (``Library.track_loads``).
+* ``cuda_emu::visits`` counts the items (masks, graphs ...) a harness's hooks report and
+  ``cuda_emu::guarded_visits`` checks that a launcher visited each exactly once.
 
-The Python side: :func:`compile_harness` / :func:`finish` compile a harness (after
+The Python side: :func:`build_many` compiles :class:`Harness` objects in parallel (after
 :func:`check_compiler`: :class:`CompilerUnavailable` without a g++ that builds C++20
-``std::atomic_ref`` with threads), loaded as a :class:`Library`, whose
+``std::atomic_ref`` with threads) and loads each as a :class:`Library`, whose
 ``call`` maps the launchers' C++ exceptions to ValueError (``std::invalid_argument``, as _C
 does) / RuntimeError and a misbehaving launch to :class:`EmulationError`.
 
@@ -63,6 +66,7 @@ launches and ``cudaGetLastError``. The compiler is ``$CXX`` or g++ (C++20, -Og u
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
@@ -70,14 +74,14 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CSRC = REPO / "csrc"
 CXXFLAGS = ["-std=c++20", os.environ.get("CUDA_EMU_OPT", "-Og"), "-pthread", "-shared", "-fPIC", "-fno-strict-aliasing"]
-FAKE_STREAM = 0x5EED  # the stream every launch must use unless Library.set_stream says otherwise
+FAKE_STREAM = 0x5EED  # the stream every launch must use (the drivers pass it to the launchers)
 SCHEDULES = {"threads": 0, "forward": 1, "reverse": 2, "shuffle": 3}
 SHARED_LIMIT = 48 * 1024  # bytes of shared memory a kernel gets without cudaFuncSetAttribute
 
@@ -100,17 +104,16 @@ CUDA_RUNTIME_STUB = r"""
 #pragma once
 #include <cstdint>
 typedef struct CUstream_st* cudaStream_t;
-enum cudaError_t { cudaSuccess = 0, cudaErrorInvalidConfiguration = 9, cudaErrorLaunchFailure = 4 };
+enum cudaError_t { cudaSuccess = 0, cudaErrorLaunchFailure = 4 };
 cudaError_t cudaGetLastError();
 inline const char* cudaGetErrorString(cudaError_t e) { return e == cudaSuccess ? "no error" : "emulated launch failure"; }
 struct dim3 {
   unsigned x, y, z;
   constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
 };
-typedef dim3 uint3;
 """
 
-# The runtime: everything before the project's headers. {device_branches} is 0 or 1.
+# The runtime: everything before the project's headers.
 RUNTIME = r"""
 #include <algorithm>
 #include <atomic>
@@ -151,10 +154,8 @@ RUNTIME = r"""
 #define __launch_bounds__(...)
 #define __align__(n) alignas(n)
 #define __shared__ static  /* declarations in a kernel section are rewritten (poisoned per block) */
-#if CUDA_EMU_DEVICE_BRANCHES
 #define __CUDACC__ 1
 #define __CUDA_ARCH__ 900
-#endif
 
 static dim3 blockIdx{0, 0, 0}, blockDim, gridDim;  // blocks run one after another
 static thread_local dim3 threadIdx{0, 0, 0};
@@ -188,8 +189,8 @@ enum { kThreads = 0, kForward = 1, kReverse = 2, kShuffle = 3 };
 int schedule = kThreads;
 unsigned long long seed = 1;
 unsigned grid_cap = 0;  // 0: no cap; else gridDim.x is lowered to it
-intptr_t expected_stream = """ + str(FAKE_STREAM) + r""";
-long long launches = 0, strided = 0, max_requested_grid = 0, blocks = 0, barriers = 0, max_shared = 0;
+constexpr intptr_t kStream = """ + str(FAKE_STREAM) + r""";
+long long launches = 0, strided = 0, blocks = 0, barriers = 0, max_shared = 0;
 unsigned long long block_serial = 0;
 std::string error;  // set by a launch that misbehaved; the launcher then raises
 cudaError_t last = cudaSuccess;
@@ -203,14 +204,14 @@ inline void fail(const std::string& what) {
 
 // ----------------------------------------------------------------------- shared memory
 unsigned char* dyn_base = nullptr;  // [kGuard | smem | kGuard]
-size_t dyn_cap = 0, dyn_bytes = 0;
+size_t dyn_cap = 0;
 inline unsigned char* dynamic_shared() { return dyn_base + kGuard; }
 inline bool all_ff(const unsigned char* p, size_t n) {
   for (size_t i = 0; i < n; ++i)
     if (p[i] != 0xFF) return false;
   return true;
 }
-struct StaticShared { unsigned long long serial = 0, launch = 0; size_t bytes = 0; };
+struct StaticShared { unsigned long long serial = 0, launch = 0; };
 std::map<const void*, StaticShared> statics;
 size_t launch_static_bytes = 0;
 inline void shared_static(const void* p, size_t bytes) {
@@ -218,7 +219,6 @@ inline void shared_static(const void* p, size_t bytes) {
   StaticShared& s = statics[p];
   if (s.serial == block_serial) return;
   s.serial = block_serial;
-  s.bytes = bytes;
   std::memset(const_cast<void*>(p), 0xFF, bytes);
   if (s.launch != (unsigned long long)launches) {
     s.launch = launches;
@@ -349,7 +349,6 @@ constexpr size_t param_bytes(void (*)(A...)) {  // the kernel's parameters, laid
   ((n = (n + alignof(A) - 1) / alignof(A) * alignof(A) + sizeof(A)), ...);
   return n;
 }
-long long max_params = 0;
 
 template <typename F>
 void launch(const char* kernel, int line, long long max_threads, size_t params, F&& kernel_body, dim3 grid,
@@ -368,11 +367,9 @@ void launch(const char* kernel, int line, long long max_threads, size_t params, 
     return bad(std::to_string(smem) + " bytes of dynamic shared memory, more than " + std::to_string(kSharedLimit));
   if (params > kParamLimit)
     return bad(std::to_string(params) + " bytes of kernel parameters, more than " + std::to_string(kParamLimit));
-  if ((long long)params > max_params) max_params = (long long)params;
-  if (reinterpret_cast<intptr_t>(stream) != expected_stream) return bad("launched on a stream other than the caller's");
+  if (reinterpret_cast<intptr_t>(stream) != kStream) return bad("launched on a stream other than the caller's");
   ++launches;
   launch_static_bytes = 0;
-  if ((long long)grid.x > max_requested_grid) max_requested_grid = grid.x;
   if (grid_cap && grid.x > grid_cap) { grid.x = grid_cap; ++strided; }
   blockDim = block;
   gridDim = grid;
@@ -381,7 +378,6 @@ void launch(const char* kernel, int line, long long max_threads, size_t params, 
     dyn_cap = smem + 2 * kGuard;
     dyn_base = static_cast<unsigned char*>(std::aligned_alloc(256, (dyn_cap + 255) / 256 * 256));
   }
-  dyn_bytes = smem;
   std::mt19937_64 rng(seed ^ (unsigned long long)launches * 0x9E3779B97F4A7C15ull);
   const std::function<void()> body = [&] { kernel_body(); };
   for (unsigned z = 0; z < grid.z; ++z)
@@ -404,22 +400,49 @@ void launch(const char* kernel, int line, long long max_threads, size_t params, 
                " static), more than " + std::to_string(kSharedLimit));
 }
 
+// ---------------------------------------------------------------------- visit counts
+// One more visit of an item: its uint8 count goes up atomically, saturating at 255.
+inline void count_visit(uint8_t& count) {
+  std::atomic_ref<uint8_t> c(count);
+  uint8_t old = c.load();
+  while (old < 255 && !c.compare_exchange_weak(old, uint8_t(old + 1))) {}
+}
+// The items 0..n-1 (masks, graphs ...) one launcher call must visit exactly once: a harness's
+// hooks call visits.visit(i); guarded_visits (below) resets and checks them around the call.
+struct Visits {
+  std::vector<uint8_t> counts;
+  std::atomic<long long> outside{0};  // visits of an index outside [0, n)
+  void visit(int64_t i) {
+    if (i < 0 || uint64_t(i) >= counts.size()) ++outside;
+    else count_visit(counts[size_t(i)]);
+  }
+  // sets error (unless a launch did) when an item was visited never or more than once; the
+  // message calls them `items` and numbers them from `base`
+  void check(const std::string& items, int64_t base) {
+    if (!error.empty()) return;
+    long long never = 0, repeated = 0, first = -1;
+    for (size_t i = 0; i < counts.size(); ++i)
+      if (counts[i] != 1) {
+        (counts[i] ? repeated : never) += 1;
+        if (first < 0) first = base + (long long)i;
+      }
+    if (never || repeated || outside)
+      error = items + " visited not exactly once: " + std::to_string(never) + " never, " + std::to_string(repeated) +
+              " more than once (first " + std::to_string(first) + "), " + std::to_string(outside.load()) +
+              " visits outside them";
+  }
+} visits;
+
 // ------------------------------------------------------------------ counted stores
 // Counted<V>: a V whose assignments into registered ranges are counted (one uint8 per element,
 // saturating at 255). Same size and layout as V, so a kernel template instantiated with it runs
 // on the same buffers as with V.
 struct StoreRange { uintptr_t lo, hi; size_t elem; uint8_t* counts; };
 std::vector<StoreRange> store_ranges;
-std::atomic<long long> stores_outside{0};
 inline void note_store(const void* p) {
   const uintptr_t a = reinterpret_cast<uintptr_t>(p);
   for (const StoreRange& r : store_ranges)
-    if (a >= r.lo && a < r.hi) {
-      std::atomic_ref<uint8_t> c(r.counts[(a - r.lo) / r.elem]);
-      uint8_t old = c.load();
-      while (old < 255 && !c.compare_exchange_weak(old, uint8_t(old + 1))) {}
-      return;
-    }
+    if (a >= r.lo && a < r.hi) return count_visit(r.counts[(a - r.lo) / r.elem]);
 }
 // Loads: a Counted read (copied, assigned from or used in a compound assignment) from one of
 // the forbidden ranges (the poisoned guards around the buffers) is counted, the first address
@@ -510,6 +533,16 @@ int guarded(F&& f) {
   }
   return error.empty() ? 0 : 3;
 }
+// guarded(f), with visits counting n items afresh for f and checked after it
+template <typename F>
+int guarded_visits(int64_t n, const std::string& items, int64_t base, F&& f) {
+  return guarded([&] {
+    visits.counts.assign(size_t(n > 0 ? n : 0), 0);
+    visits.outside = 0;
+    f();
+    visits.check(items, base);
+  });
+}
 
 }  // namespace cuda_emu
 
@@ -524,12 +557,10 @@ cudaError_t cudaGetLastError() {
 extern "C" {
 const char* cuda_emu_message() { return cuda_emu::error.empty() ? cuda_emu::message.c_str() : cuda_emu::error.c_str(); }
 void cuda_emu_set_grid_cap(unsigned cap) { cuda_emu::grid_cap = cap; }
-void cuda_emu_set_stream(long long s) { cuda_emu::expected_stream = (intptr_t)s; }
 void cuda_emu_set_schedule(int s, unsigned long long seed) { cuda_emu::schedule = s; cuda_emu::seed = seed; }
 void cuda_emu_stats(long long* out) {
-  out[0] = cuda_emu::launches; out[1] = cuda_emu::strided; out[2] = cuda_emu::max_requested_grid;
-  out[3] = cuda_emu::blocks; out[4] = cuda_emu::barriers; out[5] = cuda_emu::max_shared;
-  out[6] = cuda_emu::max_params;
+  out[0] = cuda_emu::launches; out[1] = cuda_emu::strided; out[2] = cuda_emu::blocks;
+  out[3] = cuda_emu::barriers; out[4] = cuda_emu::max_shared;
 }
 // (lo, hi) x n; out: reads there, the first one's address, reads of poison, the first one's address
 void cuda_emu_track_loads(const long long* ranges, int n, long long* out) {
@@ -701,25 +732,38 @@ class Section:
         return f'#line {first} "{self.path}"\n{code}'
 
 
-def harness_source(sections: Sequence[Section], includes: Iterable[str], prelude: str = "", tail: str = "",
-                   device_branches: bool = True) -> str:
-    """The whole translation unit: runtime, the project headers (``includes``, relative to
-    csrc/), ``prelude`` (hooks), each section inside ``namespace cgnf``, then ``tail`` (the
-    extern "C" entry points)."""
-    parts = [f"#define CUDA_EMU_DEVICE_BRANCHES {int(device_branches)}\n", RUNTIME]
-    parts += [f'#include "{inc}"\n' for inc in includes]
-    parts += ['#line 1 "cuda_host_emu_prelude"\n', prelude, "\nnamespace cgnf {\n"]
-    parts += [s.text() for s in sections]
-    parts += ['\n#line 1 "cuda_host_emu_tail"\n}  // namespace cgnf\n', tail]
-    return "".join(parts)
+@dataclass
+class Harness:
+    """One library to build: the .cu sections, the project headers they need (``includes``,
+    relative to csrc/), ``prelude`` (hooks, after the headers), ``tail`` (the extern "C" entry
+    points, ``emu_<name>``) and each entry point's ctypes argument types (``functions``)."""
+
+    sections: list[Section]
+    includes: list[str]
+    functions: dict[str, Sequence]
+    prelude: str = ""
+    tail: str = ""
+
+    def source(self) -> str:
+        """The whole translation unit: runtime, headers, prelude, each section inside
+        ``namespace cgnf``, tail."""
+        parts = [RUNTIME, *(f'#include "{inc}"\n' for inc in self.includes)]
+        parts += ['#line 1 "cuda_host_emu_prelude"\n', self.prelude, "\nnamespace cgnf {\n"]
+        parts += [s.text() for s in self.sections]
+        parts += ['\n#line 1 "cuda_host_emu_tail"\n}  // namespace cgnf\n', self.tail]
+        return "".join(parts)
 
 
 # ----------------------------------------------------------------------------- building
 
 
-def _compile(cxx: str, src: Path, lib: Path, include: list[Path]) -> subprocess.CompletedProcess:
-    cmd = [cxx, *CXXFLAGS, *(f"-I{p}" for p in include), str(src), "-o", str(lib)]
-    return subprocess.run(cmd, capture_output=True, text=True)
+def _start(source: str, workdir: Path, name: str, cxx: str) -> subprocess.Popen:
+    """Start compiling ``source`` into workdir/lib<name>.so (the library is the command's last argument)."""
+    (workdir / "cuda_runtime.h").write_text(CUDA_RUNTIME_STUB)
+    src, lib = workdir / f"{name}.cpp", workdir / f"lib{name}.so"
+    src.write_text(source)
+    cmd = [cxx, *CXXFLAGS, f"-I{workdir}", f"-I{CSRC}", str(src), "-o", str(lib)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def check_compiler(cxx: str | None = None) -> str:
@@ -733,13 +777,12 @@ def _probe(cxx: str) -> str:
     if shutil.which(cxx) is None:
         raise CompilerUnavailable(f"no C++ compiler '{cxx}' on PATH")
     with tempfile.TemporaryDirectory(prefix="cuda_emu_probe_") as d:
-        src, lib = Path(d) / "probe.cpp", Path(d) / "probe.so"
-        src.write_text(PROBE)
-        r = _compile(cxx, src, lib, [])
-        if r.returncode != 0:
-            errors = [ln for ln in r.stderr.splitlines() if "error" in ln] or r.stderr.splitlines()[-1:]
+        proc = _start(PROBE, Path(d), "probe", cxx)
+        _, err = proc.communicate()
+        if proc.returncode != 0:
+            errors = [ln for ln in err.splitlines() if "error" in ln] or err.splitlines()[-1:]
             raise CompilerUnavailable(f"'{cxx}' cannot build C++20 std::atomic_ref with threads and ucontext: "
-                                      + (errors[0].strip() if errors else f"exit status {r.returncode}"))
+                                      + (errors[0].strip() if errors else f"exit status {proc.returncode}"))
     return cxx
 
 
@@ -748,21 +791,17 @@ class Library:
     ``emu_`` prefix) to its ctypes argument types; every one returns the guarded() code."""
 
     def __init__(self, lib_path: Path, functions: dict[str, Sequence]):
-        self.path = Path(lib_path)
         self.lib = lib = ctypes.CDLL(str(lib_path))
-        self.functions = dict(functions)
-        for name, argtypes in self.functions.items():
+        for name, argtypes in functions.items():
             f = getattr(lib, "emu_" + name)
             f.argtypes, f.restype = list(argtypes), ctypes.c_int
         lib.cuda_emu_message.restype = ctypes.c_char_p
         lib.cuda_emu_set_grid_cap.argtypes = [ctypes.c_uint]
-        lib.cuda_emu_set_stream.argtypes = [ctypes.c_longlong]
         lib.cuda_emu_set_schedule.argtypes = [ctypes.c_int, ctypes.c_ulonglong]
         lib.cuda_emu_stats.argtypes = [ctypes.POINTER(ctypes.c_longlong)]
         lib.cuda_emu_track_stores.argtypes = [ctypes.POINTER(ctypes.c_longlong), ctypes.c_int]
         lib.cuda_emu_track_loads.argtypes = [ctypes.POINTER(ctypes.c_longlong), ctypes.c_int,
                                              ctypes.POINTER(ctypes.c_longlong)]
-        self.schedule = "threads"
 
     def set_grid_cap(self, blocks: int) -> None:
         """Lower every launch's gridDim.x to at most ``blocks`` (0: no cap)."""
@@ -770,23 +809,19 @@ class Library:
             raise ValueError("the grid cap must be >= 0 (0: none)")
         self.lib.cuda_emu_set_grid_cap(blocks)
 
-    def set_stream(self, stream: int) -> None:
-        """The stream every launch must use (the one the caller hands the launcher)."""
-        self.lib.cuda_emu_set_stream(stream)
-
     def set_schedule(self, schedule: str, seed: int = 1) -> None:
         """How a block's threads run: ``threads`` (OS threads) or fibers in ``forward`` /
         ``reverse`` / ``shuffle`` (seeded) order."""
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {schedule!r}")
         self.lib.cuda_emu_set_schedule(SCHEDULES[schedule], seed)
-        self.schedule = schedule
 
     def stats(self) -> dict[str, int]:
-        a = (ctypes.c_longlong * 7)()
+        """Counts since the library was loaded (launches, those whose grid was capped, blocks,
+        barriers passed) and the most shared memory one launch used (see reset_max_shared)."""
+        a = (ctypes.c_longlong * 5)()
         self.lib.cuda_emu_stats(a)
-        return dict(zip(("launches", "strided", "max_requested_grid", "blocks", "barriers", "max_shared",
-                         "max_params"), a))
+        return dict(zip(("launches", "strided", "blocks", "barriers", "max_shared"), a))
 
     def reset_max_shared(self) -> None:
         """Start stats()["max_shared"] (the most shared memory one launch used) afresh."""
@@ -815,18 +850,18 @@ class Library:
             raise (ValueError, RuntimeError, EmulationError)[rc - 1](msg)
 
 
-def compile_harness(source: str, workdir: Path, name: str, cxx: str) -> subprocess.Popen:
-    """Start compiling ``source`` into workdir/lib<name>.so (a Popen; see :func:`finish`)."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "cuda_runtime.h").write_text(CUDA_RUNTIME_STUB)
-    src, lib = workdir / f"{name}.cpp", workdir / f"lib{name}.so"
-    src.write_text(source)
-    cmd = [cxx, *CXXFLAGS, f"-I{workdir}", f"-I{CSRC}", str(src), "-o", str(lib)]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def finish(proc: subprocess.Popen, what: str) -> Path:
-    _, err = proc.communicate()
-    if proc.returncode != 0:
-        raise HarnessError(f"compiling the {what} emulation failed:\n{err}")
-    return Path(proc.args[-1])
+def build_many(harnesses: dict[str, Harness], workdir: str | os.PathLike | None = None,
+               cxx: str | None = None) -> dict[str, Library]:
+    """Compile the harnesses in parallel into ``workdir`` (<name>_cuda_emu.cpp and its library; a
+    temporary folder, removed once they are loaded, without one) and load them.
+    CompilerUnavailable without a usable compiler, HarnessError when a harness does not compile."""
+    cxx = check_compiler(cxx)
+    with contextlib.ExitStack() as stack:
+        d = Path(workdir) if workdir else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cuda_emu_")))
+        d.mkdir(parents=True, exist_ok=True)
+        procs = {n: _start(h.source(), d, f"{n}_cuda_emu", cxx) for n, h in harnesses.items()}
+        errors = {n: p.communicate()[1] for n, p in procs.items()}
+        for n, p in procs.items():
+            if p.returncode != 0:
+                raise HarnessError(f"compiling the {n} emulation failed:\n{errors[n]}")
+        return {n: Library(Path(p.args[-1]), harnesses[n].functions) for n, p in procs.items()}

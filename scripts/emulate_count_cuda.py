@@ -56,7 +56,6 @@ import contextlib
 import ctypes
 import os
 import sys
-import tempfile
 import time
 import types
 from collections.abc import Iterator
@@ -77,47 +76,19 @@ LAUNCHERS = {  # name -> number of int64 arguments (the pybind signature in csrc
 }
 
 # After the project headers: every mask of a launch's range [lo, hi) must be visited exactly
-# once; the per-mask calls of the kernels (preds_of in count_valid_kernel, canonical_class in the
-# other two) are counted.
+# once (cuda_emu::guarded_visits); the per-mask calls of the kernels (preds_of in
+# count_valid_kernel, canonical_class in the other two) are counted.
 PRELUDE = r"""
 namespace cgnf_emu {
-uint64_t visit_lo = 0, visit_hi = 0;
-std::vector<uint8_t> visits;
-std::atomic<unsigned long long> visits_outside{0};
-inline void visit(uint64_t mask) {
-  if (mask < visit_lo || mask >= visit_hi) { ++visits_outside; return; }
-  std::atomic_ref<uint8_t> v(visits[mask - visit_lo]);
-  uint8_t old = v.load();
-  while (old < 255 && !v.compare_exchange_weak(old, uint8_t(old + 1))) {}
-}
-void track(int64_t lo, int64_t hi) {
-  visit_lo = uint64_t(lo < 0 ? 0 : lo);
-  visit_hi = hi > lo ? uint64_t(hi) : visit_lo;
-  visits.assign(visit_hi - visit_lo, 0);
-  visits_outside = 0;
-}
-void check_visits(const char* kernel) {
-  if (!cuda_emu::error.empty()) return;
-  uint64_t never = 0, repeated = 0, first = ~uint64_t{0};
-  for (uint64_t i = 0; i < visits.size(); ++i)
-    if (visits[i] != 1) {
-      (visits[i] ? repeated : never) += 1;
-      if (first == ~uint64_t{0}) first = visit_lo + i;
-    }
-  if (never || repeated || visits_outside)
-    cuda_emu::error = std::string(kernel) + ": masks of [" + std::to_string(visit_lo) + ", " +
-                      std::to_string(visit_hi) + ") visited not exactly once: " + std::to_string(never) +
-                      " never, " + std::to_string(repeated) + " more than once (first " + std::to_string(first) +
-                      "), " + std::to_string(visits_outside.load()) + " visits outside the range";
-}
+int64_t visit_lo = 0;
 template <typename... A>
 inline void visit_preds_of(uint64_t mask, A&&... a) {
-  visit(mask);
+  cuda_emu::visits.visit(int64_t(mask) - visit_lo);
   cgnf::preds_of(mask, std::forward<A>(a)...);
 }
 template <typename... A>
 inline decltype(auto) visit_canonical_class(uint64_t mask, A&&... a) {
-  visit(mask);
+  cuda_emu::visits.visit(int64_t(mask) - visit_lo);
   return cgnf::canonical_class(mask, std::forward<A>(a)...);
 }
 }  // namespace cgnf_emu
@@ -129,11 +100,11 @@ TAIL = r"""
 namespace {
 template <typename F>
 int tracked(const char* kernel, int64_t lo, int64_t hi, F&& f) {
-  return cuda_emu::guarded([&] {
-    cgnf_emu::track(lo, hi);
-    f();
-    cgnf_emu::check_visits(kernel);
-  });
+  cgnf_emu::visit_lo = lo < 0 ? 0 : lo;
+  const int64_t n = hi > cgnf_emu::visit_lo ? hi - cgnf_emu::visit_lo : 0;
+  return cuda_emu::guarded_visits(n, std::string(kernel) + ": masks of [" + std::to_string(cgnf_emu::visit_lo) +
+                                         ", " + std::to_string(cgnf_emu::visit_lo + n) + ")",
+                                  cgnf_emu::visit_lo, f);
 }
 }  // namespace
 
@@ -152,38 +123,14 @@ int emu_network_keys_cuda(int64_t k, int64_t max_edges, int64_t lo, int64_t hi, 
 }
 """
 
-
-def harness_source() -> str:
-    return emu_rt.harness_source([emu_rt.Section(CU, MARKER)],
-                                 ["common/checks.h", "common/cuda_utils.h", "dag/graph_impl.h", "dag/space_impl.h"],
-                                 PRELUDE, TAIL)
+HARNESS = emu_rt.Harness([emu_rt.Section(CU, MARKER)],
+                         ["common/checks.h", "common/cuda_utils.h", "dag/graph_impl.h", "dag/space_impl.h"],
+                         {name: [ctypes.c_int64] * nargs for name, nargs in LAUNCHERS.items()}, PRELUDE, TAIL)
 
 
-def check_compiler(cxx: str | None = None) -> str:
-    """The compiler to use; raises CompilerUnavailable when it is missing or too old."""
-    return emu_rt.check_compiler(cxx)
-
-
-class Emulation(emu_rt.Library):
-    """The compiled harness, loaded (``build()`` makes one); OS threads, three blocks a launch."""
-
-    def __init__(self, lib_path: Path):
-        super().__init__(lib_path, {name: [ctypes.c_int64] * nargs for name, nargs in LAUNCHERS.items()})
-        self.set_grid(3)
-
-    def set_grid(self, blocks: int) -> None:
-        if blocks < 1:
-            raise ValueError("grid must be >= 1 block")
-        self.set_grid_cap(blocks)
-
-
-def build(workdir: str | os.PathLike | None = None, cxx: str | None = None) -> Emulation:
+def build(workdir: str | os.PathLike | None = None, cxx: str | None = None) -> emu_rt.Library:
     """Write the harness, compile it (CompilerUnavailable without a usable g++) and load it."""
-    cxx = check_compiler(cxx)
-    with contextlib.ExitStack() as stack:
-        d = Path(workdir) if workdir else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cgnf_emu_")))
-        lib = emu_rt.finish(emu_rt.compile_harness(harness_source(), d, "count_cuda_emu", cxx), "count_cuda.cu")
-        return Emulation(lib)  # loaded before the temporary folder goes
+    return emu_rt.build_many({"count": HARNESS}, workdir, cxx)["count"]
 
 
 class _FakeC:
@@ -195,7 +142,7 @@ class _FakeC:
     distinct networks happen not to change.
     """
 
-    def __init__(self, emu: Emulation, real_c):
+    def __init__(self, emu: emu_rt.Library, real_c):
         self._emu, self._real = emu, real_c
         self.calls: dict[str, int] = dict.fromkeys(LAUNCHERS, 0)
         self.overflows = 0  # network_keys_cuda calls that made more keys than the buffer holds
@@ -257,7 +204,7 @@ def _host_torch(torch):
 
 
 @contextlib.contextmanager
-def emulated(emu: Emulation, capacity: int) -> Iterator[_FakeC]:
+def emulated(emu: emu_rt.Library, capacity: int) -> Iterator[_FakeC]:
     """Swap _count_cuda's device plumbing for the emulation (restored on exit)."""
     import torch
 
@@ -285,11 +232,14 @@ def emulated(emu: Emulation, capacity: int) -> Iterator[_FakeC]:
 KEYS = ("labeled", "valid", "unique", "unique_networks")
 
 
-def check_space(emu: Emulation, sp, *, grid: int = 3, capacity: int = 16) -> dict:
-    """Counts of ``sp`` through the emulated GPU path and the CPU path; ``ok`` when equal."""
+def check_space(emu: emu_rt.Library, sp, *, grid: int = 3, capacity: int = 16) -> dict:
+    """Counts of ``sp`` through the emulated GPU path (at most ``grid`` blocks a launch) and the
+    CPU path; ``ok`` when equal."""
     from cgnf_fast.space import _count_cuda, counting
 
-    emu.set_grid(grid)
+    if grid < 1:
+        raise ValueError("grid must be >= 1 block")
+    emu.set_grid_cap(grid)
     before = emu.stats()
     t0 = time.perf_counter()
     with emulated(emu, capacity) as fake:

@@ -84,7 +84,6 @@ import argparse
 import ctypes
 import math
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,41 +178,21 @@ int emu_cnf_counted(int64_t t, int64_t z, int64_t c, int64_t noise, const int64_
 }
 """
 
-# Every graph b of a launch must be visited exactly once: the kernels' per-graph calls are
-# counted by the labels pointer they get (labels + b * N).
+# Every graph b of a launch must be visited exactly once (cuda_emu::guarded_visits): the kernels'
+# per-graph calls are counted by the labels pointer they get (labels + b * N).
 DAG_PRELUDE = r"""
 namespace dag_emu {
 const int8_t* base = nullptr;
-int64_t stride = 1, count = 0;
-std::vector<uint8_t> visits;
-std::atomic<long long> outside{0};
+int64_t stride = 1;
 inline void visit(const int8_t* labels) {
   const int64_t off = labels - base;
-  if (!base || off < 0 || off % stride || off / stride >= count) { ++outside; return; }
-  std::atomic_ref<uint8_t> v(visits[off / stride]);
-  uint8_t old = v.load();
-  while (old < 255 && !v.compare_exchange_weak(old, uint8_t(old + 1))) {}
+  cuda_emu::visits.visit(base && off % stride == 0 ? off / stride : -1);
 }
 template <typename F>
 int tracked(const char* what, int64_t labels, int64_t N, int64_t B, F&& f) {
-  return cuda_emu::guarded([&] {
-    base = reinterpret_cast<const int8_t*>(labels);
-    stride = N > 0 ? N : 1;
-    count = B > 0 ? B : 0;
-    visits.assign(size_t(count), 0);
-    outside = 0;
-    f();
-    long long never = 0, repeated = 0, first = -1;
-    for (int64_t b = 0; b < count; ++b)
-      if (visits[b] != 1) {
-        (visits[b] ? repeated : never) += 1;
-        if (first < 0) first = b;
-      }
-    if ((never || repeated || outside) && cuda_emu::error.empty())
-      cuda_emu::error = std::string(what) + ": graphs visited not exactly once: " + std::to_string(never) +
-                        " never, " + std::to_string(repeated) + " more than once (first " + std::to_string(first) +
-                        "), " + std::to_string(outside.load()) + " visits outside the batch";
-  });
+  base = reinterpret_cast<const int8_t*>(labels);
+  stride = N > 0 ? N : 1;
+  return cuda_emu::guarded_visits(B, std::string(what) + ": graphs", 0, f);
 }
 template <typename... A>
 inline void visit_prune_one(const uint8_t* adj, const int8_t* labels, A&&... a) {
@@ -257,34 +236,22 @@ int emu_dag_nb101_hash_cuda(int64_t adj, int64_t labels, int64_t n, int64_t out,
 """
 
 
-@dataclass
-class Harness:
-    sections: list
-    includes: list
-    functions: dict
-    prelude: str = ""
-    tail: str = ""
-
-    def source(self) -> str:
-        return rt.harness_source(self.sections, self.includes, self.prelude, self.tail)
-
-
-def harnesses() -> dict[str, Harness]:
+def harnesses() -> dict[str, rt.Harness]:
     cu = lambda p: rt.Section(CSRC / p, MARKER)  # noqa: E731
     gin_args = [I64] * 6 + [F64, INT, I64]
     return {
-        "gin": Harness(
+        "gin": rt.Harness(
             [cu("gnn/gin_aggregate_cuda.cu")], ["common/checks.h", "common/cuda_utils.h", "gnn/gnn.h"],
             {"gin_aggregate_fwd_cuda": gin_args,
              "gin_aggregate_bwd_cuda": [I64] * 8 + [F64, INT, I64],
              "gin_counted": [I64] * 9 + [F64, INT, I64]},
             tail=GIN_TAIL),
-        "cnf": Harness(
+        "cnf": rt.Harness(
             [cu("cnf/cnf_dynamics_cuda.cu")], ["common/checks.h", "common/cuda_utils.h", "cnf/cnf.h"],
             {"cnf_dynamics_fwd_cuda": [I64] * 4 + [PTR64, I64, PTR64] + [I64] * 9 + [INT, I64],
              "cnf_counted": [I64] * 4 + [PTR64, I64, PTR64] + [I64] * 8 + [INT, I64]},
             tail=CNF_TAIL),
-        "dag": Harness(
+        "dag": rt.Harness(
             [cu("dag/graph_cuda.cu"), cu("dag/prune_cuda.cu")],
             ["common/checks.h", "common/cuda_utils.h", "dag/dag.h", "dag/graph_impl.h", "dag/prune_impl.h"],
             {"dag_prune_cuda": [I64] * 9, "dag_canonical_code_cuda": [I64] * 7, "dag_nb101_hash_cuda": [I64] * 7},
@@ -294,21 +261,8 @@ def harnesses() -> dict[str, Harness]:
 
 def build(names=("gin", "cnf", "dag"), workdir=None, cxx: str | None = None) -> dict[str, rt.Library]:
     """Compile the named harnesses (in parallel) and load them."""
-    cxx = rt.check_compiler(cxx)
     hs = harnesses()
-    tmp = None
-    if workdir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="cuda_emu_")
-        workdir = tmp.name
-    try:
-        procs = {n: rt.compile_harness(hs[n].source(), Path(workdir), f"{n}_cuda_emu", cxx) for n in names}
-        libs = {n: rt.Library(rt.finish(p, n), hs[n].functions) for n, p in procs.items()}
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
-    for lib in libs.values():
-        lib.set_stream(STREAM)
-    return libs
+    return rt.build_many({n: hs[n] for n in names}, workdir, cxx)
 
 
 # -------------------------------------------------------------------------------- buffers
@@ -481,6 +435,19 @@ def _after_launches(lib, res: Result, tag: str, init: str, before, B: int, descs
             res.problems.append(f"{tag} {init}: wrote outside {nm}")
 
 
+def _compare_passes(res: Result, tag: str, outs: dict, B: int) -> None:
+    """The poisoned and the zeroed (Counted) pass (``outs[init] = (ok, {name: Buf or None})``)
+    must agree bit for bit on every output, when both ran and B > 0."""
+    (ok_p, p), (ok_z, z) = outs["poison"], outs["zero"]
+    if not (ok_p and ok_z and B > 0):
+        return
+    for nm, b in p.items():
+        if b is not None and not same_bits(b.t, z[nm].t):
+            d = int((b.t != z[nm].t).sum())
+            res.problems.append(f"{tag} {nm}: the poisoned and the zeroed (Counted) pass differ in {d} "
+                                "entries (unwritten entries, or an order-dependent result)")
+
+
 def _run(res: Result, lib: rt.Library, name: str, *args) -> bool:
     try:
         lib.call(name, *args)
@@ -639,18 +606,12 @@ def check_gin(lib: rt.Library, case: GinCase, dtypes=(torch.float64, torch.float
                             list(bufs.items()) + [("adj", badj), ("h", bh), ("grad_out", bgo)])
             outs[init] = (ok, bufs)
         ok_p, p = outs["poison"]
-        ok_z, z = outs["zero"]
         if ok_p:
             _compare(res, f"{tag} out", p["out"].t, r_out, tols[0])
             _compare(res, f"{tag} grad_h", p["grad_h"].t, r_gh, tols[1])
             if case.adj_grad:
                 _compare(res, f"{tag} grad_adj", p["grad_adj"].t, r_ga, tols[2])
-        if ok_p and ok_z and B > 0:
-            for nm in ("out", "grad_h") + (("grad_adj",) if case.adj_grad else ()):
-                if not same_bits(p[nm].t, z[nm].t):
-                    d = int((p[nm].t != z[nm].t).sum())
-                    res.problems.append(f"{tag} {nm}: the poisoned and the zeroed (Counted) pass differ "
-                                        f"in {d} entries (unwritten entries, or an order-dependent result)")
+        _compare_passes(res, tag, outs, B)
     res.desc = "; ".join(descs)
     res.seconds = time.perf_counter() - t0
     return res
@@ -786,7 +747,6 @@ def check_cnf(lib: rt.Library, case: CnfCase, dtypes=(torch.float64, torch.float
             _after_launches(lib, res, tag, init, before, B, descs, named)
             outs[init] = (ok, bufs)
         ok_p, p = outs["poison"]
-        ok_z, zz = outs["zero"]
         if ok_p:
             if f64:
                 _compare(res, f"{tag} dz", p["dz"].t, r_dz, 1e-12)
@@ -798,12 +758,7 @@ def check_cnf(lib: rt.Library, case: CnfCase, dtypes=(torch.float64, torch.float
                 if dv:
                     _compare(res, f"{tag} div", p["div"].t, r_div,
                              torch.full_like(r_div, 2e-5 * max(1.0, float(r_div.abs().max()) if B else 1.0)))
-        if ok_p and ok_z and B > 0:
-            for nm in ("dz",) + (("div",) if dv else ()) + (("workspace",) if need else ()):
-                if not same_bits(p[nm].t, zz[nm].t):
-                    d = int((p[nm].t != zz[nm].t).sum())
-                    res.problems.append(f"{tag} {nm}: the poisoned and the zeroed (Counted) pass differ in {d} "
-                                        "entries (unwritten entries, or an order-dependent result)")
+        _compare_passes(res, tag, outs, B)
     res.desc = "; ".join(descs)
     res.seconds = time.perf_counter() - t0
     return res
@@ -872,8 +827,9 @@ def check_dag(lib: rt.Library, case: DagCase, schedules=("forward", "reverse")) 
         ("dag_canonical_code_cuda", _C.dag_canonical_code_cpu, [((B,), torch.int64)], False),
         ("dag_nb101_hash_cuda", _C.dag_nb101_hash_cpu, [((B, 16), torch.uint8)], True),
     ]
+    batches = {nb101: dag_batch(B, N, case.seed + (1000 if nb101 else 0), nb101) for nb101 in (False, True)}
     for name, cpu, shapes, nb101 in ops:
-        adj, labels, n = dag_batch(B, N, case.seed + (1000 if nb101 else 0), nb101)
+        adj, labels, n = batches[nb101]
         ins = [Buf(tuple(x.shape), x.dtype, x) for x in (adj, labels, n)]
         want = [torch.zeros(s, dtype=d) for s, d in shapes]
         cpu(*(x.data_ptr() for x in (adj, labels, n)), *(w.data_ptr() for w in want), B, N, 1)
