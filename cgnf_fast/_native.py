@@ -27,14 +27,36 @@ def cuda_available() -> bool:
     return BUILT_WITH_CUDA and torch.cuda.is_available() and _C.cuda_device_count() > 0
 
 
+class CudaUnavailable(RuntimeError):
+    """A CUDA kernel was asked for where cgnf_fast cannot run one."""
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch.device, or a ValueError naming what is wrong with it: not a device
+    string, a device other than the CPU or a CUDA GPU, or a GPU torch does not see."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device {device!r} is not a device; use 'cpu', 'cuda' or 'cuda:N'") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r}: cgnf_fast runs on 'cpu' or 'cuda[:N]', not {dev.type}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU build of torch" if torch.version.cuda is None else "no GPU visible"
+            raise ValueError(f"device {device!r}: torch {torch.__version__} sees no CUDA GPU ({build})")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: torch sees {torch.cuda.device_count()} CUDA GPU(s)")
+    return dev
+
+
 def require_cuda(what: str) -> None:
     if not BUILT_WITH_CUDA:
-        raise RuntimeError(
+        raise CudaUnavailable(
             f"{what}: cgnf_fast was built without CUDA kernels (no nvcc at build time, or "
             "CGNF_ENABLE_CUDA=OFF); rebuild on a machine with nvcc or use device='cpu'"
         )
     if not cuda_available():
-        raise RuntimeError(f"{what}: no CUDA device is available to cgnf_fast's native runtime")
+        raise CudaUnavailable(f"{what}: no CUDA device is available to cgnf_fast's native runtime")
 
 
 def num_threads() -> int:

@@ -18,6 +18,8 @@ from pathlib import Path
 from collections.abc import Iterator, Sequence
 from typing import Any, TextIO
 
+from ._native import CudaUnavailable, check_device
+
 
 class CLIError(Exception):
     """A user error: printed as one line, exit status 2."""
@@ -484,6 +486,12 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="cgnf",
                                 description="cgnf_fast: cells, design spaces, zero-cost scores, models and sampling.")
+    import torch
+
+    from . import __version__, _native
+
+    cuda = "CUDA kernels" if _native.BUILT_WITH_CUDA else "no CUDA kernels"
+    p.add_argument("--version", action="version", version=f"cgnf_fast {__version__} ({cuda}; torch {torch.__version__})")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     sp = sub.add_parser("space", help="design spaces")
@@ -793,10 +801,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.argv = argv
     try:
+        if getattr(args, "device", None) is not None:
+            check_device(args.device)
         return int(args.func(args) or 0)
     except BrokenPipeError:  # e.g. `cgnf cell hash | head`
         return 0
-    except (CLIError, ValueError, OSError) as e:
+    except (CLIError, ValueError, OSError, CudaUnavailable) as e:
         print(f"cgnf: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -96,6 +96,7 @@ import torch
 
 from .ops import (batch_from_cells, cell_canonical_codes, cell_network_codes, dag_canonical_code, dag_nb101_hash,
                   dag_network_code, dag_prune)
+from ._native import check_device
 from .ops.dag import MAX_NODES
 from .space import NB101_OPS, NB201_NODE_OPS, Cell, DesignSpace, _ops
 from .space import get as get_space
@@ -867,6 +868,7 @@ def sample_with_info(reference: Any, condition: Mapping[str, Any] | None = None,
     """:func:`sample`, plus a dict describing the run: the reference, its predicted attributes,
     the condition targets, and how many latents were drawn, repaired, dropped (and why)."""
     _check_args(n, temperature, seed, novel_only, chunk, max_draws, oversample)
+    check_device(device)
     sp = get_space(space)
     seed_name = SEED_SPACES.get(sp.name)
     if novel_only and seed_name is None:

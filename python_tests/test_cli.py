@@ -9,6 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import torch
 from helpers import BEST_ISH
 
 
@@ -53,13 +54,23 @@ def test_cell_hash():
     assert isinstance(rows[0]["code"], int) and isinstance(rows[0]["network_code"], int)
 
 
+def test_version():
+    r = cgnf("--version")
+    assert r.returncode == 0 and r.stdout.startswith("cgnf_fast 0.") and f"torch {torch.__version__}" in r.stdout
+
+
 def test_errors_exit_2_with_one_line():
     for args, stdin, match in [
         (("space", "info", "nb999"), None, "unknown space 'nb999'"),
         (("cell", "hash"), '{"matrix": [[0,1],[1,0]], "ops": ["input","output"]}\n', "line 1: matrix is cyclic"),
         (("cell", "hash"), f"{BEST_ISH}\n|nor_conv_3x3~0|+|x~0|\n", "line 2:"),
         (("cell", "hash", "--input", "/nonexistent/file"), None, "No such file"),
-    ]:
+        (("sample", "--n", "2", "--device", "gpu0"), None, "device 'gpu0' is not a device; use 'cpu', 'cuda'"),
+        (("sample", "--n", "2", "--device", "meta"), None, "runs on 'cpu' or 'cuda[:N]', not meta"),
+    ] + ([] if torch.cuda.is_available() else [
+        (("space", "count", "nb101", "--device", "cuda"), None, "device 'cuda': torch "),
+        (("sample", "--n", "2", "--device", "cuda:0"), None, "device 'cuda:0': torch "),
+    ]):
         r = cgnf(*args, stdin=stdin)
         assert r.returncode == 2, (args, r.stdout, r.stderr)
         err = r.stderr.strip().splitlines()

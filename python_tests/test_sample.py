@@ -391,7 +391,9 @@ def test_bad_model_dirs_and_arguments(model_dir: Path, model: SamplingModel, tmp
     with pytest.raises(ValueError, match="space 'nb201' is its own seed space"):
         sample("best", space="nb201", novel_only=True, model=model)
     for kw, match in [({"n": 0}, "n must be an int >= 1"), ({"temperature": 0.0}, "temperature must be"),
-                      ({"seed": -1}, "seed must be"), ({"novel_only": "yes"}, "novel_only must be a bool")]:
+                      ({"seed": -1}, "seed must be"), ({"novel_only": "yes"}, "novel_only must be a bool"),
+                      ({"device": "gpu"}, "device 'gpu' is not a device"), ({"device": 3.5}, "is not a device"),
+                      ({"device": "meta"}, "runs on 'cpu' or 'cuda"), ({"device": "cuda:99"}, "device 'cuda:99': torch")]:
         with pytest.raises(ValueError, match=match):
             sample("best", model=model, **kw)
 
