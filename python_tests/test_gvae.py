@@ -260,6 +260,7 @@ def test_train_writes_a_loadable_model_and_metrics(label_store: str, tmp_path: P
     info = json.loads((tmp_path / "run" / "data.json").read_text())
     assert info["labelled"]["attributes"] == ["params", "flops"]
     vae = GraphVAE.load(tmp_path / "run", backend="torch")
+    assert (vae.info["format"], vae.info["version"]) == ("cgnf_fast.gvae", 1)
     cells = get_space("nb201-like").sample(5, seed=9)
     z = vae.encode(cells)
     assert z.shape == (5, 4)
@@ -393,6 +394,9 @@ def test_corrupt_gvae_dir_gives_clear_errors(label_store: str, tmp_path: Path) -
         GraphVAE.load(d)
     (d / "gvae.json").write_text(json.dumps({"format": "something else"}))
     with pytest.raises(CheckpointError, match="not a cgnf_fast G-VAE config"):
+        GraphVAE.load(d)
+    (d / "gvae.json").write_text(json.dumps({"format": "cgnf_fast.gvae", "version": 2, "config": {}}))
+    with pytest.raises(CheckpointError, match="G-VAE format version 2, this cgnf_fast reads version 1"):
         GraphVAE.load(d)
 
 

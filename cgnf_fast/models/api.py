@@ -22,6 +22,10 @@ from .gvae import BACKENDS, GVAE, GVAEConfig
 
 WEIGHTS = "gvae.safetensors"
 CONFIG = "gvae.json"
+FORMAT = "cgnf_fast.gvae"
+#: The G-VAE directory format this install writes and reads (configs written before it was
+#: recorded are version 1).
+FORMAT_VERSION = 1
 
 
 class GraphVAE:
@@ -49,8 +53,11 @@ class GraphVAE:
         if not d.is_dir():
             raise CheckpointError(f"{d}: no such directory (expected {WEIGHTS} and {CONFIG} in it)")
         meta = load_json(d / CONFIG)
-        if not isinstance(meta, dict) or meta.get("format") != "cgnf_fast.gvae" or "config" not in meta:
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT or "config" not in meta:
             raise CheckpointError(f"{d / CONFIG}: not a cgnf_fast G-VAE config (missing format/config keys)")
+        if meta.get("version", 1) != FORMAT_VERSION:
+            raise CheckpointError(f"{d / CONFIG}: G-VAE format version {meta.get('version')!r}, this cgnf_fast reads "
+                                  f"version {FORMAT_VERSION}; retrain the G-VAE with this version")
         try:
             cfg = GVAEConfig.from_dict(meta["config"])
         except (TypeError, ValueError) as e:

@@ -32,6 +32,8 @@ import torch
 from tqdm import tqdm
 
 from ..models.api import CONFIG, WEIGHTS, GraphVAE
+from ..models.api import FORMAT as GVAE_FORMAT
+from ..models.api import FORMAT_VERSION as GVAE_FORMAT_VERSION
 from ..models.codec import CellCodec
 from ..models.gvae import BACKENDS, GVAE, GVAEConfig, kl_divergence, reconstruction_loss, triplet_loss
 from ..space import Cell
@@ -332,8 +334,8 @@ def train_gvae(cfg: TrainGVAEConfig, out: str, *, device: str = "cpu", backend: 
     save_checkpoint()
     model.eval()
     save_tensors(outp / WEIGHTS, model.state_dict())
-    meta = {"format": "cgnf_fast.gvae", "config": mcfg.to_dict(), "train": cfg.to_dict(), "data": data_info,
-            "steps": step}
+    meta = {"format": GVAE_FORMAT, "version": GVAE_FORMAT_VERSION, "config": mcfg.to_dict(), "train": cfg.to_dict(),
+            "data": data_info, "steps": step}
     save_json(outp / CONFIG, meta)
     vae = GraphVAE(model, device=dev, backend=backend, info=meta)
     metrics = evaluate_run(vae, data, seed=cfg.seed)
