@@ -118,6 +118,34 @@ def test_pool_workers_stop_when_their_parent_is_killed(tmp_path):
     assert len(rows) == len(set(rows)) < 400, "the workers kept scoring after their parent died"
 
 
+_OPEN_AT_ONCE = """
+import sys, time
+from cgnf_fast.zc import ScoreStore
+t0, paths = float(sys.argv[1]), sys.argv[2:]
+for i, path in enumerate(paths):  # every process opens each new store at the same instant
+    while (wait := t0 + 0.25 * i - time.time()) > 0.002:
+        time.sleep(wait - 0.002)
+    while time.time() < t0 + 0.25 * i:
+        pass
+    ScoreStore(path).close()
+"""
+
+
+def test_processes_creating_one_store_at_once(tmp_path):
+    """Six processes open the same missing store at the same instant, ten times: each creates or
+    joins it (before the fix, about one round in two failed with "database is locked" or "no
+    meta table" in one of them)."""
+    paths = [str(tmp_path / f"s{i}.sqlite") for i in range(10)]
+    t0 = time.time() + 8  # after the imports
+    procs = [subprocess.Popen([sys.executable, "-c", _OPEN_AT_ONCE, str(t0), *paths], cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-300:] for o in outs]
+    for path in paths:
+        with ScoreStore(path) as store:
+            assert store._tables() == {"meta", "scores", "claims"}
+
+
 def test_two_concurrent_scorers_share_the_work(tmp_path):
     store = tmp_path / "s.sqlite"
     procs = [subprocess.Popen([cgnf_executable(), *CMD, "--store", str(store)], cwd=tmp_path,

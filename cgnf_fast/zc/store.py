@@ -57,30 +57,58 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _busy(e: sqlite3.OperationalError) -> bool:
+    return "locked" in str(e) or "busy" in str(e)
+
+
 class ScoreStore:
     """A score store at ``path`` (created when missing)."""
 
     def __init__(self, path: str | os.PathLike, *, claim_ttl: float = 3600.0, timeout: float = 60.0) -> None:
         self.path = Path(path)
         self.claim_ttl = claim_ttl
-        existed = self.path.exists() and self.path.stat().st_size > 0
-        try:
-            self._db = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            if existed:
-                self._check_existing()
-            else:
-                self._db.executescript(_SCHEMA)
-                with self._tx():
-                    self._db.execute("INSERT OR IGNORE INTO meta VALUES ('format', ?)", (FORMAT,))
-                    self._db.execute("INSERT OR IGNORE INTO meta VALUES ('version', ?)", (str(SCHEMA_VERSION),))
-        except sqlite3.DatabaseError as e:
-            raise StoreError(f"{str(self.path)!r} is not a cgnf_fast score store (SQLite says: {e})") from None
+        # Several processes may open (and create) the same store at once: the schema is created in
+        # one write transaction, and the few steps SQLite may refuse with "database is locked"
+        # without waiting (switching a fresh file to WAL while another process does) are retried.
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._db = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None)
+            except sqlite3.DatabaseError as e:
+                raise StoreError(f"{str(self.path)!r} cannot be opened as a score store (SQLite says: {e})") from None
+            try:
+                self._open()
+                break
+            except sqlite3.OperationalError as e:
+                self._db.close()
+                if not _busy(e) or time.monotonic() > deadline:
+                    raise StoreError(f"{str(self.path)!r} is not a cgnf_fast score store (SQLite says: {e})") from None
+                time.sleep(0.02)
+            except sqlite3.DatabaseError as e:
+                self._db.close()
+                raise StoreError(f"{str(self.path)!r} is not a cgnf_fast score store (SQLite says: {e})") from None
+            except BaseException:
+                self._db.close()
+                raise
         self._host = socket.gethostname()
 
+    def _open(self) -> None:
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        if not self._tables():  # a new (or empty) database; another process creating it at once is harmless
+            with self._tx() as db:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute("INSERT OR IGNORE INTO meta VALUES ('format', ?)", (FORMAT,))
+                db.execute("INSERT OR IGNORE INTO meta VALUES ('version', ?)", (str(SCHEMA_VERSION),))
+        self._check_existing()
+
+    def _tables(self) -> set[str]:
+        return {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
     def _check_existing(self) -> None:
-        tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        tables = self._tables()
         if "meta" not in tables:
             raise StoreError(f"{str(self.path)!r} is an SQLite file but not a cgnf_fast score store (no meta table)")
         meta = dict(self._db.execute("SELECT key, value FROM meta"))
