@@ -42,7 +42,8 @@ def check_device(device: str | torch.device) -> torch.device:
         raise ValueError(f"device {device!r}: cgnf_fast runs on 'cpu' or 'cuda[:N]', not {dev.type}")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            build = "a CPU build of torch" if torch.version.cuda is None else "no GPU visible"
+            cpu_only = torch.version.cuda is None and getattr(torch.version, "hip", None) is None
+            build = "a CPU build of torch" if cpu_only else "no GPU visible"
             raise ValueError(f"device {device!r}: torch {torch.__version__} sees no CUDA GPU ({build})")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(f"device {device!r}: torch sees {torch.cuda.device_count()} CUDA GPU(s)")

@@ -10,6 +10,7 @@ import pytest
 
 from cgnf_fast import get_space
 from cgnf_fast.evaluate.predictor import _check_held_out
+from cgnf_fast.models.api import GraphVAE
 from cgnf_fast.pipeline import PipelineConfig
 from cgnf_fast.train.data import eval_cells, eval_networks, eval_set_sha256, load_labelled, seed_label_cells
 from cgnf_fast.zc.store import ScoreStore
@@ -19,7 +20,9 @@ NB101 = get_space("nb101")
 
 def _model(space: str, labelled: dict | None) -> SimpleNamespace:
     """What the held-out check reads of a G-VAE: its space and its config's data.labelled."""
-    return SimpleNamespace(cfg=SimpleNamespace(space=space), info={"data": {"labelled": labelled}})
+    vae = SimpleNamespace(cfg=SimpleNamespace(space=space), info={"data": {"labelled": labelled}})
+    vae.training_labels = GraphVAE.training_labels.__get__(vae)
+    return vae
 
 
 def _store(path: Path, groups: dict[str, list]) -> str:

@@ -62,19 +62,11 @@ def _truth_by_network(truth: str, space: str, fp: str, seed: int, ver: str,
     return out
 
 
-def _labelled(vae: GraphVAE) -> dict[str, Any]:
-    """What the G-VAE's config records of its training labels (``data.labelled``)."""
-    lab = vae.info.get("data", {}).get("labelled")
-    if not lab:
-        raise ValueError("the G-VAE's config does not say which labels it was trained on (data.labelled)")
-    return lab
-
-
 def _check_held_out(vae: GraphVAE, space: str, cells: list[Cell]) -> None:
     """Refuses to evaluate cells whose labels the G-VAE may have learnt from: a model of a space
     that does not grow from ``space`` held none of its cells out, and under the "eval" holdout
     only the seed space's default evaluation set was kept out of its labels."""
-    model_space, labelled = vae.cfg.space, _labelled(vae)
+    model_space, labelled = vae.cfg.space, vae.training_labels()
     if SEED_SPACES.get(model_space) != space:
         grows = [k for k, v in SEED_SPACES.items() if v == space]
         raise ValueError(f"this G-VAE learnt {model_space} labels, none of which were held out for an evaluation on "
@@ -107,7 +99,7 @@ def truth_matrix(vae: GraphVAE, truth: str, space: str = "nb201", *, n: int | No
     seed space's cells, computed like the G-VAE's training labels (missing ones are scored)."""
     from ..zc.run import code_version, score_cells
 
-    lab = _labelled(vae)
+    lab = vae.training_labels()
     attrs = vae.attributes
     fp, seed, ver = lab["data_fp"], int(lab["seed"]), lab["code_version"]
     if code_version() != ver:
@@ -168,7 +160,7 @@ def evaluate_predictor(gvae: str | GraphVAE, truth: str, space: str = "nb201", *
         "mean_error_pct": float(pooled.mean()) if pooled.size else math.nan,
         "max_error_pct": float(pooled.max()) if pooled.size else math.nan,
         "per_attribute": per,
-        "truth": {"store": str(truth), **{k: vae.info["data"]["labelled"][k] for k in ("data_fp", "seed", "code_version")}},
+        "truth": {"store": str(truth), **{k: vae.training_labels()[k] for k in ("data_fp", "seed", "code_version")}},
     }
 
 
@@ -181,9 +173,9 @@ def evaluate_latent(gvaes: list[str], truth: str, space: str = "nb201", *, png: 
     if not gvaes:
         raise ValueError("give at least one G-VAE directory")
     vaes = [GraphVAE.load(g, device=device) for g in gvaes]
+    for vae in vaes[1:]:  # before the truth is computed (it may score cells); truth_matrix checks the first
+        _check_held_out(vae, space, eval_cells(space, n))
     cells, values, _ = truth_matrix(vaes[0], truth, space, n=n, device=device, workers=workers, progress=progress)
-    for vae in vaes[1:]:  # (truth_matrix checked the first)
-        _check_held_out(vae, space, cells)
     attrs = vaes[0].attributes
     zc = [i for i, a in enumerate(attrs) if a not in COST_ATTRIBUTES] or list(range(len(attrs)))
     ok = np.isfinite(values[:, zc]).all(1)

@@ -59,9 +59,7 @@ def measure(cells: Sequence[Cell], attribute: str, *, space: str, model, store: 
     if store is None:
         raise ValueError(f"measuring {attribute!r} needs a score store (--store): ZC scores are computed, not "
                          f"predicted")
-    lab = model.vae.info.get("data", {}).get("labelled")
-    if not lab:
-        raise ValueError("the G-VAE's config does not say which labels it was trained on (data.labelled)")
+    lab = model.vae.training_labels()
     fp, seed, ver = lab["data_fp"], int(lab["seed"]), lab["code_version"]
     if code_version() != ver:
         raise ValueError(f"the G-VAE's labels come from proxy code version {ver}; this install computes "

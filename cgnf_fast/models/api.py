@@ -47,17 +47,27 @@ class GraphVAE:
     def attributes(self) -> list[str]:
         return list(self.cfg.attributes)
 
+    def training_labels(self) -> dict:
+        """What the config records of the labels the model was trained on (``data.labelled``:
+        data fingerprint, seed, proxy code version, holdout ...); ValueError when it records none."""
+        lab = self.info.get("data", {}).get("labelled")
+        if not lab:
+            raise ValueError("the G-VAE's config does not say which labels it was trained on (data.labelled)")
+        return lab
+
     @classmethod
     def load(cls, directory: str | os.PathLike, *, device: str | torch.device = "cpu", backend: str = "native") -> GraphVAE:
         d = Path(directory)
         if not d.is_dir():
             raise CheckpointError(f"{d}: no such directory (expected {WEIGHTS} and {CONFIG} in it)")
         meta = load_json(d / CONFIG)
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT or "config" not in meta:
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise CheckpointError(f"{d / CONFIG}: not a cgnf_fast G-VAE config (missing format/config keys)")
         if meta.get("version", 1) != FORMAT_VERSION:
             raise CheckpointError(f"{d / CONFIG}: G-VAE format version {meta.get('version')!r}, this cgnf_fast reads "
                                   f"version {FORMAT_VERSION}; retrain the G-VAE with this version")
+        if "config" not in meta:
+            raise CheckpointError(f"{d / CONFIG}: not a cgnf_fast G-VAE config (missing format/config keys)")
         try:
             cfg = GVAEConfig.from_dict(meta["config"])
         except (TypeError, ValueError) as e:

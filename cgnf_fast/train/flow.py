@@ -680,11 +680,13 @@ def load_flow(out_dir: str | os.PathLike, device: str | torch.device = "cpu",
     if not d.is_dir():
         raise CheckpointError(f"{d}: no such directory (expected {WEIGHTS} and {CONFIG} in it)")
     info = load_json(d / CONFIG)
-    if not isinstance(info, dict) or info.get("format") != FORMAT or "config" not in info:
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
         raise CheckpointError(f"{d / CONFIG}: not a cgnf_fast flow config (missing format/config keys)")
     if info.get("version") != FORMAT_VERSION:
         raise CheckpointError(f"{d / CONFIG}: flow format version {info.get('version')!r}, this cgnf_fast reads "
                               f"version {FORMAT_VERSION}; retrain the flow with this version")
+    if "config" not in info:
+        raise CheckpointError(f"{d / CONFIG}: not a cgnf_fast flow config (missing format/config keys)")
     try:
         flow = ConditionalCNF(**info["config"])
     except (TypeError, ValueError) as e:
