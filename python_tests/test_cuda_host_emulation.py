@@ -54,7 +54,8 @@ def emu(tmp_path_factory):
     (d / "selftest.cu").write_text(SELFTEST_CU)
     rt = MOD.rt
     selftest = rt.Harness([rt.Section(d / "selftest.cu", "selftest")], ["common/checks.h", "common/cuda_utils.h"],
-                          {"selftest": [ctypes.c_int, ctypes.c_int64, ctypes.c_int64]}, tail=SELFTEST_TAIL)
+                          {"selftest": [ctypes.c_int, ctypes.c_int64, ctypes.c_int64],
+                           "selftest_visits": [ctypes.c_int, ctypes.c_int64, ctypes.c_int64]}, tail=SELFTEST_TAIL)
     try:
         return rt.build_many(MOD.harnesses() | {"selftest": selftest}, d)  # the four in parallel
     except rt.CompilerUnavailable as e:
@@ -134,6 +135,10 @@ __global__ void half_written(double* out) {
 }
 struct Big { double x[520]; };
 __global__ void big_params(Big b, double* out) { out[threadIdx.x] = b.x[threadIdx.x]; }
+__global__ void visit(int twice) {  // reports its thread's item (and item `twice` once more)
+  cuda_emu::visits.visit(threadIdx.x);
+  if (int(threadIdx.x) == twice) cuda_emu::visits.visit(threadIdx.x);
+}
 __global__ void dims(int* out) {
   const unsigned block = blockIdx.y * gridDim.x + blockIdx.x;
   const unsigned t = (threadIdx.z * blockDim.y + threadIdx.y) * blockDim.x + threadIdx.x;
@@ -150,6 +155,7 @@ void selftest(int which, int64_t out, int64_t stream) {
   if (which == 5) half_written<<<2, 32, 0, s>>>(reinterpret_cast<double*>(out));
   if (which == 6) dims<<<dim3(2, 3), dim3(4, 2, 2), 0, s>>>(reinterpret_cast<int*>(out));
   if (which == 7) big_params<<<1, 32, 0, s>>>(Big{}, reinterpret_cast<double*>(out));
+  if (which >= 8) visit<<<1, 32, 0, s>>>(which - 9);
   cuda_check(cudaGetLastError(), "selftest launch");
 }
 // selftest: end
@@ -159,6 +165,10 @@ void selftest(int which, int64_t out, int64_t stream) {
 SELFTEST_TAIL = r"""
 extern "C" int emu_selftest(int which, int64_t out, int64_t stream) {
   return cuda_emu::guarded([&] { cgnf::selftest(which, out, stream); });
+}
+extern "C" int emu_selftest_visits(int which, int64_t n, int64_t stream) {
+  return cuda_emu::guarded_visits(n, "items of [0, " + std::to_string(n) + ")", 0,
+                                  [&] { cgnf::selftest(which, 0, stream); });
 }
 """
 
@@ -190,3 +200,10 @@ def test_emulator_checks(emu, schedule):
         lib.call("selftest", 7, p, S)
     with pytest.raises(rt.EmulationError, match="stream"):
         lib.call("selftest", 2, p, S + 1)
+    # the visited-exactly-once check (cuda_emu::guarded_visits) behind the DAG and count drivers
+    lib.call("selftest_visits", 8, 32, S)  # 32 threads, items 0..31: each once
+    for which, n, match in [(12, 32, r"0 never, 1 more than once \(first 3\), 0 visits outside"),
+                            (8, 33, r"1 never, 0 more than once \(first 32\), 0 visits outside"),
+                            (8, 31, r"0 never, 0 more than once \(first -1\), 1 visits outside")]:
+        with pytest.raises(rt.EmulationError, match=r"items of \[0, %d\) visited not exactly once: " % n + match):
+            lib.call("selftest_visits", which, n, S)

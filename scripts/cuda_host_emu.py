@@ -757,9 +757,15 @@ class Harness:
 # ----------------------------------------------------------------------------- building
 
 
-def _start(source: str, workdir: Path, name: str, cxx: str) -> subprocess.Popen:
-    """Start compiling ``source`` into workdir/lib<name>.so (the library is the command's last argument)."""
+def _stub(workdir: Path) -> None:
+    """Write the <cuda_runtime.h> stand-in, once per folder before its compiles start (a rewrite
+    while another compile reads it could break that compile)."""
     (workdir / "cuda_runtime.h").write_text(CUDA_RUNTIME_STUB)
+
+
+def _start(source: str, workdir: Path, name: str, cxx: str) -> subprocess.Popen:
+    """Start compiling ``source`` into workdir/lib<name>.so (the library is the command's last
+    argument); workdir holds the runtime stub (:func:`_stub`)."""
     src, lib = workdir / f"{name}.cpp", workdir / f"lib{name}.so"
     src.write_text(source)
     cmd = [cxx, *CXXFLAGS, f"-I{workdir}", f"-I{CSRC}", str(src), "-o", str(lib)]
@@ -777,6 +783,7 @@ def _probe(cxx: str) -> str:
     if shutil.which(cxx) is None:
         raise CompilerUnavailable(f"no C++ compiler '{cxx}' on PATH")
     with tempfile.TemporaryDirectory(prefix="cuda_emu_probe_") as d:
+        _stub(Path(d))
         proc = _start(PROBE, Path(d), "probe", cxx)
         _, err = proc.communicate()
         if proc.returncode != 0:
@@ -859,6 +866,7 @@ def build_many(harnesses: dict[str, Harness], workdir: str | os.PathLike | None 
     with contextlib.ExitStack() as stack:
         d = Path(workdir) if workdir else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cuda_emu_")))
         d.mkdir(parents=True, exist_ok=True)
+        _stub(d)
         procs = {n: _start(h.source(), d, f"{n}_cuda_emu", cxx) for n, h in harnesses.items()}
         errors = {n: p.communicate()[1] for n, p in procs.items()}
         for n, p in procs.items():
