@@ -1,7 +1,7 @@
 """Fused GIN aggregation (native) vs the pure-PyTorch reference, side by side in one run.
 
     python benches/bench_gnn.py [--batch 1000,16384] [--reps 5] [--device cpu|cuda] [--threads 2]
-                                [--matmul-precision highest|high]
+                                [--matmul-precision highest|high] [--profile]
 
 Measures forward + backward of the encoder's layer stack, 3 x
 ``h = relu(Linear(2H -> H)(gin_aggregate(adj, h, eps=0)))`` with N = 8, H = 256, ``adj``
@@ -19,6 +19,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 
 import torch
 
@@ -84,6 +85,21 @@ def side_by_side(step, layers, adj, h, device: str, reps: int) -> dict:
     }
 
 
+def profile_step(layers: torch.nn.ModuleList, adj: torch.Tensor, h: torch.Tensor, backend: str, device: str) -> str:
+    """torch.profiler's operator table (by self time) of one stack step (after the timed ones)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    for lin in layers:
+        lin.zero_grad(set_to_none=True)
+    with profile(activities=acts) as prof:
+        stack_step(layers, adj, h, backend)
+        if device == "cuda":
+            torch.cuda.synchronize()
+    key = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=12)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", default="1000,16384", help="comma-separated batch sizes B")
@@ -94,6 +110,9 @@ def main() -> None:
                     help="torch.set_float32_matmul_precision ('high' lets a GPU use TF32: for the Linear layers "
                          "of both backends, and for the reference's bmm aggregation; the native kernel stays "
                          "float32)")
+    ap.add_argument("--profile", action="store_true",
+                    help="also print to stderr, per batch and backend, torch.profiler's table of one stack step "
+                    "(operators by self time: where the GEMMs and the aggregation go)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_float32_matmul_precision(args.matmul_precision)
@@ -116,6 +135,10 @@ def main() -> None:
         for name, step in (("gin_stack_fwd_bwd", stack_step), ("gin_aggregate_fwd_bwd", op_step)):
             row = {"bench": name, "batch": B, "layers": LAYERS if step is stack_step else 1}
             print(json.dumps(row | side_by_side(step, layers, adj, h, args.device, args.reps) | meta), flush=True)
+        if args.profile:
+            for backend in ("native", "torch"):
+                print(f"# one stack step, B = {B}, {backend}\n{profile_step(layers, adj, h, backend, args.device)}",
+                      file=sys.stderr, flush=True)
         del adj, h
 
 
