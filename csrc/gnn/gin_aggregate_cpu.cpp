@@ -20,6 +20,7 @@
 #include <algorithm>
 
 #include "../common/checks.h"
+#include "../common/memory.h"
 #include "../common/parallel.h"
 #include "../common/simd.h"
 #include "gnn.h"
@@ -244,6 +245,7 @@ const char* gin_simd() { return simd::isa_name(simd::pick_isa()); }
 void gin_aggregate_fwd_cpu(int64_t adj, int64_t h, int64_t out, int64_t B, int64_t N, int64_t H, double eps,
                            bool float64, int64_t num_threads) {
   check_gin("gin_aggregate_fwd", B, N, H, {{adj, "adj"}, {h, "h"}, {out, "out"}});
+  advise_huge_pages(reinterpret_cast<void*>(out), size_t(B * N * 2 * H) * (float64 ? 8 : 4));
   if (float64) {
     const Args<double> p{reinterpret_cast<const double*>(adj), reinterpret_cast<const double*>(h), nullptr,
                          reinterpret_cast<double*>(out), nullptr, N, H, 1.0 + eps};
@@ -259,6 +261,7 @@ void gin_aggregate_bwd_cpu(int64_t grad_out, int64_t adj, int64_t h, int64_t gra
                            int64_t N, int64_t H, double eps, bool float64, int64_t num_threads) {
   check_gin("gin_aggregate_bwd", B, N, H, {{grad_out, "grad_out"}, {adj, "adj"}, {grad_h, "grad_h"}});
   if (grad_adj) check_ptr(h, "h (needed for grad_adj)", B);
+  advise_huge_pages(reinterpret_cast<void*>(grad_h), size_t(B * N * H) * (float64 ? 8 : 4));
   if (float64) {
     const Args<double> p{reinterpret_cast<const double*>(adj), reinterpret_cast<const double*>(h),
                          reinterpret_cast<const double*>(grad_out), reinterpret_cast<double*>(grad_h),
