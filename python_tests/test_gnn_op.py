@@ -105,6 +105,14 @@ def test_every_cpu_simd_path(simd, monkeypatch):
             assert_matches_reference(adj, h, 0.25)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_outputs_advised_onto_huge_pages_are_right(dtype):
+    """B = 2,048, N = 8, H = 256: out (32 / 64 MiB) and grad_h (16 / 32 MiB) are above the 8 MiB
+    from which the CPU launchers advise them onto huge pages before writing them."""
+    adj, h = random_graphs(2048, 8, 256, density=0.35, soft=False, dtype=dtype, seed=5)
+    assert_matches_reference(adj, h, 0.0)
+
+
 def test_encoder_shapes_and_dags():
     """The shapes the encoder uses: 0/1 strictly upper-triangular DAGs, N = 8, H = 256."""
     adj, h = random_graphs(400, 8, 256, density=0.35, dag=True)

@@ -58,6 +58,9 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _busy(e: sqlite3.OperationalError) -> bool:
+    code = getattr(e, "sqlite_errorcode", None)  # Python >= 3.11
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
     return "locked" in str(e) or "busy" in str(e)
 
 
@@ -73,7 +76,8 @@ class ScoreStore:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                self._db = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None)
+                self._db = sqlite3.connect(str(self.path), timeout=max(0.0, deadline - time.monotonic()),
+                                           isolation_level=None)
             except sqlite3.DatabaseError as e:
                 raise StoreError(f"{str(self.path)!r} cannot be opened as a score store (SQLite says: {e})") from None
             try:
@@ -81,8 +85,11 @@ class ScoreStore:
                 break
             except sqlite3.OperationalError as e:
                 self._db.close()
-                if not _busy(e) or time.monotonic() > deadline:
+                if not _busy(e):
                     raise StoreError(f"{str(self.path)!r} is not a cgnf_fast score store (SQLite says: {e})") from None
+                if time.monotonic() > deadline:
+                    raise StoreError(f"{str(self.path)!r} is busy: other processes kept it locked for more than "
+                                     f"{timeout:g} s") from None
                 time.sleep(0.02)
             except sqlite3.DatabaseError as e:
                 self._db.close()
@@ -93,9 +100,10 @@ class ScoreStore:
         self._host = socket.gethostname()
 
     def _open(self) -> None:
+        self._refuse_foreign(self._tables())  # before the WAL switch writes to someone else's file
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        if not self._tables():  # a new (or empty) database; another process creating it at once is harmless
+        if not self._tables():  # a new or empty database (no tables); others creating it at once is harmless
             with self._tx() as db:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
@@ -107,10 +115,13 @@ class ScoreStore:
     def _tables(self) -> set[str]:
         return {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
 
+    def _refuse_foreign(self, tables: set[str]) -> None:
+        if tables and "meta" not in tables:
+            raise StoreError(f"{str(self.path)!r} is an SQLite file but not a cgnf_fast score store (no meta table)")
+
     def _check_existing(self) -> None:
         tables = self._tables()
-        if "meta" not in tables:
-            raise StoreError(f"{str(self.path)!r} is an SQLite file but not a cgnf_fast score store (no meta table)")
+        self._refuse_foreign(tables)
         meta = dict(self._db.execute("SELECT key, value FROM meta"))
         if meta.get("format") != FORMAT:
             raise StoreError(f"{str(self.path)!r} is not a cgnf_fast score store (format {meta.get('format')!r})")

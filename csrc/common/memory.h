@@ -10,10 +10,11 @@
 namespace cgnf {
 
 // Asks Linux to back the 2 MiB-aligned interior of a large output buffer with transparent huge
-// pages, before the kernel's first write to it. torch allocates such buffers with fresh mmaps,
-// so every 4 KiB page of them faults on first touch (~60 ms for 268 MB on the development
-// machine, against ~16 ms with huge pages; THP's common "madvise" mode only uses huge pages where
-// asked). Advice only: buffers under 8 MiB, other systems and a refusal change nothing.
+// pages, before the kernel's first write to it. Such buffers are usually fresh mmaps (glibc
+// serves allocations above its mmap threshold, at most 32 MiB, that way), so every 4 KiB page
+// faults on first touch (~60 ms for 268 MB on the development machine, against ~16 ms with huge
+// pages; THP's common "madvise" mode only uses huge pages where asked). Advice only: the values
+// are the same, and buffers under 8 MiB, other systems and a refusal change nothing.
 inline void advise_huge_pages(void* p, size_t bytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   constexpr uintptr_t kHuge = uintptr_t(1) << 21;
