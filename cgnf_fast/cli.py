@@ -69,6 +69,7 @@ def _space_count(args: argparse.Namespace) -> int:
 def _space_enumerate(args: argparse.Namespace) -> int:
     from .space import counting
 
+    _check_outputs(("--out", args.out))
     t0 = time.perf_counter()
     n = counting.write_jsonl(args.space, args.out, max_edges=args.max_edges, progress=not args.no_progress)
     print(f"wrote {n:,} cells to {args.out} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
@@ -120,6 +121,7 @@ def _zc_score(args: argparse.Namespace) -> int:
 def _zc_export(args: argparse.Namespace) -> int:
     from .zc import run
 
+    _check_outputs(("--out", args.out))
     n = run.export_csv(args.store, args.out)
     print(f"wrote {n:,} scores to {args.out}", file=sys.stderr)
     return 0
@@ -241,9 +243,7 @@ def _sample(args: argparse.Namespace) -> int:
 
     if args.png and importlib.util.find_spec("matplotlib") is None:
         raise CLIError("--png needs matplotlib: pip install 'cgnf_fast[plot]'")
-    for flag, path in (("--out", args.out), ("--png", args.png)):
-        if path and not Path(path).resolve().parent.is_dir():
-            raise CLIError(f"{flag} {path}: the folder {Path(path).resolve().parent} does not exist")
+    _check_outputs(("--out", args.out), ("--png", args.png))
     condition = parse_condition_args(args.condition or [])
     reference = _reference_arg(args.reference)
     t0 = time.perf_counter()
@@ -323,6 +323,7 @@ def _evaluate_predictor(args: argparse.Namespace) -> int:
 def _evaluate_latent(args: argparse.Namespace) -> int:
     from .evaluate.predictor import evaluate_latent
 
+    _check_outputs(("--png", args.png))
     r = evaluate_latent(args.gvae, args.truth, args.space, png=args.png, color=args.color, n=args.n,
                         device=args.device, workers=args.workers, progress=not args.no_progress)
     print(json.dumps(r))
@@ -332,6 +333,7 @@ def _evaluate_latent(args: argparse.Namespace) -> int:
 def _evaluate_sampler(args: argparse.Namespace) -> int:
     from .evaluate.sampler import evaluate_sampler
 
+    _check_outputs(("--png", args.png))
     reference = _reference_arg(args.reference)
     try:
         levels = [float(x) for x in args.levels.split(",") if x.strip()]
@@ -378,12 +380,11 @@ def _seeds_arg(text: str) -> list[int]:
     return seeds
 
 
-def _check_outputs(*paths: str | None) -> None:
-    for path in paths:
-        if path:
-            parent = Path(path).resolve().parent
-            if not parent.is_dir():
-                raise CLIError(f"cannot write {path}: folder {parent} does not exist")
+def _check_outputs(*outputs: tuple[str, str | None]) -> None:
+    """Refuses, before any work, an output file (flag, path) whose folder does not exist."""
+    for flag, path in outputs:
+        if path and not Path(path).resolve().parent.is_dir():
+            raise CLIError(f"{flag} {path}: the folder {Path(path).resolve().parent} does not exist")
 
 
 def _upper_bound_like(args: argparse.Namespace, task_kw: dict[str, Any], sets: list[str], transfer: bool) -> int:
@@ -393,7 +394,7 @@ def _upper_bound_like(args: argparse.Namespace, task_kw: dict[str, Any], sets: l
 
     proto = get_protocol(args.protocol, space=args.space)
     task = load_task(args.task, proto, **task_kw)
-    _check_outputs(args.json, args.md, args.png)
+    _check_outputs(("--json", args.json), ("--md", args.md), ("--png", args.png))
     if args.png and importlib.util.find_spec("matplotlib") is None:
         raise CLIError("--png needs matplotlib: pip install 'cgnf_fast[plot]'")
     png_tmp = args.png + ".drawing.png" if args.png else None

@@ -65,6 +65,8 @@ def test_errors_exit_2_with_one_line():
         (("cell", "hash"), '{"matrix": [[0,1],[1,0]], "ops": ["input","output"]}\n', "line 1: matrix is cyclic"),
         (("cell", "hash"), f"{BEST_ISH}\n|nor_conv_3x3~0|+|x~0|\n", "line 2:"),
         (("cell", "hash", "--input", "/nonexistent/file"), None, "No such file"),
+        (("evaluate", "latent", "--gvae", "g", "--truth", "t.sqlite", "--png", "/nonexistent/l.png"), None,
+         "--png /nonexistent/l.png: the folder /nonexistent does not exist"),  # before any model or truth
         (("sample", "--n", "2", "--device", "gpu0"), None, "device 'gpu0' is not a device; use 'cpu', 'cuda'"),
         (("sample", "--n", "2", "--device", "meta"), None, "runs on 'cpu' or 'cuda[:N]', not meta"),
     ] + ([] if torch.cuda.is_available() else [
@@ -95,4 +97,4 @@ def test_space_count_and_enumerate(tmp_path):
     r = cgnf("space", "count", "nb101", "--max-edges", "-2")
     assert r.returncode == 2 and "non-negative" in r.stderr
     r = cgnf("space", "enumerate", "nb101", "--out", str(tmp_path / "missing" / "x.jsonl"), "--no-progress")
-    assert r.returncode == 2 and "No such file" in r.stderr
+    assert r.returncode == 2 and f"the folder {tmp_path / 'missing'} does not exist" in r.stderr
