@@ -95,6 +95,31 @@ def tiny_label_store(path: str) -> str:
     return path
 
 
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def load_script(name: str):
+    """``scripts/<name>.py`` as a module (None when it is not in this checkout). It is registered
+    in sys.modules under its name (dataclasses need that while it runs); sys.path is left as it
+    was (the emulation scripts put scripts/ on it to import cuda_host_emu, which stays loaded and
+    is shared between them)."""
+    import importlib.util
+    import sys
+
+    path = SCRIPTS / f"{name}.py"
+    if not path.is_file():
+        return None
+    saved = list(sys.path)
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path[:] = saved
+    return mod
+
+
 def run_cli(*args: str) -> tuple[int, str, str]:
     """``cgnf ARGS`` in-process: (exit status, stdout, stderr)."""
     import contextlib

@@ -8,34 +8,23 @@ that builds C++20 (std::atomic_ref). About 4 s on two cores, the build included.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from helpers import load_script
 
 from cgnf_fast.space import DesignSpace
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "emulate_count_cuda.py"
 
 
 @pytest.fixture(scope="module")
 def emu(tmp_path_factory):
-    if not SCRIPT.is_file():
-        pytest.skip(f"{SCRIPT} is not in this checkout")
-    spec = importlib.util.spec_from_file_location("emulate_count_cuda", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
+    mod = load_script("emulate_count_cuda")
+    if mod is None:
+        pytest.skip("scripts/emulate_count_cuda.py is not in this checkout")
     try:
-        spec.loader.exec_module(mod)
-        try:
-            lib = mod.build(tmp_path_factory.mktemp("count_cuda_emu"))
-        except mod.CompilerUnavailable as e:
-            pytest.skip(f"cannot compile the emulation: {e}")
-        yield mod, lib
-    finally:
-        sys.modules.pop(spec.name, None)
+        lib = mod.build(tmp_path_factory.mktemp("count_cuda_emu"))
+    except mod.CompilerUnavailable as e:
+        pytest.skip(f"cannot compile the emulation: {e}")
+    return mod, lib
 
 
 THREE = ("skip_connect", "nor_conv_3x3", "avg_pool_3x3")  # skip_connect: identity (network keys)

@@ -14,42 +14,18 @@ included."""
 from __future__ import annotations
 
 import ctypes
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import load_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "emulate_cuda_kernels.py"
-
-
-def _load():
-    """The script as a module (None when it is not in this checkout), with sys.path and
-    sys.modules left as they were (it puts scripts/ on the path to import cuda_host_emu)."""
-    if not SCRIPT.is_file():
-        return None
-    path, modules = list(sys.path), set(sys.modules)
-    spec = importlib.util.spec_from_file_location("emulate_cuda_kernels", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    try:
-        spec.loader.exec_module(mod)
-    finally:
-        sys.path[:] = path
-        for name in ("emulate_cuda_kernels", "cuda_host_emu"):
-            if name not in modules:
-                sys.modules.pop(name, None)
-    return mod
-
-
-MOD = _load()
+MOD = load_script("emulate_cuda_kernels")
 
 
 @pytest.fixture(scope="module")
 def emu(tmp_path_factory):
     if MOD is None:
-        pytest.skip(f"{SCRIPT} is not in this checkout")
+        pytest.skip("scripts/emulate_cuda_kernels.py is not in this checkout")
     d = tmp_path_factory.mktemp("cuda_host_emu")
     (d / "selftest.cu").write_text(SELFTEST_CU)
     rt = MOD.rt
