@@ -18,7 +18,9 @@ from pathlib import Path
 from collections.abc import Iterator, Sequence
 from typing import Any, TextIO
 
-from ._native import CudaUnavailable, check_device
+import torch
+
+from ._native import BUILT_WITH_CUDA, CudaUnavailable, check_device
 
 
 class CLIError(Exception):
@@ -483,15 +485,12 @@ def _cell_hash(args: argparse.Namespace) -> int:
 def _build_parser() -> argparse.ArgumentParser:
     from .sample import DEFAULT_OVERSAMPLE
     from .space import spaces
+    from . import __version__
     from .train.data import HOLDOUTS
 
     p = argparse.ArgumentParser(prog="cgnf",
                                 description="cgnf_fast: cells, design spaces, zero-cost scores, models and sampling.")
-    import torch
-
-    from . import __version__, _native
-
-    cuda = "CUDA kernels" if _native.BUILT_WITH_CUDA else "no CUDA kernels"
+    cuda = "CUDA kernels" if BUILT_WITH_CUDA else "no CUDA kernels"
     p.add_argument("--version", action="version", version=f"cgnf_fast {__version__} ({cuda}; torch {torch.__version__})")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 

@@ -21,12 +21,15 @@ MAX_NODES = int(_C.build_config()["max_nodes"])
 PAD_LABEL = -1
 
 
-def _host(t: torch.Tensor) -> np.ndarray | None:
-    """``t`` as a NumPy view when it is a plain CPU tensor (else None). The value checks below
-    use it: torch's reductions and masks over a large batch run on its OpenMP pool, whose threads
-    then spin for a while and take cores from the native kernel's threads that follow (about 7
-    of 33 ms in a two-thread NB101 hash of 40,000 graphs)."""
-    return t.numpy() if t.device.type == "cpu" and _native.eager_plain(t) else None
+def _host(*ts: torch.Tensor) -> tuple[np.ndarray, ...] | tuple[torch.Tensor, ...]:
+    """``ts`` as NumPy views when all are plain CPU tensors, else as they are (CUDA, tracing, fake
+    tensors); the value checks below read either. On the CPU they avoid torch ops: torch runs
+    reductions and masks over a large batch on its OpenMP pool, whose threads then spin for a
+    while and take cores from the native kernel's threads that follow (about 7 of 33 ms in a
+    two-thread NB101 hash of 40,000 graphs)."""
+    if all(t.device.type == "cpu" for t in ts) and _native.eager_plain(*ts):
+        return tuple(t.numpy() for t in ts)
+    return ts
 
 
 def _check_batch(adj: torch.Tensor, labels: torch.Tensor, n: torch.Tensor) -> tuple[int, int]:
@@ -43,9 +46,8 @@ def _check_batch(adj: torch.Tensor, labels: torch.Tensor, n: torch.Tensor) -> tu
     if n.shape[0] != B:
         raise ValueError(f"n must have shape [B] = {[B]}, got {list(n.shape)}")
     if B:  # two reductions (~100x cheaper than masks)
-        nv = _host(n)
-        lo, hi = (int(nv.min()), int(nv.max())) if nv is not None else (int(n.min()), int(n.max()))
-        if not (2 <= lo and hi <= N):
+        (nv,) = _host(n)
+        if not (2 <= int(nv.min()) and int(nv.max()) <= N):
             bad = n[(n < 2) | (n > N)][:5].tolist()
             raise ValueError(f"n must be in [2, N={N}] for every graph, found {bad}")
     return B, N
@@ -109,21 +111,13 @@ def _check_labels_in(labels: torch.Tensor, n: torch.Tensor, lo: int, hi: int, wh
     graph index named in the message (when checking a slice)."""
     if labels.shape[0] == 0:
         return
-    lv, nv = _host(labels), _host(n)
-    if lv is not None and nv is not None:
-        pos = np.arange(lv.shape[1])
-        inner = (pos[None, :] >= 1) & (pos[None, :] < nv.astype(np.int64)[:, None] - 1)
-        bad = inner & ((lv < lo) | (lv > hi))
-        if not bad.any():
-            return
-        b, v = (int(x) for x in np.argwhere(bad)[0])
-    else:
-        pos = torch.arange(labels.shape[1], device=labels.device)
-        inner = (pos[None, :] >= 1) & (pos[None, :] < (n.to(torch.int64)[:, None] - 1))
-        bad = inner & ((labels < lo) | (labels > hi))
-        if not bool(bad.any()):
-            return
-        b, v = (int(x) for x in bad.nonzero()[0])
+    lv, nv = _host(labels, n)
+    pos = np.arange(lv.shape[1]) if isinstance(lv, np.ndarray) else torch.arange(lv.shape[1], device=lv.device)
+    inner = (pos[None, :] >= 1) & (pos[None, :] < nv[:, None] - 1)  # (int8 n <= MAX_NODES: no overflow)
+    bad = inner & ((lv < lo) | (lv > hi))
+    if not bool(bad.any()):
+        return
+    b, v = (int(x) for x in torch.as_tensor(bad).nonzero()[0])
     raise ValueError(f"labels[{b + offset}, {v}] = {int(labels[b, v])}: {what} labels must be in [{lo}, {hi}]")
 
 

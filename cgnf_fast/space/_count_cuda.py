@@ -12,6 +12,7 @@ copies to pageable memory 1.3 s, host merge 2.2 s, final count 0.4 s, counting k
 
 from __future__ import annotations
 
+import itertools
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -71,11 +72,10 @@ def count(sp: DesignSpace, *, networks: bool, progress: bool) -> dict[str, Any]:
     merging: list[Future | None] = [None, None]  # the merge reading each buffer
     merger = ThreadPoolExecutor(1, thread_name_prefix="cgnf-merge")
 
-    turn = [0]
+    turns = itertools.count()
 
     def merge(rows: torch.Tensor) -> None:
-        i = turn[0] % 2
-        turn[0] += 1
+        i = next(turns) % 2
         if merging[i] is not None:
             merging[i].result()  # (raises a failed merge here)
         n = rows.shape[0]
