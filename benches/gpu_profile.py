@@ -32,6 +32,7 @@ from cgnf_fast.space import _count_cuda
 from cgnf_fast.space._count_cuda import _unique_rows as unique_rows_sorted
 
 from _timing import timed
+from bench_gnn import make_inputs
 
 
 def sync() -> None:
@@ -120,10 +121,9 @@ def wall_and_kernels(fn, reps: int = 20) -> tuple[float, float]:
 
 
 def profile_ops() -> None:
+    B = 16384
+    adj, h0 = make_inputs(B, "cuda")  # (bench_gnn's graphs: N = 8, H = 256)
     g = torch.Generator().manual_seed(0)
-    B, N, H = 16384, 8, 256
-    adj = (torch.rand(B, N, N, generator=g) < 0.35).float().triu(1).cuda()
-    h0 = torch.randn(B, N, H, generator=g).cuda()
     for backend in ("native", "torch"):
         def step():
             h = h0.detach().requires_grad_(True)
