@@ -23,7 +23,8 @@ import time
 import numpy as np
 import torch
 
-from cgnf_fast.ops import batch_from_cells, dag_canonical_code, dag_nb101_digest, dag_prune
+from cgnf_fast.ops import dag_canonical_code, dag_nb101_digest, dag_prune
+from cgnf_fast.space import batch_from_cells
 from cgnf_fast.reference import dag as ref
 from cgnf_fast.space import NB101_OPS, get
 

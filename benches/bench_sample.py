@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from cgnf_fast.sample import DEFAULT_CHUNK, SamplingModel, default_model_dir, resolve_reference
+from cgnf_fast.sampling import DEFAULT_CHUNK, SamplingModel, default_model_dir, resolve_reference
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ._native import BUILT_WITH_CUDA, _C, cuda_available
 from .models import GraphVAE
-from .sample import SampledCell, sample
+from .sampling import SampledCell, sample
 from .space import Cell, DesignSpace
 from .space import get as get_space
 

@@ -197,7 +197,7 @@ def _train_flow(args: argparse.Namespace) -> int:
 
 def _write_json_list_atomic(path: str, rows: list[Any]) -> None:
     """A JSON list, one element per line, written to ``PATH.partial`` and renamed into place."""
-    from .train.checkpoint import write_text_atomic
+    from .io import write_text_atomic
 
     write_text_atomic(path, "[\n" + ",\n".join(json.dumps(r) for r in rows) + "\n]\n")
 
@@ -241,7 +241,7 @@ def _sample(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
-    from .sample import COUNT_ATTRIBUTES, cell_text, draw_cells, parse_condition_args, sample_with_info
+    from .sampling import COUNT_ATTRIBUTES, cell_text, draw_cells, parse_condition_args, sample_with_info
 
     if args.png and importlib.util.find_spec("matplotlib") is None:
         raise CLIError("--png needs matplotlib: pip install 'cgnf_fast[plot]'")
@@ -392,7 +392,7 @@ def _check_outputs(*outputs: tuple[str, str | None]) -> None:
 def _upper_bound_like(args: argparse.Namespace, task_kw: dict[str, Any], sets: list[str], transfer: bool) -> int:
     from .evaluate.training import get_protocol, load_task
     from .evaluate.upper_bound import run_upper_bound, summary_markdown, transfer_markdown
-    from .train.checkpoint import write_text_atomic
+    from .io import write_text_atomic
 
     proto = get_protocol(args.protocol, space=args.space)
     task = load_task(args.task, proto, **task_kw)
@@ -483,7 +483,7 @@ def _cell_hash(args: argparse.Namespace) -> int:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    from .sample import DEFAULT_OVERSAMPLE
+    from .sampling import DEFAULT_OVERSAMPLE
     from .space import spaces
     from . import __version__
     from .train.data import HOLDOUTS

@@ -26,23 +26,20 @@ stages would otherwise mix two experiments), except for the fields in
 
 from __future__ import annotations
 
-import hashlib
 import shlex
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .train.checkpoint import CheckpointError, load_json, refuse_changed_config, save_json
+from .io import CheckpointError, load_json, refuse_changed_config, save_json
+from .sampling.model import export_model
 
-__all__ = ["DEFAULT_PROXIES", "PipelineConfig", "export_model", "run_pipeline"]
+__all__ = ["DEFAULT_PROXIES", "PipelineConfig", "run_pipeline"]
 
 #: Proxies scored and learned by default: the two the paper conditions on, plus the exact counts.
 DEFAULT_PROXIES = ("synflow", "nwot", "params", "flops")
-#: Files of a model directory (``export_model``).
-MODEL_FILES = {"gvae": ("gvae.json", "gvae.safetensors"), "flow": ("flow.json", "flow.safetensors")}
 
 
 @dataclass
@@ -160,40 +157,6 @@ def _check_resume(out: Path, cfg: PipelineConfig) -> None:
         raise CheckpointError(f"{out / 'pipeline.json'}: not a pipeline run directory (use a new --out)")
     refuse_changed_config(out, "a pipeline run", old["config"], cfg.to_dict(), PipelineConfig.RESUMABLE_CHANGES,
                           PipelineConfig.LEGACY_DEFAULTS)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def export_model(run: str | Path, dest: str | Path, *, provenance: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Copies the files sampling needs from ``run/{gvae,flow}`` to ``dest/{gvae,flow}`` (checked
-    to load as a pair first) and writes ``dest/model.json`` (provenance + sha256 of each file)."""
-    from .sample import SamplingModel
-
-    src = Path(run)
-    SamplingModel.load(src)  # refuses a missing, corrupt or mismatched pair before anything is copied
-    d = Path(dest)
-    tmp = d.with_name(d.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    files: dict[str, str] = {}
-    for sub, names in MODEL_FILES.items():
-        (tmp / sub).mkdir(parents=True)
-        for n in names:
-            shutil.copyfile(src / sub / n, tmp / sub / n)
-            files[f"{sub}/{n}"] = _sha256(tmp / sub / n)
-    info = {"format": "cgnf_fast.model", "files": files, **(provenance or {})}
-    save_json(tmp / "model.json", info)
-    SamplingModel.load(tmp)
-    if d.exists():
-        shutil.rmtree(d)
-    tmp.rename(d)
-    return info
 
 
 def run_pipeline(cfg: PipelineConfig, out: str | Path, *, device: str = "cpu", progress: bool = True,

@@ -37,7 +37,7 @@ INCEPTION = Cell(
     ["input", "conv1x1-bn-relu", "conv3x3-bn-relu", "conv3x3-bn-relu", "conv3x3-bn-relu", "maxpool3x3", "output"],
 )
 
-# A strong NB201 cell (index 9930: third-best CIFAR-10 test accuracy, 94.363; the best are 6111 and 13714, see cgnf_fast.sample.BEST_NB201).
+# A strong NB201 cell (index 9930: third-best CIFAR-10 test accuracy, 94.363; the best are 6111 and 13714, see cgnf_fast.sampling.BEST_NB201).
 BEST_ISH = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
 
 

@@ -12,8 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cgnf_fast.models.codec import CellCodec
-from cgnf_fast.ops import batch_from_cells, cell_canonical_codes, cell_network_codes, dag_network_code
-from cgnf_fast.sample import _decode_one, decode_logits
+from cgnf_fast.ops import dag_network_code
+from cgnf_fast.space import batch_from_cells, cell_canonical_codes, cell_network_codes
+from cgnf_fast.models.decode import _decode_one, decode_logits
 from cgnf_fast.space import NB101_OPS, NB201_NODE_OPS, Cell, get
 from cgnf_fast.space import nb201 as nb201_space
 

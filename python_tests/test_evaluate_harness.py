@@ -13,7 +13,7 @@ from helpers import BEST_ISH, DEVICE_PARAMS, run_cli
 
 from cgnf_fast.evaluate import training as tr
 from cgnf_fast.evaluate.upper_bound import SETS, benchmark_accuracy, cell_sets, neighbours
-from cgnf_fast.sample import BEST_NB101, BEST_NB201
+from cgnf_fast.sampling import BEST_NB101, BEST_NB201
 from cgnf_fast.space import Cell, nb201
 from cgnf_fast.space.spaces import get as get_space
 from cgnf_fast.zc.images import calibration_batch

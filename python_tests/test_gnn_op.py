@@ -347,7 +347,7 @@ def test_inference_calls_the_kernel_without_the_dispatcher_and_agrees() -> None:
     import sys
 
     code = ("import sys, torch; from cgnf_fast.ops import gin_aggregate; from cgnf_fast.ops.dag import "
-            "dag_canonical_code, batch_from_cells; from cgnf_fast import get_space; "
+            "dag_canonical_code; from cgnf_fast.space import batch_from_cells; from cgnf_fast import get_space; "
             "gin_aggregate(torch.zeros(2, 3, 3), torch.randn(2, 3, 4)); "
             "dag_canonical_code(*batch_from_cells(get_space('nb201-like').sample(5, seed=0))); "
             "assert 'torch._dynamo' not in sys.modules, 'dynamo was imported'")

@@ -23,7 +23,7 @@ from cgnf_fast.models.codec import CellCodec, canonical_cell, code_to_graph
 from cgnf_fast.models.gvae import GVAE, GVAEConfig, PathPredictor, mine_triplets, prune_layout, triplet_loss
 from cgnf_fast.reference import dag as ref
 from cgnf_fast.space import Cell
-from cgnf_fast.train.checkpoint import CheckpointError, load_module, load_tensors, save_tensors
+from cgnf_fast.io import CheckpointError, load_module, load_tensors, save_tensors
 from cgnf_fast.train.gvae import TrainGVAEConfig, train_gvae
 
 from helpers import dags, permute, topo_permutations
@@ -265,12 +265,19 @@ def test_train_writes_a_loadable_model_and_metrics(label_store: str, tmp_path: P
     z = vae.encode(cells)
     assert z.shape == (5, 4)
     assert len(vae.decode(z)) == 5
+    # the repairing decoder (sampling's) gives members of the space, and the most likely layout
+    # itself wherever that is one
+    rz = torch.randn(64, 4, generator=torch.Generator().manual_seed(4))
+    raw, fixed = vae.decode(rz, repair=False), vae.decode(rz)
+    assert all(c is not None and not c.is_zero and vae.space.contains(c) for c in fixed)
+    assert all(f == r for f, r in zip(fixed, raw) if not r.is_zero and vae.space.contains(r))
+    assert any(r.is_zero for r in raw) or all(f == r for f, r in zip(fixed, raw))
     pred = vae.predict(cells)
     assert set(pred) == {"params", "flops"} and pred["params"].shape == (5,)
     # the graph predictor reads a latent through its most likely decoded cell
     assert vae.cfg.predictor == "graph"
     zr = torch.randn(64, 4, generator=torch.Generator().manual_seed(3))
-    back = vae.decode(zr)
+    back = vae.decode(zr, repair=False)
     ok = [i for i, c in enumerate(back) if not c.is_zero and vae.space.contains(c)]
     assert len(ok) > 10
     from_z, from_cells = vae.predict(zr[ok]), vae.predict([back[i] for i in ok])

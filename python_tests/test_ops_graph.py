@@ -12,7 +12,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cgnf_fast.ops import batch_from_cells, dag_canonical_code, dag_nb101_hash, dag_valid
+from cgnf_fast.ops import dag_canonical_code, dag_nb101_hash, dag_valid
+from cgnf_fast.space import batch_from_cells
 from cgnf_fast.space import NB101_OPS, Cell, get
 
 from helpers import DEVICE_PARAMS, FIXTURES, INCEPTION, dags
@@ -190,7 +191,7 @@ def test_nb101_hash_every_simd_path(simd, tmp_path):
     script = (
         "import json, sys\n"
         "from cgnf_fast import Cell, _C\n"
-        "from cgnf_fast.ops import batch_from_cells, dag_nb101_hash\n"
+        "from cgnf_fast.ops import dag_nb101_hash; from cgnf_fast.space import batch_from_cells\n"
         f"rows = json.load(open({str(FIXTURES / 'nb101_hashes_200.json')!r}))['rows']\n"
         "cells = [Cell.from_nb101(r['adjacency'], r['operations']).pruned() for r in rows] * 5\n"
         "got = dag_nb101_hash(*batch_from_cells(cells, 7, nb101_labels=True))\n"

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from cgnf_fast.pipeline import PipelineConfig, export_model
-from cgnf_fast.sample import SamplingModel, sample
-from cgnf_fast.train.checkpoint import CheckpointError
+from cgnf_fast.pipeline import PipelineConfig
+from cgnf_fast.sampling import export_model
+from cgnf_fast.sampling import SamplingModel, sample
+from cgnf_fast.io import CheckpointError
 
 from helpers import run_cli
 

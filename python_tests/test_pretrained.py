@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cgnf_fast import sample
-from cgnf_fast.sample import SamplingModel, default_model_dir, sample_with_info, shipped_spaces
+from cgnf_fast.sampling import SamplingModel, default_model_dir, sample_with_info, shipped_spaces
 
 from helpers import run_cli
 

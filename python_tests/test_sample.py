@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import threading
 import time
 from pathlib import Path
@@ -23,11 +22,11 @@ import torch
 
 from cgnf_fast import get_space, nets
 from cgnf_fast.models.codec import CellCodec
-from cgnf_fast.sample import (BEST_NB101, BEST_NB101_HASH, BEST_NB201, BEST_NB201_INDEX, NoDefaultModelError,
+from cgnf_fast.sampling import (BEST_NB101, BEST_NB101_HASH, BEST_NB201, BEST_NB201_INDEX, NoDefaultModelError,
                               SampledCell, SamplingError, SamplingModel, Target, decode_logits, default_model_dir,
                               parse_condition, parse_condition_args, resolve_reference, sample, sample_with_info)
 from cgnf_fast.space import Cell, nb201
-from cgnf_fast.train.checkpoint import CheckpointError
+from cgnf_fast.io import CheckpointError
 
 from helpers import run_cli, tiny_gvae
 
@@ -451,7 +450,7 @@ def test_rounds_solved_ahead_and_skipped_duplicates_change_nothing(model: Sampli
     """The sampler solves the next round's flow in a worker thread and does not build cells for
     networks it has already seen; both are pure speed-ups: the same cells and counts as plain
     draw_round calls one after another, and torch's thread count is restored."""
-    S = sys.modules[sample_with_info.__module__]  # (cgnf_fast.sample is also the name of the function)
+    import cgnf_fast.sampling.sampler as S
     threads = torch.get_num_threads()
     runs = [dict(n=12, seed=4), dict(n=30, seed=5, chunk=32), dict(n=6, seed=6, oversample=1, chunk=16)]
     fast = [sample_with_info("best", model=model, **kw) for kw in runs]
@@ -469,8 +468,10 @@ def test_the_calling_thread_solves_rounds_while_the_worker_is_slow(model: Sampli
     rounds itself meanwhile: some rounds are solved in each thread, the cells and counts are
     those of plain rounds one after another, and at most _AHEAD rounds are solved beyond those
     consumed (queued ones are cancelled when the sampler stops)."""
-    S = sys.modules[sample_with_info.__module__]
-    solve, where = S._solve_round, []
+    import cgnf_fast.sampling.rounds as R
+    import cgnf_fast.sampling.sampler as S
+
+    solve, where = R._solve_round, []
 
     def slow_worker(m, c_row, noise):
         in_worker = threading.current_thread().name.startswith("cgnf-flow")
@@ -479,7 +480,7 @@ def test_the_calling_thread_solves_rounds_while_the_worker_is_slow(model: Sampli
             time.sleep(0.05)
         return solve(m, c_row, noise)
 
-    monkeypatch.setattr(S, "_solve_round", slow_worker)
+    monkeypatch.setattr(R, "_solve_round", slow_worker)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)  # the calling thread helps only when torch has a thread to give the worker
     try:
@@ -491,7 +492,7 @@ def test_the_calling_thread_solves_rounds_while_the_worker_is_slow(model: Sampli
         torch.set_num_threads(threads)
     helped = where[: len(where) - slow_info["rounds"]]
     assert any(helped) and not all(helped), helped  # rounds solved in both threads
-    assert info["rounds"] <= len(helped) <= info["rounds"] + S._AHEAD
+    assert info["rounds"] <= len(helped) <= info["rounds"] + R._AHEAD
     assert [s.to_json() for s in fast] == [s.to_json() for s in slow]
     assert info == slow_info
 
@@ -500,11 +501,12 @@ def test_a_failed_solve_ahead_fails_only_the_round_that_is_reached(model: Sampli
     """A round solved ahead in the calling thread that fails raises only if the sampler reaches
     that round, as a failed worker round does: here the first round (slow, in the worker) is
     enough, so the failing rounds solved meanwhile are never reached and the draw succeeds."""
-    S = sys.modules[sample_with_info.__module__]
+    import cgnf_fast.sampling.rounds as R
+
     kw = dict(n=6, seed=6, oversample=1, chunk=16)
     want, want_info = sample_with_info("best", model=model, **kw)
     assert want_info["rounds"] == 1  # (the premise: one round is enough)
-    solve, failed = S._solve_round, []
+    solve, failed = R._solve_round, []
 
     def flaky(m, c_row, noise):
         if threading.current_thread().name.startswith("cgnf-flow"):
@@ -513,7 +515,7 @@ def test_a_failed_solve_ahead_fails_only_the_round_that_is_reached(model: Sampli
         failed.append(True)
         raise RuntimeError("solve failed")
 
-    monkeypatch.setattr(S, "_solve_round", flaky)
+    monkeypatch.setattr(R, "_solve_round", flaky)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -526,10 +528,11 @@ def test_a_failed_solve_ahead_fails_only_the_round_that_is_reached(model: Sampli
 
 def _one_by_one(m, c_row, gen, temperature, chunk, limit, known):
     """The sampler's rounds without solving ahead or skipping known networks: plain draw_round calls."""
-    S = sys.modules[sample_with_info.__module__]
+    from cgnf_fast.sampling import draw_round
+
     drawn = 0
     while drawn < limit:
         size = min(chunk, limit - drawn)
-        z, decoded = S.draw_round(m, c_row, size, gen, temperature)  # no `known`: every cell built
+        z, decoded = draw_round(m, c_row, size, gen, temperature)  # no `known`: every cell built
         drawn += size
         yield size, z, decoded

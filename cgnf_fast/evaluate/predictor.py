@@ -24,7 +24,8 @@ import numpy as np
 
 from ..models.api import GraphVAE
 from ..space import Cell
-from ..train.data import EVAL_SETS, HOLDOUTS, SEED_SPACES, eval_cells, eval_networks, eval_set_sha256
+from ..space.spaces import extensions, grows_from
+from ..train.data import EVAL_SETS, HOLDOUTS, eval_cells, eval_networks, eval_set_sha256
 from ..zc.store import ScoreStore
 
 #: Attributes that are not zero-cost proxies (reported apart from the headline figure).
@@ -67,8 +68,8 @@ def _check_held_out(vae: GraphVAE, space: str, cells: list[Cell]) -> None:
     that does not grow from ``space`` held none of its cells out, and under the "eval" holdout
     only the seed space's default evaluation set was kept out of its labels."""
     model_space, labelled = vae.cfg.space, vae.training_labels()
-    if SEED_SPACES.get(model_space) != space:
-        grows = [k for k, v in SEED_SPACES.items() if v == space]
+    if grows_from(model_space) != space:
+        grows = extensions(space)
         raise ValueError(f"this G-VAE learnt {model_space} labels, none of which were held out for an evaluation on "
                          f"{space}; evaluate a model of {' or '.join(grows) or 'its extended space'}")
     holdout = labelled.get("holdout", "seed")  # models from before the option held out the whole seed space

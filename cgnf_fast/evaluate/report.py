@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from ..space import get as get_space
+
 __all__ = ["run_all"]
 
 
@@ -39,11 +41,9 @@ def _say(msg: str, progress: bool) -> None:
 
 
 def _model_for(space: str, model: str | None, device: str):
-    from ..sample import NoDefaultModelError, _resolve_model
-    from ..space.spaces import get as get_space
-
+    from ..sampling import NoDefaultModelError, resolve_model
     try:
-        return _resolve_model(model, get_space(space), device), None
+        return resolve_model(model, get_space(space), device), None
     except NoDefaultModelError as e:
         return None, str(e)
 
@@ -54,7 +54,7 @@ def _plot_acc_vs_zc(points: list[tuple[str, float, float]], zc: str, metric: str
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .latent import spearman
+    from .._stats import spearman
 
     fig, ax = plt.subplots(figsize=(5.6, 4.2))
     names = sorted({p[0] for p in points})
@@ -94,12 +94,11 @@ def run_all(out: str | os.PathLike, *, protocol: str | None = None, seeds: tuple
     if importlib.util.find_spec("matplotlib") is None:
         raise ValueError("the report draws figures and needs matplotlib: pip install 'cgnf_fast[plot]'")
     from .. import __version__
-    from ..sample import draw_cells, sample
-    from ..train.checkpoint import write_text_atomic
+    from ..sampling import draw_cells, sample
+    from ..io import write_text_atomic
     from .predictor import evaluate_latent, evaluate_predictor
     from .sampler import evaluate_sampler, measure
     from .training import get_protocol, load_task
-    from ..zc.run import skeleton_of
     from .upper_bound import run_upper_bound, summary_markdown, transfer_markdown
 
     t_start = time.time()
@@ -215,7 +214,7 @@ def run_all(out: str | os.PathLike, *, protocol: str | None = None, seeds: tuple
     ub_results = {}
     cifar: dict[tuple[int | None, int | None], Any] = {}  # images each protocol uses -> the task, or why not
     for space, m, why in (("nb201-like", m201, why201), ("nb101-like", m101, why101)):
-        fam = skeleton_of(space)
+        fam = get_space(space).skeleton
         budget = (protos[fam].train_images, protos[fam].test_images)
         if budget not in cifar:  # decoded once for both spaces when their protocols use as many images
             try:

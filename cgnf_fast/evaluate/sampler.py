@@ -32,8 +32,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._stats import spearman
+from ..sampling import DEFAULT_OVERSAMPLE
 from ..space import Cell
-from .latent import spearman
 
 __all__ = ["DEFAULT_LEVELS", "batch_statistics", "evaluate_sampler", "measure"]
 
@@ -45,17 +46,17 @@ def measure(cells: Sequence[Cell], attribute: str, *, space: str, model, store: 
             device: str = "cpu", progress: bool = False) -> np.ndarray:
     """The true ``attribute`` of each cell in store units (params/FLOPs in millions; ZC proxies
     on the G-VAE's label images and seed). ZC scores go through the score store ``store``."""
-    from ..sample import COUNT_ATTRIBUTES, _exact_counts, _skeleton
+    from ..nets import ExactCounts
+    from ..sampling import COUNT_ATTRIBUTES
     from ..zc.run import code_version, score_cells
     from ..zc.store import ScoreStore
     from .predictor import find_batch
 
     cells = list(cells)
     if attribute in COUNT_ATTRIBUTES:
-        sk = _skeleton(model.space)
-        cache: dict[int, tuple[int, int]] = {}
+        counts = ExactCounts(model.space.skeleton)
         i = COUNT_ATTRIBUTES.index(attribute)
-        return np.array([_exact_counts(c, sk, cache, c.network_code())[i] / 1e6 for c in cells])
+        return np.array([counts.get(c, c.network_code())[i] / 1e6 for c in cells])
     if store is None:
         raise ValueError(f"measuring {attribute!r} needs a score store (--store): ZC scores are computed, not "
                          f"predicted")
@@ -78,15 +79,15 @@ def measure(cells: Sequence[Cell], attribute: str, *, space: str, model, store: 
 def batch_statistics(model, reference: Cell, *, batch: int = 1000, seed: int = 0,
                      temperature: float = 1.0) -> dict[str, Any]:
     """Validity, uniqueness and novelty of ``batch`` raw draws under the reference's condition."""
-    from ..sample import SEED_SPACES, draw_round
+    from ..sampling import draw_round
     from ..space.spaces import get as get_space
 
     conds, sp = model.conditions, model.space
     pred = model.vae.predict([reference])
     c = conds.to_flow(torch.tensor([[float(pred[a][0]) for a in conds.names]], dtype=torch.float64))  # [1, A]
     _, decoded = draw_round(model, c, batch, torch.Generator().manual_seed(seed), temperature)
-    seed_name = SEED_SPACES.get(sp.name)
-    seed_sp = get_space(seed_name) if seed_name is not None and seed_name != sp.name else None
+    seed_name = sp.seed_space
+    seed_sp = get_space(sp.grows_from) if sp.grows_from is not None else None
     valid = repaired = 0
     nets: dict[int, Cell] = {}
     for cell, rep in decoded:
@@ -106,14 +107,14 @@ def batch_statistics(model, reference: Cell, *, batch: int = 1000, seed: int = 0
 def evaluate_sampler(model: str | None = None, *, space: str = "nb201-like", reference: Any = "best",
                      attributes: Sequence[str] = ("synflow", "params"), levels: Sequence[float] = DEFAULT_LEVELS,
                      n: int = 20, batch: int = 1000, batches: int = 5, seed: int = 0, temperature: float = 1.0,
-                     oversample: float = 5.0, store: str | None = None, png: str | None = None, device: str = "cpu",
+                     oversample: float = DEFAULT_OVERSAMPLE, store: str | None = None, png: str | None = None, device: str = "cpu",
                      progress: bool = True) -> dict[str, Any]:
     """The measurements of the module doc; ``model`` None: the installed pretrained model."""
-    from ..sample import _resolve_model, resolve_reference, sample
+    from ..sampling import resolve_model, resolve_reference, sample
     from ..space.spaces import get as get_space
 
     sp = get_space(space)
-    m = _resolve_model(model, sp, device)
+    m = resolve_model(model, sp, device)
     ref = resolve_reference(reference, sp)
     conds = m.conditions
     unknown = [a for a in attributes if a not in conds.names]

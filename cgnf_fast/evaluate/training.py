@@ -389,9 +389,9 @@ def get_protocol(spec: str | dict | Protocol | None, *, space: str | None = None
     if spec is None:
         if space is None:
             raise ValueError("no protocol given, and no space to take the default recipe from")
-        from ..zc.run import skeleton_of
+        from ..space import get as get_space
 
-        spec = skeleton_of(space)
+        spec = get_space(space).skeleton
     if isinstance(spec, Protocol):
         return spec
     if isinstance(spec, dict):

@@ -139,17 +139,18 @@ def neighbours(reference: Cell, seed_space, n: int, seed: int = 0, max_distance:
 def cell_sets(space: str = "nb201-like", reference: Any = "best", n: int = 20, seed: int = 0, model: Any = None,
               sets: Sequence[str] = SETS, device: str = "cpu") -> tuple[Cell, dict[str, list[Cell]]]:
     """The reference and the requested cell sets (module doc)."""
-    from ..sample import SEED_SPACES, _resolve_model, resolve_reference, sample
+    from ..sampling import resolve_model, resolve_reference, sample
     from ..space.spaces import get as get_space
+    from ..space.spaces import names as space_names
 
     unknown = [s for s in sets if s not in SETS]
     if unknown:
         raise ValueError(f"unknown cell sets {unknown}; choose from {', '.join(SETS)}")
     sp = get_space(space)
-    seed_name = SEED_SPACES.get(sp.name)
-    if seed_name is None:
-        raise ValueError(f"space {sp.name!r} has no seed space; upper-bound runs on {', '.join(SEED_SPACES)}")
-    seed_sp = get_space(seed_name)
+    if sp.seed_space is None:
+        families = [s for s in space_names() if get_space(s).seed_space is not None]
+        raise ValueError(f"space {sp.name!r} has no seed space; upper-bound runs on {', '.join(families)}")
+    seed_sp = get_space(sp.seed_space)
     ref = resolve_reference(reference, sp)
     ref_code = ref.pruned(allow_zero=True).network_code()
 
@@ -160,7 +161,7 @@ def cell_sets(space: str = "nb201-like", reference: Any = "best", n: int = 20, s
 
     out: dict[str, list[Cell]] = {}
     if "generated" in sets:
-        model = _resolve_model(model, sp, device)  # loaded once for the draws below
+        model = resolve_model(model, sp, device)  # loaded once for the draws below
     for name in sets:
         if name == "generated":  # one more draw each time the reference (or the zero cell) is among them
             k = n
@@ -237,12 +238,12 @@ def run_upper_bound(space: str = "nb201-like", reference: Any = "best", *, n: in
     None: the seed benchmark's own recipe (``nb201`` or ``nb101``: GPU budgets). ``benchmark``:
     look up the published CIFAR-10 accuracies of seed-space cells (default: only when the task
     is the shared CIFAR-10)."""
-    from ..sample import _exact_counts, _skeleton
+    from ..nets import ExactCounts
     from ..space.spaces import get as get_space
     from .training import load_task
 
     sp = get_space(space)
-    skeleton = _skeleton(sp)
+    skeleton = sp.skeleton
     proto = get_protocol(protocol, space=sp.name)
     if task is None:
         task = load_task("cifar10", proto, data_dir=data_dir)
@@ -256,13 +257,13 @@ def run_upper_bound(space: str = "nb201-like", reference: Any = "best", *, n: in
     trained = train_cells(order, skeleton, task, proto, seeds=seeds, store=store, device=device, work_dir=work_dir,
                           progress=progress, desc=f"train {len(order)} cells x {len(seeds)} seeds")
     bench = benchmark_accuracy(order, skeleton, data_dir) if benchmark else [None] * len(order)
-    seed_sp = get_space(skeleton)
-    cache: dict[int, tuple[int, int]] = {}
+    seed_sp = get_space(sp.seed_space)
+    counts = ExactCounts(skeleton)
 
     def row(i: int, c: Cell) -> dict[str, Any]:
         runs = trained[i]
         vals = [r.metric for r in runs]
-        params, flops = _exact_counts(c, skeleton, cache, c.pruned(allow_zero=True).network_code())
+        params, flops = counts.get(c, c.pruned(allow_zero=True).network_code())
         return {"cell": c.to_json(), "nb201": c.to_nb201(), "in_seed_space": seed_sp.contains(c),
                 "params": params, "flops": flops, "trained": vals, "trained_mean": float(np.mean(vals)),
                 "seconds": float(np.nansum([r.seconds for r in runs])), "benchmark_acc": bench[i]}
@@ -316,7 +317,7 @@ def summary_markdown(result: dict[str, Any], *, per_cell: bool = True) -> str:
                 "|---|---:|---|---|---:|---:|---:|"]
 
         def text(r: dict[str, Any]) -> str:
-            from ..sample import cell_text
+            from ..sampling import cell_text
 
             return "`" + cell_text(Cell.from_json(r["cell"])) + "`"
 

@@ -16,8 +16,9 @@ import numpy as np
 import torch
 
 from ..space import Cell
-from ..train.checkpoint import CheckpointError, load_json, load_module, load_tensors
+from ..io import CheckpointError, load_config, load_module, load_tensors
 from .codec import CellCodec
+from .decode import decode_logits
 from .gvae import BACKENDS, GVAE, GVAEConfig
 
 WEIGHTS = "gvae.safetensors"
@@ -60,14 +61,7 @@ class GraphVAE:
         d = Path(directory)
         if not d.is_dir():
             raise CheckpointError(f"{d}: no such directory (expected {WEIGHTS} and {CONFIG} in it)")
-        meta = load_json(d / CONFIG)
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise CheckpointError(f"{d / CONFIG}: not a cgnf_fast G-VAE config (missing format/config keys)")
-        if meta.get("version", 1) != FORMAT_VERSION:
-            raise CheckpointError(f"{d / CONFIG}: G-VAE format version {meta.get('version')!r}, this cgnf_fast reads "
-                                  f"version {FORMAT_VERSION}; retrain the G-VAE with this version")
-        if "config" not in meta:
-            raise CheckpointError(f"{d / CONFIG}: not a cgnf_fast G-VAE config (missing format/config keys)")
+        meta = load_config(d / CONFIG, FORMAT, FORMAT_VERSION, "G-VAE", default_version=1)
         try:
             cfg = GVAEConfig.from_dict(meta["config"])
         except (TypeError, ValueError) as e:
@@ -119,10 +113,15 @@ class GraphVAE:
         return z
 
     @torch.no_grad()
-    def decode(self, z: torch.Tensor | np.ndarray) -> list[Cell]:
-        """The most likely cell of each latent (pruned; the zero cell when nothing connects)."""
+    def decode(self, z: torch.Tensor | np.ndarray, *, repair: bool = True) -> list[Cell | None]:
+        """The cell of each latent: its most likely layout, pruned, repaired into a member of the
+        space where it is not one (:mod:`cgnf_fast.models.decode`, the decoder sampling uses;
+        None where no repair makes a member). ``repair=False``: the most likely layout as the
+        decoder gives it (pruned; the zero cell when nothing connects), member or not."""
         z = self._check_z(z)
         op_logits, edge_logits = self.model.decode_logits(z)
+        if repair:
+            return [cell for cell, _ in decode_logits(op_logits, edge_logits, self.codec)]
         adj, ops = self.model.layout_from_logits(op_logits, edge_logits)
         return self.codec.decode(adj, ops)
 

@@ -110,7 +110,7 @@ class CellCodec:
         """``(adj [B, N, N] float32, ops [B, N] int64)`` for a list of cells: :meth:`layout` of
         each, computed in one batch (canonical codes by the native kernel, then unpacked with
         array ops; equal to the per-cell :meth:`layout`, tested)."""
-        from ..ops import cell_canonical_codes
+        from ..space import cell_canonical_codes
 
         B, N = len(cells), self.num_nodes
         adj = np.zeros((B, N, N), dtype=np.float32)

@@ -571,3 +571,13 @@ class ConditionalCNF(nn.Module):
             noise = torch.randn((c.shape[0], self.latent), generator=gen, dtype=p.dtype, device=p.device)
         self._check_inputs(noise, c, None, None, "noise", batch=c.shape[0])
         return self._transform(noise, c, True, None, None)[0]
+
+
+def set_mode(flow: ConditionalCNF, training: bool) -> None:
+    """``flow.train(training)``, except that with ``moving_batchnorm`` its batch-norm layers stay in
+    eval mode: there they are a fixed standardisation + a learned affine (module doc)."""
+    flow.train(training)
+    # latent_norm="data": the batch-norm layers are a fixed standardisation + learned affine (module doc)
+    for bn in (flow.bn_in, flow.bn_out):
+        if bn is not None:
+            bn.eval()

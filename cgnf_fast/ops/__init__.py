@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from .cnf import CnfPlan, cnf_dynamics
 from .dag import (
-    batch_from_cells,
-    cell_canonical_codes,
-    cell_network_codes,
     dag_canonical_code,
     dag_nb101_digest,
     dag_nb101_hash,
@@ -18,9 +15,6 @@ from .gnn import gin_aggregate
 
 __all__ = [
     "CnfPlan",
-    "batch_from_cells",
-    "cell_canonical_codes",
-    "cell_network_codes",
     "cnf_dynamics",
     "dag_canonical_code",
     "dag_nb101_digest",

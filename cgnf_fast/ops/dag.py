@@ -14,9 +14,12 @@ import torch
 
 from .. import _native
 from .._native import _C
+from ..reference.dag import MAX_NODES
 from ._checks import check_tensor
 
-MAX_NODES = int(_C.build_config()["max_nodes"])
+if int(_C.build_config()["max_nodes"]) != MAX_NODES:  # one limit: the native core is built with it
+    raise ImportError(f"cgnf_fast._C was built for graphs of {_C.build_config()['max_nodes']} vertices, but this "
+                      f"cgnf_fast uses {MAX_NODES}; reinstall the package (pip install .) to rebuild it")
 #: Label of padding slots in outputs.
 PAD_LABEL = -1
 
@@ -182,38 +185,6 @@ def dag_valid(
     return ok
 
 
-def batch_from_cells(cells, N: int | None = None, *, nb101_labels: bool = False):
-    """Pack cells into ``(adj [B, N, N] uint8, labels [B, N] int8, n [B] int8)`` CPU tensors.
-
-    ``nb101_labels=True`` writes NB101's labels (for :func:`dag_nb101_hash`), else
-    ``Cell.labels()``.
-    """
-    import numpy as np
-
-    from ..space import NB101_OPS
-
-    cells = list(cells)
-    N = N or max((c.num_nodes for c in cells), default=2)
-    B = len(cells)
-    adj = np.zeros((B, N, N), dtype=np.uint8)
-    labels = np.zeros((B, N), dtype=np.int8)
-    n = np.zeros(B, dtype=np.int8)
-    for b, c in enumerate(cells):
-        k = c.num_nodes
-        if k > N:
-            raise ValueError(f"cell {b} has {k} vertices, more than N={N}")
-        adj[b, :k, :k] = c.adjacency
-        if nb101_labels:
-            bad = sorted({o for o in c.ops[1:-1] if o not in NB101_OPS})
-            if bad:
-                raise ValueError(f"cell {b} has ops {bad}, not NB101 ops {NB101_OPS}")
-            labels[b, :k] = [-1] + [NB101_OPS.index(o) for o in c.ops[1:-1]] + [-2]
-        else:
-            labels[b, :k] = c.labels()
-        n[b] = k
-    return torch.from_numpy(adj), torch.from_numpy(labels), torch.from_numpy(n)
-
-
 def dag_network_code(adj: torch.Tensor, labels: torch.Tensor, n: torch.Tensor, identity_labels) -> list[int]:
     """Network codes of every graph, as given (prune first): vertices whose label is in
     ``identity_labels`` are folded into edge multiplicities and the weighted DAG is coded
@@ -242,31 +213,6 @@ def dag_network_code(adj: torch.Tensor, labels: torch.Tensor, n: torch.Tensor, i
                             adj.shape[1], mask, _native.num_threads())
     words = out.numpy().view(np.uint64).tolist()
     return [(w0 << 192) | (w1 << 128) | (w2 << 64) | w3 for w0, w1, w2, w3 in words]
-
-
-def _remembered(cells, slot: str, compute) -> list[int]:
-    """The value each cell remembers in ``slot``, computed in one batch for those that have none."""
-    cells = list(cells)
-    todo = [c for c in cells if getattr(c, slot) is None]
-    if todo:
-        for c, value in zip(todo, compute(todo)):
-            setattr(c, slot, int(value))
-    return [getattr(c, slot) for c in cells]
-
-
-def cell_network_codes(cells) -> list[int]:
-    """``[c.network_code() for c in cells]`` by the native kernel in one batch (the cells are
-    pruned first, as ``network_code`` does), remembered by each cell."""
-    from ..space import _ops
-
-    return _remembered(cells, "_net", lambda todo: dag_network_code(
-        *batch_from_cells([c.pruned(allow_zero=True) for c in todo], MAX_NODES), _ops.identity_labels()))
-
-
-def cell_canonical_codes(cells) -> list[int]:
-    """``[c.canonical_code() for c in cells]`` computed by the native kernel in one batch (cells
-    coded as given), and remembered by each cell, so later ``canonical_code()`` calls are free."""
-    return _remembered(cells, "_canon", lambda todo: dag_canonical_code(*batch_from_cells(todo, MAX_NODES)).tolist())
 
 
 def dag_prune(

@@ -12,6 +12,9 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
+#: Largest number of vertices (input and output included) of a cell: every code then fits the
+#: layouts below (the native core is built with the same limit; ``cgnf_fast.ops.dag`` checks it).
+MAX_NODES = 8
 #: Bits of the vertex-count field at the top of every code.
 N_BITS = 4
 #: Bits of one op label in a code (labels are 1..31, see ``cgnf_fast.space._ops``).

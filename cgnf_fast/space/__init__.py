@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from . import counting, nb201
 from ._ops import INPUT, NB101_OPS, NB201_EDGE_OPS, NB201_NODE_OPS, OUTPUT, known_ops, register_op
-from .cell import MAX_NODES, Cell
+from .batch import batch_from_cells
+from .cell import MAX_NODES, Cell, cell_canonical_codes, cell_network_codes
 from .spaces import DesignSpace, NB201Space, get, names
 
 __all__ = [
@@ -17,6 +18,9 @@ __all__ = [
     "NB201_EDGE_OPS",
     "NB201_NODE_OPS",
     "OUTPUT",
+    "batch_from_cells",
+    "cell_canonical_codes",
+    "cell_network_codes",
     "get",
     "known_ops",
     "names",

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..reference.dag import LABEL_BITS
+
 INPUT = "input"
 OUTPUT = "output"
 
@@ -25,8 +27,7 @@ NB201_EDGE_OPS: tuple[str, ...] = ("none", "skip_connect", "nor_conv_1x1", "nor_
 #: NAS-Bench-201 ops as nodes of the node form (every edge op but ``none``).
 NB201_NODE_OPS: tuple[str, ...] = NB201_EDGE_OPS[1:]
 
-#: Label bits in a canonical code: labels are 1..31.
-LABEL_BITS = 5
+#: Labels are 1..MAX_LABEL (they fill LABEL_BITS bits of a canonical code).
 MAX_LABEL = (1 << LABEL_BITS) - 1
 
 

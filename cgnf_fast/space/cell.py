@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..ops.dag import dag_canonical_code, dag_network_code
 from ..reference import dag as _ref
 from . import _ops
+from .batch import batch_from_cells
 
 if TYPE_CHECKING:
     import networkx as nx
 
 #: Largest number of vertices (input and output included) a cell may have.
-MAX_NODES = 8
+MAX_NODES = _ref.MAX_NODES
 
 _NB101_LABEL = {name: i for i, name in enumerate(_ops.NB101_OPS)}
 
@@ -58,6 +60,16 @@ class Cell:
     def _from_int_rows(cls, rows: list[list[int]], ops: Sequence[str]) -> Cell:
         """:meth:`_trusted` for rows that already hold Python ints (``ndarray.tolist()``)."""
         return cls._of(tuple(map(tuple, rows)), ops)
+
+    @classmethod
+    def _pruned_from_rows(cls, rows: list[list[int]], ops: Sequence[str], canonical_code: int,
+                          network_code: int) -> Cell:
+        """A cell already pruned (every vertex on an input -> output path), from rows of Python
+        ints, with its canonical and network codes computed elsewhere (a native batch: the
+        sampler's decoder). Internal: nothing is checked."""
+        self = cls._from_int_rows(rows, ops)
+        self._keep, self._canon, self._net = tuple(range(len(rows))), int(canonical_code), int(network_code)
+        return self
 
     @classmethod
     def _of(cls, adj: tuple[tuple[int, ...], ...], ops: Sequence[str]) -> Cell:
@@ -361,3 +373,27 @@ def _check_ops(ops: Any, n: int) -> tuple[str, ...]:
             raise ValueError(f"ops[{i}] is {o!r}: only the first vertex is the input and the last the output")
         _ops.op_info(o)  # raises on unknown ops
     return tuple(ops)
+
+
+# -- batches: codes of many cells by the native kernels, remembered by each cell --------------
+def _remembered(cells: Iterable[Cell], slot: str, compute: Callable[[list[Cell]], Iterable[int]]) -> list[int]:
+    """The value each cell remembers in ``slot``, computed in one batch for those that have none."""
+    cells = list(cells)
+    todo = [c for c in cells if getattr(c, slot) is None]
+    if todo:
+        for c, value in zip(todo, compute(todo)):
+            setattr(c, slot, int(value))
+    return [getattr(c, slot) for c in cells]
+
+
+def cell_network_codes(cells: Iterable[Cell]) -> list[int]:
+    """``[c.network_code() for c in cells]`` by the native kernel in one batch (the cells are
+    pruned first, as ``network_code`` does), remembered by each cell."""
+    return _remembered(cells, "_net", lambda todo: dag_network_code(
+        *batch_from_cells([c.pruned(allow_zero=True) for c in todo], MAX_NODES), _ops.identity_labels()))
+
+
+def cell_canonical_codes(cells: Iterable[Cell]) -> list[int]:
+    """``[c.canonical_code() for c in cells]`` computed by the native kernel in one batch (cells
+    coded as given), and remembered by each cell, so later ``canonical_code()`` calls are free."""
+    return _remembered(cells, "_canon", lambda todo: dag_canonical_code(*batch_from_cells(todo, MAX_NODES)).tolist())

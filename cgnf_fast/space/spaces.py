@@ -17,6 +17,10 @@ from . import _ops, nb201
 from .cell import MAX_NODES, Cell
 
 
+#: The macro skeletons cells are built in (:mod:`cgnf_fast.nets`).
+SKELETONS = ("nb201", "nb101")
+
+
 @dataclass(frozen=True)
 class DesignSpace:
     """A space of cells over an op vocabulary, with vertex and edge limits.
@@ -27,6 +31,11 @@ class DesignSpace:
         max_edges: most edges after pruning, or None for no limit.
         allow_zero: whether the zero cell (no input -> output path) is a member.
         name: a label for messages and files.
+        seed_space: the name of the seed space of the space's family (the benchmark whose cells
+            are not "novel": ``nb201`` for ``nb201`` and ``nb201-like``), or None.
+        skeleton: the macro skeleton its cells are built in as networks (``"nb201"`` or
+            ``"nb101"``; :mod:`cgnf_fast.nets`); None: ``"nb101"`` when every op is an NB101
+            op, else ``"nb201"``.
 
     Sampling (:meth:`sample`): draw a labelled graph on ``max_nodes`` vertices with every
     upper-triangular edge present independently with probability 1/2 and every intermediate op
@@ -41,6 +50,8 @@ class DesignSpace:
     max_edges: int | None = None
     allow_zero: bool = False
     name: str = "custom"
+    seed_space: str | None = None
+    skeleton: str | None = None
     _labels: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -60,6 +71,18 @@ class DesignSpace:
         if self.max_edges is not None and (not isinstance(self.max_edges, int) or self.max_edges < 0):
             raise ValueError(f"max_edges must be None or a non-negative int, got {self.max_edges!r}")
         object.__setattr__(self, "_labels", frozenset(ops))
+        if self.seed_space is not None and not isinstance(self.seed_space, str):
+            raise ValueError(f"seed_space must be a space name or None, got {self.seed_space!r}")
+        if self.skeleton is None:
+            object.__setattr__(self, "skeleton", "nb101" if set(ops) <= set(_ops.NB101_OPS) else "nb201")
+        elif self.skeleton not in SKELETONS:
+            raise ValueError(f"skeleton must be one of {', '.join(SKELETONS)}, got {self.skeleton!r}")
+
+    @property
+    def grows_from(self) -> str | None:
+        """The seed space this space extends (``nb201`` for ``nb201-like``), None for a seed space
+        itself and for spaces without one."""
+        return self.seed_space if self.seed_space != self.name else None
 
     # -- membership ---------------------------------------------------------------------
     def validate(self, cell: Cell) -> Cell:
@@ -147,7 +170,8 @@ class DesignSpace:
         seen: set[int] = set()
         for i, k in enumerate(counts):
             want = (n - len(out)) // (len(counts) - i)
-            sub = DesignSpace(self.ops, k, self.max_edges, self.allow_zero, name=f"{self.name}[{k}]")
+            sub = DesignSpace(self.ops, k, self.max_edges, self.allow_zero, name=f"{self.name}[{k}]",
+                              skeleton=self.skeleton)
             got = 0
             for round_ in range(20):
                 if got >= want:
@@ -178,6 +202,8 @@ class DesignSpace:
             "max_nodes": self.max_nodes,
             "max_edges": self.max_edges,
             "allow_zero": self.allow_zero,
+            "seed_space": self.seed_space,
+            "skeleton": self.skeleton,
             "labeled_graphs": self.num_labeled_graphs(),
             "sampling": "edges i.i.d. Bernoulli(1/2) on max_nodes vertices, ops uniform; pruned; "
             "rejected unless a member",
@@ -238,15 +264,31 @@ class NB201Space(DesignSpace):
 
 
 _REGISTRY: dict[str, DesignSpace] = {
-    "nb101": DesignSpace(_ops.NB101_OPS, max_nodes=7, max_edges=9, name="nb101"),
-    "nb101-like": DesignSpace(_ops.NB101_OPS, max_nodes=7, max_edges=None, name="nb101-like"),
-    "nb201": NB201Space(_ops.NB201_NODE_OPS, max_nodes=8, max_edges=None, allow_zero=True, name="nb201"),
-    "nb201-like": DesignSpace(_ops.NB201_NODE_OPS, max_nodes=8, max_edges=None, allow_zero=True, name="nb201-like"),
+    "nb101": DesignSpace(_ops.NB101_OPS, max_nodes=7, max_edges=9, name="nb101", seed_space="nb101",
+                         skeleton="nb101"),
+    "nb101-like": DesignSpace(_ops.NB101_OPS, max_nodes=7, max_edges=None, name="nb101-like", seed_space="nb101",
+                              skeleton="nb101"),
+    "nb201": NB201Space(_ops.NB201_NODE_OPS, max_nodes=8, max_edges=None, allow_zero=True, name="nb201",
+                        seed_space="nb201", skeleton="nb201"),
+    "nb201-like": DesignSpace(_ops.NB201_NODE_OPS, max_nodes=8, max_edges=None, allow_zero=True, name="nb201-like",
+                              seed_space="nb201", skeleton="nb201"),
 }
 
 
 def names() -> list[str]:
     return list(_REGISTRY)
+
+
+def grows_from(name: str) -> str | None:
+    """The seed space the built-in space ``name`` extends (:attr:`DesignSpace.grows_from`), None
+    for a seed space, a space without one, or a name that is not built in."""
+    sp = _REGISTRY.get(name)
+    return sp.grows_from if sp is not None else None
+
+
+def extensions(seed_space: str) -> list[str]:
+    """The built-in spaces that extend ``seed_space`` (``nb201`` -> ``["nb201-like"]``)."""
+    return [n for n, sp in _REGISTRY.items() if sp.grows_from == seed_space]
 
 
 def get(name: str | DesignSpace) -> DesignSpace:

@@ -13,11 +13,10 @@ import numpy as np
 
 from ..space import Cell, DesignSpace
 from ..space import get as get_space
+from ..space.spaces import grows_from
 from ..zc.score import ALL_PROXIES
 from ..zc.store import ScoreStore
 
-#: The seed space each built-in extended space grows from.
-SEED_SPACES = {"nb201-like": "nb201", "nb101-like": "nb101"}
 #: How many cells of a seed space its predictor evaluation uses (None: every cell) and the draw's seed.
 EVAL_SETS: dict[str, tuple[int | None, int]] = {"nb201": (None, 0), "nb101": (4000, 0)}
 #: What ``load_labelled`` keeps out of the labels: every cell that builds a seed-space network
@@ -70,7 +69,7 @@ def eval_set_sha256(seed_space: str) -> str:
 
 def no_seed_labels(space: str) -> str | None:
     """Why ``space`` cannot take seed-space labels (:func:`seed_label_cells`), or None when it can."""
-    seed_name = SEED_SPACES.get(space)
+    seed_name = grows_from(space)
     if seed_name is None:
         return "it has no seed space"
     if EVAL_SETS[seed_name][0] is None:
@@ -87,7 +86,7 @@ def seed_label_cells(space: str, n: int, seed: int) -> list[Cell]:
     why = no_seed_labels(space)
     if why:
         raise ValueError(f"{space} cannot take seed-space labels: {why} (use 0)")
-    seed_name = SEED_SPACES[space]
+    seed_name = grows_from(space)
     held = eval_networks(seed_name)
     # the draw is uniform over labelled graphs, so common networks dominate it and about half of
     # a draw lands in the evaluation set: draw enough to keep n after filtering
@@ -179,7 +178,7 @@ def load_labelled(store: str, space: str, attributes: list[str] | None = None,
     missing = [a for a in attributes if not any(a in d["values"] or a in d["bad"] for d in group.values())]
     if missing:
         raise ValueError(f"store {store} has no {missing} scores for space {space!r}")
-    seed_name = SEED_SPACES.get(space)
+    seed_name = grows_from(space)
     member = SeedMembership(seed_name)
     held = eval_networks(seed_name) if holdout == "eval" and seed_name else frozenset()
     cells, rows = [], []
@@ -216,7 +215,7 @@ def unlabelled_cells(space: str | DesignSpace, n: int, seed: int, include_seed_s
     networks of its seed space (its structures only, never its labels)."""
     sp = get_space(space)
     cells = sp.sample(n, seed=seed, unique=True)
-    seed_name = SEED_SPACES.get(sp.name)
+    seed_name = sp.grows_from
     if include_seed_space and seed_name:
         seed_sp = get_space(seed_name)
         if seed_name == "nb201":

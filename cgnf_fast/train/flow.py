@@ -59,210 +59,37 @@ decoding the sampled latents to cells and encoding them again (what sampling cel
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from .checkpoint import (CheckpointError, load_json, load_module, load_tensors, load_training, refuse_changed_config,
-                         save_json, save_on_interrupt, save_tensors, save_training)
+from ..io import (CheckpointError, load_json, load_tensors, refuse_changed_config, save_json,
+                  save_tensors)
+from .._stats import spearman
+from ..models.api import GraphVAE
+from ..models.flow import ConditionalCNF, set_mode
+from ..sampling.conditions import FlowConditions
+from ..sampling.model import FLOW_CONFIG as CONFIG
+from ..sampling.model import FLOW_FORMAT as FORMAT
+from ..sampling.model import FLOW_FORMAT_VERSION as FORMAT_VERSION
+from ..sampling.model import FLOW_WEIGHTS as WEIGHTS
+from ..sampling.model import gvae_fingerprint, load_flow
+from .checkpoint import load_training, save_on_interrupt, save_training
 
-if TYPE_CHECKING:
-    from ..models.flow import ConditionalCNF
+__all__ = ["TrainFlowConfig", "train_flow"]
 
-__all__ = [
-    "CONFIG",
-    "FORMAT",
-    "LOG_ATTRIBUTES",
-    "LOG_FLOOR",
-    "WEIGHTS",
-    "FlowConditions",
-    "TrainFlowConfig",
-    "gvae_fingerprint",
-    "load_flow",
-    "train_flow",
-]
-
-FORMAT = "cgnf_fast.flow"
-FORMAT_VERSION = 1
-WEIGHTS = "flow.safetensors"
-CONFIG = "flow.json"
-#: Attributes conditioned on as ``log(max(x, LOG_FLOOR))`` (store units: millions).
-LOG_ATTRIBUTES = ("params", "flops")
-#: Floor before the log of params / FLOPs (in millions: 100 parameters or FLOPs).
-LOG_FLOOR = 1e-4
-TRANSFORMS = ("identity", "log")
 LATENT_NORMS = ("data", "none")
-#: Ridge on the given attributes' correlation matrix in :meth:`FlowConditions.follow`.
-FOLLOW_RIDGE = 0.05
-#: Largest shift (in stds) :meth:`FlowConditions.follow` applies to an unspecified attribute.
-FOLLOW_MAX_SHIFT = 3.0
 #: Above this latent size the default divergence is Hutchinson (exact costs O(D) per evaluation).
 EXACT_MAX_LATENT = 64
-
-
-# -- conditions ---------------------------------------------------------------------------
-@dataclass
-class FlowConditions:
-    """The map from raw attribute values (store units) to the flow's condition vector ``c``.
-
-    ``c[:, i] = (t_i(x[:, i]) - mean[i]) / std[i]`` with ``t_i`` the identity or
-    ``log(max(x, log_floor))``.
-
-    Shapes:
-        raw [B, A] (A = ``len(names)``, the attribute order of ``names``) <-> c [B, A]
-    """
-
-    names: list[str]
-    transforms: list[str]
-    mean: list[float]
-    std: list[float]
-    log_floor: float = LOG_FLOOR
-    #: correlation matrix [A][A] of the standardised training conditions (None in flows trained
-    #: before it was recorded); sampling moves unspecified attributes with the specified ones by it
-    corr: list[list[float]] | None = None
-
-    def __post_init__(self) -> None:
-        n = len(self.names)
-        if n == 0 or len(set(self.names)) != n:
-            raise ValueError(f"conditions need at least one attribute and no duplicates, got {self.names!r}")
-        if not (len(self.transforms) == len(self.mean) == len(self.std) == n):
-            raise ValueError(f"conditions: names, transforms, mean and std must have the same length, got "
-                             f"{n}, {len(self.transforms)}, {len(self.mean)}, {len(self.std)}")
-        bad = [t for t in self.transforms if t not in TRANSFORMS]
-        if bad:
-            raise ValueError(f"condition transforms must be one of {TRANSFORMS}, got {bad}")
-        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in self.mean):
-            raise ValueError(f"condition means must be finite numbers, got {self.mean}")
-        if not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in self.std):
-            raise ValueError(f"condition stds must be finite numbers > 0, got {self.std}")
-        if not (isinstance(self.log_floor, (int, float)) and self.log_floor > 0):
-            raise ValueError(f"log_floor must be > 0, got {self.log_floor!r}")
-        if self.corr is not None:
-            c = np.asarray(self.corr, dtype=np.float64)
-            if c.shape != (n, n) or not np.isfinite(c).all() or not np.allclose(c, c.T) \
-                    or not np.allclose(np.diag(c), 1.0) or np.abs(c).max() > 1 + 1e-9:
-                raise ValueError(f"corr must be a symmetric {n}x{n} correlation matrix (unit diagonal, entries in "
-                                 f"[-1, 1]), got {self.corr!r}")
-
-    @staticmethod
-    def transform_for(name: str) -> str:
-        return "log" if name in LOG_ATTRIBUTES else "identity"
-
-    @classmethod
-    def fit(cls, names: Sequence[str], raw: torch.Tensor | np.ndarray) -> FlowConditions:
-        """Transforms by name and mean/std of the transformed ``raw [M, A]`` (float64)."""
-        names = list(names)
-        tf = [cls.transform_for(n) for n in names]
-        probe = cls(names, tf, [0.0] * len(names), [1.0] * len(names))
-        t = probe.transform(raw)
-        if t.shape[0] < 2:
-            raise ValueError(f"need at least 2 rows to standardise conditions, got {t.shape[0]}")
-        mean = t.mean(0)
-        std = t.std(0)
-        # a constant condition: keep std 1 (the standardised column is then all zeros)
-        std = torch.where(std > 1e-8 * mean.abs().clamp_min(1.0), std, torch.ones_like(std))
-        u = ((t - mean) / std).numpy()  # [M, A] standardised
-        cov = u.T @ u / (u.shape[0] - 1)
-        d = np.sqrt(np.clip(np.diag(cov), 1e-300, None))
-        corr = np.clip(cov / np.outer(d, d), -1.0, 1.0)
-        np.fill_diagonal(corr, 1.0)
-        corr[~np.isfinite(corr)] = 0.0
-        return cls(names, tf, [float(v) for v in mean], [float(v) for v in std],
-                   corr=[[float(x) for x in row] for row in corr])
-
-    def follow(self, c_ref: torch.Tensor | np.ndarray, given: dict[int, float]) -> torch.Tensor:
-        """The flow condition for targets ``given`` (column -> standardised value) with every
-        other column moved from the reference ``c_ref [A]`` by the Gaussian conditional mean
-        ``corr[U, S] (corr[S, S] + lambda I)^-1 (c_S - c_ref_S)`` (ridge ``lambda`` =
-        :data:`FOLLOW_RIDGE`, each shift clipped to +-:data:`FOLLOW_MAX_SHIFT` stds): unspecified
-        attributes change as they co-vary with the specified ones over the training cells
-        (without ``corr``: they stay).
-
-        Shapes:
-            c_ref [A] -> [A] float64
-        """
-        c = torch.as_tensor(np.asarray(c_ref, dtype=np.float64)).clone().reshape(-1)
-        if c.numel() != len(self.names):
-            raise ValueError(f"c_ref must have {len(self.names)} entries, got {c.numel()}")
-        S = sorted(given)
-        if not S:
-            return c
-        delta = np.array([given[i] - float(c[i]) for i in S])
-        U = [i for i in range(len(self.names)) if i not in given]
-        if self.corr is not None and U:
-            R = np.asarray(self.corr, dtype=np.float64)
-            # ridge (FOLLOW_RIDGE): two near-collinear given attributes (params and FLOPs correlate at
-            # ~0.998) asked apart would otherwise push the others far outside the training range
-            R_SS = R[np.ix_(S, S)] + FOLLOW_RIDGE * np.eye(len(S))
-            shift = R[np.ix_(U, S)] @ np.linalg.solve(R_SS, delta)
-            shift = np.clip(shift, -FOLLOW_MAX_SHIFT, FOLLOW_MAX_SHIFT)
-            for k, i in enumerate(U):
-                c[i] += float(shift[k])
-        for i in S:
-            c[i] = given[i]
-        return c
-
-    def _check(self, x: torch.Tensor | np.ndarray, name: str) -> torch.Tensor:
-        x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
-        if x.dim() != 2 or x.shape[1] != len(self.names):
-            raise ValueError(f"{name} must have shape [B, {len(self.names)}] (columns {self.names}), "
-                             f"got {list(x.shape)}")
-        return x.to(torch.float64)
-
-    def transform(self, raw: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """``t(raw)`` (log for params/flops), float64 ``[B, A]``, before standardisation."""
-        x = self._check(raw, "raw").clone()
-        for i, t in enumerate(self.transforms):
-            if t == "log":
-                x[:, i] = torch.log(x[:, i].clamp_min(self.log_floor))
-        return x
-
-    def untransform(self, t: torch.Tensor | np.ndarray) -> torch.Tensor:
-        x = self._check(t, "t").clone()
-        for i, tf in enumerate(self.transforms):
-            if tf == "log":
-                x[:, i] = torch.exp(x[:, i])
-        return x
-
-    def standardise(self, t: torch.Tensor | np.ndarray) -> torch.Tensor:
-        x = self._check(t, "t")
-        return (x - torch.tensor(self.mean, dtype=torch.float64)) / torch.tensor(self.std, dtype=torch.float64)
-
-    def to_flow(self, raw: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """Raw attribute values (store units) -> the flow's condition ``c`` (float64 ``[B, A]``)."""
-        return self.standardise(self.transform(raw))
-
-    def from_flow(self, c: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """The flow's condition ``c`` -> raw attribute values (float64 ``[B, A]``; params/flops
-        come back as ``max(x, log_floor)``)."""
-        x = self._check(c, "c")
-        t = x * torch.tensor(self.std, dtype=torch.float64) + torch.tensor(self.mean, dtype=torch.float64)
-        return self.untransform(t)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> FlowConditions:
-        if not isinstance(d, dict):
-            raise ValueError(f"conditions must be a JSON object, got {type(d).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        missing = sorted({"names", "transforms", "mean", "std"} - set(d))
-        if unknown or missing:
-            raise ValueError(f"conditions: unknown keys {unknown}, missing keys {missing}")
-        return cls(**d)
 
 
 # -- config -------------------------------------------------------------------------------
@@ -363,24 +190,7 @@ class TrainFlowConfig:
         return "exact" if latent <= EXACT_MAX_LATENT else "hutchinson"
 
 
-# -- G-VAE pairing ------------------------------------------------------------------------
-def gvae_fingerprint(gvae_dir: str | os.PathLike) -> str:
-    """sha256 (hex) of a G-VAE run's weights file: what ties a flow to its G-VAE."""
-    from ..models.api import WEIGHTS as GVAE_WEIGHTS
-
-    path = Path(gvae_dir) / GVAE_WEIGHTS
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file (is {gvae_dir} a trained G-VAE run directory?)")
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _load_gvae(gvae_dir: str | os.PathLike, device: str | torch.device):
-    from ..models.api import GraphVAE
-
     return GraphVAE.load(gvae_dir, device=device)
 
 
@@ -435,8 +245,6 @@ def _build_data(cfg: TrainFlowConfig, vae, gvae_dir: Path) -> tuple[dict[str, to
 # -- model --------------------------------------------------------------------------------
 def _make_flow(cfg: TrainFlowConfig, latent: int, cond_dim: int, train_z: torch.Tensor):
     """The flow at step 0 (deterministic in ``cfg.seed`` and the data)."""
-    from ..models.flow import ConditionalCNF
-
     torch.manual_seed(cfg.seed)
     flow = ConditionalCNF(latent, cond_dim, hidden=tuple(cfg.hidden), activation=cfg.activation,
                           divergence=cfg.resolved_divergence(latent), solver=cfg.solver, rtol=cfg.rtol,
@@ -448,14 +256,6 @@ def _make_flow(cfg: TrainFlowConfig, latent: int, cond_dim: int, train_z: torch.
             flow.bn_in.running_mean.copy_(z.mean(0).float())
             flow.bn_in.running_var.copy_(z.var(0, unbiased=False).float())
     return flow
-
-
-def _set_mode(flow, training: bool) -> None:
-    flow.train(training)
-    # latent_norm="data": the batch-norm layers are a fixed standardisation + learned affine (module doc)
-    for bn in (flow.bn_in, flow.bn_out):
-        if bn is not None:
-            bn.eval()
 
 
 # -- evaluation ---------------------------------------------------------------------------
@@ -480,7 +280,6 @@ def _subset(n: int, k: int, seed: int) -> torch.Tensor:
 
 
 def _condition_errors(conds: FlowConditions, req_t: torch.Tensor, got_raw: torch.Tensor) -> dict[str, Any]:
-    from ..evaluate.latent import spearman
 
     got_t = conds.transform(got_raw)
     std = torch.tensor(conds.std, dtype=torch.float64)
@@ -531,7 +330,7 @@ def _evaluate(flow, vae, conds: FlowConditions, cols: list[int], data: dict[str,
     check: dict[str, Any] = {"split": part, "n": int(rows.numel()),
                              "latent": _condition_errors(conds, req_t, pred),
                              "baseline_random_latents": _condition_errors(conds, req_t, base)}
-    cells = vae.decode(z.to(vae.device))
+    cells = vae.decode(z.to(vae.device), repair=False)  # the decoder's own validity, before repair
     ok = [i for i, cell in enumerate(cells) if vae.space.contains(cell) and not cell.is_zero]
     dec: dict[str, Any] = {"valid": len(ok), "validity": round(len(ok) / len(cells), 4)}
     if ok:
@@ -614,7 +413,7 @@ def train_flow(cfg: TrainFlowConfig, gvae_dir: str | os.PathLike, out: str | os.
 
     bar = tqdm(total=total, initial=step, desc="train flow", unit="step", disable=not progress, file=sys.stderr,
                dynamic_ncols=True)
-    _set_mode(flow, True)
+    set_mode(flow, True)
     t0 = time.time()
     ema: float | None = history[-1].get("nll_ema") if history else None  # goes on from the checkpoint
     with save_on_interrupt(save_checkpoint, bar, lambda: (step, total)):
@@ -658,58 +457,10 @@ def train_flow(cfg: TrainFlowConfig, gvae_dir: str | os.PathLike, out: str | os.
     final, _ = load_flow(outp, device=device, gvae_dir=gdir)  # what users get, checked end to end
     init_flow = _make_flow(cfg, latent, len(names), train_z).to(dev)
     init_flow.rtol, init_flow.atol = cfg.eval_rtol, cfg.eval_atol
-    _set_mode(init_flow, False)
+    set_mode(init_flow, False)
     metrics = _evaluate(final, vae, conds, cols, data, cfg, init_flow)
     metrics["steps"] = step
     metrics["train_seconds_this_session"] = round(train_seconds, 1)
     metrics["final_train_nll_ema"] = ema
     save_json(outp / "metrics.json", metrics)
     return metrics
-
-
-def load_flow(out_dir: str | os.PathLike, device: str | torch.device = "cpu",
-              gvae_dir: str | os.PathLike | None = None) -> tuple[ConditionalCNF, dict[str, Any]]:
-    """The trained flow of a run directory (eval mode, evaluation tolerances) and its
-    ``flow.json`` as a dict (``FlowConditions.from_dict(info["conditions"])`` maps attribute
-    values to its condition vector). With ``gvae_dir``, checks that the G-VAE there is the one
-    the flow was trained on (sha256 of its weights). Raises :class:`CheckpointError` on a
-    missing, corrupt or mismatched file."""
-    from ..models.flow import ConditionalCNF
-
-    d = Path(out_dir)
-    if not d.is_dir():
-        raise CheckpointError(f"{d}: no such directory (expected {WEIGHTS} and {CONFIG} in it)")
-    info = load_json(d / CONFIG)
-    if not isinstance(info, dict) or info.get("format") != FORMAT:
-        raise CheckpointError(f"{d / CONFIG}: not a cgnf_fast flow config (missing format/config keys)")
-    if info.get("version") != FORMAT_VERSION:
-        raise CheckpointError(f"{d / CONFIG}: flow format version {info.get('version')!r}, this cgnf_fast reads "
-                              f"version {FORMAT_VERSION}; retrain the flow with this version")
-    if "config" not in info:
-        raise CheckpointError(f"{d / CONFIG}: not a cgnf_fast flow config (missing format/config keys)")
-    try:
-        flow = ConditionalCNF(**info["config"])
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{d / CONFIG}: bad flow config ({e})") from None
-    try:
-        conds = FlowConditions.from_dict(info.get("conditions"))
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{d / CONFIG}: bad conditions ({e})") from None
-    if len(conds.names) != flow.cond_dim:
-        raise CheckpointError(f"{d / CONFIG}: {len(conds.names)} conditions {conds.names} but the flow takes "
-                              f"cond_dim={flow.cond_dim}")
-    g = info.get("gvae")
-    if not isinstance(g, dict) or not isinstance(g.get("sha256"), str):
-        raise CheckpointError(f"{d / CONFIG}: missing the fingerprint of the G-VAE the flow belongs to")
-    tensors, _ = load_tensors(d / WEIGHTS)
-    load_module(flow, tensors, str(d / WEIGHTS))
-    if gvae_dir is not None:
-        sha = gvae_fingerprint(gvae_dir)
-        if sha != g["sha256"]:
-            raise CheckpointError(f"{d} was trained on the G-VAE {g.get('dir')} "
-                                  f"(weights sha256 {g['sha256'][:12]}...), "
-                                  f"but {gvae_dir} holds other weights (sha256 {sha[:12]}...); pass the G-VAE the "
-                                  f"flow was trained with")
-    flow.to(device)
-    _set_mode(flow, False)
-    return flow, info

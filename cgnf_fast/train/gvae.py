@@ -37,8 +37,8 @@ from ..models.api import FORMAT_VERSION as GVAE_FORMAT_VERSION
 from ..models.codec import CellCodec
 from ..models.gvae import BACKENDS, GVAE, GVAEConfig, kl_divergence, reconstruction_loss, triplet_loss
 from ..space import Cell
-from .checkpoint import (CheckpointError, load_json, load_tensors, load_training, refuse_changed_config, save_json,
-                         save_on_interrupt, save_tensors, save_training)
+from ..io import CheckpointError, load_json, load_tensors, refuse_changed_config, save_json, save_tensors
+from .checkpoint import load_training, save_on_interrupt, save_training
 from .data import HOLDOUTS, load_labelled, unlabelled_cells
 
 
@@ -101,7 +101,7 @@ class TrainGVAEConfig:
     def validate(self) -> None:
         self.design_space()
         if self.degree_features is None:  # only the path predictor has them
-            self.degree_features = self.predictor in ("graph", "paths") and _nb101_skeleton(self.space)
+            self.degree_features = self.predictor in ("graph", "paths") and self.design_space().skeleton == "nb101"
         for f in ("n_unlabelled", "heldout", "hidden", "layers", "latent", "batch", "labelled_batch", "epochs",
                   "ckpt_every", "dec_hidden", "pred_hidden"):
             v = getattr(self, f)
@@ -118,12 +118,6 @@ class TrainGVAEConfig:
                 continue
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or not math.isfinite(v):
                 raise ValueError(f"{f} must be a finite non-negative number, got {v!r}")
-
-
-def _nb101_skeleton(space: str) -> bool:
-    from ..zc.run import skeleton_of
-
-    return skeleton_of(space) == "nb101"
 
 
 def _stack(codec: CellCodec, cells: list[Cell]) -> tuple[torch.Tensor, torch.Tensor]:

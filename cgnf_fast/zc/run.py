@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from ..space import Cell
+from ..space import get as get_space
 from .score import check_proxies, score
 from .store import ScoreStore
 
@@ -34,10 +35,6 @@ def data_fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
     h.update(x.detach().cpu().contiguous().numpy().tobytes())
     h.update(y.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
-
-
-def skeleton_of(space: str) -> str:
-    return "nb101" if space.startswith("nb101") else "nb201"
 
 
 def _score_loop(store_path: str, jobs: list[tuple[int, str]], space: str, proxies: list[str], batch, seed: int,
@@ -79,10 +76,11 @@ def _score_one(cell_json: str, space: str, proxies: list[str], batch, seed: int,
     values: dict[str, float] = {}
     seconds: dict[str, float] = {}
     errors: dict[str, str] = {}
+    skeleton = get_space(space).skeleton
     for p in proxies:
         t0 = time.perf_counter()
         try:
-            values[p] = score(cell, [p], skeleton=skeleton_of(space), batch=batch, seed=seed, device=device)[p]
+            values[p] = score(cell, [p], skeleton=skeleton, batch=batch, seed=seed, device=device)[p]
         except Exception as e:  # kept in the store with status 'error', never dropped
             errors[p] = f"{type(e).__name__}: {e}"
             traceback.print_exc(file=sys.stderr)
