@@ -64,6 +64,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._checks import check_tensor
 from ..ops import cnf as cnf_ops
 from ..reference import cnf as cnf_reference
 
@@ -128,18 +129,8 @@ def _check_hidden(hidden: object) -> tuple[int, ...]:
 def _check_tensor(name: str, x: object, shape_doc: str, dim1: int, dtype: torch.dtype, device: torch.device,
                   batch: int | None = None, finite: bool = True) -> torch.Tensor:
     """``x`` must be a ``[B, dim1]`` tensor of the flow's dtype and device (and ``B == batch``)."""
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor {shape_doc} {dtype}, got {type(x).__name__}")
-    if x.dim() != 2 or x.shape[1] != dim1 or (batch is not None and x.shape[0] != batch):
-        want = f"[{batch if batch is not None else 'B'}, {dim1}]"
-        raise ValueError(f"{name} must have shape {shape_doc} = {want}, got {list(x.shape)}")
-    if x.dtype != dtype:
-        raise ValueError(f"{name} must have dtype {dtype} (the flow's parameter dtype), got {x.dtype}")
-    if x.device != device:
-        raise ValueError(f"{name} is on {x.device} but the flow's parameters are on {device}")
-    if finite and x.numel() and not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} must be finite, got {int((~torch.isfinite(x)).sum())} NaN/inf entries")
-    return x
+    return check_tensor(name, x, shape_doc, dtype=dtype, shape=(batch, dim1), device=device,
+                        dtype_note="the flow's parameter dtype", device_of="the flow's parameters are", finite=finite)
 
 
 def _check_generator(generator: object, device: torch.device) -> torch.Generator | None:

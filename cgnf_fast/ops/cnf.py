@@ -34,6 +34,7 @@ from collections.abc import Sequence
 import torch
 
 from .. import _native
+from .._checks import check_tensor
 from .._native import _C
 from ..reference import cnf as reference
 
@@ -56,15 +57,10 @@ _ACT_CODE = {"tanh": 0, "softplus": 1}  # csrc/cnf/cnf.h: CnfActivation
 _PARTS = ("W", "b", "G", "g", "H")
 
 
-def _check_tensor(name: str, x: object, shape: tuple[int, ...], doc: str, like: torch.Tensor) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor {doc} {like.dtype}, got {type(x).__name__}")
-    if x.dtype != like.dtype:
-        raise ValueError(f"{name} must have the dtype of z ({like.dtype}), got {x.dtype}")
-    if tuple(x.shape) != shape:
-        raise ValueError(f"{name} must have shape {doc} = {list(shape)}, got {list(x.shape)}")
-    if x.device != like.device:
-        raise ValueError(f"{name} is on {x.device} but z is on {like.device}; all tensors must be on one device")
+def _check_like(name: str, x: object, shape: tuple[int, ...], doc: str, like: torch.Tensor) -> None:
+    """``x`` of ``shape`` with z's (``like``) dtype and device."""
+    check_tensor(name, x, doc, dtype=like.dtype, shape=shape, device=like.device, dtype_of="z", device_of="z is",
+                 device_hint="; all tensors must be on one device")
 
 
 def _check_inputs(
@@ -86,12 +82,12 @@ def _check_inputs(
     if not isinstance(t, torch.Tensor) or t.numel() != 1 or t.dim() > 1:
         got = f"shape {list(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
         raise ValueError(f"t must be a 0-d or one-element tensor [1] (the time), got {got}")
-    _check_tensor("t", t, tuple(t.shape), "[] or [1]", z)
+    _check_like("t", t, tuple(t.shape), "[] or [1]", z)
     if not isinstance(c, torch.Tensor) or c.dim() != 2:
         got = list(c.shape) if isinstance(c, torch.Tensor) else type(c).__name__
         raise ValueError(f"c must be a torch.Tensor [B, C] (C may be 0), got {got}")
     C = c.shape[1]
-    _check_tensor("c", c, (B, C), "[B, C]", z)
+    _check_like("c", c, (B, C), "[B, C]", z)
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     if divergence not in _DIV_CODE:
@@ -111,7 +107,7 @@ def _check_inputs(
         shapes = {"W": (out, widths[-1]), "b": (out,), "G": (out, 1 + C), "g": (out,), "H": (out, 1 + C)}
         docs = {"W": "[out, in]", "b": "[out]", "G": "[out, 1 + C]", "g": "[out]", "H": "[out, 1 + C]"}
         for j, part in enumerate(_PARTS):
-            _check_tensor(f"layer {i} {part}", weights[5 * i + j], shapes[part], docs[part], z)
+            _check_like(f"layer {i} {part}", weights[5 * i + j], shapes[part], docs[part], z)
         widths.append(out)
     if native and nl > CNF_MAX_LAYERS:
         raise ValueError(f"cnf_dynamics supports at most {CNF_MAX_LAYERS} layers natively, got {nl} "
@@ -125,7 +121,7 @@ def _check_inputs(
     if divergence == "hutchinson":
         if noise is None:
             raise ValueError("noise [B, D] is required when divergence='hutchinson', got None")
-        _check_tensor("noise", noise, (B, D), "[B, D]", z)
+        _check_like("noise", noise, (B, D), "[B, D]", z)
     elif noise is not None:
         raise ValueError(f"noise must be None unless divergence='hutchinson' (got divergence={divergence!r})")
     return widths

@@ -13,13 +13,15 @@ import numpy as np
 import torch
 
 from .. import _native
+from .._checks import check_tensor
 from .._native import _C
 from ..reference.dag import MAX_NODES
-from ._checks import check_tensor
 
 if int(_C.build_config()["max_nodes"]) != MAX_NODES:  # one limit: the native core is built with it
     raise ImportError(f"cgnf_fast._C was built for graphs of {_C.build_config()['max_nodes']} vertices, but this "
                       f"cgnf_fast uses {MAX_NODES}; reinstall the package (pip install .) to rebuild it")
+#: Device types the DAG kernels run on.
+_DEVICES = ("cpu", "cuda")
 #: Label of padding slots in outputs.
 PAD_LABEL = -1
 
@@ -36,16 +38,17 @@ def _host(*ts: torch.Tensor) -> tuple[np.ndarray, ...] | tuple[torch.Tensor, ...
 
 
 def _check_batch(adj: torch.Tensor, labels: torch.Tensor, n: torch.Tensor) -> tuple[int, int]:
-    check_tensor("adj", adj, dtype=torch.uint8, ndim=3, shape_doc="[B, N, N]")
+    check_tensor("adj", adj, "[B, N, N]", dtype=torch.uint8, ndim=3, devices=_DEVICES, contiguous=True)
     B, N, N2 = adj.shape
     if N != N2:
         raise ValueError(f"adj must have shape [B, N, N], got {list(adj.shape)}")
     if not 2 <= N <= MAX_NODES:
         raise ValueError(f"adj must have shape [B, N, N] with 2 <= N <= {MAX_NODES}, got {list(adj.shape)}")
-    check_tensor("labels", labels, dtype=torch.int8, ndim=2, shape_doc="[B, N]", device=adj.device)
+    check_tensor("labels", labels, "[B, N]", dtype=torch.int8, ndim=2, device=adj.device, devices=_DEVICES,
+                 contiguous=True)
     if tuple(labels.shape) != (B, N):
         raise ValueError(f"labels must have shape [B, N] = {[B, N]}, got {list(labels.shape)}")
-    check_tensor("n", n, dtype=torch.int8, ndim=1, shape_doc="[B]", device=adj.device)
+    check_tensor("n", n, "[B]", dtype=torch.int8, ndim=1, device=adj.device, devices=_DEVICES, contiguous=True)
     if n.shape[0] != B:
         raise ValueError(f"n must have shape [B] = {[B]}, got {list(n.shape)}")
     if B:  # two reductions (~100x cheaper than masks)

@@ -1,0 +1,48 @@
+"""The one tensor-argument check every layer uses (ops, models): validate once at the boundary,
+and name the argument, what was expected and what arrived."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["check_tensor"]
+
+
+def check_tensor(name: str, x: object, shape_doc: str, *, dtype: torch.dtype, shape: Sequence[int | None] | None = None,
+                 ndim: int | None = None, device: torch.device | None = None, dtype_of: str | None = None,
+                 dtype_note: str | None = None, device_of: str = "the other arguments are",
+                 device_hint: str = "", devices: Sequence[str] | None = None, contiguous: bool = False,
+                 finite: bool = False) -> torch.Tensor:
+    """``x`` checked, or ``ValueError`` naming ``name``:
+
+    - a tensor of ``dtype`` (message: "the dtype of ``dtype_of``" when it must match another
+      argument's, else the dtype with ``dtype_note``, default the shape);
+    - of ``shape`` (``None`` entries: any size, printed as ``B``) or of ``ndim`` dimensions,
+      described as ``shape_doc`` (``"[B, N, N]"``);
+    - on ``device`` (message: "``name`` is on X but ``device_of`` on Y" + ``device_hint``), and
+      on a device type in ``devices``;
+    - contiguous, and without NaN/inf, when asked.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor {shape_doc} {dtype}, got {type(x).__name__}")
+    if x.dtype != dtype:
+        if dtype_of is not None:
+            raise ValueError(f"{name} must have the dtype of {dtype_of} ({dtype}), got {x.dtype}")
+        raise ValueError(f"{name} must have dtype {dtype} ({dtype_note or f'shape {shape_doc}'}), got {x.dtype}")
+    if shape is not None:
+        if x.dim() != len(shape) or any(s is not None and x.shape[i] != s for i, s in enumerate(shape)):
+            want = "[" + ", ".join("B" if s is None else str(s) for s in shape) + "]"
+            raise ValueError(f"{name} must have shape {shape_doc} = {want}, got {list(x.shape)}")
+    elif ndim is not None and x.dim() != ndim:
+        raise ValueError(f"{name} must have shape {shape_doc}, got {list(x.shape)}")
+    if device is not None and x.device != device:
+        raise ValueError(f"{name} is on {x.device} but {device_of} on {device}{device_hint}")
+    if devices is not None and x.device.type not in devices:
+        raise ValueError(f"{name} is on {x.device}; cgnf_fast ops support {' and '.join(devices)} tensors")
+    if contiguous and not x.is_contiguous():
+        raise ValueError(f"{name} must be contiguous (call .contiguous() first)")
+    if finite and x.numel() and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} must be finite, got {int((~torch.isfinite(x)).sum())} NaN/inf entries")
+    return x
