@@ -390,7 +390,8 @@ def _check_outputs(*outputs: tuple[str, str | None]) -> None:
 
 
 def _upper_bound_like(args: argparse.Namespace, task_kw: dict[str, Any], sets: list[str], transfer: bool) -> int:
-    from .evaluate.training import get_protocol, load_task
+    from .evaluate.protocol import get_protocol
+    from .evaluate.tasks import load_task
     from .evaluate.upper_bound import run_upper_bound, summary_markdown, transfer_markdown
     from .io import write_text_atomic
 

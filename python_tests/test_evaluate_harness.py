@@ -4,6 +4,8 @@ cell sets and baselines, and the ``cgnf evaluate upper-bound/transfer/all`` comm
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,8 @@ import pytest
 import torch
 from helpers import BEST_ISH, DEVICE_PARAMS, run_cli
 
-from cgnf_fast.evaluate import training as tr
+from cgnf_fast.evaluate import protocol as tr
+from cgnf_fast.evaluate import tasks
 from cgnf_fast.evaluate.upper_bound import SETS, benchmark_accuracy, cell_sets, neighbours
 from cgnf_fast.sampling import BEST_NB101, BEST_NB201
 from cgnf_fast.space import Cell, nb201
@@ -27,10 +30,10 @@ def _load(path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def calib_task() -> tr.Task:
+def calib_task() -> tasks.Task:
     """The embedded CIFAR-10 calibration batch (250 real images) as a tiny classification task."""
     x, y = calibration_batch()
-    return tr.Task("calib", x[:200], y[:200], x[200:], y[200:])
+    return tasks.Task("calib", x[:200], y[:200], x[200:], y[200:])
 
 
 @pytest.fixture(scope="module")
@@ -92,51 +95,51 @@ def test_protocol_json_file(tmp_path):
 def test_task_validation(calib_task):
     x, y = calib_task.x_train, calib_task.y_train
     with pytest.raises(ValueError, match=r"\[N, C, H, W\]"):
-        tr.Task("t", x[:, 0], y, x, y)
+        tasks.Task("t", x[:, 0], y, x, y)
     with pytest.raises(ValueError, match="one row per"):
-        tr.Task("t", x, y[:5], x, y)
+        tasks.Task("t", x, y[:5], x, y)
     with pytest.raises(ValueError, match="int64 class labels"):
-        tr.Task("t", x, y.float(), x, y)
+        tasks.Task("t", x, y.float(), x, y)
     bad = x.clone()
     bad[0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
-        tr.Task("t", bad, y, x, y)
+        tasks.Task("t", bad, y, x, y)
     with pytest.raises(ValueError, match="unknown metric"):
-        tr.Task("t", x, y, x, y, metric="f1")
+        tasks.Task("t", x, y, x, y, metric="f1")
     with pytest.raises(ValueError, match="metric 'accuracy' does not go with loss 'mse'"):
-        tr.Task("t", x, y.float(), x, y.float(), loss="mse", metric="accuracy")
+        tasks.Task("t", x, y.float(), x, y.float(), loss="mse", metric="accuracy")
     with pytest.raises(ValueError, match="metric 'mae' does not go with loss 'cross_entropy'"):
-        tr.Task("t", x, y, x, y, metric="mae")
+        tasks.Task("t", x, y, x, y, metric="mae")
     with pytest.raises(ValueError, match="train images are"):
-        tr.Task("t", x, y, x[:, :, :16, :16], y)
+        tasks.Task("t", x, y, x[:, :, :16, :16], y)
 
 
 def test_tensor_task_file(task_file, tmp_path):
-    t = tr.tensor_task(task_file)
+    t = tasks.tensor_task(task_file)
     assert (t.in_channels, t.num_outputs, t.loss, t.metric, t.objective) == (1, 2, "cross_entropy", "accuracy", "max")
     z = _load(task_file)
     z["y_train"] = z["y_train"].astype(np.float32)
     z["y_test"] = z["y_test"].astype(np.float32)
     reg = tmp_path / "reg.npz"
     np.savez(reg, **z)
-    r = tr.tensor_task(reg)
+    r = tasks.tensor_task(reg)
     assert (r.loss, r.metric, r.objective, r.num_outputs) == ("mse", "mse", "min", 1)
     del z["x_test"]
     np.savez(tmp_path / "missing.npz", **z)
     with pytest.raises(ValueError, match="lacks x_test"):
-        tr.tensor_task(tmp_path / "missing.npz")
+        tasks.tensor_task(tmp_path / "missing.npz")
     good = Path(task_file).read_bytes()
     (tmp_path / "cut.npz").write_bytes(good[: len(good) // 2])
     with pytest.raises(ValueError, match="cannot read task file"):
-        tr.tensor_task(tmp_path / "cut.npz")
+        tasks.tensor_task(tmp_path / "cut.npz")
     (tmp_path / "junk.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage")
     with pytest.raises(ValueError, match="cannot read task file"):
-        tr.tensor_task(tmp_path / "junk.safetensors")
+        tasks.tensor_task(tmp_path / "junk.safetensors")
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="cannot read task file"):
-        tr.tensor_task(tmp_path / "junk.npz")
+        tasks.tensor_task(tmp_path / "junk.npz")
     with pytest.raises(ValueError, match="not 'cifar10', not a folder"):
-        tr.load_task(str(tmp_path / "x.txt"))
+        tasks.load_task(str(tmp_path / "x.txt"))
 
 
 def test_folder_task(tmp_path):
@@ -149,13 +152,13 @@ def test_folder_task(tmp_path):
             d.mkdir(parents=True)
             for i in range(k):
                 Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(d / f"{i}.png")
-    t = tr.load_task(str(tmp_path))
+    t = tasks.load_task(str(tmp_path))
     assert t.x_train.shape == (12, 3, 12, 12) and t.x_test.shape == (6, 3, 12, 12) and t.num_outputs == 2
     assert t.y_train[:4].tolist() == [0, 1, 0, 1]  # classes interleaved
     (tmp_path / "test" / "c").mkdir()
     Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(tmp_path / "test" / "c" / "0.png")
     with pytest.raises(ValueError, match="different class folders"):
-        tr.load_task(str(tmp_path))
+        tasks.load_task(str(tmp_path))
 
 
 # -- training -------------------------------------------------------------------------------
@@ -208,7 +211,7 @@ def test_regression_task_trains(task_file, tmp_path):
     z["y_train"] = np.stack([z["y_train"], 1 - z["y_train"]], 1).astype(np.float32)
     z["y_test"] = np.stack([z["y_test"], 1 - z["y_test"]], 1).astype(np.float32)
     np.savez(tmp_path / "reg.npz", **z)
-    t = tr.tensor_task(tmp_path / "reg.npz", metric="mae")
+    t = tasks.tensor_task(tmp_path / "reg.npz", metric="mae")
     r = tr.train_cell(Cell.from_nb201(BEST_ISH), "nb201", t, TINY, seed=0)
     assert t.num_outputs == 2 and np.isfinite(r.metric) and r.metric >= 0
 
@@ -335,6 +338,13 @@ def test_cli_all_writes_a_report(task_file, tmp_path, monkeypatch):
     res = json.loads((out / "results.json").read_text())
     assert res["transfer"]["sets"]["generated"]["n"] == 2
     assert not (out / ".work").exists()
+    # paths are shown relative to where the report was made (the store, the task, the command's
+    # arguments) or to the package (the pretrained model), never as this machine's absolute paths
+    absolute = re.compile(r"(?:^|[\s`(\"'=])/(?:tmp|work|root|home|usr|opt|var)/")
+    for f in ("report.md", "results.json"):
+        found = absolute.search((out / f).read_text())
+        assert found is None, (f, found)
+    assert res["store"] == os.path.relpath(out / "store.sqlite")
     # rerun: everything trained and measured comes from the store, nothing is added to it
     from cgnf_fast.zc.store import ScoreStore
 
@@ -372,7 +382,7 @@ def test_small_inputs_and_divergence_are_handled(calib_task, tmp_path):
         tr.train_cells([cell], "nb201", calib_task, tr.get_protocol("tiny:resolution=2"), progress=False)
     x = calib_task.x_train[:64]
     huge = torch.full((64,), 1e30)
-    t = tr.Task("huge", x, huge, x[:16], huge[:16], loss="mse", metric="mse")
+    t = tasks.Task("huge", x, huge, x[:16], huge[:16], loss="mse", metric="mse")
     store = tmp_path / "s.sqlite"
     r = tr.train_cells([cell], "nb201", t, TINY, store=store, progress=False)[0][0]
     assert np.isnan(r.metric) and not r.cached

@@ -5,7 +5,7 @@ into a different problem from the one the sampler's labels come from: **grayscal
 vehicle (airplane, automobile, ship, truck) vs animal** (2 classes, 1 input channel). The first
 ``--train-per-class`` / ``--test-per-class`` images (sorted names) of each CIFAR-10 class of the
 train / test split. Output: an ``.npz`` with ``x_train, y_train, x_test, y_test`` (float32
-normalized inputs, int64 labels), the format :func:`cgnf_fast.evaluate.training.tensor_task`
+normalized inputs, int64 labels), the format :func:`cgnf_fast.evaluate.tasks.tensor_task`
 reads.
 
     CGNF_DATA_DIR=../shared/data python scripts/make_transfer_task.py --out vehicles16.npz

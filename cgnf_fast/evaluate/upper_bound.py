@@ -3,7 +3,7 @@ transfer experiment (its Table 1): ``cgnf evaluate upper-bound`` and ``cgnf eval
 
 A reference cell (default: the best NB201 cell for ``nb201-like``, the best shared NB101 cell
 for ``nb101-like``) and four sets of ``n`` distinct networks each, all trained with the same
-task, protocol and seeds (:mod:`cgnf_fast.evaluate.training`):
+task, protocol and seeds (:mod:`cgnf_fast.evaluate.protocol`):
 
 * ``generated``: :func:`cgnf_fast.sample` from the reference (its own predicted attributes as
   the condition), what the library proposes;
@@ -39,7 +39,8 @@ from typing import Any
 import numpy as np
 
 from ..space import Cell
-from .training import Protocol, Task, get_protocol, train_cells
+from .protocol import Protocol, get_protocol, train_cells
+from .tasks import Task
 
 __all__ = ["SETS", "benchmark_accuracy", "cell_sets", "neighbours", "run_upper_bound", "summary_markdown",
            "plot_upper_bound"]
@@ -240,7 +241,7 @@ def run_upper_bound(space: str = "nb201-like", reference: Any = "best", *, n: in
     is the shared CIFAR-10)."""
     from ..nets import ExactCounts
     from ..space.spaces import get as get_space
-    from .training import load_task
+    from .tasks import load_task
 
     sp = get_space(space)
     skeleton = sp.skeleton
