@@ -10,7 +10,7 @@
 #include "cnf/cnf.h"
 #include "common/checks.h"
 #include "dag/dag.h"
-#include "dag/enumerate.h"
+#include "dag/count.h"
 #include "gnn/gnn.h"
 
 #ifdef CGNF_WITH_CUDA
@@ -104,7 +104,7 @@ PYBIND11_MODULE(_C, m) {
         "Elements of the workspace cnf_dynamics_fwd_cuda needs (0 unless the divergence is exact).");
 
   py::class_<cgnf::SpaceCounter>(m, "SpaceCounter",
-                                 "Exact counting / enumeration of a cell space in work units (see enumerate_cpu.cpp).")
+                                 "Exact counting / enumeration of a cell space in work units (see count_cpu.cpp).")
       .def(py::init([](int max_nodes, int num_ops, int num_identity, int max_edges, bool networks, bool emit) {
              return new cgnf::SpaceCounter({max_nodes, num_ops, num_identity, max_edges}, networks, emit);
            }),

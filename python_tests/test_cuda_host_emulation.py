@@ -1,5 +1,5 @@
-"""The CUDA kernels of gin_aggregate_cuda.cu, cnf_dynamics_cuda.cu, graph_cuda.cu and
-prune_cuda.cu without a GPU: their real kernels and launchers compiled as host C++
+"""The CUDA kernels of gin_aggregate_cuda.cu, cnf_dynamics_cuda.cu,
+canonical_code_cuda.cu, nb101_hash_cuda.cu and prune_cuda.cu without a GPU: their real kernels and launchers compiled as host C++
 (scripts/cuda_host_emu.py: block = fibers between __syncthreads, poisoned shared memory) and
 called with CPU tensors' pointers by scripts/emulate_cuda_kernels.py, against the references
 and the CPU ops (that script says what this does and does not check). The CI subset

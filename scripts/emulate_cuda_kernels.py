@@ -1,10 +1,10 @@
-"""Run the real CUDA kernels of gin_aggregate_cuda.cu, cnf_dynamics_cuda.cu, graph_cuda.cu and
-prune_cuda.cu without a GPU, against the package's CPU ops and references.
+"""Run the real CUDA kernels of gin_aggregate_cuda.cu, cnf_dynamics_cuda.cu,
+canonical_code_cuda.cu, nb101_hash_cuda.cu and prune_cuda.cu without a GPU, against the package's CPU ops and references.
 
 Each .cu's kernels *and* host launchers (the text between its ``// cuda_host_emu: begin`` /
 ``end`` marker comments) are compiled as host C++ by scripts/cuda_host_emu.py (which says how
 launches, blocks, barriers and shared memory are emulated) into three libraries: ``gin``,
-``cnf`` and ``dag`` (graph_cuda.cu and prune_cuda.cu together). The drivers below call the
+``cnf`` and ``dag`` (canonical_code_cuda.cu, nb101_hash_cuda.cu and prune_cuda.cu together). The drivers below call the
 real launchers (``gin_aggregate_fwd_cuda`` ...) with the data pointers of CPU tensors, as the
 ops in cgnf_fast/ops would hand them device pointers, on a fake stream that every launch must
 use. Around every call:
@@ -53,7 +53,7 @@ softplus's threshold of 20), 0 to 3 hidden layers, widths not multiples of anyth
 (MB = 3, 6, 12 or 16 rows a block; exact-divergence chunks of DC = 5 or 16 probe columns, a
 ragged last one), B = 0, 1, odd, ragged last row group, lowered grid caps for both kernels.
 
-dag (csrc/dag/graph_cuda.cu and prune_cuda.cu, against the CPU ops of _C on the same buffers,
+dag (csrc/dag/canonical_code_cuda.cu, nb101_hash_cuda.cu and prune_cuda.cu, against the CPU ops of _C on the same buffers,
 byte for byte): ``dag_prune_cuda``, ``dag_canonical_code_cuda`` and ``dag_nb101_hash_cuda``
 over random batches (bytes below the diagonal set, vertex counts outside [2, N] and labels
 outside [0, 31] where the kernels must flag them), N = 2..8, B = 0, 1, 127..129, 300 with
@@ -252,7 +252,7 @@ def harnesses() -> dict[str, rt.Harness]:
              "cnf_counted": [I64] * 4 + [PTR64, I64, PTR64] + [I64] * 8 + [INT, I64]},
             tail=CNF_TAIL),
         "dag": rt.Harness(
-            [cu("dag/graph_cuda.cu"), cu("dag/prune_cuda.cu")],
+            [cu("dag/canonical_code_cuda.cu"), cu("dag/nb101_hash_cuda.cu"), cu("dag/prune_cuda.cu")],
             ["common/checks.h", "common/cuda_utils.h", "dag/dag.h", "dag/graph_impl.h", "dag/prune_impl.h"],
             {"dag_prune_cuda": [I64] * 9, "dag_canonical_code_cuda": [I64] * 7, "dag_nb101_hash_cuda": [I64] * 7},
             prelude=DAG_PRELUDE, tail=DAG_TAIL),

@@ -26,7 +26,7 @@ import torch
 
 from ..reference.dag import LABEL_BITS, N_BITS
 from ..space import Cell, DesignSpace
-from ..space import _ops
+from ..space import vocabulary
 
 
 def _code_width(n: int) -> int:
@@ -67,7 +67,7 @@ def canonical_cell(cell: Cell) -> Cell:
     if p.is_zero:
         return p
     adj, labels = code_to_graph(p.canonical_code())
-    ops = [_ops.INPUT] + [_ops.op_name(lab) for lab in labels[1:-1]] + [_ops.OUTPUT]
+    ops = [vocabulary.INPUT] + [vocabulary.op_name(lab) for lab in labels[1:-1]] + [vocabulary.OUTPUT]
     return Cell._trusted(adj, ops)
 
 
@@ -150,10 +150,10 @@ class CellCodec:
         return torch.from_numpy(adj), torch.from_numpy(ops)
 
     def _label_index(self) -> np.ndarray:
-        """Op label (``_ops.op_label``, 0..31) -> this codec's op index, -1 outside the space."""
+        """Op label (``vocabulary.op_label``, 0..31) -> this codec's op index, -1 outside the space."""
         table = np.full(1 << LABEL_BITS, -1, dtype=np.int64)
         for o, i in self._index.items():
-            table[_ops.op_label(o)] = i
+            table[vocabulary.op_label(o)] = i
         return table
 
     def decode_one(self, adj: np.ndarray, ops: np.ndarray) -> Cell:
@@ -167,7 +167,7 @@ class CellCodec:
         keep = [0] + [v for v in range(1, N - 1) if 1 <= int(ops[v]) <= len(self.ops)] + [N - 1]
         sub = (np.asarray(adj)[np.ix_(keep, keep)] != 0).astype(np.uint8)
         sub = np.triu(sub, 1)
-        names = [_ops.INPUT] + [self.ops[int(ops[v]) - 1] for v in keep[1:-1]] + [_ops.OUTPUT]
+        names = [vocabulary.INPUT] + [self.ops[int(ops[v]) - 1] for v in keep[1:-1]] + [vocabulary.OUTPUT]
         return Cell._trusted(sub.tolist(), names).pruned(allow_zero=True)
 
     def decode(self, adj: torch.Tensor, ops: torch.Tensor) -> list[Cell]:

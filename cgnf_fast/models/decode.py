@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..ops import dag_canonical_code, dag_network_code, dag_prune
-from ..space import Cell, DesignSpace, _ops
+from ..space import Cell, DesignSpace, vocabulary
 
 if TYPE_CHECKING:
     from .codec import CellCodec
@@ -173,15 +173,15 @@ def decode_logits(op_logits: torch.Tensor, edge_logits: torch.Tensor, codec: Cel
                                                 torch.full((B,), N, dtype=torch.int8)))
     # membership = path, ops, sizes (unless the space has rules of its own)
     plain_members = type(sp).validate is DesignSpace.validate and type(sp).contains is DesignSpace.contains
-    names = (_ops.INPUT, *codec.ops, _ops.OUTPUT)
+    names = (vocabulary.INPUT, *codec.ops, vocabulary.OUTPUT)
     # the pruned graphs' canonical and network codes, natively from the same arrays (the cells
     # remember them); the kernels read op labels (Cell.labels()) at the op vertices only
     rows = np.flatnonzero(pn >= 2)
-    to_label = np.asarray([0] + [_ops.op_label(o) for o in codec.ops], dtype=np.int8)
+    to_label = np.asarray([0] + [vocabulary.op_label(o) for o in codec.ops], dtype=np.int8)
     lab = to_label[np.clip(pl[rows], 0, None)]  # (padding, -1, reads as 0)
     ra, rl, rn = torch.from_numpy(np.ascontiguousarray(pa[rows])), torch.from_numpy(lab), torch.from_numpy(pn[rows])
     canon = dict(zip(rows.tolist(), dag_canonical_code(ra, rl, rn).tolist()))
-    net = dict(zip(rows.tolist(), dag_network_code(ra, rl, rn, _ops.identity_labels())))
+    net = dict(zip(rows.tolist(), dag_network_code(ra, rl, rn, vocabulary.identity_labels())))
     ops_fit = set(codec.ops) <= set(sp.ops)  # else checked per cell
     edges = pa.sum(axis=(1, 2)).tolist() if sp.max_edges is not None else None
     pn_list = pn.tolist()

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 MAX_NODES = 8
 #: Bits of the vertex-count field at the top of every code.
 N_BITS = 4
-#: Bits of one op label in a code (labels are 1..31, see ``cgnf_fast.space._ops``).
+#: Bits of one op label in a code (labels are 1..31, see ``cgnf_fast.space.vocabulary``).
 LABEL_BITS = 5
 #: Bits of one edge weight in a network code (multiplicities are <= 2**6 for 8 vertices).
 NETWORK_WEIGHT_BITS = 7

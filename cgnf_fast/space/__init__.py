@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from . import counting, nb201
-from ._ops import INPUT, NB101_OPS, NB201_EDGE_OPS, NB201_NODE_OPS, OUTPUT, known_ops, register_op
+from .vocabulary import INPUT, NB101_OPS, NB201_EDGE_OPS, NB201_NODE_OPS, OUTPUT, known_ops, register_op
 from .batch import batch_from_cells
 from .cell import MAX_NODES, Cell, cell_canonical_codes, cell_network_codes
 from .spaces import DesignSpace, NB201Space, get, names

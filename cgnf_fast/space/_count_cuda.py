@@ -60,7 +60,7 @@ def count(sp: DesignSpace, *, networks: bool, progress: bool) -> dict[str, Any]:
     num_ops = len(sp.ops)
     host = counting._counter(sp, networks=networks, emit=False)  # network keys merge + finalize
     units = host.units()
-    collect_networks = networks and any(counting._ops.op_info(o).identity for o in sp.ops)
+    collect_networks = networks and any(counting.vocabulary.op_info(o).identity for o in sp.ops)
     valid = torch.zeros(1, dtype=torch.int64, device=dev)
     unique = torch.zeros(2, dtype=torch.int64, device=dev)
     count_buf = torch.zeros(1, dtype=torch.int64, device=dev)

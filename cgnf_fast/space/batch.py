@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from . import _ops
+from . import vocabulary
 
 if TYPE_CHECKING:
     from .cell import Cell
@@ -35,10 +35,10 @@ def batch_from_cells(cells: Iterable[Cell], N: int | None = None, *,
             raise ValueError(f"cell {b} has {k} vertices, more than N={N}")
         adj[b, :k, :k] = c.adjacency
         if nb101_labels:
-            bad = sorted({o for o in c.ops[1:-1] if o not in _ops.NB101_OPS})
+            bad = sorted({o for o in c.ops[1:-1] if o not in vocabulary.NB101_OPS})
             if bad:
-                raise ValueError(f"cell {b} has ops {bad}, not NB101 ops {_ops.NB101_OPS}")
-            labels[b, :k] = [-1] + [_ops.NB101_OPS.index(o) for o in c.ops[1:-1]] + [-2]
+                raise ValueError(f"cell {b} has ops {bad}, not NB101 ops {vocabulary.NB101_OPS}")
+            labels[b, :k] = [-1] + [vocabulary.NB101_OPS.index(o) for o in c.ops[1:-1]] + [-2]
         else:
             labels[b, :k] = c.labels()
         n[b] = k

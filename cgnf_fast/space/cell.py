@@ -10,7 +10,7 @@ import numpy as np
 
 from ..ops.dag import dag_canonical_code, dag_network_code
 from ..reference import dag as _ref
-from . import _ops
+from . import vocabulary
 from .batch import batch_from_cells
 
 if TYPE_CHECKING:
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 #: Largest number of vertices (input and output included) a cell may have.
 MAX_NODES = _ref.MAX_NODES
 
-_NB101_LABEL = {name: i for i, name in enumerate(_ops.NB101_OPS)}
+_NB101_LABEL = {name: i for i, name in enumerate(vocabulary.NB101_OPS)}
 
 
 class Cell:
@@ -90,7 +90,7 @@ class Cell:
     @classmethod
     def zero(cls) -> Cell:
         """The zero cell: input and output with no edge (its network always outputs zeros)."""
-        return cls._trusted(((0, 0), (0, 0)), (_ops.INPUT, _ops.OUTPUT))
+        return cls._trusted(((0, 0), (0, 0)), (vocabulary.INPUT, vocabulary.OUTPUT))
 
     @classmethod
     def from_json(cls, obj: str | Mapping[str, Any]) -> Cell:
@@ -117,7 +117,7 @@ class Cell:
             m = np.asarray(matrix)
             if m.ndim == 2 and m.shape[0] == m.shape[1] == len(labels):
                 matrix = m[np.ix_(keep, keep)]
-            names = {-1: _ops.INPUT, -2: _ops.OUTPUT, 0: _ops.NB101_OPS[0], 1: _ops.NB101_OPS[1], 2: _ops.NB101_OPS[2]}
+            names = {-1: vocabulary.INPUT, -2: vocabulary.OUTPUT, 0: vocabulary.NB101_OPS[0], 1: vocabulary.NB101_OPS[1], 2: vocabulary.NB101_OPS[2]}
             try:
                 ops = [names[labels[i]] for i in keep]
             except KeyError as e:
@@ -147,7 +147,7 @@ class Cell:
         if missing:
             raise ValueError(f"nodes {missing[:5]} have no {op_attr!r} attribute")
         ops_of = {v: graph.nodes[v][op_attr] for v in nodes}
-        for role in (_ops.INPUT, _ops.OUTPUT):
+        for role in (vocabulary.INPUT, vocabulary.OUTPUT):
             holders = [v for v in nodes if ops_of[v] == role]
             if len(holders) != 1:
                 raise ValueError(f"the graph must have exactly one {role!r} node, found {len(holders)}")
@@ -158,13 +158,13 @@ class Cell:
         rank = {v: i for i, v in enumerate(nodes)}
 
         def key(v: Any) -> tuple[int, int]:
-            role = 0 if ops_of[v] == _ops.INPUT else (2 if ops_of[v] == _ops.OUTPUT else 1)
+            role = 0 if ops_of[v] == vocabulary.INPUT else (2 if ops_of[v] == vocabulary.OUTPUT else 1)
             return (role, rank[v])
 
         order = list(nx.lexicographical_topological_sort(graph, key=key))
-        if ops_of[order[0]] != _ops.INPUT:
+        if ops_of[order[0]] != vocabulary.INPUT:
             raise ValueError("the input node has incoming edges (it must come first in every topological order)")
-        if ops_of[order[-1]] != _ops.OUTPUT:
+        if ops_of[order[-1]] != vocabulary.OUTPUT:
             raise ValueError("the output node has outgoing edges (it must come last in every topological order)")
         pos = {v: i for i, v in enumerate(order)}
         n = len(order)
@@ -197,8 +197,8 @@ class Cell:
         return self._adj
 
     def labels(self) -> list[int]:
-        """Integer op labels (0 for input and output, 1..31 for ops; see ``_ops``)."""
-        return [0] + [_ops.op_label(o) for o in self._ops[1:-1]] + [0]
+        """Integer op labels (0 for input and output, 1..31 for ops; see ``cgnf_fast.space.vocabulary``)."""
+        return [0] + [vocabulary.op_label(o) for o in self._ops[1:-1]] + [0]
 
     @property
     def is_zero(self) -> bool:
@@ -235,7 +235,7 @@ class Cell:
         """NB101's fingerprint (``hash_module`` of the pruned spec), as in NB101's dataset keys."""
         bad = [o for o in self._ops[1:-1] if o not in _NB101_LABEL]
         if bad:
-            raise ValueError(f"nb101_hash needs NB101 ops {_ops.NB101_OPS}; the cell has {sorted(set(bad))}")
+            raise ValueError(f"nb101_hash needs NB101 ops {vocabulary.NB101_OPS}; the cell has {sorted(set(bad))}")
         p = self.pruned()
         labels = [-1] + [_NB101_LABEL[o] for o in p._ops[1:-1]] + [-2]
         return _ref.nb101_hash(p._adj, labels)
@@ -259,7 +259,7 @@ class Cell:
         """
         if self._net is None:
             p = self.pruned(allow_zero=True)
-            identity = [False] + [_ops.op_info(o).identity for o in p._ops[1:-1]] + [False]
+            identity = [False] + [vocabulary.op_info(o).identity for o in p._ops[1:-1]] + [False]
             adj, labels = _ref.fold_identities(p._adj, p.labels(), identity)
             self._net = _ref.canonical_code(adj, labels, _ref.NETWORK_WEIGHT_BITS)
         return self._net
@@ -364,14 +364,14 @@ def _check_ops(ops: Any, n: int) -> tuple[str, ...]:
     for i, o in enumerate(ops):
         if not isinstance(o, str):
             raise ValueError(f"ops[{i}] must be an op name (str), got {o!r}")
-    if ops[0] != _ops.INPUT:
+    if ops[0] != vocabulary.INPUT:
         raise ValueError(f"ops[0] must be 'input', got {ops[0]!r}")
-    if ops[-1] != _ops.OUTPUT:
+    if ops[-1] != vocabulary.OUTPUT:
         raise ValueError(f"ops[-1] must be 'output', got {ops[-1]!r}")
     for i, o in enumerate(ops[1:-1], start=1):
-        if o in (_ops.INPUT, _ops.OUTPUT):
+        if o in (vocabulary.INPUT, vocabulary.OUTPUT):
             raise ValueError(f"ops[{i}] is {o!r}: only the first vertex is the input and the last the output")
-        _ops.op_info(o)  # raises on unknown ops
+        vocabulary.op_info(o)  # raises on unknown ops
     return tuple(ops)
 
 
@@ -390,7 +390,7 @@ def cell_network_codes(cells: Iterable[Cell]) -> list[int]:
     """``[c.network_code() for c in cells]`` by the native kernel in one batch (the cells are
     pruned first, as ``network_code`` does), remembered by each cell."""
     return _remembered(cells, "_net", lambda todo: dag_network_code(
-        *batch_from_cells([c.pruned(allow_zero=True) for c in todo], MAX_NODES), _ops.identity_labels()))
+        *batch_from_cells([c.pruned(allow_zero=True) for c in todo], MAX_NODES), vocabulary.identity_labels()))
 
 
 def cell_canonical_codes(cells: Iterable[Cell]) -> list[int]:

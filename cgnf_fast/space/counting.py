@@ -1,4 +1,4 @@
-"""Exact counting and enumeration of design spaces (native engine: csrc/dag/enumerate_cpu.cpp).
+"""Exact counting and enumeration of design spaces (native engine: csrc/dag/count_cpu.cpp).
 
 The four numbers of a space (``count``):
 
@@ -12,7 +12,7 @@ The four numbers of a space (``count``):
 The zero cell (no input -> output path) is not counted in ``valid``/``unique``; where the space
 allows it, it is one more class (``zero_cell: true``).
 
-Method (prune-then-label with orbit counting), stated in full in ``enumerate_cpu.cpp``: valid
+Method (prune-then-label with orbit counting), stated in full in ``count_cpu.cpp``: valid
 matrices are counted by pruning every K-vertex matrix; unique cells are counted over the
 unlabelled pruned classes (one canonical matrix per class) with Burnside's lemma over each
 class's automorphism group; networks fold every subset of identity vertices of each class and
@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from .. import _native
 from .._native import _C
-from . import _ops, nb201
+from . import nb201, vocabulary
 from .cell import Cell
 from .spaces import DesignSpace, NB201Space, get
 
@@ -54,13 +54,13 @@ def _resolve(space: str | DesignSpace, max_edges: int | None) -> DesignSpace:
 
 def _op_order(sp: DesignSpace) -> list[str]:
     """The space's ops with identity ops first (the engine's label convention)."""
-    ident = [o for o in sp.ops if _ops.op_info(o).identity]
-    return ident + [o for o in sp.ops if not _ops.op_info(o).identity]
+    ident = [o for o in sp.ops if vocabulary.op_info(o).identity]
+    return ident + [o for o in sp.ops if not vocabulary.op_info(o).identity]
 
 
 def _counter(sp: DesignSpace, *, networks: bool, emit: bool):
     ops = _op_order(sp)
-    n_ident = sum(_ops.op_info(o).identity for o in ops)
+    n_ident = sum(vocabulary.op_info(o).identity for o in ops)
     return _C.SpaceCounter(
         sp.max_nodes, len(ops), n_ident, -1 if sp.max_edges is None else sp.max_edges, networks, emit
     )
@@ -163,7 +163,7 @@ def iter_cell_batches(
             bar.update(1)
             if len(n):
                 ops = [
-                    [_ops.INPUT, *(names[int(x)] for x in labels[m, 1 : n[m] - 1]), _ops.OUTPUT]
+                    [vocabulary.INPUT, *(names[int(x)] for x in labels[m, 1 : n[m] - 1]), vocabulary.OUTPUT]
                     for m in range(len(n))
                 ]
                 yield adj, ops, n
@@ -191,7 +191,7 @@ def write_jsonl(
 
     path = Path(path)
     tmp = path.with_name(path.name + ".partial")
-    nb101 = set(_ops.NB101_OPS)
+    nb101 = set(vocabulary.NB101_OPS)
     written = 0
     with open(tmp, "w") as f:
         for adj, ops, n in iter_cell_batches(space, max_edges=max_edges, progress=progress):
@@ -201,10 +201,10 @@ def write_jsonl(
             is101 = np.zeros(len(n), dtype=bool)
             for m, names in enumerate(ops):
                 k = int(n[m])
-                labels[m, 1 : k - 1] = [_ops.op_label(o) for o in names[1:-1]]
+                labels[m, 1 : k - 1] = [vocabulary.op_label(o) for o in names[1:-1]]
                 if all(o in nb101 for o in names[1:-1]):
                     is101[m] = True
-                    hlabels[m, :k] = [-1] + [_ops.NB101_OPS.index(o) for o in names[1:-1]] + [-2]
+                    hlabels[m, :k] = [-1] + [vocabulary.NB101_OPS.index(o) for o in names[1:-1]] + [-2]
             ta, tn = torch.from_numpy(adj), torch.from_numpy(n)
             codes = dag_canonical_code(ta, torch.from_numpy(labels), tn).tolist()
             hashes: list[str | None] = [None] * len(n)

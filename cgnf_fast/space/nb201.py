@@ -23,14 +23,14 @@ from importlib import resources
 
 import numpy as np
 
-from . import _ops
+from . import vocabulary
 from .cell import Cell
 
 #: Edges in string order: (source, target).
 EDGES: tuple[tuple[int, int], ...] = ((0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2, 3))
 NUM_ARCHS = 5 ** len(EDGES)
 
-_OPS_ALT = "|".join(re.escape(o) for o in _ops.NB201_EDGE_OPS)
+_OPS_ALT = "|".join(re.escape(o) for o in vocabulary.NB201_EDGE_OPS)
 _TOKEN = re.compile(rf"^({_OPS_ALT})~(\d+)$")
 
 
@@ -56,36 +56,36 @@ def parse(arch: str) -> tuple[int, ...]:
             m = _TOKEN.match(tok)
             if not m:
                 op = tok.split("~")[0]
-                if op not in _ops.NB201_EDGE_OPS:
+                if op not in vocabulary.NB201_EDGE_OPS:
                     raise ValueError(
-                        f"unknown NB201 op {op!r} in edge {tok!r} of node {j}; ops: {', '.join(_ops.NB201_EDGE_OPS)}"
+                        f"unknown NB201 op {op!r} in edge {tok!r} of node {j}; ops: {', '.join(vocabulary.NB201_EDGE_OPS)}"
                     )
                 raise ValueError(f"malformed NB201 edge {tok!r} in node {j}; expected op~{i}")
             if int(m.group(2)) != i:
                 raise ValueError(f"edge {tok!r} of node {j} must come from node {i}, not {m.group(2)}")
-            digits.append(_ops.NB201_EDGE_OPS.index(m.group(1)))
+            digits.append(vocabulary.NB201_EDGE_OPS.index(m.group(1)))
     return tuple(digits)
 
 
 def format_arch(digits: tuple[int, ...] | list[int]) -> str:
     """The NB201 string of six edge-op indices (string order)."""
-    o = [_ops.NB201_EDGE_OPS[d] for d in digits]
+    o = [vocabulary.NB201_EDGE_OPS[d] for d in digits]
     return f"|{o[0]}~0|+|{o[1]}~0|{o[2]}~1|+|{o[3]}~0|{o[4]}~1|{o[5]}~2|"
 
 
 def digits_to_cell(digits: tuple[int, ...]) -> Cell:
     """Node form of six edge-op indices (see the module doc)."""
-    ops = [_ops.INPUT]
+    ops = [vocabulary.INPUT]
     entering: dict[int, list[int]] = {0: [0], 1: [], 2: [], 3: []}  # node -> vertices summed into it
     preds: list[list[int]] = [[]]
     for (src, dst), d in zip(EDGES, digits):
         if d == 0:  # none
             continue
         v = len(ops)
-        ops.append(_ops.NB201_EDGE_OPS[d])
+        ops.append(vocabulary.NB201_EDGE_OPS[d])
         preds.append(list(entering[src]))
         entering[dst].append(v)
-    ops.append(_ops.OUTPUT)
+    ops.append(vocabulary.OUTPUT)
     preds.append(list(entering[3]))
     n = len(ops)
     m = [[0] * n for _ in range(n)]
@@ -115,7 +115,7 @@ def unique_str(arch: str) -> str:
     for j in (1, 2, 3):
         terms = []
         for i in range(j):
-            op = _ops.NB201_EDGE_OPS[digits[k]]
+            op = vocabulary.NB201_EDGE_OPS[digits[k]]
             k += 1
             if op == "none" or nodes[i] == "#":
                 terms.append("#")
@@ -188,7 +188,7 @@ def _node_form_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     non-``none`` edge, in edge order), with ``Cell.labels()`` labels; built per pattern of
     ``none`` edges (64 patterns) with array ops."""
     digits = np.stack([(_order().astype(np.int64) // 5 ** (len(EDGES) - 1 - e)) % 5 for e in range(len(EDGES))], 1)
-    edge_label = np.asarray([0] + [_ops.op_label(o) for o in _ops.NB201_EDGE_OPS[1:]], dtype=np.int8)
+    edge_label = np.asarray([0] + [vocabulary.op_label(o) for o in vocabulary.NB201_EDGE_OPS[1:]], dtype=np.int8)
     adj = np.zeros((NUM_ARCHS, 8, 8), dtype=np.uint8)
     labels = np.zeros((NUM_ARCHS, 8), dtype=np.int8)
     n = np.zeros(NUM_ARCHS, dtype=np.int8)

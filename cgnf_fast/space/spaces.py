@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _ops, nb201
+from . import nb201, vocabulary
 from .cell import MAX_NODES, Cell
 
 
@@ -60,9 +60,9 @@ class DesignSpace:
             raise ValueError(f"ops must be a non-empty list of op names, got {ops!r}")
         ops = tuple(ops)
         for o in ops:
-            if o in (_ops.INPUT, _ops.OUTPUT):
+            if o in (vocabulary.INPUT, vocabulary.OUTPUT):
                 raise ValueError("ops are the intermediate vertices' ops: do not list 'input' or 'output'")
-            _ops.op_info(o)
+            vocabulary.op_info(o)
         if len(set(ops)) != len(ops):
             raise ValueError(f"ops has duplicates: {list(ops)}")
         object.__setattr__(self, "ops", ops)
@@ -74,7 +74,7 @@ class DesignSpace:
         if self.seed_space is not None and not isinstance(self.seed_space, str):
             raise ValueError(f"seed_space must be a space name or None, got {self.seed_space!r}")
         if self.skeleton is None:
-            object.__setattr__(self, "skeleton", "nb101" if set(ops) <= set(_ops.NB101_OPS) else "nb201")
+            object.__setattr__(self, "skeleton", "nb101" if set(ops) <= set(vocabulary.NB101_OPS) else "nb201")
         elif self.skeleton not in SKELETONS:
             raise ValueError(f"skeleton must be one of {', '.join(SKELETONS)}, got {self.skeleton!r}")
 
@@ -125,7 +125,7 @@ class DesignSpace:
         seen: set[int] = set()
         k = self.max_nodes
         iu = np.triu_indices(k, 1)
-        names = [_ops.INPUT, *self.ops, _ops.OUTPUT]
+        names = [vocabulary.INPUT, *self.ops, vocabulary.OUTPUT]
         attempts = 0
         while len(out) < n:
             batch = max(64, 2 * (n - len(out)))
@@ -264,13 +264,13 @@ class NB201Space(DesignSpace):
 
 
 _REGISTRY: dict[str, DesignSpace] = {
-    "nb101": DesignSpace(_ops.NB101_OPS, max_nodes=7, max_edges=9, name="nb101", seed_space="nb101",
+    "nb101": DesignSpace(vocabulary.NB101_OPS, max_nodes=7, max_edges=9, name="nb101", seed_space="nb101",
                          skeleton="nb101"),
-    "nb101-like": DesignSpace(_ops.NB101_OPS, max_nodes=7, max_edges=None, name="nb101-like", seed_space="nb101",
+    "nb101-like": DesignSpace(vocabulary.NB101_OPS, max_nodes=7, max_edges=None, name="nb101-like", seed_space="nb101",
                               skeleton="nb101"),
-    "nb201": NB201Space(_ops.NB201_NODE_OPS, max_nodes=8, max_edges=None, allow_zero=True, name="nb201",
+    "nb201": NB201Space(vocabulary.NB201_NODE_OPS, max_nodes=8, max_edges=None, allow_zero=True, name="nb201",
                         seed_space="nb201", skeleton="nb201"),
-    "nb201-like": DesignSpace(_ops.NB201_NODE_OPS, max_nodes=8, max_edges=None, allow_zero=True, name="nb201-like",
+    "nb201-like": DesignSpace(vocabulary.NB201_NODE_OPS, max_nodes=8, max_edges=None, allow_zero=True, name="nb201-like",
                               seed_space="nb201", skeleton="nb201"),
 }
 

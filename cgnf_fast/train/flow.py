@@ -362,6 +362,24 @@ def _resolve_conditions(cfg: TrainFlowConfig, vae) -> tuple[list[str], list[int]
     return names, [vae.attributes.index(a) for a in names]
 
 
+def _run_data(cfg: TrainFlowConfig, vae: GraphVAE, gdir: Path, outp: Path,
+              progress: bool) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The run's training data: ``outp/data.safetensors`` when a previous session built it, else
+    built from the G-VAE (:func:`_build_data`) and saved there."""
+    if (outp / "data.safetensors").exists():
+        data, meta = load_tensors(outp / "data.safetensors")
+        try:
+            return data, json.loads(meta["info"])
+        except (KeyError, json.JSONDecodeError):
+            raise CheckpointError(f"{outp / 'data.safetensors'}: missing its info metadata; delete it to "
+                                  f"rebuild") from None
+    if progress:
+        print(f"encoding the G-VAE's training cells ({gdir}) ...", file=sys.stderr)
+    data, data_info = _build_data(cfg, vae, gdir)
+    save_tensors(outp / "data.safetensors", data, metadata={"info": json.dumps(data_info)})
+    return data, data_info
+
+
 def train_flow(cfg: TrainFlowConfig, gvae_dir: str | os.PathLike, out: str | os.PathLike, *, device: str = "cpu",
                progress: bool = True) -> dict[str, Any]:
     """Train (or resume) the conditional flow of the G-VAE run ``gvae_dir`` in directory ``out``;
@@ -378,18 +396,7 @@ def train_flow(cfg: TrainFlowConfig, gvae_dir: str | os.PathLike, out: str | os.
         _check_resume(outp, cfg, sha)
     save_json(outp / "train.json", {"format": FORMAT + ".train", "config": cfg.to_dict(),
                                     "gvae": {"dir": str(gdir.resolve()), "sha256": sha}})
-    if (outp / "data.safetensors").exists():
-        data, meta = load_tensors(outp / "data.safetensors")
-        try:
-            data_info = json.loads(meta["info"])
-        except (KeyError, json.JSONDecodeError):
-            raise CheckpointError(f"{outp / 'data.safetensors'}: missing its info metadata; delete it to "
-                                  f"rebuild") from None
-    else:
-        if progress:
-            print(f"encoding the G-VAE's training cells ({gdir}) ...", file=sys.stderr)
-        data, data_info = _build_data(cfg, vae, gdir)
-        save_tensors(outp / "data.safetensors", data, metadata={"info": json.dumps(data_info)})
+    data, data_info = _run_data(cfg, vae, gdir, outp, progress)
     conds = FlowConditions.fit(names, data["train_attrs"][:, cols].double())
     train_z = data["train_z"]  # [M, D]
     train_c = conds.to_flow(data["train_attrs"][:, cols]).float()  # [M, A]

@@ -217,6 +217,54 @@ def evaluate_run(vae: GraphVAE, data: dict[str, torch.Tensor], n_prior: int = 10
     return out
 
 
+def _model_and_optimizer(cfg: TrainGVAEConfig, mcfg: GVAEConfig, data: dict[str, torch.Tensor],
+                         dev: torch.device) -> tuple[GVAE, torch.optim.Optimizer]:
+    """The untrained model (seeded; attribute statistics from the labels) and its optimizer."""
+    torch.manual_seed(cfg.seed)
+    model = GVAE(mcfg)
+    vals = data["lab_values"].double()
+    model.attr_mean.copy_(vals.mean(0).float())
+    model.attr_std.copy_(vals.std(0).clamp_min(1e-12).float())
+    model.attr_max.copy_(vals.abs().max(0).values.clamp_min(1e-12).float())
+    model.to(dev)
+    # parameter groups: [encoder + decoder, predictor] with their own learning rates and
+    # gradient clips (the graph and paths predictors' loss never reaches the encoder or decoder,
+    # so their settings leave those alone; "latent" trains the encoder through z); with
+    # predictor_lr None, one group and one clip, as runs before it
+    pred_params = list(model.predictor.parameters())
+    pred_ids = {id(q) for q in pred_params}
+    groups = ([{"params": [q for q in model.parameters() if id(q) not in pred_ids], "base_lr": cfg.lr},
+               {"params": pred_params, "base_lr": cfg.predictor_lr}] if cfg.predictor_lr is not None
+              else [{"params": list(model.parameters()), "base_lr": cfg.lr}])
+    return model, torch.optim.Adam(groups, lr=cfg.lr)
+
+
+def _step_loss(model: GVAE, cfg: TrainGVAEConfig, data: dict[str, torch.Tensor], lab_std: torch.Tensor,
+               idx: torch.Tensor, lidx: torch.Tensor, dev: torch.device,
+               backend: str) -> tuple[torch.Tensor, dict[str, float]]:
+    """One step's loss on unlabelled rows ``idx`` and labelled rows ``lidx`` (reconstruction +
+    KL on both, triplet and predictor losses on the labelled ones) and its parts."""
+    ua, uo = _batches(data, "unl", idx, dev)
+    la, lo = _batches(data, "lab", lidx, dev)
+    adj, ops = torch.cat([ua, la]), torch.cat([uo, lo])
+    mu, logvar = model.encode(adj, ops, backend)
+    z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+    op_logits, edge_logits = model.decode_logits(z)
+    rec = reconstruction_loss(model, op_logits, edge_logits, adj, ops)
+    kl = kl_divergence(mu, logvar)
+    nl = la.shape[0]
+    target = lab_std[lidx].to(dev)
+    trip = triplet_loss(mu[-nl:], target, cfg.margin)
+    predictor = model.cfg.predictor
+    if predictor == "graph":  # the labelled cells' exact graphs
+        p_std = model.predict_layout_std(la, lo)
+    else:  # "paths" reads the decoded graph of the posterior mean (what it sees at inference)
+        p_std = model.predict_std(mu[-nl:] if predictor == "paths" else z[-nl:])
+    pred = torch.nn.functional.mse_loss(p_std, target)
+    loss = rec + cfg.beta * kl + cfg.triplet_weight * trip + cfg.predictor_weight * pred
+    return loss, {"rec": rec.item(), "kl": kl.item(), "trip": trip.item(), "pred": pred.item()}
+
+
 def train_gvae(cfg: TrainGVAEConfig, out: str, *, device: str = "cpu", backend: str = "native",
                progress: bool = True) -> dict[str, Any]:
     """Train (or resume) a G-VAE run in directory ``out``; returns the final metrics."""
@@ -238,25 +286,8 @@ def train_gvae(cfg: TrainGVAEConfig, out: str, *, device: str = "cpu", backend: 
         data, data_info = _build_data(cfg, codec, progress)
         save_json(outp / "data.json", data_info)
         save_tensors(outp / "data.safetensors", data)
-    attributes = data_info["labelled"]["attributes"]
-    mcfg = _model_config(cfg, attributes)
-    torch.manual_seed(cfg.seed)
-    model = GVAE(mcfg)
-    vals = data["lab_values"].double()
-    model.attr_mean.copy_(vals.mean(0).float())
-    model.attr_std.copy_(vals.std(0).clamp_min(1e-12).float())
-    model.attr_max.copy_(vals.abs().max(0).values.clamp_min(1e-12).float())
-    model.to(dev)
-    # parameter groups: [encoder + decoder, predictor] with their own learning rates and
-    # gradient clips (the graph and paths predictors' loss never reaches the encoder or decoder,
-    # so their settings leave those alone; "latent" trains the encoder through z); with
-    # predictor_lr None, one group and one clip, as runs before it
-    pred_params = list(model.predictor.parameters())
-    pred_ids = {id(q) for q in pred_params}
-    groups = ([{"params": [q for q in model.parameters() if id(q) not in pred_ids], "base_lr": cfg.lr},
-               {"params": pred_params, "base_lr": cfg.predictor_lr}] if cfg.predictor_lr is not None
-              else [{"params": list(model.parameters()), "base_lr": cfg.lr}])
-    opt = torch.optim.Adam(groups, lr=cfg.lr)
+    mcfg = _model_config(cfg, data_info["labelled"]["attributes"])
+    model, opt = _model_and_optimizer(cfg, mcfg, data, dev)
     U = data["unl_adj"].shape[0]
     M = data["lab_adj"].shape[0]
     steps_per_epoch = max(1, math.ceil(U / cfg.batch))
@@ -289,23 +320,7 @@ def train_gvae(cfg: TrainGVAEConfig, out: str, *, device: str = "cpu", backend: 
             idx = perm[k * cfg.batch:(k + 1) * cfg.batch]
             torch.manual_seed(cfg.seed * 1_000_003 + step)
             lidx = torch.randint(0, M, (min(cfg.labelled_batch, M),))
-            ua, uo = _batches(data, "unl", idx, dev)
-            la, lo = _batches(data, "lab", lidx, dev)
-            adj, ops = torch.cat([ua, la]), torch.cat([uo, lo])
-            mu, logvar = model.encode(adj, ops, backend)
-            z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
-            op_logits, edge_logits = model.decode_logits(z)
-            rec = reconstruction_loss(model, op_logits, edge_logits, adj, ops)
-            kl = kl_divergence(mu, logvar)
-            nl = la.shape[0]
-            target = lab_std[lidx].to(dev)
-            trip = triplet_loss(mu[-nl:], target, cfg.margin)
-            if mcfg.predictor == "graph":  # the labelled cells' exact graphs
-                p_std = model.predict_layout_std(la, lo)
-            else:  # "paths" reads the decoded graph of the posterior mean (what it sees at inference)
-                p_std = model.predict_std(mu[-nl:] if mcfg.predictor == "paths" else z[-nl:])
-            pred = torch.nn.functional.mse_loss(p_std, target)
-            loss = rec + cfg.beta * kl + cfg.triplet_weight * trip + cfg.predictor_weight * pred
+            loss, parts = _step_loss(model, cfg, data, lab_std, idx, lidx, dev, backend)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower --lr")
             opt.zero_grad(set_to_none=True)
@@ -315,7 +330,6 @@ def train_gvae(cfg: TrainGVAEConfig, out: str, *, device: str = "cpu", backend: 
                 g["lr"] = lr_at(step, g["base_lr"])
             opt.step()
             step += 1
-            parts = {"rec": rec.item(), "kl": kl.item(), "trip": trip.item(), "pred": pred.item()}
             for key, v in parts.items():
                 acc[key] = 0.98 * acc.get(key, v) + 0.02 * v
             if step % 50 == 0 or step == total:

@@ -2,7 +2,7 @@
 //
 // Work split: one thread per adjacency-matrix mask (grid-stride loop over [lo, hi)); a thread
 // prunes its matrix (valid job) or checks fullness and canonical form and runs the Burnside
-// count over the automorphisms (unique job), exactly as enumerate_cpu.cpp does, with the same
+// count over the automorphisms (unique job), exactly as count_cpu.cpp does, with the same
 // host/device code (graph_impl.h, space_impl.h). Per-thread sums are reduced in shared memory
 // and added to the global counters with one atomicAdd per block. For networks, each canonical
 // class folds every identity subset and appends its exact 256-bit key to a buffer (atomic slot
@@ -12,7 +12,7 @@
 
 #include "../common/checks.h"
 #include "../common/cuda_utils.h"
-#include "enumerate.h"
+#include "count.h"
 #include "graph_impl.h"
 #include "space_impl.h"
 

@@ -222,7 +222,7 @@ CGNF_HD uint64_t spread_bytes(uint32_t mask) {
 }
 
 // One level of the canonical search, lane by lane (portable; the CUDA kernel's and the CPU's
-// CGNF_SIMD=generic path; graph_cpu.cpp has an SSE4.1 copy). A vertex's key is
+// CGNF_SIMD=generic path; canonical_code_cpu.cpp has an SSE4.1 copy). A vertex's key is
 // label << 8 | in-bits: it orders like its chunk (label << p | in-bits, in-bits < 2**p).
 // Returns the smallest key of the ready vertices (those in `avail` whose predecessors are all
 // in `placed`; there is always one) and sets *keep to the vertices that have it.

@@ -1,4 +1,4 @@
-// Host/device pieces of space counting shared by enumerate_cpu.cpp and count_cuda.cu.
+// Host/device pieces of space counting shared by count_cpu.cpp and count_cuda.cu.
 #pragma once
 
 #include <cstdint>

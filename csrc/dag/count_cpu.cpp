@@ -28,7 +28,7 @@
 
 #include "../common/checks.h"
 #include "../common/parallel.h"
-#include "enumerate.h"
+#include "count.h"
 #include "graph_impl.h"
 #include "space_impl.h"
 

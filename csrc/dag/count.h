@@ -1,4 +1,4 @@
-// Exact counting and enumeration of a design space of cells (see enumerate_cpu.cpp for the
+// Exact counting and enumeration of a design space of cells (see count_cpu.cpp for the
 // method). A space: at most K vertices (input and output included), `num_ops` op labels of
 // which `num_identity` are identity ops (folded away by network codes), an optional limit on
 // the edges of the pruned cell.
