@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import cgnf_fast
-from cgnf_fast.ops import dag_prune
+from cgnf_fast import get_space
+from cgnf_fast.ops import dag_network_code, dag_prune, dag_valid
 from cgnf_fast.ops.dag import PAD_LABEL
 from cgnf_fast.reference import dag as ref
 
@@ -120,3 +121,19 @@ def test_native_entry_rejects_null_pointers():
         _C.dag_prune_cpu(0, 0, 0, 0, 0, 0, 3, 4, 1)
     with pytest.raises(ValueError, match="N must be in"):
         _C.dag_prune_cpu(0, 0, 0, 0, 0, 0, 0, 9, 1)
+
+
+def test_scalar_arguments_are_range_checked():
+    """max_edges outside what a DAG of <= 8 vertices can have, a non-int, or identity labels that
+    are not a collection give a ValueError naming the argument (2**70 used to overflow, -1 and
+    1.5 passed, None gave a TypeError from deep inside)."""
+    from cgnf_fast.space import batch_from_cells
+
+    adj, labels, n = batch_from_cells(get_space("nb201-like").sample(3, seed=0))
+    for bad in (2 ** 70, -1, 1.5, True, 29):
+        with pytest.raises(ValueError, match="max_edges must be None or an int in \\[0, 28\\]"):
+            dag_valid(adj, labels, n, max_edges=bad)
+    assert dag_valid(adj, labels, n, max_edges=28).all()
+    for bad in (None, 3, "ab"):
+        with pytest.raises(ValueError, match="identity_labels must be"):
+            dag_network_code(adj, labels, n, bad)

@@ -536,3 +536,23 @@ def _one_by_one(m, c_row, gen, temperature, chunk, limit, known):
         z, decoded = draw_round(m, c_row, size, gen, temperature)  # no `known`: every cell built
         drawn += size
         yield size, z, decoded
+
+
+def test_non_finite_models_and_huge_requests_fail_at_once(model: SamplingModel) -> None:
+    """A damaged flow (one NaN weight) or NaN decoder logits give one clear error instead of
+    looping forever in the repair; an n no call can hold is refused before any work."""
+    import copy
+
+    bad = copy.deepcopy(model)
+    with torch.no_grad():
+        next(p for p in bad.flow.parameters() if p.numel()).view(-1)[0] = float("nan")
+    with pytest.raises(ValueError, match="solve failed .*dynamics are not finite"):
+        sample("best", model=bad, n=3)
+    codec = model.vae.codec
+    N, K = codec.num_nodes, len(codec.ops)
+    ops = torch.zeros(2, N - 2, K + 1)
+    edges = torch.full((2, N * (N - 1) // 2), float("nan"))
+    with pytest.raises(ValueError, match="not all finite"):
+        decode_logits(ops, edges, codec)
+    with pytest.raises(ValueError, match="n must be at most"):
+        sample("best", model=model, n=2 ** 63)

@@ -65,6 +65,8 @@ def _repair_path(adj: np.ndarray, ops: np.ndarray, op_logp: np.ndarray, edge_log
             g = best[i] + (0.0 if adj[i, j] else min(float(edge_logit[i, j]), 0.0)) + node_gain[j]
             if g > best[j]:
                 best[j], prev[j] = g, i
+    if prev[N - 1] < 0:  # (finite logits always give a path; this guards the loop below)
+        raise ValueError("no input -> output path can be added: the decoder's scores are not finite")
     j = N - 1
     while j != 0:
         i = int(prev[j])

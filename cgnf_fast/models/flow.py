@@ -77,6 +77,7 @@ __all__ = [
     "SOLVERS",
     "ConcatSquashLinear",
     "ConditionalCNF",
+    "FlowSolveError",
     "MovingBatchNorm1d",
     "ODEDynamics",
     "standard_normal_log_prob",
@@ -459,7 +460,11 @@ class ConditionalCNF(nn.Module):
         func = _ODEFunc(self.dynamics, c, divergence, noise)
         if self.solver == "dopri5" and func.native_solve_applies(z):
             # The whole solve natively (CnfPlan.solve: torchdiffeq's dopri5, step for step).
-            out_z, out_ld, self.nfe = func._plan.solve(z, t0, t1, rtol=self.rtol, atol=self.atol)  # type: ignore[union-attr]
+            try:
+                out_z, out_ld, self.nfe = func._plan.solve(z, t0, t1, rtol=self.rtol,  # type: ignore[union-attr]
+                                                           atol=self.atol)
+            except RuntimeError as e:
+                raise _solve_error(e) from None
             return out_z, out_ld
         from torchdiffeq import odeint, odeint_adjoint  # (imports SciPy: ~1 s, so only when needed)
 
@@ -469,12 +474,15 @@ class ConditionalCNF(nn.Module):
         kw: dict[str, Any] = dict(rtol=self.rtol, atol=self.atol, method=self.solver)
         if self.step_size is not None:
             kw["options"] = dict(step_size=self.step_size)
-        if self.adjoint:
-            params = tuple(p for p in self.dynamics.parameters() if p.requires_grad)
-            params += (c,) if c.requires_grad else ()
-            out = odeint_adjoint(func, state, t, adjoint_params=params, **kw)
-        else:
-            out = odeint(func, state, t, **kw)
+        try:
+            if self.adjoint:
+                params = tuple(p for p in self.dynamics.parameters() if p.requires_grad)
+                params += (c,) if c.requires_grad else ()
+                out = odeint_adjoint(func, state, t, adjoint_params=params, **kw)
+            else:
+                out = odeint(func, state, t, **kw)
+        except (RuntimeError, AssertionError) as e:  # torchdiffeq asserts "underflow in dt"
+            raise _solve_error(e) from None
         self.nfe = func.nfe
         if divergence is None:
             return out[-1], None
@@ -562,6 +570,21 @@ class ConditionalCNF(nn.Module):
             noise = torch.randn((c.shape[0], self.latent), generator=gen, dtype=p.dtype, device=p.device)
         self._check_inputs(noise, c, None, None, "noise", batch=c.shape[0])
         return self._transform(noise, c, True, None, None)[0]
+
+
+class FlowSolveError(ValueError):
+    """The flow's ODE solve could not finish: its dynamics are not finite (damaged weights) or
+    the condition lies so far outside the training data that the step size underflows."""
+
+
+def _solve_error(e: BaseException) -> BaseException:
+    """A solver's failure as :class:`FlowSolveError` when the dynamics broke it (step size underflow,
+    non-finite state, too many steps), else ``e`` unchanged."""
+    text = str(e)
+    if not any(k in text for k in ("underflow", "non-finite", "steps (the dynamics")):
+        return e
+    return FlowSolveError(f"the flow's ODE solve failed ({text.strip()}): its dynamics are not finite (damaged "
+                          f"weights) or the condition lies far outside the values the model was trained on")
 
 
 def set_mode(flow: ConditionalCNF, training: bool) -> None:

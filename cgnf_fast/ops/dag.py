@@ -181,6 +181,10 @@ def dag_valid(
     Composed from :func:`dag_prune` and stock tensor ops (no kernel of its own). Reference:
     ``DesignSpace.validate`` on cells.
     """
+    if max_edges is not None and (isinstance(max_edges, bool) or not isinstance(max_edges, int)
+                                  or not 0 <= max_edges <= MAX_NODES * (MAX_NODES - 1) // 2):
+        raise ValueError(f"max_edges must be None or an int in [0, {MAX_NODES * (MAX_NODES - 1) // 2}] (the most "
+                         f"edges a {MAX_NODES}-vertex DAG has), got {max_edges!r}")
     out_adj, _, out_n = dag_prune(adj, labels, n)
     ok = out_n > 0
     if max_edges is not None:
@@ -207,6 +211,8 @@ def dag_network_code(adj: torch.Tensor, labels: torch.Tensor, n: torch.Tensor, i
         raise ValueError(f"dag_network_code runs on CPU tensors, got {adj.device}")
     _check_labels_in(labels, n, 0, 31, "op")
     mask = 0
+    if isinstance(identity_labels, (str, bytes)) or not hasattr(identity_labels, "__iter__"):
+        raise ValueError(f"identity_labels must be a collection of ints in [0, 31], got {identity_labels!r}")
     for lab in identity_labels:
         if isinstance(lab, bool) or not isinstance(lab, int) or not 0 <= lab <= 31:
             raise ValueError(f"identity_labels must be ints in [0, 31], got {lab!r}")

@@ -72,6 +72,8 @@ __all__ = ["DEFAULT_CHUNK", "DEFAULT_OVERSAMPLE", "SampledCell", "SamplingError"
 DEFAULT_CHUNK = 256
 #: Distinct valid candidates gathered per returned cell; the n closest to the target are kept.
 DEFAULT_OVERSAMPLE = 5.0
+#: Most cells one call returns.
+MAX_N = 10_000_000
 
 
 class SamplingError(ValueError):
@@ -136,6 +138,9 @@ def _check_args(n: Any, temperature: Any, seed: Any, novel_only: Any, chunk: Any
                 oversample: Any = 1.0) -> None:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be an int >= 1, got {n!r}")
+    if n > MAX_N:
+        raise ValueError(f"n must be at most {MAX_N:,} (every candidate is held in memory), got {n:,}; draw in "
+                         f"several calls with different seeds")
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
             math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
