@@ -405,6 +405,18 @@ def test_corrupt_gvae_dir_gives_clear_errors(label_store: str, tmp_path: Path) -
     (d / "gvae.json").write_text(json.dumps({"format": "cgnf_fast.gvae", "version": 2, "config": {}}))
     with pytest.raises(CheckpointError, match="G-VAE format version 2, this cgnf_fast reads version 1"):
         GraphVAE.load(d)
+    # a well-formed file with a value of the wrong type: one CheckpointError, not a TypeError from deep inside
+    import shutil
+
+    from cgnf_fast.sampling import default_model_dir
+
+    shipped = tmp_path / "shipped"
+    shutil.copytree(default_model_dir("nb201-like") / "gvae", shipped)
+    meta = json.loads((shipped / "gvae.json").read_text())
+    meta["config"]["latent"] = "abc"
+    (shipped / "gvae.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="bad G-VAE config"):
+        GraphVAE.load(shipped)
 
 
 def test_cli_errors_are_one_line(tmp_path: Path) -> None:

@@ -70,7 +70,10 @@ class GraphVAE:
             cfg.design_space()
         except ValueError as e:
             raise CheckpointError(f"{d / CONFIG}: {e}") from None
-        model = GVAE(cfg)
+        try:
+            model = GVAE(cfg)
+        except (TypeError, ValueError, RuntimeError) as e:  # e.g. a size that is not an int
+            raise CheckpointError(f"{d / CONFIG}: bad G-VAE config ({e})") from None
         tensors, _ = load_tensors(d / WEIGHTS)
         load_module(model, tensors, str(d / WEIGHTS))
         return cls(model, device=device, backend=backend, info=meta)
