@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -87,15 +89,39 @@ def load_training(path: str | os.PathLike, model: nn.Module, opt: torch.optim.Op
 
 
 @contextlib.contextmanager
-def save_on_interrupt(save: Callable[[], None], bar: Any, position: Callable[[], tuple[int, int]]) -> Iterator[None]:
-    """Ctrl-C inside the block (a training loop): ``save()`` a checkpoint, close the progress
-    ``bar``, say at which ``position() = (step, total)`` it stopped and how to resume, re-raise."""
+def save_on_interrupt(save: Callable[[], None], bar: Any,
+                      position: Callable[[], tuple[int, int]]) -> Iterator[Callable[[], None]]:
+    """Ctrl-C inside the block (a training loop) takes effect only at a step boundary.
+
+    The block gets ``boundary``, which the loop calls between steps (before each step and after
+    the last). SIGINT only sets a flag; the next ``boundary()`` then ``save()``s a checkpoint,
+    closes the progress ``bar``, says at which ``position() = (step, total)`` it stopped and how
+    to resume, and raises ``KeyboardInterrupt``. So a checkpoint never holds weights or
+    optimizer state from the middle of a step (an interrupt inside ``opt.step()`` used to save
+    them one step ahead of the recorded step). A second Ctrl-C stops at once without saving:
+    the last periodic checkpoint stands. Outside the main thread (no signal handler can be set)
+    a ``KeyboardInterrupt`` propagates unsaved, for the same reason.
+    """
+    requested = [0]
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        requested[0] += 1
+        if requested[0] > 1:
+            raise KeyboardInterrupt
+
+    def boundary() -> None:
+        if requested[0]:
+            save()
+            bar.close()
+            step, total = position()
+            print(f"interrupted at step {step}/{total}; checkpoint saved, rerun the same command to resume",
+                  file=sys.stderr)
+            raise KeyboardInterrupt
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_sigint) if main else None
     try:
-        yield
-    except KeyboardInterrupt:
-        save()
-        bar.close()
-        step, total = position()
-        print(f"interrupted at step {step}/{total}; checkpoint saved, rerun the same command to resume",
-              file=sys.stderr)
-        raise
+        yield boundary
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)

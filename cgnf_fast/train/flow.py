@@ -416,15 +416,19 @@ def train_flow(cfg: TrainFlowConfig, gvae_dir: str | os.PathLike, out: str | os.
         return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
 
     def save_checkpoint() -> None:
-        save_training(ck_path, flow, opt, {"step": step, "history": history[-500:], "total_steps": total})
+        save_training(ck_path, flow, opt, {"step": step, "history": history[-500:], "total_steps": total,
+                                           "nll_ema": ema})
 
     bar = tqdm(total=total, initial=step, desc="train flow", unit="step", disable=not progress, file=sys.stderr,
                dynamic_ncols=True)
     set_mode(flow, True)
     t0 = time.time()
-    ema: float | None = history[-1].get("nll_ema") if history else None  # goes on from the checkpoint
-    with save_on_interrupt(save_checkpoint, bar, lambda: (step, total)):
+    # the average goes on from the checkpoint (unrounded where it has it; older ones: the rounded history)
+    ema: float | None = ck["nll_ema"] if ck and "nll_ema" in ck else (
+        history[-1].get("nll_ema") if history else None)
+    with save_on_interrupt(save_checkpoint, bar, lambda: (step, total)) as boundary:
         while step < total:
+            boundary()
             epoch, k = divmod(step, steps_per_epoch)
             perm = torch.randperm(M, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
             idx = perm[k * cfg.batch:(k + 1) * cfg.batch]
@@ -449,6 +453,7 @@ def train_flow(cfg: TrainFlowConfig, gvae_dir: str | os.PathLike, out: str | os.
             bar.update(1)
             if step % cfg.ckpt_every == 0:
                 save_checkpoint()
+        boundary()
     bar.close()
     save_checkpoint()
     train_seconds = time.time() - t0

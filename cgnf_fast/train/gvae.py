@@ -301,7 +301,8 @@ def train_gvae(cfg: TrainGVAEConfig, out: str, *, device: str = "cpu", backend: 
     history: list[dict[str, float]] = ck.get("history", []) if ck else []
 
     def save_checkpoint() -> None:
-        save_training(ck_path, model, opt, {"step": step, "history": history[-200:], "total_steps": total})
+        save_training(ck_path, model, opt, {"step": step, "history": history[-200:], "total_steps": total,
+                                            "loss_averages": acc})
 
     vmean = model.attr_mean.double().cpu()
     vstd = model.attr_std.double().cpu()
@@ -312,9 +313,12 @@ def train_gvae(cfg: TrainGVAEConfig, out: str, *, device: str = "cpu", backend: 
     t0 = time.time()
     # the loss averages go on from the checkpoint's last record (a resumed run, even one with
     # no step left, reports the losses it ended with)
-    acc: dict[str, float] = {k: v for k, v in history[-1].items() if k != "step"} if history else {}
-    with save_on_interrupt(save_checkpoint, bar, lambda: (step, total)):
+    # (unrounded where the checkpoint has them; checkpoints from before kept only the rounded history)
+    acc: dict[str, float] = dict(ck["loss_averages"]) if ck and "loss_averages" in ck else (
+        {k: v for k, v in history[-1].items() if k != "step"} if history else {})
+    with save_on_interrupt(save_checkpoint, bar, lambda: (step, total)) as boundary:
         while step < total:
+            boundary()
             epoch, k = divmod(step, steps_per_epoch)
             perm = torch.randperm(U, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
             idx = perm[k * cfg.batch:(k + 1) * cfg.batch]
@@ -338,6 +342,7 @@ def train_gvae(cfg: TrainGVAEConfig, out: str, *, device: str = "cpu", backend: 
             bar.update(1)
             if step % cfg.ckpt_every == 0:
                 save_checkpoint()
+        boundary()
     bar.close()
     save_checkpoint()
     model.eval()

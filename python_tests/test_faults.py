@@ -1,0 +1,124 @@
+"""Fault injection: interrupts that never change results.
+
+Ctrl-C (SIGINT) is sent from inside a training step -- just before the optimizer step, and
+between ``opt.step()`` and the loop's step counter, where a checkpoint used to be saved with
+weights one step ahead of its recorded step -- then the run is resumed; the final weights and
+the reported loss averages must equal an uninterrupted run's bit for bit.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from cgnf_fast.io import load_json, load_tensors
+from cgnf_fast.train.flow import TrainFlowConfig, train_flow
+from cgnf_fast.train.gvae import TrainGVAEConfig, train_gvae
+
+from helpers import GVAE_TINY, tiny_gvae, tiny_label_store
+
+FLOW_TINY = dict(hidden=[16, 16], batch=64, epochs=2, lr=1e-2, ckpt_every=100, max_cells=300, val_fraction=0.2,
+                 sanity_n=16)
+#: (where, which optimizer step) the interrupt lands: before the update, or after it and before
+#: the loop counts the step
+POINTS = [("before", 2), ("after", 2), ("after", 7), ("before", 11)]
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("faults")
+
+
+@pytest.fixture(scope="module")
+def labels(root: Path) -> str:
+    return tiny_label_store(str(root / "labels.sqlite"))
+
+
+@pytest.fixture(scope="module")
+def gvae_dir(root: Path) -> Path:
+    return Path(tiny_gvae(root, root / "gvae"))
+
+
+def _interrupt_at(monkeypatch, where: str, call: int) -> None:
+    """Sends SIGINT to this process from inside the ``call``-th ``Adam.step``, ``where`` before or after the update."""
+    real = torch.optim.Adam.step
+    calls = [0]
+
+    def step(self, *args, **kwargs):
+        calls[0] += 1
+        if where == "before" and calls[0] == call:
+            os.kill(os.getpid(), signal.SIGINT)
+        out = real(self, *args, **kwargs)
+        if where == "after" and calls[0] == call:
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> list[str]:
+    return sorted(k for k in a if not torch.equal(a[k], b[k])) + sorted(set(a) ^ set(b))
+
+
+@pytest.mark.parametrize("where,call", POINTS)
+def test_ctrl_c_inside_a_gvae_step_changes_nothing(labels: str, root: Path, tmp_path: Path, monkeypatch,
+                                                   where: str, call: int) -> None:
+    cfg = dict(space="nb201-like", store=labels, attributes=["nwot", "params", "flops"], **GVAE_TINY)
+    ref = root / "gvae-uninterrupted"
+    if not (ref / "gvae.safetensors").exists():
+        train_gvae(TrainGVAEConfig(**cfg), str(ref), backend="torch", progress=False)
+    out = tmp_path / "run"
+    _interrupt_at(monkeypatch, where, call)
+    with pytest.raises(KeyboardInterrupt):
+        train_gvae(TrainGVAEConfig(**cfg), str(out), backend="torch", progress=False)
+    monkeypatch.undo()
+    saved = load_json(out / "checkpoint.json")["step"]
+    assert saved == call  # the step in flight finished; nothing past it was saved
+    train_gvae(TrainGVAEConfig(**cfg), str(out), backend="torch", progress=False)
+    assert _same(load_tensors(out / "gvae.safetensors")[0], load_tensors(ref / "gvae.safetensors")[0]) == []
+    assert load_json(out / "metrics.json")["final_losses"] == load_json(ref / "metrics.json")["final_losses"]
+
+
+@pytest.mark.parametrize("where,call", POINTS[:3])
+def test_ctrl_c_inside_a_flow_step_changes_nothing(gvae_dir: Path, root: Path, tmp_path: Path, monkeypatch,
+                                                   where: str, call: int) -> None:
+    ref = root / "flow-uninterrupted"
+    if not (ref / "flow.safetensors").exists():
+        train_flow(TrainFlowConfig(**FLOW_TINY), gvae_dir, ref, progress=False)
+    out = tmp_path / "run"
+    _interrupt_at(monkeypatch, where, call)
+    with pytest.raises(KeyboardInterrupt):
+        train_flow(TrainFlowConfig(**FLOW_TINY), gvae_dir, out, progress=False)
+    monkeypatch.undo()
+    assert load_json(out / "checkpoint.json")["step"] == call
+    train_flow(TrainFlowConfig(**FLOW_TINY), gvae_dir, out, progress=False)
+    assert _same(load_tensors(out / "flow.safetensors")[0], load_tensors(ref / "flow.safetensors")[0]) == []
+    assert (load_json(out / "metrics.json")["final_train_nll_ema"]
+            == load_json(ref / "metrics.json")["final_train_nll_ema"])
+
+
+def test_a_second_ctrl_c_stops_at_once_without_saving(labels: str, tmp_path: Path, monkeypatch) -> None:
+    """Two Ctrl-Cs inside one step: the run stops inside the step and the checkpoint on disk is
+    the last periodic one (never a half-updated state)."""
+    cfg = TrainGVAEConfig(space="nb201-like", store=labels, attributes=["nwot", "params", "flops"],
+                          **{**GVAE_TINY, "ckpt_every": 4})
+    real = torch.optim.Adam.step
+    calls = [0]
+
+    def step(self, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 6:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train_gvae(cfg, str(out), backend="torch", progress=False)
+    assert load_json(out / "checkpoint.json")["step"] == 4
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is restored
