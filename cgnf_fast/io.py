@@ -75,6 +75,25 @@ def load_config(path: str | os.PathLike, fmt: str, version: int, what: str, *,
     return meta
 
 
+def tensors_sha256(tensors: dict[str, torch.Tensor], metadata: str = "") -> str:
+    """sha256 over named tensors (names, dtypes, shapes and bytes, in name order) and a
+    metadata string: what a checkpoint records of itself to detect a flipped byte."""
+    h = hashlib.sha256(metadata.encode())
+    for k in sorted(tensors):
+        t = tensors[k].detach().contiguous().cpu()
+        h.update(f"{k}|{t.dtype}|{list(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def check_sha256(path: str | os.PathLike, expected: str, recorded_in: str) -> None:
+    """:class:`CheckpointError` unless the file's sha256 is ``expected`` (recorded in ``recorded_in``)."""
+    got = sha256_file(path)
+    if got != expected:
+        raise CheckpointError(f"{path}: sha256 {got[:12]}... does not match the {expected[:12]}... recorded in "
+                              f"{recorded_in}; the file is corrupt or was replaced")
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     """sha256 (hex) of a file's bytes."""
     h = hashlib.sha256()

@@ -122,3 +122,76 @@ def test_a_second_ctrl_c_stops_at_once_without_saving(labels: str, tmp_path: Pat
         train_gvae(cfg, str(out), backend="torch", progress=False)
     assert load_json(out / "checkpoint.json")["step"] == 4
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is restored
+
+
+# -- corruption that never goes unnoticed ---------------------------------------------------------
+def _flip_bit(path: Path, offset: int = -100) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture()
+def shipped(tmp_path: Path) -> Path:
+    """A copy of the shipped nb201-like model directory (gvae/, flow/, model.json)."""
+    import shutil
+
+    from cgnf_fast.sampling import default_model_dir
+
+    d = tmp_path / "model"
+    shutil.copytree(default_model_dir("nb201-like"), d)
+    return d
+
+
+def test_model_directories_are_verified(shipped: Path) -> None:
+    """A flipped bit in any file, a missing or garbled model.json: one CheckpointError naming the
+    file (a flipped bit in flow.safetensors used to give other cells, exit 0). ``verify=False``
+    loads a directory without a manifest; a manifest that is there is always checked."""
+    import json
+    import shutil
+
+    from cgnf_fast.io import CheckpointError
+    from cgnf_fast.sampling import SamplingModel
+
+    SamplingModel.load(shipped)  # intact
+    for name in ("flow/flow.safetensors", "gvae/gvae.safetensors", "flow/flow.json"):
+        broken = shipped.parent / name.replace("/", "_")
+        shutil.copytree(shipped, broken)
+        _flip_bit(broken / name, -3 if name.endswith(".json") else -100)
+        with pytest.raises(CheckpointError, match=f"{name.split('/')[1]}: sha256 .* does not match"):
+            SamplingModel.load(broken)
+        with pytest.raises(CheckpointError, match="does not match"):
+            SamplingModel.load(broken, verify=False)
+    (shipped / "model.json").write_text("[1, 2, 3]")
+    with pytest.raises(CheckpointError, match="not a cgnf_fast model manifest"):
+        SamplingModel.load(shipped)
+    (shipped / "model.json").write_text(json.dumps({"format": "cgnf_fast.model", "files": {}}))
+    with pytest.raises(CheckpointError, match="lists no sha256 for gvae/gvae.json"):
+        SamplingModel.load(shipped)
+    (shipped / "model.json").unlink()
+    with pytest.raises(CheckpointError, match="no model.json.*--unverified"):
+        SamplingModel.load(shipped)
+    SamplingModel.load(shipped, verify=False)
+
+
+def test_runs_record_their_weights_and_checkpoints_their_contents(labels: str, tmp_path: Path) -> None:
+    """A trained run's config records its weights' sha256, so a model directory made of runs
+    (no model.json) is verified too; a flipped byte in a training checkpoint is refused on resume
+    (it used to be accepted silently)."""
+    from cgnf_fast.io import CheckpointError
+    from cgnf_fast.models import GraphVAE
+
+    cfg = TrainGVAEConfig(space="nb201-like", store=labels, attributes=["nwot", "params", "flops"],
+                          **{**GVAE_TINY, "epochs": 2, "ckpt_every": 3})
+    out = tmp_path / "run"
+    train_gvae(cfg, str(out), backend="torch", progress=False)
+    assert "weights_sha256" in load_json(out / "gvae.json")
+    GraphVAE.load(out)
+    _flip_bit(out / "gvae.safetensors")
+    with pytest.raises(CheckpointError, match="gvae.safetensors: sha256 .* does not match .*gvae.json"):
+        GraphVAE.load(out)
+    # a training checkpoint: flip a byte in its tensor data, then resume a longer run from it
+    _flip_bit(out / "checkpoint.safetensors")
+    longer = TrainGVAEConfig(**{**cfg.to_dict(), "epochs": 3})
+    with pytest.raises(CheckpointError, match="checkpoint.safetensors: its tensors or state do not match"):
+        train_gvae(longer, str(out), backend="torch", progress=False)

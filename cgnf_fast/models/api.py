@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..space import Cell
-from ..io import CheckpointError, load_config, load_module, load_tensors
+from ..io import CheckpointError, check_sha256, load_config, load_module, load_tensors
 from .codec import CellCodec
 from .decode import decode_logits
 from .gvae import BACKENDS, GVAE, GVAEConfig
@@ -74,6 +74,8 @@ class GraphVAE:
             model = GVAE(cfg)
         except (TypeError, ValueError, RuntimeError) as e:  # e.g. a size that is not an int
             raise CheckpointError(f"{d / CONFIG}: bad G-VAE config ({e})") from None
+        if "weights_sha256" in meta:  # (runs trained before it was recorded are checked by a model.json)
+            check_sha256(d / WEIGHTS, str(meta["weights_sha256"]), str(d / CONFIG))
         tensors, _ = load_tensors(d / WEIGHTS)
         load_module(model, tensors, str(d / WEIGHTS))
         return cls(model, device=device, backend=backend, info=meta)

@@ -22,7 +22,8 @@ from typing import Any
 
 import torch
 
-from ..io import CheckpointError, load_config, load_module, load_tensors, save_json, sha256_file
+from ..io import (CheckpointError, check_sha256, load_config, load_json, load_module, load_tensors, save_json,
+                  sha256_file)
 from ..models.api import CONFIG as GVAE_CONFIG
 from ..models.api import WEIGHTS as GVAE_WEIGHTS
 from ..models.api import GraphVAE
@@ -82,6 +83,8 @@ def load_flow(out_dir: str | os.PathLike, device: str | torch.device = "cpu",
     g = info.get("gvae")
     if not isinstance(g, dict) or not isinstance(g.get("sha256"), str):
         raise CheckpointError(f"{d / FLOW_CONFIG}: missing the fingerprint of the G-VAE the flow belongs to")
+    if "weights_sha256" in info:  # (runs trained before it was recorded are checked by a model.json)
+        check_sha256(d / FLOW_WEIGHTS, str(info["weights_sha256"]), str(d / FLOW_CONFIG))
     tensors, _ = load_tensors(d / FLOW_WEIGHTS)
     load_module(flow, tensors, str(d / FLOW_WEIGHTS))
     if gvae_dir is not None:
@@ -97,6 +100,46 @@ def load_flow(out_dir: str | os.PathLike, device: str | torch.device = "cpu",
 
 
 # -- model directories ----------------------------------------------------------------------
+MANIFEST = "model.json"
+
+
+def verify_manifest(d: Path, *, required: bool = True) -> None:
+    """Checks the sha256 of every file ``d/model.json`` lists (:func:`export_model` writes it).
+    Without a manifest, each run must have recorded its weights' sha256 (``weights_sha256`` in
+    ``gvae.json`` / ``flow.json``, checked when they load) unless ``required`` is False.
+    Raises :class:`CheckpointError` naming the file and what is wrong."""
+    path = d / MANIFEST
+    if not path.exists():
+        if not required:
+            return
+        unrecorded = [f"{sub}/{files[0]}" for sub, files in MODEL_FILES.items()
+                      if not (d / sub / files[0]).is_file()
+                      or "weights_sha256" not in _json_dict(d / sub / files[0])]
+        if unrecorded:
+            raise CheckpointError(f"{d}: no {MANIFEST}, and {', '.join(unrecorded)} record(s) no sha256 of the "
+                                  f"weights, so the files' integrity cannot be checked; load it unverified "
+                                  f"(SamplingModel.load(..., verify=False), CLI --unverified) or export it "
+                                  f"(cgnf_fast.sampling.export_model) to write a {MANIFEST}")
+        return
+    info = load_json(path)
+    files = info.get("files") if isinstance(info, dict) else None
+    if not isinstance(info, dict) or info.get("format") != "cgnf_fast.model" or not isinstance(files, dict) \
+            or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        raise CheckpointError(f"{path}: not a cgnf_fast model manifest (expected format 'cgnf_fast.model' and a "
+                              f"'files' object of file -> sha256); the manifest is damaged")
+    missing = [f"{sub}/{n}" for sub, names in MODEL_FILES.items() for n in names if f"{sub}/{n}" not in files]
+    if missing:
+        raise CheckpointError(f"{path}: lists no sha256 for {', '.join(missing)}; the manifest is damaged")
+    for name, sha in sorted(files.items()):
+        if not (d / name).is_file():
+            raise CheckpointError(f"{d / name}: no such file (listed in {path})")
+        check_sha256(d / name, sha, str(path))
+
+
+def _json_dict(path: Path) -> dict[str, Any]:
+    info = load_json(path)
+    return info if isinstance(info, dict) else {}
+
 def default_model_dir(space: str) -> Path | None:
     """The pretrained model directory shipped for ``space`` (``cgnf_fast/pretrained/<space>``
     holding ``gvae/`` and ``flow/``), or None when none is installed."""
@@ -141,7 +184,13 @@ class SamplingModel:
         return self.vae.space
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, *, device: str | torch.device = "cpu") -> SamplingModel:
+    def load(cls, directory: str | os.PathLike, *, device: str | torch.device = "cpu",
+             verify: bool = True) -> SamplingModel:
+        """Loads ``directory`` (module doc), checking every file's integrity first: the sha256
+        values of its ``model.json`` (an exported or shipped model), or, without one, the weights'
+        sha256 each run recorded in its config. ``verify=False`` (CLI ``--unverified``) loads a
+        directory whose files cannot be checked that way (runs trained by an older version, put
+        together by hand); a manifest that is there is checked all the same."""
         d = Path(directory)
         if not d.is_dir():
             raise CheckpointError(f"{d}: no such model directory (expected gvae/ and flow/ sub-directories: a G-VAE "
@@ -150,6 +199,7 @@ class SamplingModel:
             if not (d / sub).is_dir():
                 raise CheckpointError(f"{d}: missing the {sub}/ sub-directory (a model directory holds gvae/, a "
                                       f"G-VAE run, and flow/, a flow run trained on it)")
+        verify_manifest(d, required=verify)
         vae = GraphVAE.load(d / "gvae", device=device)
         flow, info = load_flow(d / "flow", device=device, gvae_dir=d / "gvae")
         fspace = info.get("gvae", {}).get("space")
@@ -189,7 +239,9 @@ def export_model(run: str | os.PathLike, dest: str | os.PathLike, *,
     """Copies the files sampling needs from ``run/{gvae,flow}`` to ``dest/{gvae,flow}`` (checked
     to load as a pair first) and writes ``dest/model.json`` (provenance + sha256 of each file)."""
     src = Path(run)
-    SamplingModel.load(src)  # refuses a missing, corrupt or mismatched pair before anything is copied
+    # refuses a missing, corrupt or mismatched pair before anything is copied (the runs' own
+    # weights sha256 are checked where they recorded them; the copy gets a manifest below)
+    SamplingModel.load(src, verify=False)
     d = Path(dest)
     tmp = d.with_name(d.name + ".partial")
     if tmp.exists():

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..io import CheckpointError, load_json, load_module, load_tensors, save_json, save_tensors
+from ..io import CheckpointError, load_json, load_module, load_tensors, save_json, save_tensors, tensors_sha256
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -59,7 +59,8 @@ def save_training(path: str | os.PathLike, model: nn.Module, opt: torch.optim.Op
     tens = {f"model.{k}": v for k, v in model.state_dict().items()}
     tens.update(ot)
     full = {**state, "optimizer": orest}
-    save_tensors(path, tens, metadata={"checkpoint": json.dumps(full)})
+    text = json.dumps(full)
+    save_tensors(path, tens, metadata={"checkpoint": text, "sha256": tensors_sha256(tens, text)})
     save_json(path.with_suffix(".json"), full)
 
 
@@ -72,6 +73,9 @@ def load_training(path: str | os.PathLike, model: nn.Module, opt: torch.optim.Op
     if not path.exists():
         return None
     tens, meta = load_tensors(path)
+    if "sha256" in meta and tensors_sha256(tens, meta.get("checkpoint", "")) != meta["sha256"]:
+        raise CheckpointError(f"{path}: its tensors or state do not match the sha256 it was saved with; the "
+                              f"checkpoint is corrupt (delete it to restart the run)")
     try:
         if "checkpoint" in meta:
             state = json.loads(meta["checkpoint"])

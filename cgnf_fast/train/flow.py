@@ -72,8 +72,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..io import (CheckpointError, load_json, load_tensors, refuse_changed_config, save_json,
-                  save_tensors)
+from ..io import (CheckpointError, load_json, load_tensors, refuse_changed_config, save_json, save_tensors,
+                  sha256_file)
 from .._stats import spearman
 from ..models.api import GraphVAE
 from ..models.flow import ConditionalCNF, set_mode
@@ -464,7 +464,8 @@ def train_flow(cfg: TrainFlowConfig, gvae_dir: str | os.PathLike, out: str | os.
             "conditions": conds.to_dict(), "latent_norm": cfg.latent_norm,
             "gvae": {"dir": str(gdir.resolve()), "sha256": sha, "space": vae.cfg.space, "latent": latent,
                      "attributes": vae.attributes},
-            "train": cfg.to_dict(), "data": data_info, "steps": step}
+            "train": cfg.to_dict(), "data": data_info, "steps": step,
+            "weights_sha256": sha256_file(outp / WEIGHTS)}
     save_json(outp / CONFIG, meta)
     final, _ = load_flow(outp, device=device, gvae_dir=gdir)  # what users get, checked end to end
     init_flow = _make_flow(cfg, latent, len(names), train_z).to(dev)

@@ -37,7 +37,8 @@ from ..models.api import FORMAT_VERSION as GVAE_FORMAT_VERSION
 from ..models.codec import CellCodec
 from ..models.gvae import BACKENDS, GVAE, GVAEConfig, kl_divergence, reconstruction_loss, triplet_loss
 from ..space import Cell
-from ..io import CheckpointError, load_json, load_tensors, refuse_changed_config, save_json, save_tensors
+from ..io import (CheckpointError, load_json, load_tensors, refuse_changed_config, save_json, save_tensors,
+                  sha256_file)
 from .checkpoint import load_training, save_on_interrupt, save_training
 from .data import HOLDOUTS, load_labelled, unlabelled_cells
 
@@ -348,7 +349,7 @@ def train_gvae(cfg: TrainGVAEConfig, out: str, *, device: str = "cpu", backend: 
     model.eval()
     save_tensors(outp / WEIGHTS, model.state_dict())
     meta = {"format": GVAE_FORMAT, "version": GVAE_FORMAT_VERSION, "config": mcfg.to_dict(), "train": cfg.to_dict(),
-            "data": data_info, "steps": step}
+            "data": data_info, "steps": step, "weights_sha256": sha256_file(outp / WEIGHTS)}
     save_json(outp / CONFIG, meta)
     vae = GraphVAE(model, device=dev, backend=backend, info=meta)
     metrics = evaluate_run(vae, data, seed=cfg.seed)
