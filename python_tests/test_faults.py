@@ -195,3 +195,21 @@ def test_runs_record_their_weights_and_checkpoints_their_contents(labels: str, t
     longer = TrainGVAEConfig(**{**cfg.to_dict(), "epochs": 3})
     with pytest.raises(CheckpointError, match="checkpoint.safetensors: its tensors or state do not match"):
         train_gvae(longer, str(out), backend="torch", progress=False)
+
+
+def test_a_failed_start_changes_nothing_on_disk(labels: str, tmp_path: Path) -> None:
+    """A mistyped --store or an unknown attribute fails before anything is written: no run
+    directory, no empty SQLite file at the mistyped path, and the corrected command then runs
+    (it used to be refused: "holds a G-VAE run with a different config")."""
+    out = tmp_path / "run"
+    typo = tmp_path / "lables.sqlite"
+    base = dict(space="nb201-like", attributes=["nwot", "params", "flops"], **{**GVAE_TINY, "epochs": 1})
+    with pytest.raises(ValueError, match="no such file"):
+        train_gvae(TrainGVAEConfig(store=str(typo), **base), str(out), backend="torch", progress=False)
+    assert not typo.exists() and not out.exists()
+    with pytest.raises(ValueError, match="synflow"):
+        train_gvae(TrainGVAEConfig(store=labels, **{**base, "attributes": ["synflow"]}), str(out), backend="torch",
+                   progress=False)
+    assert not out.exists()
+    train_gvae(TrainGVAEConfig(store=labels, **base), str(out), backend="torch", progress=False)
+    assert (out / "gvae.safetensors").exists()

@@ -9,6 +9,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from pathlib import Path
+
 import numpy as np
 
 from ..space import Cell, DesignSpace
@@ -159,6 +161,8 @@ def load_labelled(store: str, space: str, attributes: list[str] | None = None,
     """
     if holdout is not None and holdout not in HOLDOUTS:
         raise ValueError(f"holdout must be one of {HOLDOUTS} or None, got {holdout!r}")
+    if not Path(store).is_file():  # (opening would create an empty store at a mistyped path)
+        raise ValueError(f"store {store}: no such file (score cells into it first: cgnf zc score)")
     by_group: dict[tuple[str, int, str], dict[int, dict[str, Any]]] = {}
     with ScoreStore(store) as st:
         for r in st.rows(space=space):

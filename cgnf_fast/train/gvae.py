@@ -273,18 +273,20 @@ def train_gvae(cfg: TrainGVAEConfig, out: str, *, device: str = "cpu", backend: 
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     outp = Path(out)
-    outp.mkdir(parents=True, exist_ok=True)
     dev = torch.device(device)
     sp = cfg.design_space()
     codec = CellCodec(sp)
     if (outp / "train.json").exists():
         _check_resume(outp, cfg)
-    save_json(outp / "train.json", cfg.to_dict())
-    if (outp / "data.safetensors").exists():
+    if (outp / "data.safetensors").exists():  # (written after train.json: the same config's)
         data, _ = load_tensors(outp / "data.safetensors")
         data_info = load_json(outp / "data.json")
+        save_json(outp / "train.json", cfg.to_dict())
     else:
+        # built before anything is written, so a start that fails (a mistyped store, unknown
+        # attributes) changes nothing on disk
         data, data_info = _build_data(cfg, codec, progress)
+        save_json(outp / "train.json", cfg.to_dict())
         save_json(outp / "data.json", data_info)
         save_tensors(outp / "data.safetensors", data)
     mcfg = _model_config(cfg, data_info["labelled"]["attributes"])
