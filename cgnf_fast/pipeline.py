@@ -26,15 +26,18 @@ stages would otherwise mix two experiments), except for the fields in
 
 from __future__ import annotations
 
+import copy
 import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from .io import CheckpointError, load_json, refuse_changed_config, save_json
 from .sampling.model import export_model
+from .train.flow import TrainFlowConfig
+from .train.gvae import TrainGVAEConfig
 
 __all__ = ["DEFAULT_PROXIES", "PipelineConfig", "run_pipeline"]
 
@@ -42,9 +45,38 @@ __all__ = ["DEFAULT_PROXIES", "PipelineConfig", "run_pipeline"]
 DEFAULT_PROXIES = ("synflow", "nwot", "params", "flops")
 
 
+def _default_gvae() -> TrainGVAEConfig:
+    """The pipeline's G-VAE training config: every default is :class:`TrainGVAEConfig`'s; the
+    fields in :attr:`PipelineConfig.OWNED` are placeholders the pipeline fills."""
+    return TrainGVAEConfig(space="", store="")
+
+
+def _default_flow() -> TrainFlowConfig:
+    """The pipeline's flow training config: :class:`TrainFlowConfig`'s defaults, except
+    :attr:`PipelineConfig.FLOW_DEFAULTS`."""
+    return TrainFlowConfig(**PipelineConfig.FLOW_DEFAULTS)
+
+
 @dataclass
 class PipelineConfig:
-    """What ``cgnf pipeline`` runs (defaults: the shipped nb201-like model)."""
+    """What ``cgnf pipeline`` runs (defaults: the shipped nb201-like model).
+
+    The G-VAE and flow stages are configured by nested training configs, ``gvae``
+    (:class:`~cgnf_fast.train.gvae.TrainGVAEConfig`) and ``flow``
+    (:class:`~cgnf_fast.train.flow.TrainFlowConfig`), which own their defaults; change them in
+    place (``cfg.gvae.lr = 1e-3``). The pipeline departs from one of them on purpose
+    (:attr:`FLOW_DEFAULTS`): the flow trains on at most 30,000 latents, fewer than ``cgnf train
+    flow`` caps them at by default; the pipeline has used this cap since it was written, and both
+    shipped models were trained with it. The pipeline sets the :attr:`OWNED` fields of the
+    nested configs itself (the G-VAE's space, store, attributes and seed, the flow's seed) from
+    its own ``space``, ``store``, ``proxies`` and ``seed``; they stay at their placeholders here.
+
+    Records (``OUT/pipeline.json``, a model's ``model.json``) are flat, as before the nesting:
+    :meth:`to_dict` names each nested field ``gvae_<field>`` / ``flow_<field>`` except the four
+    in :attr:`RECORD_NAMES` (named as their ``cgnf pipeline`` options); :meth:`from_dict` reads
+    these and the records of older versions, which hold only the fields that had a pipeline
+    option (the others ran with the training configs' defaults).
+    """
 
     space: str
     #: score store (None: ``OUT/scores.sqlite``)
@@ -59,33 +91,70 @@ class PipelineConfig:
     images: str | None = None
     workers: int = 1
     seed: int = 0
-    # G-VAE
-    gvae_epochs: int = 40
-    gvae_lr: float = 2e-3
-    unlabelled: int = 100_000
-    seed_space_cells: int = 20_000
-    heldout: int = 2000
-    latent: int = 32
-    gvae_hidden: int = 128
-    gvae_layers: int = 4
-    gvae_batch: int = 512
-    gvae_predictor: str = "graph"
-    gvae_predictor_lr: float | None = 3e-3
-    gvae_holdout: str = "eval"
-    # flow
-    flow_epochs: int = 30
-    flow_batch: int = 256
-    flow_max_cells: int = 30_000
-    flow_hidden: list[int] = field(default_factory=lambda: [128, 128])
+    #: stage 2, the G-VAE
+    gvae: TrainGVAEConfig = field(default_factory=_default_gvae)
+    #: stage 3, the conditional flow
+    flow: TrainFlowConfig = field(default_factory=_default_flow)
 
+    #: the pipeline's defaults where they differ from TrainFlowConfig's (see the class doc)
+    FLOW_DEFAULTS = {"max_cells": 30_000}
+    #: nested fields the pipeline sets, and from which of its own fields
+    OWNED = {"gvae": {"space": "space", "store": "store", "attributes": "proxies", "seed": "seed",
+                      "space_spec": "space"},
+             "flow": {"seed": "seed"}}
+    #: record names of nested fields not named ``<stage>_<field>``
+    RECORD_NAMES = {("gvae", "n_unlabelled"): "unlabelled", ("gvae", "include_seed_space"): "seed_space_cells",
+                    ("gvae", "heldout"): "heldout", ("gvae", "latent"): "latent"}
     #: may change between a run and its resumption (it does not change what is computed)
     RESUMABLE_CHANGES = ("workers",)
-    #: what a run directory written before a field existed used
+    #: what a run directory written before a field existed used (record names)
     LEGACY_DEFAULTS = {"gvae_predictor": "latent", "gvae_predictor_lr": None, "seed_labels": 0,
                        "gvae_holdout": "seed"}
 
+    @classmethod
+    def record_keys(cls) -> dict[str, tuple[str, str]]:
+        """Record name -> (stage, field) of every nested field the record holds."""
+        keys = {}
+        for stage, sub in (("gvae", TrainGVAEConfig), ("flow", TrainFlowConfig)):
+            for f in fields(sub):
+                if f.name not in cls.OWNED[stage]:
+                    keys[cls.RECORD_NAMES.get((stage, f.name), f"{stage}_{f.name}")] = (stage, f.name)
+        return keys
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The flat record (see the class doc)."""
+        d = asdict(self)
+        nested = {stage: d.pop(stage) for stage in ("gvae", "flow")}
+        for key, (stage, name) in self.record_keys().items():
+            d[key] = nested[stage][name]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PipelineConfig:
+        """Reads a record, this version's or an older one: a missing key is read as
+        :attr:`LEGACY_DEFAULTS` gives it (what a run before the option existed used), else as
+        today's default."""
+        keys = cls.record_keys()
+        top = {f.name for f in fields(cls)} - {"gvae", "flow"}
+        unknown = sorted(set(d) - top - set(keys))
+        if unknown:
+            raise ValueError(f"unknown pipeline config keys {unknown}")
+        if "space" not in d:
+            raise ValueError("a pipeline config record names its space")
+        d = {**cls.LEGACY_DEFAULTS, **d}
+        cfg = cls(**{k: v for k, v in d.items() if k in top})
+        for key, (stage, name) in keys.items():
+            if key in d:
+                setattr(getattr(cfg, stage), name, copy.deepcopy(d[key]))
+        return cfg
+
+    @classmethod
+    def default_record(cls) -> dict[str, Any]:
+        """:meth:`to_dict` of the default config, less ``space`` (it has none): what each option
+        of ``cgnf pipeline`` defaults to."""
+        d = cls(space="").to_dict()
+        del d["space"]
+        return d
 
     def validate(self) -> None:
         """Every field, including what the G-VAE and flow stages will get, before any work."""
@@ -95,6 +164,12 @@ class PipelineConfig:
 
         spaces.get(self.space)  # a clear error for an unknown space
         self.proxies = list(check_proxies(self.proxies))
+        for stage, owned in self.OWNED.items():
+            blank = _default_gvae() if stage == "gvae" else _default_flow()
+            for name, source in owned.items():
+                if getattr(getattr(self, stage), name) != getattr(blank, name):
+                    raise ValueError(f"{stage}.{name} is set by the pipeline from its {source}; leave it at "
+                                     f"{getattr(blank, name)!r}")
         for f in ("labels", "stratified", "seed_labels"):
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
@@ -103,18 +178,19 @@ class PipelineConfig:
             raise ValueError("labels + stratified must be at least 2 (the G-VAE learns from labelled cells)")
         from .train.data import HOLDOUTS, no_seed_labels
 
-        if self.gvae_holdout not in HOLDOUTS:  # (also in the G-VAE config's check, after these)
-            raise ValueError(f"gvae_holdout must be one of {HOLDOUTS}, got {self.gvae_holdout!r}")
+        if self.gvae.holdout not in HOLDOUTS:  # (also in the G-VAE config's check, after these)
+            raise ValueError(f"gvae_holdout must be one of {HOLDOUTS}, got {self.gvae.holdout!r}")
         if self.seed_labels:
             why = no_seed_labels(self.space)
             if why:
                 raise ValueError(f"seed_labels must be 0 for {self.space}: {why}")
-            if self.gvae_holdout != "eval":
+            if self.gvae.holdout != "eval":
                 raise ValueError("seed_labels need gvae_holdout 'eval' (the 'seed' holdout drops every "
                                  "seed-space label)")
+        record = self.to_dict()
         for f in ("batch_size", "workers", "gvae_epochs", "flow_epochs", "flow_batch", "flow_max_cells", "latent",
                   "gvae_hidden", "gvae_layers", "gvae_batch"):
-            v = getattr(self, f)
+            v = record[f]
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{f} must be an int >= 1, got {v!r}")
         if self.images is not None and not Path(self.images).is_dir():
@@ -127,22 +203,17 @@ class PipelineConfig:
         self.gvae_config("scores.sqlite").validate()
         self.flow_config().validate()
 
-    def gvae_config(self, store: str):
-        from .train.gvae import TrainGVAEConfig
+    def gvae_config(self, store: str) -> TrainGVAEConfig:
+        """The G-VAE stage's config: ``gvae`` with the pipeline's space, ``store``, proxies and seed."""
         from .zc import ALL_PROXIES
 
         attrs = [p for p in ALL_PROXIES if p in self.proxies]  # the store's canonical order
-        return TrainGVAEConfig(space=self.space, store=store, attributes=attrs, n_unlabelled=self.unlabelled,
-                               include_seed_space=self.seed_space_cells, heldout=self.heldout, latent=self.latent,
-                               hidden=self.gvae_hidden, layers=self.gvae_layers, batch=self.gvae_batch,
-                               epochs=self.gvae_epochs, lr=self.gvae_lr, predictor=self.gvae_predictor,
-                               predictor_lr=self.gvae_predictor_lr, holdout=self.gvae_holdout, seed=self.seed)
+        return replace(copy.deepcopy(self.gvae), space=self.space, store=store, attributes=attrs, seed=self.seed,
+                       space_spec=None)
 
-    def flow_config(self):
-        from .train.flow import TrainFlowConfig
-
-        return TrainFlowConfig(hidden=list(self.flow_hidden), batch=self.flow_batch, epochs=self.flow_epochs,
-                               max_cells=self.flow_max_cells, seed=self.seed)
+    def flow_config(self) -> TrainFlowConfig:
+        """The flow stage's config: ``flow`` with the pipeline's seed."""
+        return replace(copy.deepcopy(self.flow), seed=self.seed)
 
 
 def _stage(name: str, progress: bool) -> float:
@@ -155,7 +226,15 @@ def _check_resume(out: Path, cfg: PipelineConfig) -> None:
     old = load_json(out / "pipeline.json")
     if not isinstance(old, dict) or old.get("format") != "cgnf_fast.pipeline" or "config" not in old:
         raise CheckpointError(f"{out / 'pipeline.json'}: not a pipeline run directory (use a new --out)")
-    refuse_changed_config(out, "a pipeline run", old["config"], cfg.to_dict(), PipelineConfig.RESUMABLE_CHANGES,
+    try:
+        recorded = PipelineConfig.from_dict(old["config"]).to_dict()
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{out / 'pipeline.json'}: not a pipeline config this version reads ({e}); use a "
+                              f"new --out") from None
+    # an older record lacks the fields that had no option (read as their defaults); the keys of
+    # LEGACY_DEFAULTS stay missing so that the refusal names the flags that resume such a run
+    recorded = {k: v for k, v in recorded.items() if k in old["config"] or k not in PipelineConfig.LEGACY_DEFAULTS}
+    refuse_changed_config(out, "a pipeline run", recorded, cfg.to_dict(), PipelineConfig.RESUMABLE_CHANGES,
                           PipelineConfig.LEGACY_DEFAULTS)
 
 

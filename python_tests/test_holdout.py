@@ -95,6 +95,12 @@ def test_predictor_evaluation_refuses_cells_outside_the_held_out_set() -> None:
         _check_held_out(_model("nb101-like", None), "nb101", first)  # not taken for a "seed" model
 
 
+def _pipeline(space: str, *, holdout: str, seed_labels: int = 0) -> PipelineConfig:
+    cfg = PipelineConfig(space=space, seed_labels=seed_labels)
+    cfg.gvae.holdout = holdout
+    return cfg
+
+
 def test_old_pipeline_runs_resume_with_the_flags_they_predate(tmp_path: Path) -> None:
     import json
 
@@ -105,23 +111,23 @@ def test_old_pipeline_runs_resume_with_the_flags_they_predate(tmp_path: Path) ->
     (tmp_path / "pipeline.json").write_text(json.dumps({"format": "cgnf_fast.pipeline", "config": cfg}))
     with pytest.raises(ValueError, match=r"gvae_holdout: 'seed' -> 'eval'.*to resume it, add --gvae-holdout seed\)"):
         _check_resume(tmp_path, PipelineConfig(space="nb101-like"))
-    _check_resume(tmp_path, PipelineConfig(space="nb101-like", gvae_holdout="seed"))
+    _check_resume(tmp_path, _pipeline("nb101-like", holdout="seed"))
 
 
 def test_pipeline_config_checks_seed_labels() -> None:
     with pytest.raises(ValueError, match="every nb201 cell is in the predictor evaluation set"):
         PipelineConfig(space="nb201-like", seed_labels=5).validate()
     with pytest.raises(ValueError, match="seed_labels need gvae_holdout 'eval'"):
-        PipelineConfig(space="nb101-like", seed_labels=5, gvae_holdout="seed").validate()
+        _pipeline("nb101-like", seed_labels=5, holdout="seed").validate()
     with pytest.raises(ValueError, match="seed_labels must be an int >= 0"):
         PipelineConfig(space="nb101-like", seed_labels=-1).validate()
     cfg = PipelineConfig(space="nb101-like", seed_labels=5)
     cfg.validate()
     assert cfg.gvae_config("s.sqlite").holdout == "eval"
     with pytest.raises(ValueError, match="holdout must be one of"):
-        PipelineConfig(space="nb101-like", gvae_holdout="none").validate()
+        _pipeline("nb101-like", holdout="none").validate()
     with pytest.raises(ValueError, match="gvae_holdout must be one of"):
-        PipelineConfig(space="nb101-like", gvae_holdout="none", seed_labels=5).validate()
+        _pipeline("nb101-like", holdout="none", seed_labels=5).validate()
 
 
 #: eval_set_sha256("nb101") of the 4,000 networks the shipped nb101-like G-VAE held out of its labels

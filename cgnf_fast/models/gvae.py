@@ -63,7 +63,15 @@ PREDICTORS = ("graph", "paths", "latent")
 
 @dataclass
 class GVAEConfig:
-    """Everything needed to rebuild a G-VAE (saved as JSON next to its weights)."""
+    """Everything needed to rebuild a G-VAE (saved as JSON next to its weights).
+
+    The architecture defaults (``hidden`` ... ``path_channels``) are the training config's too
+    (:class:`cgnf_fast.train.gvae.TrainGVAEConfig` reads them from here). ``predictor`` and
+    ``degree_features`` differ on purpose: their defaults here are what a ``gvae.json`` written
+    before the field existed was built with (:meth:`from_dict` fills a missing key with its
+    default), while new training runs take the training config's (``"graph"``; degree features
+    on for NB101-skeleton spaces).
+    """
 
     space: str
     num_nodes: int

@@ -96,7 +96,9 @@ EXACT_MAX_LATENT = 64
 @dataclass
 class TrainFlowConfig:
     """How to train the flow. The G-VAE run directory is an argument of :func:`train_flow`
-    (recorded with the sha256 of its weights in ``train.json``), not part of this config."""
+    (recorded with the sha256 of its weights in ``train.json``), not part of this config.
+    ``cgnf train flow`` and ``cgnf pipeline`` take their defaults from here (the pipeline caps
+    ``max_cells`` lower: see :class:`cgnf_fast.pipeline.PipelineConfig`)."""
 
     #: G-VAE attributes the flow is conditioned on (None: all of the G-VAE's, in its order)
     conditions: list[str] | None = None

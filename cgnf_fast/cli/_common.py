@@ -1,0 +1,126 @@
+"""What every ``cgnf`` command group shares: the user-error type, argument types, output checks,
+help fragments and the defaults of a config dataclass."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+
+class CLIError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+DEVICE_HELP = "torch device: cpu, cuda or cuda:N (default cpu)"
+NO_PROGRESS_HELP = "no progress bar on stderr"
+JSON_HELP = "print one JSON object"
+
+
+def space_help(suffix: str = "") -> str:
+    """``one of: <the built-in spaces>`` (+ ``suffix``)."""
+    from ..space import spaces
+
+    return f"one of: {', '.join(spaces.names())}{suffix}"
+
+
+def config_defaults(cls: type) -> dict[str, Any]:
+    """Field name -> default of a config dataclass (``default_factory`` called; fields without a
+    default left out): what the options mapped to its fields default to."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
+def config_kwargs(cls: type, args: argparse.Namespace) -> dict[str, Any]:
+    """The parsed options named after a field of the config dataclass ``cls`` (``dest``), by field."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+
+
+def nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {v}")
+    return v
+
+
+def pos_int(text: str) -> int:
+    v = nonneg_int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
+    return v
+
+
+def lr_or_none(text: str) -> float | None:
+    if text.strip().lower() == "none":
+        return None
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a learning rate or 'none', got {text!r}") from None
+    if not math.isfinite(v) or v < 0:
+        raise argparse.ArgumentTypeError(f"a learning rate is a finite number >= 0, got {text!r}")
+    return v
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        v = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not v:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    return v
+
+
+def name_list(text: str) -> list[str]:
+    """Comma-separated names, blanks dropped."""
+    return [a.strip() for a in text.split(",") if a.strip()]
+
+
+def seeds_arg(text: str) -> list[int]:
+    """``--seeds``: distinct comma-separated integers (checked by the command, not the parser)."""
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise CLIError(f"--seeds: expected comma-separated integers, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise CLIError(f"--seeds: expected distinct comma-separated integers, got {text!r}")
+    return seeds
+
+
+def reference_arg(text: str) -> Any:
+    """``--reference``: ``best``, an NB201 string, or a JSON cell ``{"matrix": ..., "ops": ...}``."""
+    if not text.lstrip().startswith("{"):
+        return text
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CLIError(f"--reference: not valid JSON ({e})") from None
+    if not isinstance(obj, dict) or "matrix" not in obj or "ops" not in obj:
+        raise CLIError('--reference: a JSON cell is an object with keys "matrix" and "ops"')
+    return (obj["matrix"], obj["ops"])
+
+
+def check_outputs(*outputs: tuple[str, str | None]) -> None:
+    """Refuses, before any work, an output file (flag, path) whose folder does not exist."""
+    for flag, path in outputs:
+        if path and not Path(path).resolve().parent.is_dir():
+            raise CLIError(f"{flag} {path}: the folder {Path(path).resolve().parent} does not exist")
+
+
+def check_png(png: str | None) -> None:
+    """Refuses ``--png`` without matplotlib, before any work."""
+    if png and importlib.util.find_spec("matplotlib") is None:
+        raise CLIError("--png needs matplotlib: pip install 'cgnf_fast[plot]'")

@@ -1,0 +1,116 @@
+"""``cgnf sample``: new cells around a reference under target attributes, as a table."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from ._common import DEVICE_HELP, check_outputs, check_png, reference_arg, space_help
+
+HELP = "new cells around a reference under target attributes (prints a table)"
+MODEL_HELP = "model directory with gvae/ and flow/ (default: the installed pretrained one)"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from ..sampling import DEFAULT_OVERSAMPLE
+
+    sm = sub.add_parser(
+        "sample", help=HELP,
+        description="Draws N distinct new cells around a reference with a trained G-VAE + conditional flow "
+        "(--model DIR: a directory with gvae/ and flow/ sub-directories, from `cgnf train gvae --out DIR/gvae` "
+        "and `cgnf train flow --gvae DIR/gvae --out DIR/flow`). Conditions: ATTR=VALUE with VALUE a number "
+        "(store units; params/flops in millions or with K/M/G), a relative change of the reference's predicted "
+        "value (+10%, -5%) or a bound (<=0.8M, >=1.2M; params/flops bounds filter on exact counts).")
+    sm.add_argument("--space", default="nb201-like", help=space_help(" (default nb201-like)"))
+    sm.add_argument("--reference", default="best", help="'best', an NB201 string, or a JSON cell "
+                    "{\"matrix\": ..., \"ops\": ...} (default best)")
+    sm.add_argument("--n", type=int, default=20, help="distinct cells to return (default 20)")
+    sm.add_argument("--seed", type=int, default=0, help="seed of the draws (default %(default)s)")
+    sm.add_argument("--condition", action="append", metavar="ATTR=VALUE",
+                    help="e.g. synflow=+10%% or 'params=<=0.8M'; repeatable or comma-separated")
+    sm.add_argument("--temperature", type=float, default=1.0, help="std of the flow's base noise (default 1)")
+    sm.add_argument("--oversample", type=float, default=DEFAULT_OVERSAMPLE,
+                    help="candidates drawn per returned cell; the N closest to the condition are kept (default 5; "
+                    "1 keeps the first N drawn)")
+    sm.add_argument("--novel-only", action="store_true", help="drop cells inside the seed space")
+    sm.add_argument("--model", help=MODEL_HELP)
+    sm.add_argument("--out", help="write the cells as a JSON list here")
+    sm.add_argument("--png", help="draw the cells as a grid of DAGs here (needs matplotlib)")
+    sm.add_argument("--device", default="cpu", help=DEVICE_HELP)
+    sm.set_defaults(func=_sample)
+
+
+def _write_json_list_atomic(path: str, rows: list[Any]) -> None:
+    """A JSON list, one element per line, written to ``PATH.partial`` and renamed into place."""
+    from ..io import write_text_atomic
+
+    write_text_atomic(path, "[\n" + ",\n".join(json.dumps(r) for r in rows) + "\n]\n")
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from ..sampling import draw_cells, parse_condition_args, sample_with_info
+
+    check_png(args.png)
+    check_outputs(("--out", args.out), ("--png", args.png))
+    condition = parse_condition_args(args.condition or [])
+    reference = reference_arg(args.reference)
+    t0 = time.perf_counter()
+    cells, info = sample_with_info(reference, condition or None, n=args.n, space=args.space,
+                                   temperature=args.temperature, seed=args.seed, novel_only=args.novel_only,
+                                   device=args.device, model=args.model, oversample=args.oversample)
+    seconds = time.perf_counter() - t0
+    png_tmp = None
+    if args.png:  # drawn first, both files renamed into place only once everything succeeded
+        png_tmp = args.png + ".drawing.png"
+        draw_cells(cells, png_tmp, key_attribute=next(iter(condition), None) if condition else None)
+    try:
+        if args.out:
+            _write_json_list_atomic(args.out, [c.to_json() for c in cells])
+        if png_tmp:
+            os.replace(png_tmp, args.png)
+    finally:
+        if png_tmp and os.path.exists(png_tmp):
+            os.unlink(png_tmp)
+    _print_table(args, cells, info, condition, seconds)
+    for flag, path in (("--out", args.out), ("--png", args.png)):
+        if path:
+            print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _print_table(args: argparse.Namespace, cells: list, info: dict[str, Any], condition: dict, seconds: float) -> None:
+    from ..sampling import COUNT_ATTRIBUTES, cell_text
+
+    def fmt(a: str, v: float) -> str:
+        return f"{v:.4f}M" if a in COUNT_ATTRIBUTES else f"{v:.4g}"
+
+    ref = info["reference_nb201"] or cell_text(info["reference"])
+    print(f"reference  {ref}")
+    print("predicted  " + ", ".join(f"{a}={fmt(a, v)}" for a, v in info["reference_predicted"].items()))
+    tg = ", ".join(f"{a}={fmt(a, v)}" + (f" ({info['condition'][a].text})" if a in info["condition"] else "")
+                   for a, v in info["targets"].items())
+    filters = [t for t in info["condition"].values() if t.attribute in COUNT_ATTRIBUTES
+               and t.kind in ("at_most", "at_least")]
+    if filters:
+        tg += "; filters on exact counts: " + ", ".join(f"{t.attribute}{t.text}" for t in filters)
+    print(f"targets    {tg}")
+    print(f"drew       {info['drawn']} latents in {info['rounds']} round(s), {seconds:.1f} s: {info['repaired']} "
+          f"repaired, {info['invalid']} invalid, {info['duplicates']} duplicates"
+          + (f", {info['in_seed_space_dropped']} in the seed space dropped" if args.novel_only else "")
+          + (f", {info['outside_bounds']} outside the bounds" if filters else ""))
+    attrs = list(cells[0].predicted) if cells else []
+    head = [f"{'#':>3}", f"{'seed':>4}", f"{'params':>9}", f"{'FLOPs':>9}"] + [f"{a:>10}" for a in attrs] + ["cell"]
+    print()
+    print("  ".join(head))
+    for i, c in enumerate(cells, start=1):
+        seed_mark = "-" if c.in_seed_space is None else ("yes" if c.in_seed_space else "no")
+        row = [f"{i:>3}", f"{seed_mark:>4}", f"{c.params / 1e6:>8.4f}M", f"{c.flops / 1e6:>8.2f}M"]
+        row += [f"{fmt(a, c.predicted[a]):>10}" for a in attrs]
+        row.append(c.nb201 or cell_text(c.cell))
+        print("  ".join(row))
+    print("\nparams/FLOPs: exact, of the network the cell builds; other columns: G-VAE predictions; seed: inside "
+          f"the seed space ({info['seed_space'] or 'none'})")

@@ -1,0 +1,75 @@
+"""``cgnf zc score|export``: zero-cost proxy scores in a resumable SQLite store."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from ._common import DEVICE_HELP, NO_PROGRESS_HELP, CLIError, check_outputs, nonneg_int, space_help
+
+HELP = "zero-cost proxies"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    zp = sub.add_parser("zc", help=HELP)
+    zps = zp.add_subparsers(dest="zc_command", metavar="SUBCOMMAND", required=True)
+    zs = zps.add_parser("score", help="score cells into a resumable SQLite store")
+    zs.add_argument("space", help=space_help())
+    zs.add_argument("--n", type=nonneg_int, help="score N distinct cells sampled from the space (seed 0)")
+    zs.add_argument("--stratified", action="store_true",
+                    help="with --n: spread the cells evenly over vertex counts (small cells are rare otherwise)")
+    zs.add_argument("--cells", help="score the cells of a JSONL file ({'matrix', 'ops'} per line)")
+    zs.add_argument("--proxies", required=True, help="comma-separated proxy names")
+    zs.add_argument("--store", required=True, help="the SQLite store (created when missing)")
+    zs.add_argument("--workers", type=int, default=1, help="scoring processes (default %(default)s)")
+    zs.add_argument("--device", default="cpu", help=DEVICE_HELP)
+    zs.add_argument("--seed", type=int, default=0,
+                    help="seed of the network's initialisation before each proxy (default %(default)s)")
+    zs.add_argument("--batch-size", type=int, default=64, help="images per proxy evaluation (default %(default)s)")
+    zs.add_argument("--images", help="a folder of class sub-folders instead of the embedded CIFAR-10 batch")
+    zs.add_argument("--ray", metavar="local|auto|ADDRESS", default=None,
+                    help="score on Ray: 'local' starts a local instance, 'auto' or HOST:PORT joins a cluster "
+                    "(needs the distributed extra); the store stays with this process")
+    zs.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
+    zs.set_defaults(func=_score)
+
+    ze = zps.add_parser("export", help="write a store's scores as CSV")
+    ze.add_argument("--store", required=True, help="the SQLite store to read")
+    ze.add_argument("--out", required=True, help="output file (.csv, one row per stored score)")
+    ze.set_defaults(func=_export)
+
+
+def _score(args: argparse.Namespace) -> int:
+    from ..space import spaces
+    from ..zc import calibration_batch, run
+    from ..zc.images import folder_batch
+
+    if (args.n is None) == (args.cells is None):
+        raise CLIError("give exactly one of --n N (cells sampled from the space) or --cells FILE.jsonl")
+    sp = spaces.get(args.space)
+    if args.n is not None:
+        cells = sp.sample_stratified(args.n, seed=0) if args.stratified else sp.sample(args.n, seed=0, unique=True)
+    else:
+        cells = run.read_cells_jsonl(args.cells)
+    if args.images:
+        batch = folder_batch(args.images, args.batch_size)
+    else:
+        batch = calibration_batch(args.batch_size)
+    t0 = time.perf_counter()
+    summary = run.score_cells(cells, space=sp.name, proxies=args.proxies, store=args.store, batch=batch,
+                              seed=args.seed, device=args.device, workers=args.workers,
+                              progress=not args.no_progress, ray=args.ray)
+    summary["seconds"] = round(time.perf_counter() - t0, 3)
+    print(json.dumps(summary))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from ..zc import run
+
+    check_outputs(("--out", args.out))
+    n = run.export_csv(args.store, args.out)
+    print(f"wrote {n:,} scores to {args.out}", file=sys.stderr)
+    return 0
