@@ -213,3 +213,20 @@ def test_a_failed_start_changes_nothing_on_disk(labels: str, tmp_path: Path) -> 
     assert not out.exists()
     train_gvae(TrainGVAEConfig(store=labels, **base), str(out), backend="torch", progress=False)
     assert (out / "gvae.safetensors").exists()
+
+
+def test_cli_refuses_a_tampered_model_in_one_line(shipped: Path) -> None:
+    """`cgnf sample --model DIR` on a directory with a flipped bit, or without its model.json:
+    one 'cgnf: error:' line (exit 2); --unverified loads the one without a manifest."""
+    from helpers import run_cli
+
+    (shipped / "model.json").unlink()
+    rc, out, err = run_cli("sample", "--model", str(shipped), "--n", "2")
+    assert rc == 2 and err.count("\n") == 1 and err.startswith("cgnf: error:") and "--unverified" in err, err
+    rc, out, err = run_cli("sample", "--model", str(shipped), "--n", "2", "--unverified")
+    assert rc == 0, err
+    _flip_bit(shipped / "flow" / "flow.safetensors")
+    rc, out, err = run_cli("sample", "--model", str(shipped), "--n", "2", "--unverified")
+    assert rc == 0  # (no manifest and no recorded sha256: nothing can tell; that is what --unverified means)
+    rc, out, err = run_cli("sample", "--unverified", "--n", "2")
+    assert rc == 2 and "--unverified needs --model" in err

@@ -9,7 +9,7 @@ import sys
 import time
 from typing import Any
 
-from ._common import DEVICE_HELP, check_outputs, check_png, reference_arg, space_help
+from ._common import DEVICE_HELP, CLIError, check_outputs, check_png, reference_arg, space_help
 
 HELP = "new cells around a reference under target attributes (prints a table)"
 MODEL_HELP = "model directory with gvae/ and flow/ (default: the installed pretrained one)"
@@ -38,6 +38,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "1 keeps the first N drawn)")
     sm.add_argument("--novel-only", action="store_true", help="drop cells inside the seed space")
     sm.add_argument("--model", help=MODEL_HELP)
+    sm.add_argument("--unverified", action="store_true",
+                    help="load --model DIR without checking its files' sha256 (for a directory with no model.json "
+                    "whose runs recorded none: trained by an older version or put together by hand)")
     sm.add_argument("--out", help="write the cells as a JSON list here")
     sm.add_argument("--png", help="draw the cells as a grid of DAGs here (needs matplotlib)")
     sm.add_argument("--device", default="cpu", help=DEVICE_HELP)
@@ -58,10 +61,19 @@ def _sample(args: argparse.Namespace) -> int:
     check_outputs(("--out", args.out), ("--png", args.png))
     condition = parse_condition_args(args.condition or [])
     reference = reference_arg(args.reference)
+    model: Any = args.model
+    if args.unverified:
+        from .._native import check_device
+        from ..sampling import SamplingModel
+
+        if args.model is None:
+            raise CLIError("--unverified needs --model DIR (the installed models are always checked)")
+        check_device(args.device)
+        model = SamplingModel.load(args.model, device=args.device, verify=False)
     t0 = time.perf_counter()
     cells, info = sample_with_info(reference, condition or None, n=args.n, space=args.space,
                                    temperature=args.temperature, seed=args.seed, novel_only=args.novel_only,
-                                   device=args.device, model=args.model, oversample=args.oversample)
+                                   device=args.device, model=model, oversample=args.oversample)
     seconds = time.perf_counter() - t0
     png_tmp = None
     if args.png:  # drawn first, both files renamed into place only once everything succeeded
