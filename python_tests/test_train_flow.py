@@ -10,6 +10,7 @@ dopri5 at 1e-3 in training): the file runs in well under a minute on a loaded 2-
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -191,6 +192,9 @@ def test_rerun_with_another_config_or_gvae_is_refused(gvae_dir: Path, flow_run: 
     k = sorted(w)[0]
     w[k] = w[k] + 1e-3
     save_tensors(other / "gvae.safetensors", w)
+    meta = json.loads((other / "gvae.json").read_text())  # an intact G-VAE of other weights records their sha256
+    meta["weights_sha256"] = hashlib.sha256((other / "gvae.safetensors").read_bytes()).hexdigest()
+    (other / "gvae.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="trained on another G-VAE"):
         train_flow(TrainFlowConfig(**FLOW_TINY), other, out, progress=False)
     with pytest.raises(CheckpointError, match="pass the G-VAE the flow was trained with"):
