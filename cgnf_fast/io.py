@@ -88,6 +88,8 @@ def tensors_sha256(tensors: dict[str, torch.Tensor], metadata: str = "") -> str:
 
 def check_sha256(path: str | os.PathLike, expected: str, recorded_in: str) -> None:
     """:class:`CheckpointError` unless the file's sha256 is ``expected`` (recorded in ``recorded_in``)."""
+    if not Path(path).is_file():
+        raise CheckpointError(f"{path}: no such file")
     got = sha256_file(path)
     if got != expected:
         raise CheckpointError(f"{path}: sha256 {got[:12]}... does not match the {expected[:12]}... recorded in "
