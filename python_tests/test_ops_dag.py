@@ -77,12 +77,13 @@ def test_prune_matches_reference(device, seed, B, N, garbage):
 
 
 def test_prune_large_batch_multithreaded():
+    """Every row of a batch split over threads (chunks of >= 4,096 graphs), not only the first chunk's."""
     rng = np.random.default_rng(0)
     adj, labels, n = random_batch(rng, 20000, 8)
     got = dag_prune(torch.from_numpy(adj), torch.from_numpy(labels), torch.from_numpy(n))
-    want = reference_prune(adj[:2000], labels[:2000], n[:2000])
+    want = reference_prune(adj, labels, n)
     for g, w in zip(got, want):
-        np.testing.assert_array_equal(g[:2000].numpy(), w)
+        np.testing.assert_array_equal(g.numpy(), w)
 
 
 def test_opcheck():
