@@ -278,6 +278,7 @@ def test_cell_sets_are_distinct_and_exclude_the_reference():
         cell_sets("nb201-like", "best", n=5, sets=["lucky"])
 
 
+@pytest.mark.data
 def test_benchmark_accuracy(shared_data):
     best = Cell.from_nb201(BEST_NB201)
     got = benchmark_accuracy([best, Cell.from_nb101(*BEST_NB101)], "nb201", shared_data)
