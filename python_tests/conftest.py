@@ -1,5 +1,8 @@
 """Shared fixtures and hooks. Tests run against the *installed* package (see README).
 
+Tests that need a CUDA device carry the ``cuda`` marker (``helpers.needs_cuda``) and are skipped
+here where there is none.
+
 The shared third-party data (``CGNF_DATA_DIR``): tests that read it take the ``shared_data``
 fixture and carry the ``data`` marker (checked at collection). Unset, they are skipped; set to a
 path that is not a folder, the run stops at the start (a typo must not turn the data tests into
@@ -31,8 +34,16 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The ``data`` marker and the ``shared_data`` fixture go together (``-m "not data"`` must
+    """Skips the ``cuda`` tests (helpers.needs_cuda) where no CUDA device is usable; checks that
+    the ``data`` marker and the ``shared_data`` fixture go together (``-m "not data"`` must
     leave out every test that reads the data, and only tests that read it)."""
+    import cgnf_fast
+
+    if not cgnf_fast.cuda_available():
+        skip = pytest.mark.skip(reason="no CUDA device (or built without CUDA)")
+        for item in items:
+            if item.get_closest_marker("cuda") is not None:
+                item.add_marker(skip)
     bad = [f"{item.nodeid}: {'uses shared_data without the data marker' if uses else 'has the data marker but does not use shared_data'}"
            for item in items
            for uses in ["shared_data" in getattr(item, "fixturenames", ())]
@@ -55,7 +66,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """The shared third-party data folder (``CGNF_DATA_DIR``); skips when it is not set."""
+    """Tests that need a CUDA device carry the ``cuda`` marker (``helpers.needs_cuda``) and are skipped
+here where there is none.
+
+The shared third-party data folder (``CGNF_DATA_DIR``); skips when it is not set."""
     d = _data_dir()
     if d is None:
         pytest.skip("CGNF_DATA_DIR is not set to the shared data folder")

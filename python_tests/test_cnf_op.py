@@ -16,16 +16,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import cgnf_fast
 from cgnf_fast import _C
 from cgnf_fast.models.flow import ConditionalCNF, ODEDynamics
 from cgnf_fast.ops import cnf as cnf_ops
 from cgnf_fast.ops.cnf import CnfPlan, cnf_dynamics
 from cgnf_fast.reference import cnf as ref
 
-from helpers import DEVICE_PARAMS
+from helpers import DEVICE_PARAMS, needs_cuda
 
-needs_cuda = pytest.mark.skipif(not cgnf_fast.cuda_available(), reason="no CUDA device (or built without CUDA)")
 F64 = torch.float64
 TOL = {torch.float32: dict(rtol=2e-5, atol=2e-5), torch.float64: dict(rtol=1e-12, atol=1e-12)}
 

@@ -8,10 +8,9 @@ import json
 import numpy as np
 import pytest
 
-import cgnf_fast
 from cgnf_fast.space import Cell, DesignSpace, counting
 
-from helpers import DEVICE_PARAMS
+from helpers import DEVICE_PARAMS, needs_cuda
 
 
 def brute_force(space: DesignSpace) -> dict:
@@ -155,7 +154,7 @@ def test_unique_rows_is_torch_unique_dim0(device):
         assert torch.equal(_unique_rows(keys).cpu(), torch.unique(keys.cpu(), dim=0))
 
 
-@pytest.mark.skipif(not cgnf_fast.cuda_available(), reason="no CUDA device (or built without CUDA)")
+@needs_cuda
 def test_devices_agree_on_8_vertices_cuda():
     """8-vertex spaces (nb201-like's size) on the GPU: network keys whose first word is negative
     as int64, through torch.unique on the device. The CPU path's numbers (12 s on a 2-core CPU:

@@ -8,12 +8,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import cgnf_fast
 from cgnf_fast.ops import dag_prune
 from cgnf_fast.ops.dag import PAD_LABEL
 from cgnf_fast.reference import dag as ref
 
-from helpers import DEVICE_PARAMS
+from helpers import DEVICE_PARAMS, needs_cuda
 
 
 def random_batch(rng: np.random.Generator, B: int, N: int, garbage_below_diagonal: bool = False):
@@ -45,7 +44,7 @@ def reference_prune(adj, labels, n):
     return out_adj, out_labels, out_n
 
 
-@pytest.mark.skipif(not cgnf_fast.cuda_available(), reason="no CUDA device (or built without CUDA)")
+@needs_cuda
 def test_prune_on_a_side_stream_cuda():
     """The kernel runs on the current stream: inputs written on a side stream, pruned there, read
     after that stream only, equal the CPU's."""
