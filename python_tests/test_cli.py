@@ -75,8 +75,9 @@ def test_errors_exit_2_with_one_line():
     ]):
         r = cgnf(*args, stdin=stdin)
         assert r.returncode == 2, (args, r.stdout, r.stderr)
-        err = r.stderr.strip().splitlines()
-        assert len(err) == 1 and match in err[0], r.stderr
+        # stderr is exactly one line, the error itself (no traceback, no warning, no blank line)
+        assert r.stderr.startswith("cgnf: error: ") and r.stderr.count("\n") == 1 and r.stderr.endswith("\n"), r.stderr
+        assert match in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 def test_space_count_and_enumerate(tmp_path):

@@ -26,7 +26,7 @@ from cgnf_fast.space import Cell
 from cgnf_fast.train.checkpoint import CheckpointError, load_module, load_tensors, save_tensors
 from cgnf_fast.train.gvae import TrainGVAEConfig, train_gvae
 
-from helpers import dags, permute, topo_permutations
+from helpers import dags, permute, run_cli, topo_permutations
 
 NB201_OPS = get_space("nb201-like").ops
 
@@ -401,12 +401,18 @@ def test_corrupt_gvae_dir_gives_clear_errors(label_store: str, tmp_path: Path) -
 
 
 def test_cli_errors_are_one_line(tmp_path: Path) -> None:
-    from cgnf_fast.cli import main
-
-    assert main(["train", "gvae", "--space", "nb201-like", "--store", str(tmp_path / "none.sqlite"),
-                 "--out", str(tmp_path / "o"), "--no-progress"]) == 2
-    assert main(["evaluate", "predictor", "--gvae", str(tmp_path / "none"), "--truth", str(tmp_path / "t.sqlite")]) == 2
-    assert main(["train", "gvae", "--space", "nope", "--store", "x", "--out", str(tmp_path / "o")]) == 2
+    for args, match in [
+        (["train", "gvae", "--space", "nb201-like", "--store", str(tmp_path / "none.sqlite"), "--out",
+          str(tmp_path / "o"), "--no-progress"], "has no scores for space 'nb201-like'"),
+        (["evaluate", "predictor", "--gvae", str(tmp_path / "none"), "--truth", str(tmp_path / "t.sqlite")],
+         "none: no such directory"),
+        (["train", "gvae", "--space", "nope", "--store", "x", "--out", str(tmp_path / "o")], "unknown space 'nope'"),
+    ]:
+        rc, out, err = run_cli(*args)
+        assert (rc, out) == (2, ""), args
+        # exactly one line, the error itself: no traceback, no progress output around it
+        assert err.startswith("cgnf: error: ") and err.count("\n") == 1 and err.endswith("\n"), err
+        assert match in err and "Traceback" not in err, err
 
 
 def test_evaluate_predictor_and_latent_on_nb201_cells(label_store: str, tmp_path: Path) -> None:
