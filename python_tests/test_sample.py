@@ -421,6 +421,29 @@ def test_cli_sample_round_trip(model_dir: Path, model: SamplingModel, tmp_path: 
     assert not list(tmp_path.glob("*.partial")) and not list(tmp_path.glob("*.drawing.png"))
 
 
+def test_cli_sample_same_seed_same_cells_in_two_processes(model_dir: Path, model: SamplingModel,
+                                                          tmp_path: Path) -> None:
+    """Determinism across processes, not only within one (where a per-process input, such as
+    Python's string hash, or a set's iteration order, would stay the same): two `cgnf sample`
+    processes with one seed write byte-identical files, equal to this process's draw."""
+    import subprocess
+
+    from test_cli import cgnf_executable
+
+    outs = [tmp_path / f"s{i}.json" for i in range(2)]
+    procs = [subprocess.Popen([cgnf_executable(), "sample", "--model", str(model_dir), "--n", "8", "--seed", "5",
+                               "--out", str(out)], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True) for out in outs]
+    try:
+        errs = [p.communicate(timeout=300)[1] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [0, 0], errs
+    assert outs[0].read_bytes() == outs[1].read_bytes()
+    assert json.loads(outs[0].read_text()) == [s.to_json() for s in sample("best", n=8, seed=5, model=model)]
+
+
 def test_cli_sample_errors_are_one_line_and_write_nothing(model_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "samples.json"
     for args, match in [
