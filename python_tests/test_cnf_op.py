@@ -104,6 +104,7 @@ def assert_matches_reference(t, z, c, weights, activation, divergence, noise, gr
 # --- native == reference ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device", DEVICE_PARAMS)
 @settings(max_examples=40, deadline=None)
 @given(
@@ -197,6 +198,7 @@ def test_gradcheck_float64():
     assert torch.autograd.gradgradcheck(lambda zz: cnf_dynamics(t, zz, c, ws, "tanh", "exact")[1], (z,))
 
 
+@pytest.mark.slow
 def test_opcheck():
     for dtype in (torch.float32, torch.float64):
         for divergence in ("none", "exact", "hutchinson"):

@@ -47,7 +47,8 @@ def brute_force(space: DesignSpace) -> dict:
     "space",
     [
         DesignSpace(("skip_connect", "nor_conv_3x3", "avg_pool_3x3"), max_nodes=5, name="s5"),
-        DesignSpace(("skip_connect", "nor_conv_1x1"), max_nodes=6, max_edges=7, name="s6e7"),
+        pytest.param(DesignSpace(("skip_connect", "nor_conv_1x1"), max_nodes=6, max_edges=7, name="s6e7"),
+                     marks=pytest.mark.slow),
         DesignSpace(("conv3x3-bn-relu", "maxpool3x3"), max_nodes=5, max_edges=4, name="nb101ish"),
         DesignSpace(("skip_connect",), max_nodes=5, name="skips"),
     ],
@@ -96,6 +97,7 @@ def test_nb201_seed_counts():
     assert r["zero_cell"] is True
 
 
+@pytest.mark.slow
 @pytest.mark.data
 def test_enumerate_nb101_contains_the_1k_keys(tmp_path, shared_data):
     out = tmp_path / "nb101.jsonl"

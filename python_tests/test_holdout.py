@@ -123,6 +123,7 @@ def gvaes(tmp_path_factory) -> dict[str, str]:
 LEARNT = "this G-VAE learnt nb201 labels, none of which were held out for an evaluation on nb201"
 
 
+@pytest.mark.slow
 def test_evaluate_predictor_refuses_a_model_that_learnt_the_evaluated_cells(gvaes, tmp_path: Path) -> None:
     """Through the public API, before any truth is scored (the truth store is never created)."""
     from cgnf_fast.evaluate.predictor import evaluate_predictor
@@ -135,6 +136,7 @@ def test_evaluate_predictor_refuses_a_model_that_learnt_the_evaluated_cells(gvae
     assert evaluate_predictor(gvaes["held_out"], str(truth), "nb201", n=5, progress=False)["cells"] == 5
 
 
+@pytest.mark.slow
 def test_evaluate_latent_refuses_any_model_that_learnt_the_evaluated_cells(gvaes, tmp_path: Path) -> None:
     """Every model is checked, not only the first (whose truth is computed), before any scoring."""
     from cgnf_fast.evaluate.predictor import evaluate_latent
@@ -147,6 +149,7 @@ def test_evaluate_latent_refuses_any_model_that_learnt_the_evaluated_cells(gvaes
     assert len(evaluate_latent([gvaes["held_out"]] * 2, str(truth), "nb201", n=15, progress=False)["models"]) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["predictor", "latent"])
 def test_cli_evaluate_refuses_a_model_that_learnt_the_evaluated_cells(gvaes, command: str, tmp_path: Path) -> None:
     truth = tmp_path / "truth.sqlite"

@@ -84,6 +84,7 @@ def test_nb201_parameter_counts(shared_data):
         assert count_params(r["cellstr"]) == nb201.param_count(r["cellstr"])
 
 
+@pytest.mark.slow
 @pytest.mark.data
 def test_nb201_params_and_flops_against_naslib(shared_data):
     d = json.loads((shared_data / "nb201" / "naslib_zc_nasbench201_725.json").read_text())["cifar10"]
@@ -114,6 +115,7 @@ def test_nb201_params_and_flops_against_naslib(shared_data):
     assert count_flops(m, convention="naslib") - ours - bn_relu == 64 * 9 * 9 - 10
 
 
+@pytest.mark.slow
 @pytest.mark.data
 @pytest.mark.parametrize("dataset,num_classes,size", [("cifar100", 100, 32), ("ImageNet16-120", 120, 16)])
 def test_naslib_flops_on_the_other_datasets(shared_data, dataset, num_classes, size):

@@ -86,6 +86,7 @@ def test_fisher_definition():
     assert P.fisher(net, (x, y)) == pytest.approx(want, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_score_api():
     cell = Cell.from_nb201(BEST_ISH)
     small = (torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3]))
