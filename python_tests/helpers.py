@@ -8,19 +8,17 @@ import numpy as np
 import pytest
 from hypothesis import strategies as st
 
-import cgnf_fast
 from cgnf_fast.space import NB101_OPS, NB201_NODE_OPS, Cell
 
 FIXTURES = Path(__file__).resolve().parent / "data"
 
-DEVICE_PARAMS = [
-    pytest.param("cpu", id="cpu"),
-    pytest.param(
-        "cuda",
-        id="cuda",
-        marks=pytest.mark.skipif(not cgnf_fast.cuda_available(), reason="no CUDA device (or built without CUDA)"),
-    ),
-]
+#: Marks a test, or a parameter (``pytest.param(..., marks=needs_cuda)``), that needs a CUDA
+#: device: the ``cuda`` marker, which conftest.py turns into a skip where
+#: ``cgnf_fast.cuda_available()`` is false (no GPU, or built without CUDA). ``-m "not cuda"``
+#: leaves these tests out; ``-m cuda`` runs only them.
+needs_cuda = pytest.mark.cuda
+
+DEVICE_PARAMS = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=needs_cuda)]
 
 # The Inception-like module of the NB101 README (labels [-1, 1, 0, 0, 0, 2, -2]); its hash is
 # the test vector in NB101's own tests.

@@ -56,7 +56,8 @@ def test_code_fits_in_62_bits():
     assert 0 < full.canonical_code() < 2**62
 
 
-@pytest.mark.parametrize("n, ops", [(4, ("maxpool3x3", "conv1x1-bn-relu", "conv3x3-bn-relu")), (5, ("maxpool3x3", "skip_connect")), (6, ("maxpool3x3",))])
+@pytest.mark.parametrize("n, ops", [(4, ("maxpool3x3", "conv1x1-bn-relu", "conv3x3-bn-relu")), (5, ("maxpool3x3", "skip_connect")),
+                                    pytest.param(6, ("maxpool3x3",), marks=pytest.mark.slow)])
 def test_equal_codes_iff_isomorphic_exhaustive(n, ops):
     """Every labelled DAG of this size: codes group exactly the isomorphism classes.
 

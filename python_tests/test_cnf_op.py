@@ -16,16 +16,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import cgnf_fast
 from cgnf_fast import _C
 from cgnf_fast.models.flow import ConditionalCNF, ODEDynamics
 from cgnf_fast.ops import cnf as cnf_ops
 from cgnf_fast.ops.cnf import CnfPlan, cnf_dynamics
 from cgnf_fast.reference import cnf as ref
 
-from helpers import DEVICE_PARAMS
+from helpers import DEVICE_PARAMS, needs_cuda
 
-needs_cuda = pytest.mark.skipif(not cgnf_fast.cuda_available(), reason="no CUDA device (or built without CUDA)")
 F64 = torch.float64
 TOL = {torch.float32: dict(rtol=2e-5, atol=2e-5), torch.float64: dict(rtol=1e-12, atol=1e-12)}
 
@@ -106,6 +104,7 @@ def assert_matches_reference(t, z, c, weights, activation, divergence, noise, gr
 # --- native == reference ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device", DEVICE_PARAMS)
 @settings(max_examples=40, deadline=None)
 @given(
@@ -199,6 +198,7 @@ def test_gradcheck_float64():
     assert torch.autograd.gradgradcheck(lambda zz: cnf_dynamics(t, zz, c, ws, "tanh", "exact")[1], (z,))
 
 
+@pytest.mark.slow
 def test_opcheck():
     for dtype in (torch.float32, torch.float64):
         for divergence in ("none", "exact", "hutchinson"):

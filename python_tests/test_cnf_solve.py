@@ -86,6 +86,7 @@ def test_rejected_steps_match():
     torch.testing.assert_close(got, want, rtol=1e-11, atol=1e-11)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_flow_uses_the_native_solve_without_autograd(dtype, monkeypatch):
     """sample() and log_prob() under no_grad solve natively; with autograd recording they go

@@ -21,6 +21,8 @@ from helpers import load_script
 
 MOD = load_script("emulate_cuda_kernels")
 
+pytestmark = pytest.mark.slow  # the builds alone take several seconds (module doc)
+
 
 @pytest.fixture(scope="module")
 def emu(tmp_path_factory):

@@ -162,6 +162,7 @@ def test_folder_task(tmp_path):
 
 
 # -- training -------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_training_is_deterministic_and_learns(calib_task):
     cell = Cell.from_nb201(BEST_ISH)
     p = tr.get_protocol("tiny:epochs=3,train_images=200,test_images=50,resolution=16")
@@ -174,6 +175,7 @@ def test_training_is_deterministic_and_learns(calib_task):
     assert 0.0 <= a.metric <= 100.0
 
 
+@pytest.mark.slow
 def test_interrupted_training_resumes_to_the_same_result(calib_task, tmp_path, monkeypatch):
     import cgnf_fast.train.checkpoint as ck
 
@@ -281,6 +283,7 @@ def test_cell_sets_are_distinct_and_exclude_the_reference():
         cell_sets("nb201-like", "best", n=5, sets=["lucky"])
 
 
+@pytest.mark.data
 def test_benchmark_accuracy(shared_data):
     best = Cell.from_nb201(BEST_NB201)
     got = benchmark_accuracy([best, Cell.from_nb101(*BEST_NB101)], "nb201", shared_data)
@@ -319,6 +322,7 @@ def test_cli_bad_input(task_file, args, msg):
     assert rc == 2 and msg in err
 
 
+@pytest.mark.slow
 def test_cli_all_writes_a_report(task_file, tmp_path, monkeypatch):
     """The whole report at toy size; without CGNF_DATA_DIR the CIFAR-10 sections say why they
     are skipped instead of failing."""
@@ -401,6 +405,7 @@ def test_cli_upper_bound_on_a_user_task(task_file, tmp_path):
     assert all(x["benchmark_acc"] is None for s in r["sets"].values() for x in s["rows"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device", DEVICE_PARAMS)
 def test_training_on_each_device(calib_task, device):
     """The same protocol and seed on CPU and (where there is one) CUDA: both learn; CUDA results

@@ -64,6 +64,7 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> list[str]:
     return sorted(k for k in a if not torch.equal(a[k], b[k])) + sorted(set(a) ^ set(b))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where,call", POINTS)
 def test_ctrl_c_inside_a_gvae_step_changes_nothing(labels: str, root: Path, tmp_path: Path, monkeypatch,
                                                    where: str, call: int) -> None:
@@ -83,6 +84,7 @@ def test_ctrl_c_inside_a_gvae_step_changes_nothing(labels: str, root: Path, tmp_
     assert load_json(out / "metrics.json")["final_losses"] == load_json(ref / "metrics.json")["final_losses"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where,call", POINTS[:3])
 def test_ctrl_c_inside_a_flow_step_changes_nothing(gvae_dir: Path, root: Path, tmp_path: Path, monkeypatch,
                                                    where: str, call: int) -> None:
@@ -101,6 +103,7 @@ def test_ctrl_c_inside_a_flow_step_changes_nothing(gvae_dir: Path, root: Path, t
             == load_json(ref / "metrics.json")["final_train_nll_ema"])
 
 
+@pytest.mark.slow
 def test_a_second_ctrl_c_stops_at_once_without_saving(labels: str, tmp_path: Path, monkeypatch) -> None:
     """Two Ctrl-Cs inside one step: the run stops inside the step and the checkpoint on disk is
     the last periodic one (never a half-updated state)."""
@@ -174,6 +177,7 @@ def test_model_directories_are_verified(shipped: Path) -> None:
     SamplingModel.load(shipped, verify=False)
 
 
+@pytest.mark.slow
 def test_runs_record_their_weights_and_checkpoints_their_contents(labels: str, tmp_path: Path) -> None:
     """A trained run's config records its weights' sha256, so a model directory made of runs
     (no model.json) is verified too; a flipped byte in a training checkpoint is refused on resume
@@ -197,6 +201,7 @@ def test_runs_record_their_weights_and_checkpoints_their_contents(labels: str, t
         train_gvae(longer, str(out), backend="torch", progress=False)
 
 
+@pytest.mark.slow
 def test_a_failed_start_changes_nothing_on_disk(labels: str, tmp_path: Path) -> None:
     """A mistyped --store or an unknown attribute fails before anything is written: no run
     directory, no empty SQLite file at the mistyped path, and the corrected command then runs

@@ -7,15 +7,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import cgnf_fast
 from cgnf_fast import _C
 from cgnf_fast.ops import gnn
 from cgnf_fast.ops.gnn import gin_aggregate
 from cgnf_fast.reference import gnn as ref
 
-from helpers import DEVICE_PARAMS
+from helpers import DEVICE_PARAMS, needs_cuda
 
-needs_cuda = pytest.mark.skipif(not cgnf_fast.cuda_available(), reason="no CUDA device (or built without CUDA)")
 
 # Tolerances, atol scaled by the largest value: the kernels sum the same terms as bmm, in
 # another order (and with FMA). Measured on the 2-core dev CPU: float32 differences up to ~2e-5

@@ -26,7 +26,7 @@ from cgnf_fast.space import Cell
 from cgnf_fast.io import CheckpointError, load_module, load_tensors, save_tensors
 from cgnf_fast.train.gvae import TrainGVAEConfig, train_gvae
 
-from helpers import dags, permute, topo_permutations
+from helpers import dags, permute, run_cli, topo_permutations
 
 NB201_OPS = get_space("nb201-like").ops
 
@@ -250,6 +250,7 @@ def _final_weights(run: Path) -> dict[str, torch.Tensor]:
     return load_tensors(run / "gvae.safetensors")[0]
 
 
+@pytest.mark.slow
 def test_train_writes_a_loadable_model_and_metrics(label_store: str, tmp_path: Path) -> None:
     cfg = TrainGVAEConfig(space="nb201-like", store=label_store, **TINY)
     metrics = train_gvae(cfg, str(tmp_path / "run"), backend="torch", progress=False)
@@ -293,6 +294,7 @@ def test_train_writes_a_loadable_model_and_metrics(label_store: str, tmp_path: P
                    str(tmp_path / "run"), backend="torch", progress=False)
 
 
+@pytest.mark.slow
 def test_latent_predictor_trains_and_old_runs_resume_as_latent(label_store: str, tmp_path: Path) -> None:
     run = tmp_path / "run"
     # trained as before the predictor options existed: one learning rate, an MLP on z
@@ -323,6 +325,7 @@ def test_latent_predictor_trains_and_old_runs_resume_as_latent(label_store: str,
                    str(run), backend="torch", progress=False)
 
 
+@pytest.mark.slow
 def test_soft_path_predictor_still_trains_and_predicts_through_latents(label_store: str, tmp_path: Path) -> None:
     cfg = TrainGVAEConfig(space="nb201-like", store=label_store, predictor="paths", **{**TINY, "epochs": 1})
     train_gvae(cfg, str(tmp_path / "run"), backend="torch", progress=False)
@@ -336,6 +339,7 @@ def test_soft_path_predictor_still_trains_and_predicts_through_latents(label_sto
         vae.model.predict_layout_std(*vae._tensors(cells))
 
 
+@pytest.mark.slow
 def test_predictor_groups_keep_the_autoencoder_independent_of_the_predictor(label_store: str, tmp_path: Path) -> None:
     """With its own parameter group and clip, the graph predictor's settings leave the encoder
     and decoder exactly as they are (its loss never reaches them)."""
@@ -351,6 +355,7 @@ def test_predictor_groups_keep_the_autoencoder_independent_of_the_predictor(labe
     assert any(not torch.equal(wa[k], wb[k]) for k in wa if k.startswith("predictor."))
 
 
+@pytest.mark.slow
 def test_native_and_torch_backends_train_alike(label_store: str, tmp_path: Path) -> None:
     cfg = TrainGVAEConfig(space="nb201-like", store=label_store, **{**TINY, "epochs": 1})
     train_gvae(cfg, str(tmp_path / "a"), backend="torch", progress=False)
@@ -369,6 +374,7 @@ train_gvae(cfg, sys.argv[2], backend="torch", progress=False)
 """
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_gives_the_uninterrupted_result(label_store: str, tmp_path: Path) -> None:
     tiny = {**TINY, "epochs": 6, "ckpt_every": 3}
     script = tmp_path / "train.py"
@@ -391,6 +397,7 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_result(label_store: str, tmp
         assert torch.equal(ws[k], wk[k]), k
 
 
+@pytest.mark.slow
 def test_corrupt_gvae_dir_gives_clear_errors(label_store: str, tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="no such directory"):
         GraphVAE.load(tmp_path / "nope")
@@ -420,14 +427,21 @@ def test_corrupt_gvae_dir_gives_clear_errors(label_store: str, tmp_path: Path) -
 
 
 def test_cli_errors_are_one_line(tmp_path: Path) -> None:
-    from cgnf_fast.cli import main
+    for args, match in [
+        (["train", "gvae", "--space", "nb201-like", "--store", str(tmp_path / "none.sqlite"), "--out",
+          str(tmp_path / "o"), "--no-progress"], "has no scores for space 'nb201-like'"),
+        (["evaluate", "predictor", "--gvae", str(tmp_path / "none"), "--truth", str(tmp_path / "t.sqlite")],
+         "none: no such directory"),
+        (["train", "gvae", "--space", "nope", "--store", "x", "--out", str(tmp_path / "o")], "unknown space 'nope'"),
+    ]:
+        rc, out, err = run_cli(*args)
+        assert (rc, out) == (2, ""), args
+        # exactly one line, the error itself: no traceback, no progress output around it
+        assert err.startswith("cgnf: error: ") and err.count("\n") == 1 and err.endswith("\n"), err
+        assert match in err and "Traceback" not in err, err
 
-    assert main(["train", "gvae", "--space", "nb201-like", "--store", str(tmp_path / "none.sqlite"),
-                 "--out", str(tmp_path / "o"), "--no-progress"]) == 2
-    assert main(["evaluate", "predictor", "--gvae", str(tmp_path / "none"), "--truth", str(tmp_path / "t.sqlite")]) == 2
-    assert main(["train", "gvae", "--space", "nope", "--store", "x", "--out", str(tmp_path / "o")]) == 2
 
-
+@pytest.mark.slow
 def test_evaluate_predictor_and_latent_on_nb201_cells(label_store: str, tmp_path: Path) -> None:
     from cgnf_fast.cli import main
     from cgnf_fast.evaluate.predictor import evaluate_latent, evaluate_predictor

@@ -15,6 +15,8 @@ from cgnf_fast.pipeline import PipelineConfig
 from cgnf_fast.train.data import eval_cells, eval_networks, eval_set_sha256, load_labelled, seed_label_cells
 from cgnf_fast.zc.store import ScoreStore
 
+from helpers import GVAE_TINY, run_cli
+
 NB101 = get_space("nb101")
 
 
@@ -99,6 +101,70 @@ def _pipeline(space: str, *, holdout: str, seed_labels: int = 0) -> PipelineConf
     cfg = PipelineConfig(space=space, seed_labels=seed_labels)
     cfg.gvae.holdout = holdout
     return cfg
+
+
+@pytest.fixture(scope="module")
+def gvaes(tmp_path_factory) -> dict[str, str]:
+    """Two tiny G-VAEs (params, flops) trained for real: "held_out", of nb201-like (every NB201
+    cell kept out of its labels), and "learnt", of nb201 itself (it learnt NB201 labels)."""
+    from cgnf_fast.space import nb201
+    from cgnf_fast.train.gvae import TrainGVAEConfig, train_gvae
+    from cgnf_fast.zc import calibration_batch
+    from cgnf_fast.zc.run import score_cells
+
+    root = tmp_path_factory.mktemp("holdout_gvaes")
+    store = str(root / "labels.sqlite")
+    for space, cells in (("nb201", list(nb201.all_cells())[::700]),
+                         ("nb201-like", get_space("nb201-like").sample(20, seed=3, unique=True))):
+        score_cells(cells, space=space, proxies=["params", "flops"], store=store, batch=calibration_batch(2),
+                    progress=False)
+    out = {}
+    for name, space in (("held_out", "nb201-like"), ("learnt", "nb201")):
+        out[name] = str(root / name)
+        train_gvae(TrainGVAEConfig(space=space, store=store, attributes=["params", "flops"], **GVAE_TINY), out[name],
+                   backend="torch", progress=False)
+    return out
+
+
+LEARNT = "this G-VAE learnt nb201 labels, none of which were held out for an evaluation on nb201"
+
+
+@pytest.mark.slow
+def test_evaluate_predictor_refuses_a_model_that_learnt_the_evaluated_cells(gvaes, tmp_path: Path) -> None:
+    """Through the public API, before any truth is scored (the truth store is never created)."""
+    from cgnf_fast.evaluate.predictor import evaluate_predictor
+
+    truth = tmp_path / "truth.sqlite"
+    with pytest.raises(ValueError, match=LEARNT):
+        evaluate_predictor(gvaes["learnt"], str(truth), "nb201", n=5, progress=False)
+    assert not truth.exists()
+    # the held-out model is evaluated on the same cells
+    assert evaluate_predictor(gvaes["held_out"], str(truth), "nb201", n=5, progress=False)["cells"] == 5
+
+
+@pytest.mark.slow
+def test_evaluate_latent_refuses_any_model_that_learnt_the_evaluated_cells(gvaes, tmp_path: Path) -> None:
+    """Every model is checked, not only the first (whose truth is computed), before any scoring."""
+    from cgnf_fast.evaluate.predictor import evaluate_latent
+
+    truth = tmp_path / "truth.sqlite"
+    for models in ([gvaes["held_out"], gvaes["learnt"]], [gvaes["learnt"], gvaes["held_out"]]):
+        with pytest.raises(ValueError, match=LEARNT):
+            evaluate_latent(models, str(truth), "nb201", n=5, progress=False)
+        assert not truth.exists()
+    assert len(evaluate_latent([gvaes["held_out"]] * 2, str(truth), "nb201", n=15, progress=False)["models"]) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["predictor", "latent"])
+def test_cli_evaluate_refuses_a_model_that_learnt_the_evaluated_cells(gvaes, command: str, tmp_path: Path) -> None:
+    truth = tmp_path / "truth.sqlite"
+    models = ["--gvae", gvaes["learnt"]] if command == "predictor" else ["--gvae", gvaes["held_out"], "--gvae",
+                                                                            gvaes["learnt"]]
+    rc, out, err = run_cli("evaluate", command, *models, "--truth", str(truth), "--n", "5", "--no-progress")
+    assert (rc, out) == (2, "")
+    assert err.startswith(f"cgnf: error: {LEARNT}") and err.count("\n") == 1
+    assert not truth.exists()
 
 
 def test_old_pipeline_runs_resume_with_the_flags_they_predate(tmp_path: Path) -> None:

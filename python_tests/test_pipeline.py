@@ -37,6 +37,7 @@ def run_dir(tmp_path_factory) -> Path:
     return d
 
 
+@pytest.mark.slow
 def test_every_stage_ran_and_the_model_is_exported(run_dir: Path) -> None:
     info = json.loads((run_dir / "pipeline.json").read_text())
     assert info["config"]["labels"] == 24 and info["command"].startswith("cgnf pipeline --out ")
@@ -56,6 +57,7 @@ def test_every_stage_ran_and_the_model_is_exported(run_dir: Path) -> None:
     assert sorted(p.name for p in (run_dir / "model" / "gvae").iterdir()) == ["gvae.json", "gvae.safetensors"]
 
 
+@pytest.mark.slow
 def test_the_exported_model_samples(run_dir: Path) -> None:
     m = SamplingModel.load(run_dir / "model")
     cells = sample("best", n=5, seed=1, model=m)
@@ -63,6 +65,7 @@ def test_the_exported_model_samples(run_dir: Path) -> None:
     assert set(cells[0].predicted) == {"params", "flops"}
 
 
+@pytest.mark.slow
 def test_rerun_resumes_without_recomputing(run_dir: Path) -> None:
     before = {p: _sha(run_dir / p) for p in ("gvae/gvae.safetensors", "flow/flow.safetensors")}
     losses = json.loads((run_dir / "gvae" / "metrics.json").read_text())["final_losses"]
@@ -81,6 +84,7 @@ def test_rerun_resumes_without_recomputing(run_dir: Path) -> None:
     assert nll is not None and flow_again == pytest.approx(nll, rel=1e-3, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_changed_config_is_refused(run_dir: Path) -> None:
     args = list(TINY)
     args[args.index("--labels") + 1] = "25"
@@ -105,6 +109,7 @@ def test_bad_arguments(tmp_path: Path) -> None:
     assert rc == 2 and "the embedded calibration batch has 250 images" in err
 
 
+@pytest.mark.slow
 def test_resume_from_another_directory_and_foreign_label_groups(run_dir: Path, tmp_path: Path,
                                                                  monkeypatch) -> None:
     import os
@@ -131,6 +136,7 @@ def test_resume_from_another_directory_and_foreign_label_groups(run_dir: Path, t
 
 
 # -- cgnf evaluate sampler (on the pipeline's toy model) -----------------------------------
+@pytest.mark.slow
 def test_evaluate_sampler_cli(run_dir: Path, tmp_path: Path) -> None:
     png = tmp_path / "cond.png"
     rc, out, err = run_cli("evaluate", "sampler", "--model", str(run_dir / "model"), "--attributes", "params",
@@ -168,6 +174,7 @@ def test_evaluate_sampler_cli(run_dir: Path, tmp_path: Path) -> None:
     assert json.loads(out)["reference"]["ops"] == ["input", "nor_conv_3x3", "nor_conv_1x1", "output"]
 
 
+@pytest.mark.slow
 def test_measured_zc_scores_equal_direct_scoring(run_dir: Path, tmp_path: Path) -> None:
     from cgnf_fast import get_space, zc
     from cgnf_fast.evaluate.sampler import measure

@@ -64,6 +64,7 @@ def test_default_samples_share_the_reference_attributes(twenty: list) -> None:
     assert abs(params[10] - ref_params) / ref_params < 0.25
 
 
+@pytest.mark.slow
 def test_conditioning_moves_the_measured_attributes(tmp_path: Path) -> None:
     # measured, not predicted: exact params, and synflow computed on the labels' images
     from cgnf_fast.evaluate.sampler import measure

@@ -54,6 +54,7 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
     return load_tensors(run / "flow.safetensors")[0]
 
 
+@pytest.mark.slow
 def test_train_writes_loadable_files_and_metrics(gvae_dir: Path, flow_run: tuple[Path, dict]) -> None:
     out, metrics = flow_run
     for f in ("train.json", "data.safetensors", "checkpoint.safetensors", "checkpoint.json", "flow.safetensors",
@@ -85,6 +86,7 @@ def test_train_writes_loadable_files_and_metrics(gvae_dir: Path, flow_run: tuple
     assert train_flow_pkg is train_flow
 
 
+@pytest.mark.slow
 def test_loaded_flow_reproduces_log_prob(gvae_dir: Path, flow_run: tuple[Path, dict]) -> None:
     out, metrics = flow_run
     flow, info = load_flow(out)
@@ -110,6 +112,7 @@ def test_loaded_flow_reproduces_log_prob(gvae_dir: Path, flow_run: tuple[Path, d
     torch.testing.assert_close(back, z[:8], rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_training_lowers_the_nll(flow_run: tuple[Path, dict]) -> None:
     _, metrics = flow_run
     nll = metrics["nll"]
@@ -118,6 +121,7 @@ def test_training_lowers_the_nll(flow_run: tuple[Path, dict]) -> None:
     assert nll["train"]["final_per_dim"] == pytest.approx(nll["train"]["final"] / 4, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_conditions_standardisation_round_trips(flow_run: tuple[Path, dict]) -> None:
     out, _ = flow_run
     info = json.loads((out / "flow.json").read_text())
@@ -181,6 +185,7 @@ def test_unspecified_conditions_follow_the_specified_ones() -> None:
     assert abs(out[0]) <= FOLLOW_MAX_SHIFT and abs(out[0]) < 2.0
 
 
+@pytest.mark.slow
 def test_rerun_with_another_config_or_gvae_is_refused(gvae_dir: Path, flow_run: tuple[Path, dict],
                                                       tmp_path: Path) -> None:
     out, _ = flow_run
@@ -213,6 +218,7 @@ def test_rerun_with_another_config_or_gvae_is_refused(gvae_dir: Path, flow_run: 
         TrainFlowConfig.from_dict({"epochs": 1, "lr_max": 2})
 
 
+@pytest.mark.slow
 def test_corrupt_or_missing_flow_files_give_clear_errors(gvae_dir: Path, flow_run: tuple[Path, dict],
                                                          tmp_path: Path) -> None:
     out, _ = flow_run
@@ -258,6 +264,7 @@ def test_corrupt_or_missing_flow_files_give_clear_errors(gvae_dir: Path, flow_ru
         train_flow(TrainFlowConfig(**FLOW_TINY), gvae_dir, r, progress=False)
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_rerun_resumes(gvae_dir: Path, tmp_path: Path, monkeypatch,
                                                      capsys) -> None:
     import cgnf_fast.train.flow as flow_mod
@@ -303,6 +310,7 @@ train_flow(TrainFlowConfig(**{tiny}), sys.argv[1], sys.argv[2], progress=False)
 """
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_gives_the_uninterrupted_result(gvae_dir: Path, tmp_path: Path) -> None:
     # Hutchinson probes drawn from the per-step seed are part of what must replay exactly
     tiny = {**FLOW_TINY, "epochs": 6, "ckpt_every": 3, "divergence": "hutchinson"}
@@ -339,6 +347,7 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_result(gvae_dir: Path, tmp_p
             < np.mean([d["mean_abs_error_std"] for d in base.values()]) - 0.1)
 
 
+@pytest.mark.slow
 def test_checkpoints_of_the_first_flow_layout_still_resume(gvae_dir: Path, flow_run: tuple[Path, dict],
                                                            tmp_path: Path) -> None:
     # first layout: the step alone in the safetensors metadata, optimizer state and history in checkpoint.json

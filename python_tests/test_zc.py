@@ -14,7 +14,7 @@ from cgnf_fast.nets import count_flops, count_params
 from cgnf_fast.zc import ALL_PROXIES, score
 from cgnf_fast.zc import proxies as P
 
-from helpers import BEST_ISH
+from helpers import BEST_ISH, needs_cuda
 
 
 def tiny(seed: int = 0) -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor]]:
@@ -86,6 +86,7 @@ def test_fisher_definition():
     assert P.fisher(net, (x, y)) == pytest.approx(want, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_score_api():
     cell = Cell.from_nb201(BEST_ISH)
     small = (torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3]))
@@ -112,7 +113,7 @@ def test_score_bad_input():
         score(Cell([[0, 1, 0], [0, 0, 0], [0, 0, 0]], ["input", "maxpool3x3", "output"]), ["nwot"], skeleton="nb101", batch=small)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@needs_cuda
 @pytest.mark.parametrize("skeleton", ["nb201", "nb101"])
 def test_score_on_cuda_matches_cpu(skeleton):
     # every proxy on the GPU: deterministic for a seed there, and equal to the CPU scores up to
