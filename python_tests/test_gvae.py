@@ -429,7 +429,7 @@ def test_corrupt_gvae_dir_gives_clear_errors(label_store: str, tmp_path: Path) -
 def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     for args, match in [
         (["train", "gvae", "--space", "nb201-like", "--store", str(tmp_path / "none.sqlite"), "--out",
-          str(tmp_path / "o"), "--no-progress"], "has no scores for space 'nb201-like'"),
+          str(tmp_path / "o"), "--no-progress"], "none.sqlite: no such file (score cells into it first"),
         (["evaluate", "predictor", "--gvae", str(tmp_path / "none"), "--truth", str(tmp_path / "t.sqlite")],
          "none: no such directory"),
         (["train", "gvae", "--space", "nope", "--store", "x", "--out", str(tmp_path / "o")], "unknown space 'nope'"),
