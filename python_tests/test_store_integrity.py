@@ -148,6 +148,8 @@ def test_a_flipped_byte_in_a_stored_double(finished, tmp_path):
     assert report["ok"] is False and report["quick_check"] == "ok"
     assert [(d["code"], d["proxy"], d["problem"]) for d in report["damaged"]] == \
         [(str(victim["code"]), "params", "checksum mismatch")]
+    r = cgnf("zc", "check", str(path))  # the command: exit 1, the damaged row named
+    assert r.returncode == 1 and f"cell code {victim['code']}, proxy params: checksum mismatch" in r.stdout, r
     assert_export_refused(path, tmp_path, name)
     summary = zrun.score_cells(finished["cells"], space=SPACE, proxies=PROXIES, store=str(path),
                                batch=finished["batch"], progress=False)
@@ -156,6 +158,7 @@ def test_a_flipped_byte_in_a_stored_double(finished, tmp_path):
     assert summary["computed"] == 1 and summary["complete"]
     assert values(path) == values(finished["path"])  # the value it had, scored again
     assert check_store(path)["ok"]
+    assert cgnf("zc", "check", str(path)).returncode == 0
 
 
 @pytest.mark.parametrize("damage", ["invalid UTF-8", "another digit"])
@@ -399,6 +402,11 @@ def test_a_cell_held_by_a_live_process_is_reported(finished, tmp_path):
         assert summary["computed"] == summary["cells"] - 1 and summary["skipped"] == 1
         claims = check_store(path)["claims"]
         assert [(c["code"], c["holder"]) for c in claims["live"]] == [(victim["code"], f"{socket.gethostname()}:{proc.pid}")]
+        # the command: exit 3, one line per holder naming it (the same 24 cells and batch)
+        r = cgnf("zc", "score", SPACE, "--n", "24", "--proxies", "params", "--store", str(path), "--batch-size",
+                 "4", "--wait", "0", "--no-progress")
+        assert r.returncode == 3, r.stderr[-2000:]
+        assert f"cgnf: error: 1 of 24 cells not scored: held by {socket.gethostname()}:{proc.pid}" in r.stderr
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
