@@ -277,7 +277,8 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path, *, device: str = "cpu", p
     else:
         batch = calibration_batch(cfg.batch_size)
     sc = run.score_cells(cells, space=sp.name, proxies=cfg.proxies, store=store, batch=batch, seed=cfg.seed,
-                         device=device, workers=cfg.workers, progress=progress)
+                         device=device, workers=cfg.workers, progress=progress, wait=run.WAIT_FOR_OTHERS)
+    run.require_complete(sc, store)
     summary["stages"]["score"] = {**sc, "seconds": round(time.perf_counter() - t0, 1)}
 
     # 2. G-VAE: it learns from the store's largest label group; make sure that is this run's

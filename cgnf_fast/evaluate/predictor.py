@@ -98,7 +98,7 @@ def truth_matrix(vae: GraphVAE, truth: str, space: str = "nb201", *, n: int | No
                  workers: int = 1, progress: bool = True) -> tuple[list[Cell], np.ndarray, int]:
     """``(cells, values [M, A] (NaN where not finite), networks)``: the true attributes of the
     seed space's cells, computed like the G-VAE's training labels (missing ones are scored)."""
-    from ..zc.run import code_version, score_cells
+    from ..zc.run import WAIT_FOR_OTHERS, code_version, require_complete, score_cells
 
     lab = vae.training_labels()
     attrs = vae.attributes
@@ -119,8 +119,9 @@ def truth_matrix(vae: GraphVAE, truth: str, space: str = "nb201", *, n: int | No
     if missing:
         if progress:
             print(f"scoring {len(missing)} {space} networks missing from {truth} ...", file=sys.stderr)
-        score_cells(missing, space=space, proxies=attrs, store=truth, batch=find_batch(fp), seed=seed,
-                    device=device, workers=workers, progress=progress)
+        require_complete(score_cells(missing, space=space, proxies=attrs, store=truth, batch=find_batch(fp),
+                                     seed=seed, device=device, workers=workers, progress=progress,
+                                     wait=WAIT_FOR_OTHERS), truth)
         table = _truth_by_network(truth, space, fp, seed, ver, attrs)
     values = np.array([[table[k].get(a, math.nan) for a in attrs] for k in keys], dtype=np.float64)
     values[~np.isfinite(values)] = math.nan

@@ -48,7 +48,7 @@ def measure(cells: Sequence[Cell], attribute: str, *, space: str, model, store: 
     on the G-VAE's label images and seed). ZC scores go through the score store ``store``."""
     from ..nets import ExactCounts
     from ..sampling import COUNT_ATTRIBUTES
-    from ..zc.run import code_version, score_cells
+    from ..zc.run import WAIT_FOR_OTHERS, code_version, require_complete, score_cells
     from ..zc.store import ScoreStore
     from .predictor import find_batch
 
@@ -65,8 +65,8 @@ def measure(cells: Sequence[Cell], attribute: str, *, space: str, model, store: 
     if code_version() != ver:
         raise ValueError(f"the G-VAE's labels come from proxy code version {ver}; this install computes "
                          f"{code_version()}, so measured scores would not be comparable")
-    score_cells(cells, space=space, proxies=[attribute], store=store, batch=find_batch(fp), seed=seed,
-                device=device, progress=progress)
+    require_complete(score_cells(cells, space=space, proxies=[attribute], store=store, batch=find_batch(fp),
+                                 seed=seed, device=device, progress=progress, wait=WAIT_FOR_OTHERS), store)
     codes = {c.pruned(allow_zero=True).canonical_code() for c in cells}
     values: dict[int, float] = {}
     with ScoreStore(store) as st:

@@ -198,6 +198,21 @@ def _score_one_threads1(*args):
     return _score_one(*args)
 
 
+#: How long library callers that need every score (the pipeline, the evaluations) wait for cells
+#: other live scorers hold.
+WAIT_FOR_OTHERS = 300.0
+
+
+def require_complete(summary: dict[str, Any], store: str) -> None:
+    """ValueError naming the holders when :func:`score_cells` could not score every cell (others
+    still hold some): for callers that go on to use every score."""
+    if summary.get("complete", True):
+        return
+    held = "; ".join(f"{len(codes)} held by {h}" for h, codes in summary.get("holders", {}).items())
+    raise ValueError(f"{summary.get('missing')} cells of {store} are not scored ({held or 'held by others'}); "
+                     f"rerun when the other scorers finish")
+
+
 def score_cells(cells: list[Cell], *, space: str, proxies: list[str] | str, store: str, batch, seed: int = 0,
                 device: str = "cpu", workers: int = 1, progress: bool = True, ray: str | None = None,
                 wait: float = 0.0) -> dict[str, Any]:
