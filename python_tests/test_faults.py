@@ -235,3 +235,19 @@ def test_cli_refuses_a_tampered_model_in_one_line(shipped: Path) -> None:
     assert rc == 0  # (no manifest and no recorded sha256: nothing can tell; that is what --unverified means)
     rc, out, err = run_cli("sample", "--unverified", "--n", "2")
     assert rc == 2 and "--unverified needs --model" in err
+
+
+@pytest.mark.slow
+def test_parallel_scoring_is_quiet_and_leaves_no_temp_folders(tmp_path: Path) -> None:
+    """`cgnf zc score --workers 2` prints nothing on stderr ("leaked semaphore" warnings came on
+    every such run: the pool's workers were terminated, not joined) and leaves no pymp-* folder."""
+    import subprocess
+    import sys
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    r = subprocess.run([sys.executable, "-m", "cgnf_fast", "zc", "score", "nb201-like", "--n", "6", "--proxies",
+                        "params,synflow", "--store", str(tmp_path / "s.sqlite"), "--workers", "2", "--no-progress"],
+                       capture_output=True, text=True, timeout=600, cwd=tmp_path, env={**os.environ, "TMPDIR": str(tmp)})
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert list(tmp.iterdir()) == []

@@ -269,6 +269,8 @@ def score_cells(cells: list[Cell], *, space: str, proxies: list[str] | str, stor
         with ctx.Pool(workers) as pool:
             parts = pool.map(_worker_main, [(store, todo, space, proxies, batch, seed, device, w, progress,
                                              os.getpid()) for w in range(workers)])
+            pool.close()  # let the workers exit on their own (terminating them leaks their semaphores)
+            pool.join()
     # A pool's workers each see every cell: one computes it, the others find it finished. Only
     # cells no worker computed were finished (or are held) by other scorers.
     computed = {c for p in parts for c in p["computed"]}
