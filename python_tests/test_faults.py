@@ -251,3 +251,33 @@ def test_parallel_scoring_is_quiet_and_leaves_no_temp_folders(tmp_path: Path) ->
                        capture_output=True, text=True, timeout=600, cwd=tmp_path, env={**os.environ, "TMPDIR": str(tmp)})
     assert r.returncode == 0 and r.stderr == "", r.stderr
     assert list(tmp.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_sigterm_leaves_no_partial_file(tmp_path: Path) -> None:
+    """SIGTERM during `cgnf zc export` (writing NAME.partial): the command exits 143 after its
+    cleanup ran, so neither the output nor a stray .partial is left (the default SIGTERM action
+    skipped every finally block)."""
+    import subprocess
+    import sys
+    import time
+
+    from cgnf_fast.zc import ScoreStore
+
+    store = tmp_path / "s.sqlite"
+    with ScoreStore(store) as st:  # a large store, so that the export takes a while
+        for code in range(60_000):
+            st.put("nb201-like", code, '{"matrix": [[0, 1], [0, 0]], "ops": ["input", "output"]}', "fp", 0, "v",
+                   {"params": float(code)})
+    out = tmp_path / "z.csv"
+    proc = subprocess.Popen([sys.executable, "-m", "cgnf_fast", "zc", "export", "--store", str(store), "--out",
+                             str(out)], stderr=subprocess.PIPE, text=True)
+    partial = Path(f"{out}.partial")
+    deadline = time.monotonic() + 120
+    while not partial.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert partial.exists(), "the export finished before it could be interrupted"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and "cgnf: terminated" in err, err
+    assert not partial.exists() and not out.exists()

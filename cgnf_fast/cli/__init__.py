@@ -1,6 +1,6 @@
 """The ``cgnf`` command: ``space info|count|enumerate``, ``zc score|export``, ``train gvae|flow``,
 ``pipeline``, ``evaluate predictor|latent|sampler|upper-bound|transfer|all``, ``sample``,
-``cell hash``.
+``cell hash``, ``zc check``.
 
 One module per command group (:mod:`.space`, :mod:`.zc`, :mod:`.train`, :mod:`.pipeline`,
 :mod:`.sample`, :mod:`.evaluate`, :mod:`.cell`), each with its ``HELP``, an ``add_parser(sub)``
@@ -8,14 +8,18 @@ that builds its parsers and the handlers they call; what they share is in :mod:`
 The options of ``train gvae``, ``train flow`` and ``pipeline`` take their defaults from the
 config dataclasses they fill.
 
-Bad input exits with status 2 and one line on stderr naming the problem.
+Bad input exits with status 2 and one line on stderr naming the problem; Ctrl-C exits 130 and
+SIGTERM 143, both after the ``finally`` blocks ran (no ``NAME.partial`` file is left behind).
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -49,11 +53,22 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so that ``finally`` blocks run (``NAME.partial``
+    files are removed, stores closed) before the command exits."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv[0] if argv and argv[0] in GROUPS else None)
     args = parser.parse_args(argv)
     args.argv = argv
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
     try:
         if getattr(args, "device", None) is not None:
             check_device(args.device)
@@ -63,9 +78,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CLIError, ValueError, OSError, CudaUnavailable) as e:
         print(f"cgnf: error: {e}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("cgnf: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("cgnf: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover
