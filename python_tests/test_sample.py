@@ -463,7 +463,7 @@ def test_cli_sample_errors_are_one_line_and_write_nothing(model_dir: Path, tmp_p
         (["sample", "--space", "nb101", "--out", str(out)], "no pretrained model is installed for space 'nb101'"),
         (["sample", "--model", str(model_dir), "--condition", "nwot=lots", "--out", str(out)],
          "condition 'nwot': cannot read 'lots'"),
-        (["sample", "--model", str(model_dir), "--reference", "{nope", "--out", str(out)], "--reference: not valid"),
+        (["sample", "--model", str(model_dir), "--reference", "{nope", "--out", str(out)], "--reference: cell JSON is not valid JSON"),
         (["sample", "--model", str(model_dir), "--out", str(tmp_path / "no" / "dir.json")], "does not exist"),
         (["sample", "--model", str(model_dir), "--n", "2", "--condition", "params=<=0.1K", "--out", str(out)],
          "condition 'params': '<=0.1K' is impossible in space 'nb201-like'"),

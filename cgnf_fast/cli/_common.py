@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -104,13 +103,12 @@ def reference_arg(text: str) -> Any:
     """``--reference``: ``best``, an NB201 string, or a JSON cell ``{"matrix": ..., "ops": ...}``."""
     if not text.lstrip().startswith("{"):
         return text
+    from ..space import Cell
+
     try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise CLIError(f"--reference: not valid JSON ({e})") from None
-    if not isinstance(obj, dict) or "matrix" not in obj or "ops" not in obj:
-        raise CLIError('--reference: a JSON cell is an object with keys "matrix" and "ops"')
-    return (obj["matrix"], obj["ops"])
+        return Cell.from_json(text)
+    except (ValueError, TypeError) as e:
+        raise CLIError(f"--reference: {e}") from None
 
 
 def check_outputs(*outputs: tuple[str, str | None]) -> None:
