@@ -34,8 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     help="e.g. synflow=+10%% or 'params=<=0.8M'; repeatable or comma-separated")
     sm.add_argument("--temperature", type=float, default=1.0, help="std of the flow's base noise (default 1)")
     sm.add_argument("--oversample", type=float, default=DEFAULT_OVERSAMPLE,
-                    help="candidates drawn per returned cell; the N closest to the condition are kept (default %(default)g; "
-                    "1 keeps the first N drawn)")
+                    help="candidates drawn per returned cell; the N closest to the condition are kept "
+                    "(default %(default)g; 1 keeps the first N drawn)")
     sm.add_argument("--novel-only", action="store_true", help="drop cells inside the seed space")
     sm.add_argument("--model", help=MODEL_HELP)
     sm.add_argument("--unverified", action="store_true",
