@@ -445,6 +445,16 @@ class ConditionalCNF(nn.Module):
     def _param(self) -> torch.Tensor:
         return self.dynamics.layers[0].layer.weight
 
+    @property
+    def device(self) -> torch.device:
+        """Where the flow's parameters are (inputs must be there too)."""
+        return self._param.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The flow's parameter dtype (inputs must have it too)."""
+        return self._param.dtype
+
     # solving ---------------------------------------------------------------------------------
     def _hutchinson_noise(self, shape: tuple[int, int], like: torch.Tensor,
                           generator: torch.Generator | None) -> torch.Tensor:

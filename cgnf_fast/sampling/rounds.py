@@ -29,7 +29,7 @@ def _round_noise(model: SamplingModel, generator: torch.Generator, size: int, te
 
 def _solve_round(model: SamplingModel, c_row: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """The flow's latents for ``noise`` under the condition ``c_row [1, A]``."""
-    p = model.flow._param
+    p = model.flow
     with torch.no_grad():  # (here too: grad mode is per thread, and this may run in a worker)
         return model.flow.sample(c_row.to(p.device, p.dtype).expand(noise.shape[0], -1).contiguous(),
                                  noise=noise.to(p.device, p.dtype))
@@ -77,7 +77,7 @@ def _rounds(model: SamplingModel, c_row: torch.Tensor, generator: torch.Generato
         return
     threads = torch.get_num_threads()
     # one core for the solves ahead; with one core, solving in this thread too would only time-slice
-    helps = model.flow._param.device.type == "cpu" and threads > 1
+    helps = model.flow.device.type == "cpu" and threads > 1
     if helps:
         torch.set_num_threads(threads - 1)
     pool = ThreadPoolExecutor(1, thread_name_prefix="cgnf-flow")

@@ -332,7 +332,7 @@ def sample_with_info(reference: Any, condition: Mapping[str, Any] | None = None,
     targets = parse_condition(condition, m.conditions.names)
     ref_pred = {k: float(v[0]) for k, v in m.vae.predict([ref]).items()}
     c_std = condition_vector(m.conditions, targets, ref_pred)  # [A]
-    p = m.flow._param
+    p = m.flow
     bounds = [t for t in targets.values() if t.attribute in COUNT_ATTRIBUTES and t.kind in ("at_most", "at_least")]
     d = _Draw(m, c_std[None].to(p.device, p.dtype), seed_space, novel_only, bounds, ExactCounts(sp.skeleton))
     _refuse_impossible_bounds(bounds, sp, d.counts)

@@ -264,7 +264,7 @@ def _make_flow(cfg: TrainFlowConfig, latent: int, cond_dim: int, train_z: torch.
 @torch.no_grad()
 def _nll(flow, z: torch.Tensor, c: torch.Tensor, divergence: str, seed: int, batch: int = 1024) -> float:
     """Mean ``-log p(z | c)`` in nats (float64 accumulation)."""
-    dev = flow._param.device
+    dev = flow.device
     g = torch.Generator(device=dev).manual_seed(seed)
     tot = 0.0
     for s in range(0, z.shape[0], batch):
@@ -297,7 +297,7 @@ def _condition_errors(conds: FlowConditions, req_t: torch.Tensor, got_raw: torch
 @torch.no_grad()
 def _evaluate(flow, vae, conds: FlowConditions, cols: list[int], data: dict[str, torch.Tensor],
               cfg: TrainFlowConfig, init_flow) -> dict[str, Any]:
-    dev = flow._param.device
+    dev = flow.device
     latent = flow.latent
     div = "exact" if latent <= EXACT_MAX_LATENT else flow.divergence
     out: dict[str, Any] = {"nll_divergence": div, "eval_rtol": flow.rtol, "eval_atol": flow.atol}
