@@ -281,3 +281,34 @@ def test_sigterm_leaves_no_partial_file(tmp_path: Path) -> None:
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143 and "cgnf: terminated" in err, err
     assert not partial.exists() and not out.exists()
+
+
+def test_an_impossible_condition_is_one_line() -> None:
+    """`cgnf sample --condition nwot=1e30` asks the flow for latents its solver cannot reach
+    (the step size underflows): one 'cgnf: error:' line naming why (it was a 39-line traceback)."""
+    from helpers import run_cli
+
+    rc, out, err = run_cli("sample", "--condition", "nwot=1e30", "--n", "3")
+    assert rc == 2 and out == "" and err.count("\n") == 1, err
+    assert err.startswith("cgnf: error: the flow's ODE solve failed") and "far outside" in err, err
+
+
+@pytest.mark.parametrize("name", ["flow/flow.safetensors", "gvae/gvae.safetensors", "gvae/gvae.json"])
+def test_random_byte_flips_in_model_files_are_all_caught(shipped: Path, name: str) -> None:
+    """Twenty random single-byte changes per file, each caught on load (fixed seed)."""
+    import random
+
+    from cgnf_fast.io import CheckpointError
+    from cgnf_fast.sampling import SamplingModel
+
+    path = shipped / name
+    original = path.read_bytes()
+    rng = random.Random(name)
+    for _ in range(20):
+        data = bytearray(original)
+        data[rng.randrange(len(data))] ^= rng.randrange(1, 256)
+        path.write_bytes(bytes(data))
+        with pytest.raises(CheckpointError):
+            SamplingModel.load(shipped)
+    path.write_bytes(original)
+    SamplingModel.load(shipped)

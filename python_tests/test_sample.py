@@ -593,6 +593,12 @@ def test_non_finite_models_and_huge_requests_fail_at_once(model: SamplingModel) 
         next(p for p in bad.flow.parameters() if p.numel()).view(-1)[0] = float("nan")
     with pytest.raises(ValueError, match="solve failed .*dynamics are not finite"):
         sample("best", model=bad, n=3)
+    if model.flow.bn_in is not None:  # the adversarial run's case: NaN latents out of a finite solve
+        bad = copy.deepcopy(model)
+        with torch.no_grad():
+            bad.flow.bn_in.bias[0] = float("nan")
+        with pytest.raises(ValueError, match="decoder's logits are not all finite"):
+            sample("best", model=bad, n=3)
     codec = model.vae.codec
     N, K = codec.num_nodes, len(codec.ops)
     ops = torch.zeros(2, N - 2, K + 1)
