@@ -126,10 +126,11 @@ def test_one_command_builds_only_its_own_parsers() -> None:
     code = ("import sys; from cgnf_fast.cli import build_parser; build_parser('sample'); "
             "print(sorted(m for m in ('cgnf_fast.pipeline', 'cgnf_fast.train.gvae', 'cgnf_fast.train.flow', "
             "'cgnf_fast.train.data') if m in sys.modules))")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    # (cwd "/": from the repository root `-c` would import the unbuilt source tree, not the package)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd="/")
     assert r.returncode == 0 and r.stdout.strip() == "[]", (r.stdout, r.stderr)
     r = subprocess.run([sys.executable, "-m", "cgnf_fast", "pipeline", "--help"], capture_output=True, text=True,
-                       timeout=120)
+                       timeout=120, cwd="/")
     assert r.returncode == 0 and "--flow-max-cells" in r.stdout and "(default 30000)" in r.stdout
 
 

@@ -271,7 +271,7 @@ def test_sigterm_leaves_no_partial_file(tmp_path: Path) -> None:
                    {"params": float(code)})
     out = tmp_path / "z.csv"
     proc = subprocess.Popen([sys.executable, "-m", "cgnf_fast", "zc", "export", "--store", str(store), "--out",
-                             str(out)], stderr=subprocess.PIPE, text=True)
+                             str(out)], stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     partial = Path(f"{out}.partial")
     deadline = time.monotonic() + 120
     while not partial.exists() and proc.poll() is None and time.monotonic() < deadline:

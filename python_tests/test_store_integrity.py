@@ -375,7 +375,7 @@ def hold(finished: dict, path: Path, victim: dict, then: str, delay: float) -> s
     """A process that claims ``victim``'s cell, then after ``delay`` s "dies" or "finishes" it."""
     proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(path), SPACE, str(victim["code"]), finished["fp"],
                              finished["ver"], json.dumps(victim["cell"], separators=(",", ":")), then, str(delay)],
-                            stdout=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, text=True, cwd="/")  # (not the repository: its unbuilt source)
     assert proc.stdout.readline().strip() == "claimed"
     return proc
 
