@@ -1,13 +1,14 @@
-"""The one tensor-argument check every layer uses (ops, models): validate once at the boundary,
-and name the argument, what was expected and what arrived."""
+"""The argument checks every layer uses (ops, models): validate once at the boundary, and name
+the argument, what was expected and what arrived."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 
-__all__ = ["check_tensor"]
+__all__ = ["check_choice", "check_int", "check_positive", "check_tensor"]
 
 
 def check_tensor(name: str, x: object, shape_doc: str, *, dtype: torch.dtype, shape: Sequence[int | None] | None = None,
@@ -46,3 +47,24 @@ def check_tensor(name: str, x: object, shape_doc: str, *, dtype: torch.dtype, sh
     if finite and x.numel() and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} must be finite, got {int((~torch.isfinite(x)).sum())} NaN/inf entries")
     return x
+
+
+def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
+    """``value``, one of ``choices``, or a ValueError listing them."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f'{name} must be one of {{"' + '", "'.join(choices) + f'"}}, got {value!r}')
+    return value
+
+
+def check_int(name: str, value: object, minimum: int) -> int:
+    """``value``, an int (not a bool) >= ``minimum``, or a ValueError."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_positive(name: str, value: object) -> float:
+    """``value`` as a finite float > 0, or a ValueError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)) or value <= 0:
+        raise ValueError(f"{name} must be a finite float > 0, got {value!r}")
+    return float(value)

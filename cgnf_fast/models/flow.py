@@ -64,7 +64,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._checks import check_tensor
+from .._checks import check_choice, check_int, check_positive, check_tensor
 from ..ops import cnf as cnf_ops
 from ..reference import cnf as cnf_reference
 
@@ -102,24 +102,6 @@ _DTYPES = (torch.float32, torch.float64)
 
 
 # -- argument checks ------------------------------------------------------------------------
-def _check_choice(name: str, value: object, choices: Sequence[str]) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f'{name} must be one of {{"' + '", "'.join(choices) + f'"}}, got {value!r}')
-    return value
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_positive(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)) or value <= 0:
-        raise ValueError(f"{name} must be a finite float > 0, got {value!r}")
-    return float(value)
-
-
 def _check_hidden(hidden: object) -> tuple[int, ...]:
     if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence) or not all(
             isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hidden):
@@ -168,9 +150,9 @@ class ConcatSquashLinear(nn.Module):
 
     def __init__(self, dim_in: int, dim_out: int, dim_ctx: int) -> None:
         super().__init__()
-        dim_in = _check_int("dim_in", dim_in, 1)
-        dim_out = _check_int("dim_out", dim_out, 1)
-        dim_ctx = _check_int("dim_ctx", dim_ctx, 1)
+        dim_in = check_int("dim_in", dim_in, 1)
+        dim_out = check_int("dim_out", dim_out, 1)
+        dim_ctx = check_int("dim_ctx", dim_ctx, 1)
         self.layer = nn.Linear(dim_in, dim_out)
         self.hyper_gate = nn.Linear(dim_ctx, dim_out)
         self.hyper_bias = nn.Linear(dim_ctx, dim_out, bias=False)
@@ -200,11 +182,11 @@ class ODEDynamics(nn.Module):
     def __init__(self, latent: int, cond_dim: int, hidden: Sequence[int] = (256, 256), activation: str = "tanh",
                  zero_init: bool = False, backend: str = "native") -> None:
         super().__init__()
-        self.latent = _check_int("latent", latent, 1)
-        self.cond_dim = _check_int("cond_dim", cond_dim, 0)
+        self.latent = check_int("latent", latent, 1)
+        self.cond_dim = check_int("cond_dim", cond_dim, 0)
         self.hidden = _check_hidden(hidden)
-        self.activation = _check_choice("activation", activation, ACTIVATIONS)
-        self.backend = _check_choice("backend", backend, BACKENDS)
+        self.activation = check_choice("activation", activation, ACTIVATIONS)
+        self.backend = check_choice("backend", backend, BACKENDS)
         dims = (self.latent, *self.hidden, self.latent)
         self.layers = nn.ModuleList(
             ConcatSquashLinear(dims[i], dims[i + 1], 1 + self.cond_dim) for i in range(len(dims) - 1))
@@ -231,7 +213,7 @@ class ODEDynamics(nn.Module):
         """``(dz/dt [B, latent], div [B])`` with ``div = tr(df/dz)`` (``"exact"``) or its
         Hutchinson estimate ``noise^T (df/dz) noise`` (``"hutchinson"``; ``noise [B, latent]``
         is required: zero-mean, identity-covariance probes such as Rademacher or Gaussian)."""
-        _check_choice("divergence", divergence, DIVERGENCES)
+        check_choice("divergence", divergence, DIVERGENCES)
         if divergence == "hutchinson" and noise is None:
             raise ValueError("noise [B, latent] is required when divergence='hutchinson', got None")
         if divergence == "exact" and noise is not None:
@@ -285,9 +267,9 @@ class MovingBatchNorm1d(nn.Module):
 
     def __init__(self, dim: int, eps: float = 1e-4, decay: float = 0.1) -> None:
         super().__init__()
-        self.dim = _check_int("dim", dim, 1)
-        self.eps = _check_positive("eps", eps)
-        self.decay = _check_positive("decay", decay)
+        self.dim = check_int("dim", dim, 1)
+        self.eps = check_positive("eps", eps)
+        self.decay = check_positive("decay", decay)
         if self.decay > 1:
             raise ValueError(f"decay must be in (0, 1], got {decay!r}")
         self.weight = nn.Parameter(torch.zeros(self.dim))
@@ -397,16 +379,16 @@ class ConditionalCNF(nn.Module):
                  adjoint: bool = True, moving_batchnorm: bool = False, zero_init: bool = False,
                  backend: str = "native") -> None:
         super().__init__()
-        self.divergence = _check_choice("divergence", divergence, DIVERGENCES)
-        self.hutchinson_noise = _check_choice("hutchinson_noise", hutchinson_noise, HUTCHINSON_NOISES)
-        self.T = _check_positive("T", T)
-        self.solver = _check_choice("solver", solver, SOLVERS)
-        self.rtol = _check_positive("rtol", rtol)
-        self.atol = _check_positive("atol", atol)
+        self.divergence = check_choice("divergence", divergence, DIVERGENCES)
+        self.hutchinson_noise = check_choice("hutchinson_noise", hutchinson_noise, HUTCHINSON_NOISES)
+        self.T = check_positive("T", T)
+        self.solver = check_choice("solver", solver, SOLVERS)
+        self.rtol = check_positive("rtol", rtol)
+        self.atol = check_positive("atol", atol)
         if self.solver in FIXED_STEP_SOLVERS:
             if step_size is None:
                 raise ValueError(f"step_size is required for the fixed-grid solver {solver!r}, got None")
-            self.step_size: float | None = _check_positive("step_size", step_size)
+            self.step_size: float | None = check_positive("step_size", step_size)
         elif step_size is not None:
             raise ValueError(f"step_size must be None for the adaptive solver {solver!r} (it picks its own steps; "
                              f"use rtol/atol), got {step_size!r}")
@@ -505,7 +487,7 @@ class ConditionalCNF(nn.Module):
         _check_tensor(z_name, z, "[B, latent]", self.latent, p.dtype, p.device, batch=batch)
         _check_tensor("c", c, "[B, cond_dim]", self.cond_dim, p.dtype, p.device, batch=z.shape[0])
         _check_generator(generator, p.device)
-        return self.divergence if divergence is None else _check_choice("divergence", divergence, DIVERGENCES)
+        return self.divergence if divergence is None else check_choice("divergence", divergence, DIVERGENCES)
 
     def transform(self, z: torch.Tensor, c: torch.Tensor, *, reverse: bool = False, divergence: str | None = None,
                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
