@@ -273,12 +273,17 @@ def test_sigterm_leaves_no_partial_file(tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "cgnf_fast", "zc", "export", "--store", str(store), "--out",
                              str(out)], stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     partial = Path(f"{out}.partial")
-    deadline = time.monotonic() + 120
-    while not partial.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    assert partial.exists(), "the export finished before it could be interrupted"
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
+    try:
+        deadline = time.monotonic() + 120
+        while not partial.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert partial.exists(), "the export finished before it could be interrupted"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
     assert proc.returncode == 143 and "cgnf: terminated" in err, err
     assert not partial.exists() and not out.exists()
 

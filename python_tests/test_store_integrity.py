@@ -376,7 +376,10 @@ def hold(finished: dict, path: Path, victim: dict, then: str, delay: float) -> s
     proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(path), SPACE, str(victim["code"]), finished["fp"],
                              finished["ver"], json.dumps(victim["cell"], separators=(",", ":")), then, str(delay)],
                             stdout=subprocess.PIPE, text=True, cwd="/")  # (not the repository: its unbuilt source)
-    assert proc.stdout.readline().strip() == "claimed"
+    if proc.stdout.readline().strip() != "claimed":
+        proc.kill()
+        proc.communicate()
+        pytest.fail("the holder process did not claim the cell")
     return proc
 
 
