@@ -317,3 +317,15 @@ def test_random_byte_flips_in_model_files_are_all_caught(shipped: Path, name: st
             SamplingModel.load(shipped)
     path.write_bytes(original)
     SamplingModel.load(shipped)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [11, 12, 13])
+def test_ctrl_c_at_random_steps_changes_nothing(labels: str, root: Path, tmp_path: Path, monkeypatch,
+                                                seed: int) -> None:
+    """The longer version: Ctrl-C at a step and side of the update drawn at random (fixed seeds)."""
+    import random
+
+    rng = random.Random(seed)
+    where, call = rng.choice(["before", "after"]), rng.randrange(1, 12)
+    test_ctrl_c_inside_a_gvae_step_changes_nothing(labels, root, tmp_path, monkeypatch, where, call)
