@@ -138,3 +138,21 @@ def test_samples_are_what_they_were(space: str, synflow: str | None) -> None:
     cells = sample("best", {"synflow": synflow} if synflow else None, n=12, space=space, seed=3)
     text = "\n".join(str(c.network_code) for c in cells)
     assert hashlib.sha256(text.encode()).hexdigest()[:16] == PINNED_SAMPLES[(space, synflow)]
+
+
+def test_cli_table_names_its_columns_and_shortens_a_large_n(tmp_path: Path) -> None:
+    """The table says which columns are exact counts and which are predictions (the header read
+    `params FLOPs nwot synflow params flops`); with --out, a large --n prints 50 rows and says
+    where the rest are."""
+    rc, text, err = run_cli("sample", "--n", "3", "--seed", "0")
+    assert rc == 0, err
+    lines = text.splitlines()
+    group, head = next((a, b) for a, b in zip(lines, lines[1:]) if b.lstrip().startswith("#"))
+    assert "exact counts" in group and "G-VAE predictions" in group
+    assert head.split()[:4] == ["#", "seed", "params", "FLOPs"] and "pred nwot" in head and "pred params" in head
+    out = tmp_path / "s.json"
+    rc, text, err = run_cli("sample", "--n", "60", "--seed", "0", "--out", str(out))
+    assert rc == 0, err
+    rows = [ln for ln in text.splitlines() if ln[:3].strip().isdigit()]
+    assert len(rows) == 50 and f"... 10 more cells in {out} (all 60 are there)" in text
+    assert len(json.loads(out.read_text())) == 60

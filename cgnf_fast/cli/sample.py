@@ -12,6 +12,8 @@ from typing import Any
 from ._common import DEVICE_HELP, CLIError, check_outputs, check_png, reference_arg, space_help
 
 HELP = "new cells around a reference under target attributes (prints a table)"
+#: Table rows printed when --out holds every cell (a large --n prints these and a summary).
+TABLE_ROWS = 50
 MODEL_HELP = "model directory with gvae/ and flow/ (default: the installed pretrained one)"
 
 
@@ -115,14 +117,21 @@ def _print_table(args: argparse.Namespace, cells: list, info: dict[str, Any], co
           + (f", {info['in_seed_space_dropped']} in the seed space dropped" if args.novel_only else "")
           + (f", {info['outside_bounds']} outside the bounds" if filters else ""))
     attrs = list(cells[0].predicted) if cells else []
-    head = [f"{'#':>3}", f"{'seed':>4}", f"{'params':>9}", f"{'FLOPs':>9}"] + [f"{a:>10}" for a in attrs] + ["cell"]
-    print()
-    print("  ".join(head))
-    for i, c in enumerate(cells, start=1):
+    names = [f"pred {a}" for a in attrs]
+    widths = [max(10, len(n)) for n in names]
+    print()  # a header over the two column groups: "#  seed" is 9 wide, params + FLOPs 20
+    print((" " * 11 + "exact counts".center(20) + "  " + "G-VAE predictions".center(sum(widths) + 2 * len(widths) - 2)
+           ).rstrip())
+    print("  ".join([f"{'#':>3}", f"{'seed':>4}", f"{'params':>9}", f"{'FLOPs':>9}"]
+                    + [f"{n:>{w}}" for n, w in zip(names, widths)] + ["cell"]))
+    shown = cells if args.out is None or len(cells) <= TABLE_ROWS else cells[:TABLE_ROWS]
+    for i, c in enumerate(shown, start=1):
         seed_mark = "-" if c.in_seed_space is None else ("yes" if c.in_seed_space else "no")
         row = [f"{i:>3}", f"{seed_mark:>4}", f"{c.params / 1e6:>8.4f}M", f"{c.flops / 1e6:>8.2f}M"]
-        row += [f"{fmt(a, c.predicted[a]):>10}" for a in attrs]
+        row += [f"{fmt(a, c.predicted[a]):>{w}}" for a, w in zip(attrs, widths)]
         row.append(c.nb201 or cell_text(c.cell))
         print("  ".join(row))
-    print("\nparams/FLOPs: exact, of the network the cell builds; other columns: G-VAE predictions; seed: inside "
-          f"the seed space ({info['seed_space'] or 'none'})")
+    if len(shown) < len(cells):
+        print(f"... {len(cells) - len(shown):,} more cells in {args.out} (all {len(cells):,} are there)")
+    print(f"\nexact counts: parameters and FLOPs (one 32x32 image) of the network the cell builds; pred: the "
+          f"G-VAE's predictions (params/flops in millions); seed: inside the seed space ({info['seed_space'] or 'none'})")
