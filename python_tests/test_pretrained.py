@@ -156,3 +156,16 @@ def test_cli_table_names_its_columns_and_shortens_a_large_n(tmp_path: Path) -> N
     rows = [ln for ln in text.splitlines() if ln[:3].strip().isdigit()]
     assert len(rows) == 50 and f"... 10 more cells in {out} (all 60 are there)" in text
     assert len(json.loads(out.read_text())) == 60
+
+
+def test_cli_picture_format_follows_the_suffix(tmp_path: Path) -> None:
+    """--png cells.svg used to hold PNG bytes: the suffix picks the format (png, svg, pdf), and
+    any other suffix is refused in one line before anything is drawn."""
+    pytest.importorskip("matplotlib")
+    for suffix, magic in ((".svg", b"<?xml"), (".pdf", b"%PDF"), (".png", b"\x89PNG")):
+        path = tmp_path / f"cells{suffix}"
+        rc, _, err = run_cli("sample", "--n", "2", "--png", str(path))
+        assert rc == 0 and path.read_bytes().startswith(magic), (suffix, err)
+    rc, out, err = run_cli("sample", "--n", "2", "--png", str(tmp_path / "cells.jpg"))
+    assert rc == 2 and out == "" and "must end in .png, .svg, .pdf" in err and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cells.pdf", "cells.png", "cells.svg"]

@@ -119,6 +119,13 @@ def check_outputs(*outputs: tuple[str, str | None]) -> None:
 
 
 def check_png(png: str | None) -> None:
-    """Refuses ``--png`` without matplotlib, before any work."""
+    """Refuses ``--png`` without matplotlib, or with a suffix no picture format has, before any work."""
     if png and importlib.util.find_spec("matplotlib") is None:
         raise CLIError("--png needs matplotlib: pip install 'cgnf_fast[plot]'")
+    if png:
+        from ..sampling.drawing import figure_format
+
+        try:
+            figure_format(png)
+        except ValueError as e:
+            raise CLIError(f"--png {e}") from None

@@ -79,7 +79,7 @@ def _sample(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - t0
     png_tmp = None
     if args.png:  # drawn first, both files renamed into place only once everything succeeded
-        png_tmp = args.png + ".drawing.png"
+        png_tmp = args.png + ".drawing" + os.path.splitext(args.png)[1]  # (same suffix: same format)
         draw_cells(cells, png_tmp, key_attribute=next(iter(condition), None) if condition else None)
     try:
         if args.out:

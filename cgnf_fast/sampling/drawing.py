@@ -11,7 +11,19 @@ from ..space import Cell
 from .conditions import COUNT_ATTRIBUTES
 from .sampler import SampledCell
 
-__all__ = ["cell_text", "draw_cells", "layered_positions", "short_op"]
+__all__ = ["FORMATS", "cell_text", "draw_cells", "figure_format", "layered_positions", "short_op"]
+
+#: Picture formats by file suffix (what matplotlib writes).
+FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
+
+
+def figure_format(path: str | os.PathLike) -> str:
+    """The picture format ``path``'s suffix names, or a ValueError listing the ones written."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise ValueError(f"{os.fspath(path)}: a picture file must end in {', '.join(FORMATS)} (got "
+                         f"{suffix or 'no suffix'})")
+    return FORMATS[suffix]
 
 _SHORT = {"input": "in", "output": "out", "nor_conv_3x3": "conv3", "nor_conv_1x1": "conv1", "avg_pool_3x3": "pool",
           "skip_connect": "skip", "conv3x3-bn-relu": "conv3", "conv1x1-bn-relu": "conv1", "maxpool3x3": "maxpool"}
@@ -59,12 +71,14 @@ def layered_positions(cell: Cell) -> list[tuple[float, float]]:
 
 def draw_cells(cells: Sequence[SampledCell | Cell], path: str | os.PathLike, *, titles: Sequence[str] | None = None,
                key_attribute: str | None = None, cols: int = 5, dpi: int = 110) -> None:
-    """Draws cells as a grid of labelled DAGs to a PNG at ``path`` (written atomically).
+    """Draws cells as a grid of labelled DAGs to ``path`` (PNG, SVG or PDF by its suffix; written
+    atomically).
 
     Each panel title: the cell's number, params and FLOPs, and the predicted ``key_attribute``
     (default: the first predicted attribute that is not params/flops) unless ``titles`` is
     given. Needs matplotlib (``pip install 'cgnf_fast[plot]'``).
     """
+    fmt = figure_format(path)
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -119,7 +133,7 @@ def draw_cells(cells: Sequence[SampledCell | Cell], path: str | os.PathLike, *, 
     p = Path(path)
     tmp = p.with_name(p.name + ".partial")
     try:
-        fig.savefig(tmp, format="png")
+        fig.savefig(tmp, format=fmt)
         os.replace(tmp, p)
     finally:
         if tmp.exists():
