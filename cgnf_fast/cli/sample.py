@@ -18,7 +18,7 @@ MODEL_HELP = "model directory with gvae/ and flow/ (default: the installed pretr
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from ..sampling import DEFAULT_OVERSAMPLE
+    from ..sampling import DEFAULT_OVERSAMPLE, shipped_spaces
 
     sm = sub.add_parser(
         "sample", help=HELP,
@@ -27,7 +27,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "and `cgnf train flow --gvae DIR/gvae --out DIR/flow`). Conditions: ATTR=VALUE with VALUE a number "
         "(store units; params/flops in millions or with K/M/G), a relative change of the reference's predicted "
         "value (+10%, -5%) or a bound (<=0.8M, >=1.2M; params/flops bounds filter on exact counts).")
-    sm.add_argument("--space", default="nb201-like", help=space_help(" (default nb201-like)"))
+    sm.add_argument("--space", default="nb201-like", help=space_help(
+        f" (default nb201-like); pretrained models ship for {', '.join(shipped_spaces())}, other spaces need "
+        f"--model DIR"))
     sm.add_argument("--reference", default="best", help="'best', an NB201 string, or a JSON cell "
                     "{\"matrix\": ..., \"ops\": ...} (default best)")
     sm.add_argument("--n", type=int, default=20, help="distinct cells to return (default 20)")

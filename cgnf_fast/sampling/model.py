@@ -156,10 +156,7 @@ def shipped_spaces() -> list[str]:
 
 
 def _train_hint(space: str) -> str:
-    return (f"train one with `cgnf pipeline --space {space} --out RUN` and pass model='RUN/model' (CLI: --model "
-            f"RUN/model), or step by step: cgnf zc score {space} --n 2000 --proxies synflow,params,flops "
-            f"--store scores.sqlite; cgnf train gvae --space {space} --store scores.sqlite --out DIR/gvae; "
-            f"cgnf train flow --gvae DIR/gvae --out DIR/flow; then model='DIR' (CLI: --model DIR)")
+    return f"train one with `cgnf pipeline --space {space} --out RUN`, then pass --model RUN/model"
 
 
 class SamplingModel:
@@ -217,8 +214,8 @@ def resolve_model(model: str | os.PathLike | SamplingModel | None, space: Design
         d = default_model_dir(space.name)
         if d is None:
             shipped = ", ".join(shipped_spaces()) or "none"
-            raise NoDefaultModelError(f"no pretrained model is installed for space {space.name!r} (this version of "
-                                      f"cgnf_fast ships: {shipped}); {_train_hint(space.name)}")
+            raise NoDefaultModelError(f"no pretrained model is installed for space {space.name!r} (shipped: "
+                                      f"{shipped}); {_train_hint(space.name)}")
         m = SamplingModel.load(d, device=device)
     elif isinstance(model, (str, os.PathLike)):
         m = SamplingModel.load(model, device=device)
