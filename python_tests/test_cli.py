@@ -103,3 +103,32 @@ def test_space_count_and_enumerate(tmp_path):
     assert r.returncode == 2 and "non-negative" in r.stderr
     r = cgnf("space", "enumerate", "nb101", "--out", str(tmp_path / "missing" / "x.jsonl"), "--no-progress")
     assert r.returncode == 2 and f"the folder {tmp_path / 'missing'} does not exist" in r.stderr
+
+
+def test_unwritable_outputs_are_refused_up_front_in_the_users_words(tmp_path):
+    """Every output is checked before the work: a folder given as the file, a place no file can
+    be created (/proc; an immutable folder where chattr exists), a missing folder; messages name
+    the flag and the user's path, never a temporary name or a Python repr, and nothing is written
+    (a bad --png used to fail after sampling, and the valid --out was then not written either)."""
+    from helpers import run_cli
+
+    good = tmp_path / "good.json"
+    cases = [(["--out", "."], "--out .: is a folder; give a file name"),
+             (["--out", str(tmp_path) + "/"], "is a folder"),
+             (["--out", str(good), "--png", "/proc/x.png"], "--png /proc/x.png: cannot write files in /proc"),
+             (["--out", str(tmp_path / "no" / "x.json")], f"the folder {tmp_path / 'no'} does not exist")]
+    for args, message in cases:
+        rc, out, err = run_cli("sample", "--n", "2", *args)
+        assert rc == 2 and out == "" and err.count("\n") == 1 and message in err, (args, err)
+        assert ".partial" not in err and "PosixPath" not in err and "Errno" not in err, err
+    assert not good.exists()
+    rc, _, err = run_cli("cell", "hash", "--input", str(tmp_path / "nope.txt"))
+    assert rc == 2 and err == f"cgnf: error: {tmp_path / 'nope.txt'}: No such file or directory\n", err
+    imm = tmp_path / "imm"
+    imm.mkdir()
+    if shutil.which("chattr") and subprocess.run(["chattr", "+i", str(imm)], capture_output=True).returncode == 0:
+        try:
+            rc, _, err = run_cli("sample", "--n", "2", "--out", str(imm / "x.json"))
+            assert rc == 2 and f"--out {imm / 'x.json'}: cannot write files in {imm} (Operation not permitted)" in err
+        finally:
+            subprocess.run(["chattr", "-i", str(imm)], check=True)

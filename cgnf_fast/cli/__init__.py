@@ -75,7 +75,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except BrokenPipeError:  # e.g. `cgnf cell hash | head`
         return 0
-    except (CLIError, ValueError, OSError, CudaUnavailable) as e:
+    except OSError as e:  # the user's path and the reason, never a temporary name or a Python repr
+        name = str(e.filename or "").removesuffix(".partial")
+        print(f"cgnf: error: {name + ': ' if name else ''}{e.strerror or e}", file=sys.stderr)
+        return 2
+    except (CLIError, ValueError, CudaUnavailable) as e:
         print(f"cgnf: error: {e}", file=sys.stderr)
         return 2
     except Terminated:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
+import os
+import tempfile
 import math
 from pathlib import Path
 from typing import Any
@@ -112,10 +114,25 @@ def reference_arg(text: str) -> Any:
 
 
 def check_outputs(*outputs: tuple[str, str | None]) -> None:
-    """Refuses, before any work, an output file (flag, path) whose folder does not exist."""
+    """Refuses, before any work, an output file (flag, path) that cannot be written: a folder
+    given as the file, a folder that does not exist, one this process cannot create files in, or
+    an existing file it cannot replace. Messages name the flag and the user's path."""
     for flag, path in outputs:
-        if path and not Path(path).resolve().parent.is_dir():
-            raise CLIError(f"{flag} {path}: the folder {Path(path).resolve().parent} does not exist")
+        if not path:
+            continue
+        p = Path(path)
+        if p.is_dir() or path.endswith(("/", os.sep)) or p.name in ("", ".", ".."):
+            raise CLIError(f"{flag} {path}: is a folder; give a file name")
+        folder = p.resolve().parent
+        if not folder.is_dir():
+            raise CLIError(f"{flag} {path}: the folder {folder} does not exist")
+        try:  # the files are written next to their target and renamed into place: probe that
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{p.name}.", suffix=".probe"):
+                pass
+        except OSError as e:
+            raise CLIError(f"{flag} {path}: cannot write files in {folder} ({e.strerror or e})") from None
+        if p.exists() and not os.access(p, os.W_OK):
+            raise CLIError(f"{flag} {path}: the file exists and cannot be replaced (no write permission)")
 
 
 def check_png(png: str | None) -> None:
