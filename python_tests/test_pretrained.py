@@ -169,3 +169,21 @@ def test_cli_picture_format_follows_the_suffix(tmp_path: Path) -> None:
     rc, out, err = run_cli("sample", "--n", "2", "--png", str(tmp_path / "cells.jpg"))
     assert rc == 2 and out == "" and "must end in .png, .svg, .pdf" in err and err.count("\n") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cells.pdf", "cells.png", "cells.svg"]
+
+
+def test_sampled_cells_flow_into_the_rest_of_the_api() -> None:
+    """What sample() returns goes into build, count_params, zc.score and back into sample without
+    adapters, in the skeleton its ops belong to; a {"matrix", "ops"} mapping is a reference; a
+    reference of another family says which space it belongs to (issue 20, item 7)."""
+    from cgnf_fast import nets, zc
+    from cgnf_fast.sampling import BEST_NB101
+
+    cells = sample("best", n=3)
+    assert nets.count_params(cells[0]) == cells[0].params
+    assert type(nets.build(cells[0])).__name__ == "NB201Network"
+    assert zc.score(cells[0], ["params"])["params"] == cells[0].params / 1e6
+    assert len(sample(cells[0], n=2)) == 2 and len(sample({"matrix": cells[0].matrix, "ops": cells[0].ops}, n=2)) == 2
+    c101 = sample("best", n=1, space="nb101-like")[0]
+    assert type(nets.build(c101)).__name__ == "NB101Network" and nets.count_flops(c101) == c101.flops
+    with pytest.raises(ValueError, match="it is a cell of nb101, nb101-like: pass space='nb101-like'"):
+        sample(BEST_NB101, n=2)

@@ -355,7 +355,7 @@ def test_reference_forms_and_errors() -> None:
         (BEST_NB101, "nb201-like", "the reference is not in space 'nb201-like'"),
         (BEST_NB201, "nb101-like", "the reference is not in space 'nb101-like'"),
         ("|none~0|+|none~0|none~1|+|none~0|none~1|none~2|", "nb201-like", "the reference is the zero cell"),
-        (42, "nb201-like", "reference must be a Cell, an NB201 string"),
+        (42, "nb201-like", "reference must be a Cell \\(or a sampled cell\\), an NB201 string"),
         (([[0, 1], [1, 0]], ["input", "output"]), "nb101-like", "not a valid NB101 \\(matrix, ops\\) pair"),
     ]:
         with pytest.raises(ValueError, match=match):

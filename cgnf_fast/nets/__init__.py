@@ -2,27 +2,50 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
-from ..space import Cell
+from ..space import NB101_OPS, Cell
 from ..space.spaces import SKELETONS
 from . import nb101, nb201
 from .flops import count_flops as _count_module_flops
 
 
-def build(cell: Cell | str, skeleton: str = "nb201", num_classes: int = 10, **hparams) -> nn.Module:
+def as_cell(cell: Any) -> Cell | str:
+    """``cell`` itself, or the :class:`Cell` an object carries as ``.cell`` (what ``sample()``
+    returns: a ``SampledCell``)."""
+    inner = getattr(cell, "cell", None)
+    return inner if isinstance(inner, Cell) else cell
+
+
+def default_skeleton(cell: Cell | str) -> str:
+    """The skeleton a cell's ops belong to: ``"nb101"`` when its op vertices all carry NB101 ops,
+    else ``"nb201"`` (NB201 strings too)."""
+    if isinstance(cell, Cell):
+        ops = set(cell.ops[1:-1])
+        if ops and ops <= set(NB101_OPS):
+            return "nb101"
+    return "nb201"
+
+
+def build(cell: Cell | str, skeleton: str | None = None, num_classes: int = 10, **hparams) -> nn.Module:
     """A ``torch.nn.Module`` for a cell in a macro skeleton.
 
     Args:
-        cell: a :class:`Cell`; for ``skeleton="nb201"`` also an NB201 string, built edge by edge
-            exactly as NAS-Bench-201 builds it (dead edges included, so parameter counts match
-            NB201's). A Cell is built in node form: each op vertex applies its op to the sum of
-            its inputs, the output sums its inputs (the zero cell contributes zeros).
-        skeleton: ``"nb201"`` or ``"nb101"``.
+        cell: a :class:`Cell` (or what ``sample()`` returns); for ``skeleton="nb201"`` also an
+            NB201 string, built edge by edge exactly as NAS-Bench-201 builds it (dead edges
+            included, so parameter counts match NB201's). A Cell is built in node form: each op
+            vertex applies its op to the sum of its inputs, the output sums its inputs (the zero
+            cell contributes zeros).
+        skeleton: ``"nb201"`` or ``"nb101"``; None: the one the cell's ops belong to
+            (:func:`default_skeleton`).
         num_classes: classifier outputs.
         hparams: skeleton hyper-parameters (nb201: ``channels``, ``cells_per_stage``; nb101:
             ``stem_channels``, ``num_stacks``, ``cells_per_stack``; both: ``in_channels``, default 3).
     """
+    cell = as_cell(cell)
+    skeleton = default_skeleton(cell) if skeleton is None else skeleton
     if skeleton == "nb201":
         return nb201.NB201Network(cell, num_classes=num_classes, **hparams)
     if skeleton == "nb101":
@@ -32,13 +55,14 @@ def build(cell: Cell | str, skeleton: str = "nb201", num_classes: int = 10, **hp
     raise ValueError(f"unknown skeleton {skeleton!r}; choose one of: {', '.join(SKELETONS)}")
 
 
-def count_params(module_or_cell: nn.Module | Cell | str, skeleton: str = "nb201", num_classes: int = 10, **hparams) -> int:
+def count_params(module_or_cell: nn.Module | Cell | str, skeleton: str | None = None, num_classes: int = 10,
+                 **hparams) -> int:
     """Trainable parameters of a module, or of ``build(cell, skeleton, ...)``."""
     m = module_or_cell if isinstance(module_or_cell, nn.Module) else build(module_or_cell, skeleton, num_classes, **hparams)
     return sum(p.numel() for p in m.parameters() if p.requires_grad)
 
 
-def count_flops(module_or_cell: nn.Module | Cell | str, skeleton: str = "nb201", num_classes: int = 10,
+def count_flops(module_or_cell: nn.Module | Cell | str, skeleton: str | None = None, num_classes: int = 10,
                 input_size: tuple[int, int, int] = (3, 32, 32), convention: str = "nb201", **hparams) -> int:
     """FLOPs of one image: multiply-accumulates in NB201's convention (the default, what the
     ``flops`` proxy stores) or NASLib's zero-cost ``flops`` (``convention="naslib"``: also batch
@@ -78,4 +102,4 @@ class ExactCounts:
             self.get(c, k)
 
 
-__all__ = ["SKELETONS", "ExactCounts", "build", "count_flops", "count_params"]
+__all__ = ["SKELETONS", "ExactCounts", "as_cell", "build", "count_flops", "count_params", "default_skeleton"]

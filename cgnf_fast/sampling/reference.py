@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from ..space import Cell, DesignSpace, nb201
@@ -36,8 +37,16 @@ BEST_NB101_HASH = "ff9707907f5c17ef8f80cc68fff30f74"
 
 
 def resolve_reference(reference: Any, space: str | DesignSpace) -> Cell:
-    """The pruned member cell that ``reference`` names (see :func:`cgnf_fast.sample`)."""
+    """The pruned member cell that ``reference`` names (see :func:`cgnf_fast.sample`): also a
+    ``SampledCell`` (what ``sample()`` returns) or a ``{"matrix", "ops"}`` mapping."""
     sp = get_space(space)
+    if isinstance(getattr(reference, "cell", None), Cell):
+        reference = reference.cell
+    if isinstance(reference, Mapping):
+        try:
+            reference = Cell.from_json(reference)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"reference {dict(reference)!r} is not a cell: {e}") from None
     if isinstance(reference, Cell):
         cell = reference
     elif isinstance(reference, str):
@@ -66,12 +75,15 @@ def resolve_reference(reference: Any, space: str | DesignSpace) -> Cell:
         except (ValueError, TypeError) as e:
             raise ValueError(f"reference is not a valid NB101 (matrix, ops) pair: {e}") from None
     else:
-        raise ValueError(f"reference must be a Cell, an NB201 string, an NB101 (matrix, ops) pair or 'best', got "
+        raise ValueError(f"reference must be a Cell (or a sampled cell), an NB201 string, an NB101 (matrix, ops) "
+                         f"pair, a {{'matrix', 'ops'}} mapping or 'best', got "
                          f"{type(reference).__name__}")
     try:
         p = sp.validate(cell)
     except ValueError as e:
-        raise ValueError(f"the reference is not in space {sp.name!r}: {e}") from None
+        fits = [n for n in space_names() if n != sp.name and get_space(n).contains(cell)]
+        hint = f"; it is a cell of {', '.join(fits)}: pass space={fits[-1]!r}" if fits else ""
+        raise ValueError(f"the reference is not in space {sp.name!r}: {e}{hint}") from None
     if p.is_zero:
         raise ValueError("the reference is the zero cell (no input -> output path): there is nothing to sample "
                          "around")

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import torch
 
-from ..nets import build, count_flops, count_params
+from ..nets import as_cell, build, count_flops, count_params, default_skeleton
 from ..space import Cell
 from .images import calibration_batch
 from .proxies import PROXIES
@@ -32,7 +32,7 @@ def check_proxies(proxies: str | list[str] | tuple[str, ...]) -> list[str]:
 def score(
     cell: Cell | str,
     proxies: str | list[str] | tuple[str, ...] = ALL_PROXIES,
-    skeleton: str = "nb201",
+    skeleton: str | None = None,
     batch: tuple[torch.Tensor, torch.Tensor] | None = None,
     seed: int = 0,
     device: str | torch.device = "cpu",
@@ -49,6 +49,8 @@ def score(
         batch: ``(x [B, 3, H, W] float32, y [B] int64)``.
     """
     names = check_proxies(proxies)
+    cell = as_cell(cell)
+    skeleton = default_skeleton(cell) if skeleton is None else skeleton
     if isinstance(cell, Cell) and skeleton == "nb101":
         cell.pruned()  # a clear error for cells with no input -> output path
     if batch is None:
