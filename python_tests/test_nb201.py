@@ -121,3 +121,11 @@ def test_to_nb201_outside_nb201():
     assert chain.to_nb201() is None
     assert Cell([[0, 1, 0], [0, 0, 1], [0, 0, 0]], ["input", "maxpool3x3", "output"]).to_nb201() is None
     assert Cell.zero().to_nb201() is not None
+
+
+def test_unique_str_of_a_cell_says_why_not() -> None:
+    """unique_str is a function of the NB201 string ('none' edges count, and vanish in a cell):
+    a Cell is refused with the reason and what to use instead."""
+    cell = nb201.to_cell("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|")
+    with pytest.raises(ValueError, match="takes an NB201 string, not a Cell.*network_code"):
+        nb201.unique_str(cell)

@@ -109,6 +109,10 @@ def unique_str(arch: str) -> str:
     downstream (``#+#`` does not): this is NATS-Bench's behaviour, and what makes the
     well-known 6,466 classes.
     """
+    if isinstance(arch, Cell):
+        raise ValueError("unique_str takes an NB201 string, not a Cell: NATS-Bench's convention counts 'none' "
+                         "edges, which vanish in a cell's node form, so several strings (and unique strings) map to "
+                         "one cell; pass the string, or compare cells with network_code() / canonical_code()")
     digits = parse(arch)
     nodes = {0: "0"}
     k = 0
