@@ -132,3 +132,13 @@ def test_unwritable_outputs_are_refused_up_front_in_the_users_words(tmp_path):
             assert rc == 2 and f"--out {imm / 'x.json'}: cannot write files in {imm} (Operation not permitted)" in err
         finally:
             subprocess.run(["chattr", "-i", str(imm)], check=True)
+
+
+def test_space_info_prints_no_python_none():
+    """`space info nb201` printed `max_edges None` and `labeled_graphs None` (issue 20, item 14)."""
+    from helpers import run_cli
+
+    for space in ("nb201", "nb101-like"):
+        rc, out, err = run_cli("space", "info", space)
+        assert rc == 0 and "None" not in out, out
+    assert "max_edges      no limit" in out

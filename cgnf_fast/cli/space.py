@@ -49,6 +49,12 @@ def _info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info))
         return 0
+    if info.get("max_edges") is None:  # the table says what None means (JSON keeps null)
+        info["max_edges"] = "no limit"
+    if info.get("labeled_graphs") is None:
+        info.pop("labeled_graphs", None)  # NB201 is its strings, not labelled graphs (nb201_strings)
+    if info.get("seed_space") is None:
+        info["seed_space"] = "none"
     width = max(len(k) for k in info)
     for k, v in info.items():
         if isinstance(v, dict):
