@@ -187,3 +187,11 @@ def test_sampled_cells_flow_into_the_rest_of_the_api() -> None:
     assert type(nets.build(c101)).__name__ == "NB101Network" and nets.count_flops(c101) == c101.flops
     with pytest.raises(ValueError, match="it is a cell of nb101, nb101-like: pass space='nb101-like'"):
         sample(BEST_NB101, n=2)
+
+
+def test_a_sampled_cell_prints_as_a_person_reads_it() -> None:
+    """Its repr is the compact cell and its numbers, not 32 floats and a 50-digit code (issue 20, item 8)."""
+    c = sample("best", n=1)[0]
+    text = repr(c)
+    assert text.startswith("SampledCell('") and f"params={c.params:,}" in text and len(text) < 300, text
+    assert str(c.network_code) not in text and "latent" not in text

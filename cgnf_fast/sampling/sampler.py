@@ -102,6 +102,16 @@ class SampledCell:
     latent: list[float] = field(default_factory=list)
     repaired: bool = False
 
+    def __repr__(self) -> str:
+        """The cell as a person reads it (its NB201 string, else the compact ``1:conv3<0 ... out<..``
+        notation of ``cgnf sample``'s table), its exact counts and predictions; the latent and
+        the codes are left out (they are fields)."""
+        from .drawing import cell_text
+
+        pred = ", ".join(f"{k}={v:.4g}" for k, v in self.predicted.items())
+        return (f"SampledCell({self.nb201 or cell_text(self.cell)!r}, params={self.params:,}, flops={self.flops:,}, "
+                f"predicted={{{pred}}}, in_seed_space={self.in_seed_space}, repaired={self.repaired})")
+
     @property
     def matrix(self) -> list[list[int]]:
         return [list(r) for r in self.cell.adjacency]
