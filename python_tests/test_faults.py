@@ -289,13 +289,18 @@ def test_sigterm_leaves_no_partial_file(tmp_path: Path) -> None:
 
 
 def test_an_impossible_condition_is_one_line() -> None:
-    """`cgnf sample --condition nwot=1e30` asks the flow for latents its solver cannot reach
-    (the step size underflows): one 'cgnf: error:' line naming why (it was a 39-line traceback)."""
+    """`cgnf sample --condition nwot=1e30` (the flow's solver underflowed: a 39-line traceback),
+    `synflow=+1000%` (its params followed to 8M, beyond the space's 1.53M: it went through
+    silently) and `params=>=1.6M` (ten rounds before failing): each one line, up front."""
     from helpers import run_cli
 
-    rc, out, err = run_cli("sample", "--condition", "nwot=1e30", "--n", "3")
-    assert rc == 2 and out == "" and err.count("\n") == 1, err
-    assert err.startswith("cgnf: error: the flow's ODE solve failed") and "far outside" in err, err
+    for condition, message in (("nwot=1e30", "condition 'nwot': the target (1e30) is 1.08e+29 standard deviations"),
+                               ("synflow=+1000%", "condition 'synflow': the target (+1000%) is"),
+                               ("params=>=1.6M", "'>=1.6M' is impossible in space 'nb201-like': its largest network "
+                                                 "has 1.5315M params")):
+        rc, out, err = run_cli("sample", "--condition", condition, "--n", "3")
+        assert rc == 2 and out == "" and err.count("\n") == 1, err
+        assert err.startswith("cgnf: error: ") and message in err, err
 
 
 @pytest.mark.parametrize("name", ["flow/flow.safetensors", "gvae/gvae.safetensors", "gvae/gvae.json"])

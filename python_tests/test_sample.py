@@ -158,7 +158,7 @@ def test_latents_are_the_flow_of_seeded_tempered_noise(model: SamplingModel) -> 
 
 
 @pytest.mark.slow
-def test_params_bounds_filter_on_exact_counts(model: SamplingModel, twelve: list[SampledCell]) -> None:
+def test_params_bounds_filter_on_exact_counts(model: SamplingModel, twelve: list[SampledCell], monkeypatch) -> None:
     params = sorted(s.params for s in twelve)
     # half a parameter around the median of an unconstrained draw (in millions; a cell exactly
     # at a bound would leave the test to the rounding of the unit conversion)
@@ -172,10 +172,20 @@ def test_params_bounds_filter_on_exact_counts(model: SamplingModel, twelve: list
     with pytest.raises(ValueError, match=r"condition 'params': '<=0.1K' is impossible in space 'nb201-like': the "
                        r"smallest network \(input -> output\) has 0.0\d+M params"):
         sample("best", {"params": "<=0.1K"}, n=3, model=model)
-    # possible in principle, never met within the draws allowed: the error says what was dropped
+    # above the largest network: refused up front (it used to spend every round first)
+    with pytest.raises(ValueError, match=r"'>=1G' is impossible in space 'nb201-like': its largest network has "
+                       r"1.5315M params"):
+        sample("best", {"params": ">=1G"}, n=2, model=model)
+    # never met within the draws allowed (the up-front checks, which know NB201's skeleton,
+    # switched off: in other skeletons only the draws can tell): the error says what was dropped
+    import cgnf_fast.sampling.sampler as S
+
+    monkeypatch.setattr(S, "_refuse_impossible_bounds", lambda *a: None)
+    monkeypatch.setattr(S, "_refuse_uncovered_targets", lambda *a: None)
     with pytest.raises(SamplingError, match=r"found 0 of 2 distinct valid cells after drawing 16 latents in 1 "
                        r"rounds \(.*\d+ outside bounds.*\) under params>=1000"):
         sample("best", {"params": ">=1G"}, n=2, model=model, chunk=16, max_draws=16)
+    monkeypatch.undo()
     with pytest.raises(SamplingError, match=r"found [1-8] of 10 distinct valid cells after drawing 8 latents"):
         sample("best", n=10, model=model, chunk=8, max_draws=8)
 

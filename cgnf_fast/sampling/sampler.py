@@ -179,18 +179,51 @@ def _seed_space(sp: DesignSpace, novel_only: bool) -> DesignSpace | None:
     return get_space(sp.seed_space) if sp.seed_space is not None else None
 
 
+def _chain(ops: list[str]) -> Cell:
+    """input -> ops[0] -> ... -> output."""
+    n = len(ops) + 2
+    return Cell([[int(j == i + 1) for j in range(n)] for i in range(n)], ["input", *ops, "output"])
+
+
 def _refuse_impossible_bounds(bounds: list[Target], sp: DesignSpace, counts: ExactCounts) -> None:
-    """An upper bound below the smallest network of an NB201-skeleton space is refused up front."""
-    if sp.skeleton != "nb201" or not any(t.kind == "at_most" for t in bounds):
+    """A bound no member can meet is refused up front, in an NB201-skeleton space, where each op
+    vertex adds a fixed number of parameters and FLOPs whatever the wiring: the smallest network
+    is input -> output, the largest a chain of ``max_nodes - 2`` of the costliest op."""
+    if sp.skeleton != "nb201" or not bounds:
         return
-    # NB201 skeleton: an op vertex only adds parameters and FLOPs, so input -> output is the smallest network
-    smallest = Cell([[0, 1], [0, 0]], ["input", "output"])
+    smallest = _chain([])
     low = counts.get(smallest, smallest.network_code())
+    chains = [_chain([op] * (sp.max_nodes - 2)) for op in sp.ops]
+    high = [max(counts.get(c, c.network_code())[k] for c in chains) for k in range(2)]
     for t in bounds:
-        v = low[COUNT_ATTRIBUTES.index(t.attribute)] / 1e6
-        if t.kind == "at_most" and t.value < v:
+        k = COUNT_ATTRIBUTES.index(t.attribute)
+        if t.kind == "at_most" and t.value < low[k] / 1e6:
             raise ValueError(f"condition {t.attribute!r}: {t.text!r} is impossible in space {sp.name!r}: the "
-                             f"smallest network (input -> output) has {v:.4f}M {t.attribute}")
+                             f"smallest network (input -> output) has {low[k] / 1e6:.4f}M {t.attribute}")
+        if t.kind == "at_least" and t.value > high[k] / 1e6:
+            raise ValueError(f"condition {t.attribute!r}: {t.text!r} is impossible in space {sp.name!r}: its "
+                             f"largest network has {high[k] / 1e6:.4f}M {t.attribute}")
+
+
+#: A target this many standard deviations of the flow's training conditions away from their mean
+#: is refused: the flow has seen nothing like it (its solve fails or its cells ignore it).
+MAX_TARGET_STDS = 6.0
+
+
+def _refuse_uncovered_targets(conditions: Any, targets: Mapping[str, Target], c_std: torch.Tensor) -> None:
+    """Targets far outside the flow's training data (``|c| > MAX_TARGET_STDS`` in its
+    standardised units), refused up front naming the attribute and the range it was trained on."""
+    for i, a in enumerate(conditions.names):
+        z = float(c_std[i])
+        if abs(z) <= MAX_TARGET_STDS:
+            continue
+        lo, hi = conditions.from_flow(torch.tensor([[-3.0] * len(conditions.names), [3.0] * len(conditions.names)],
+                                                   dtype=torch.float64))[:, i].tolist()
+        asked = f" ({targets[a].text})" if a in targets else " (following the attributes asked for)"
+        unit = "M" if a in COUNT_ATTRIBUTES else ""
+        raise ValueError(f"condition {a!r}: the target{asked} is {abs(z):.3g} standard deviations from the model's "
+                         f"training data, whose {a} lies mostly in {lo:.4g}{unit} .. {hi:.4g}{unit} (mean +- 3 std); "
+                         f"ask for a value closer to that range")
 
 
 # -- steps 3-6: draw, decode, filter ----------------------------------------------------------
@@ -345,7 +378,8 @@ def sample_with_info(reference: Any, condition: Mapping[str, Any] | None = None,
     p = m.flow
     bounds = [t for t in targets.values() if t.attribute in COUNT_ATTRIBUTES and t.kind in ("at_most", "at_least")]
     d = _Draw(m, c_std[None].to(p.device, p.dtype), seed_space, novel_only, bounds, ExactCounts(sp.skeleton))
-    _refuse_impossible_bounds(bounds, sp, d.counts)
+    _refuse_impossible_bounds(bounds, sp, d.counts)  # (the space's facts first: the more exact message)
+    _refuse_uncovered_targets(m.conditions, targets, c_std)
     limit = max_draws if max_draws is not None else math.ceil(max(100 * n, 10 * chunk) / chunk) * chunk
 
     m.vae.model.eval()
