@@ -183,7 +183,7 @@ def test_params_bounds_filter_on_exact_counts(model: SamplingModel, twelve: list
     monkeypatch.setattr(S, "_refuse_impossible_bounds", lambda *a: None)
     monkeypatch.setattr(S, "_refuse_uncovered_targets", lambda *a: None)
     with pytest.raises(SamplingError, match=r"found 0 of 2 distinct valid cells after drawing 16 latents in 1 "
-                       r"rounds \(.*\d+ outside bounds.*\) under params>=1000"):
+                       r"rounds \(.*\d+ outside bounds.*\) under params>=1000M"):
         sample("best", {"params": ">=1G"}, n=2, model=model, chunk=16, max_draws=16)
     monkeypatch.undo()
     with pytest.raises(SamplingError, match=r"found [1-8] of 10 distinct valid cells after drawing 8 latents"):

@@ -78,12 +78,14 @@ class Target:
         return True
 
     def describe(self) -> str:
+        """``params<=0.8M``, ``synflow+10%``, ``nwot=210``: with the unit (M) of counts."""
         ops = {"at_most": "<=", "at_least": ">="}
+        unit = "M" if self.attribute in COUNT_ATTRIBUTES else ""
         if self.kind in ops:
-            return f"{self.attribute}{ops[self.kind]}{self.value:g}"
+            return f"{self.attribute}{ops[self.kind]}{self.value:g}{unit}"
         if self.kind == "relative":
             return f"{self.attribute}{self.value * 100:+g}%"
-        return f"{self.attribute}={self.value:g}"
+        return f"{self.attribute}={self.value:g}{unit}"
 
 
 def _finite(name: str, text: str, x: float) -> float:
