@@ -142,3 +142,17 @@ def test_space_info_prints_no_python_none():
         rc, out, err = run_cli("space", "info", space)
         assert rc == 0 and "None" not in out, out
     assert "no limit" in next(line for line in out.splitlines() if line.startswith("max_edges"))
+
+
+def test_the_space_is_spelled_the_same_everywhere():
+    """`space ...` and `zc score` take the space as a positional argument or as --space, the
+    spelling of every other command (issue 20, item 13); both at once must agree."""
+    from helpers import run_cli
+
+    rc1, out1, _ = run_cli("space", "info", "nb101", "--json")
+    rc2, out2, _ = run_cli("space", "info", "--space", "nb101", "--json")
+    assert rc1 == rc2 == 0 and out1 == out2
+    rc, _, err = run_cli("space", "info", "nb101", "--space", "nb201")
+    assert rc == 2 and "given twice and differently" in err
+    rc, _, err = run_cli("space", "info")
+    assert rc == 2 and "a space is required" in err

@@ -25,7 +25,7 @@ import torch
 
 from .._native import BUILT_WITH_CUDA, CudaUnavailable, check_device
 from . import cell, evaluate, pipeline, sample, space, train, zc
-from ._common import CLIError
+from ._common import CLIError, resolve_space_arg
 
 __all__ = ["CLIError", "build_parser", "main"]
 
@@ -70,6 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
     try:
+        resolve_space_arg(args)
         if getattr(args, "device", None) is not None:
             check_device(args.device)
         return int(args.func(args) or 0)

@@ -29,6 +29,24 @@ def space_help(suffix: str = "") -> str:
     return f"one of: {', '.join(spaces.names())}{suffix}"
 
 
+def add_space_arg(p: argparse.ArgumentParser) -> None:
+    """SPACE as a positional argument or as ``--space SPACE`` (the spelling the other commands
+    use); :func:`resolve_space_arg` merges them after parsing."""
+    p.add_argument("space", nargs="?", help=space_help(" (or --space SPACE)"))
+    p.add_argument("--space", dest="space_flag", metavar="SPACE", help="the same as the positional SPACE")
+
+
+def resolve_space_arg(args: argparse.Namespace) -> None:
+    """``args.space`` from the positional or the ``--space`` spelling (:func:`add_space_arg`)."""
+    if not hasattr(args, "space_flag"):
+        return
+    if args.space is not None and args.space_flag is not None and args.space != args.space_flag:
+        raise CLIError(f"the space is given twice and differently ({args.space!r} and --space {args.space_flag!r})")
+    args.space = args.space if args.space is not None else args.space_flag
+    if args.space is None:
+        raise CLIError(f"a space is required: {space_help()} (positional or --space)")
+
+
 def config_defaults(cls: type) -> dict[str, Any]:
     """Field name -> default of a config dataclass (``default_factory`` called; fields without a
     default left out): what the options mapped to its fields default to."""

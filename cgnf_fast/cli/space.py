@@ -7,7 +7,7 @@ import json
 import sys
 import time
 
-from ._common import JSON_HELP, NO_PROGRESS_HELP, check_outputs, nonneg_int, space_help
+from ._common import JSON_HELP, NO_PROGRESS_HELP, add_space_arg, check_outputs, nonneg_int
 
 HELP = "design spaces"
 
@@ -16,12 +16,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("space", help=HELP)
     sps = sp.add_subparsers(dest="space_command", metavar="SUBCOMMAND", required=True)
     info = sps.add_parser("info", help="describe a design space (vocabulary, limits, sizes)")
-    info.add_argument("space", help=space_help())
+    add_space_arg(info)
     info.add_argument("--json", action="store_true", help=JSON_HELP)
     info.set_defaults(func=_info)
 
     cnt = sps.add_parser("count", help="exact numbers of labelled, valid and unique cells and networks")
-    cnt.add_argument("space", help=space_help())
+    add_space_arg(cnt)
     cnt.add_argument("--max-edges", type=nonneg_int, default=None, help="override the space's edge limit")
     cnt.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                      help="count on the CPU or on a CUDA device (default cpu)")
@@ -30,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     cnt.set_defaults(func=_count)
 
     en = sps.add_parser("enumerate", help="write every unique cell of a space as JSON lines")
-    en.add_argument("space", help=space_help())
+    add_space_arg(en)
     en.add_argument("--max-edges", type=nonneg_int, default=None, help="override the space's edge limit")
     en.add_argument("--out", required=True, help="output file (.jsonl)")
     en.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)

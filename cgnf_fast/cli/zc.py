@@ -7,7 +7,7 @@ import json
 import sys
 import time
 
-from ._common import DEVICE_HELP, NO_PROGRESS_HELP, CLIError, check_outputs, nonneg_int, space_help
+from ._common import CLIError, DEVICE_HELP, NO_PROGRESS_HELP, add_space_arg, check_outputs, nonneg_int
 
 HELP = "zero-cost proxies"
 
@@ -16,7 +16,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     zp = sub.add_parser("zc", help=HELP)
     zps = zp.add_subparsers(dest="zc_command", metavar="SUBCOMMAND", required=True)
     zs = zps.add_parser("score", help="score cells into a resumable SQLite store")
-    zs.add_argument("space", help=space_help())
+    add_space_arg(zs)
     zs.add_argument("--n", type=nonneg_int, help="score N distinct cells sampled from the space (seed 0)")
     zs.add_argument("--stratified", action="store_true",
                     help="with --n: spread the cells evenly over vertex counts (small cells are rare otherwise)")
