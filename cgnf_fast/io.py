@@ -184,3 +184,25 @@ def load_module(module: nn.Module, tensors: dict[str, torch.Tensor], where: str)
     if bad:
         raise CheckpointError(f"{where}: tensor shapes do not match the model's config ({'; '.join(bad[:3])})")
     module.load_state_dict(tensors, strict=True)
+
+
+# -- paths as results show them ------------------------------------------------------------
+def shown_path(path: str | os.PathLike) -> str:
+    """A path as results show it: inside the installed package as ``<cgnf_fast>/...``, else
+    relative to the working directory they were made in (no machine's absolute paths)."""
+    p = Path(path).resolve()
+    pkg = Path(__file__).resolve().parent
+    if p == pkg or pkg in p.parents:
+        return "<cgnf_fast>/" + p.relative_to(pkg).as_posix()
+    return os.path.relpath(p)
+
+
+def shown_paths(obj: Any) -> Any:
+    """``obj`` (JSON-able) with every absolute path string that exists replaced by :func:`shown_path`."""
+    if isinstance(obj, dict):
+        return {k: shown_paths(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [shown_paths(v) for v in obj]
+    if isinstance(obj, str) and os.path.isabs(obj) and os.path.exists(obj):
+        return shown_path(obj)
+    return obj

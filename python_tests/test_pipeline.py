@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -172,6 +173,8 @@ def test_evaluate_sampler_cli(run_dir: Path, tmp_path: Path) -> None:
                             "--no-progress")
     assert rc == 0, err
     assert json.loads(out)["reference"]["ops"] == ["input", "nor_conv_3x3", "nor_conv_1x1", "output"]
+    # the model is named relative to where the command ran, not by this machine's absolute path
+    assert json.loads(out)["model"] == os.path.relpath(run_dir / "model")
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ from typing import Any
 
 from ._common import (DEVICE_HELP, JSON_HELP, NO_PROGRESS_HELP, CLIError, check_outputs, check_png, nonneg_int,
                       pos_int, reference_arg, seeds_arg)
+from ..io import shown_paths
 from .sample import MODEL_HELP
 
 HELP = "measure trained models"
@@ -145,7 +146,7 @@ def _predictor(args: argparse.Namespace) -> int:
     r = evaluate_predictor(args.gvae, args.truth, args.space, n=args.n, device=args.device, workers=args.workers,
                            progress=not args.no_progress)
     if args.json:
-        print(json.dumps(r))
+        print(json.dumps(shown_paths(r)))
         return 0
     print(f"{r['space']}: {r['cells']:,} cells ({r['networks']:,} networks); error as % of the max training value")
     print(f"{'attribute':<12} {'n':>7} {'mean %':>8} {'max %':>8}")
@@ -166,7 +167,7 @@ def _latent(args: argparse.Namespace) -> int:
     check_outputs(("--png", args.png))
     r = evaluate_latent(args.gvae, args.truth, args.space, png=args.png, color=args.color, n=args.n,
                         device=args.device, workers=args.workers, progress=not args.no_progress)
-    print(json.dumps(r))
+    print(json.dumps(shown_paths(r)))
     return 0
 
 
@@ -186,7 +187,7 @@ def _sampler(args: argparse.Namespace) -> int:
                          oversample=args.oversample, store=args.store,
                          png=args.png, device=args.device, progress=not args.no_progress)
     if args.json:
-        print(json.dumps(r))
+        print(json.dumps(shown_paths(r)))
         return 0
     print(f"space {r['space']}, reference predicted " + ", ".join(f"{k}={v:.4g}" for k, v in
                                                                 r["reference_predicted"].items()))
@@ -230,7 +231,7 @@ def _upper_bound_like(args: argparse.Namespace, task_kw: dict[str, Any], sets: l
     print(f"{r['task']}\n{r['protocol_text']}\n")
     print(transfer_markdown(r) if transfer else summary_markdown(r, per_cell=False))
     if args.json:
-        write_text_atomic(args.json, json.dumps(r, indent=1))
+        write_text_atomic(args.json, json.dumps(shown_paths(r), indent=1))
     if args.md:
         write_text_atomic(args.md, f"Task: {r['task']}\n\n{r['protocol_text']}\n\n{table}\n")
     if png_tmp:

@@ -31,9 +31,10 @@ from typing import Any
 
 import numpy as np
 
+from ..io import shown_path, shown_paths
 from ..space import get as get_space
 
-__all__ = ["run_all", "shown_path"]
+__all__ = ["run_all"]
 
 
 def _say(msg: str, progress: bool) -> None:
@@ -106,30 +107,9 @@ class _Report:
         _say(msg, self.progress)
 
 
-def shown_path(path: str | os.PathLike) -> str:
-    """A path as a report shows it: inside the installed package as ``<cgnf_fast>/...``, else
-    relative to the working directory the report was made in (no machine's absolute paths)."""
-    p = Path(path).resolve()
-    pkg = Path(__file__).resolve().parent.parent
-    if p == pkg or pkg in p.parents:
-        return "<cgnf_fast>/" + p.relative_to(pkg).as_posix()
-    return os.path.relpath(p)
-
-
-def _shown_paths(obj: Any) -> Any:
-    """``obj`` (JSON-able) with every absolute path string that exists replaced by :func:`shown_path`."""
-    if isinstance(obj, dict):
-        return {k: _shown_paths(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_shown_paths(v) for v in obj]
-    if isinstance(obj, str) and os.path.isabs(obj) and os.path.exists(obj):
-        return shown_path(obj)
-    return obj
-
-
 def _shown_command(command: str) -> str:
     """The command with its absolute path arguments shown relative (:func:`shown_path`)."""
-    return " ".join(shlex.quote(_shown_paths(a)) for a in shlex.split(command))
+    return " ".join(shlex.quote(shown_paths(a)) for a in shlex.split(command))
 
 
 def _section_header(r: _Report, command: str, protocol: str | None) -> None:
@@ -366,6 +346,6 @@ def run_all(out: str | os.PathLike, *, protocol: str | None = None, seeds: tuple
         r.work.rmdir()
     r.results["seconds"] = time.time() - t_start
     r.md += ["", "---", f"Total time: {r.results['seconds'] / 60:.1f} min (cached results are not retrained)."]
-    write_text_atomic(outdir / "results.json", json.dumps(_shown_paths(r.results), indent=1, default=float))
+    write_text_atomic(outdir / "results.json", json.dumps(shown_paths(r.results), indent=1, default=float))
     write_text_atomic(outdir / "report.md", "\n".join(r.md) + "\n")
     return r.results
