@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ..nets import as_cell
 from ..space import Cell, DesignSpace, nb201
 from ..space import get as get_space
 from ..space import names as space_names
@@ -40,8 +41,7 @@ def resolve_reference(reference: Any, space: str | DesignSpace) -> Cell:
     """The pruned member cell that ``reference`` names (see :func:`cgnf_fast.sample`): also a
     ``SampledCell`` (what ``sample()`` returns) or a ``{"matrix", "ops"}`` mapping."""
     sp = get_space(space)
-    if isinstance(getattr(reference, "cell", None), Cell):
-        reference = reference.cell
+    reference = as_cell(reference)
     if isinstance(reference, Mapping):
         try:
             reference = Cell.from_json(reference)

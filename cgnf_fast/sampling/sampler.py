@@ -61,7 +61,7 @@ from ..space import NB101_OPS, NB201_NODE_OPS, Cell, DesignSpace, batch_from_cel
 from ..space import MAX_NODES, cell_network_codes
 from ..space import get as get_space
 from ..space import names as space_names
-from .conditions import COUNT_ATTRIBUTES, Target, condition_vector, parse_condition
+from .conditions import COUNT_ATTRIBUTES, FlowConditions, Target, condition_vector, parse_condition
 from .model import SamplingModel, resolve_model
 from .reference import resolve_reference
 from .rounds import _rounds
@@ -210,7 +210,8 @@ def _refuse_impossible_bounds(bounds: list[Target], sp: DesignSpace, counts: Exa
 MAX_TARGET_STDS = 6.0
 
 
-def _refuse_uncovered_targets(conditions: Any, targets: Mapping[str, Target], c_std: torch.Tensor) -> None:
+def _refuse_uncovered_targets(conditions: FlowConditions, targets: Mapping[str, Target],
+                              c_std: torch.Tensor) -> None:
     """Targets far outside the flow's training data (``|c| > MAX_TARGET_STDS`` in its
     standardised units), refused up front naming the attribute and the range it was trained on."""
     for i, a in enumerate(conditions.names):

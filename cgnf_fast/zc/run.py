@@ -64,12 +64,21 @@ def _score_loop(store_path: str, jobs: list[tuple[int, str]], space: str, proxie
     return out
 
 
+def _finished_elsewhere(store: ScoreStore, code: int, cell_json: str, space: str, proxies: list[str], fp: str,
+                        seed: int, ver: str) -> bool:
+    """Whether a cell this process has just claimed was committed by another scorer before the
+    claim was taken (then the claim is released, with nothing to store)."""
+    if code not in store.done(space, fp, seed, ver, proxies, codes=[code]):
+        return False
+    store.put(space, code, cell_json, fp, seed, ver, {})
+    return True
+
+
 def _score_claimed(store: ScoreStore, code: int, cell_json: str, space: str, proxies: list[str], batch, seed: int,
                    device: str, fp: str, ver: str) -> str:
     """Scores a cell this process has claimed (releasing the claim): "computed", or "finished"
     when its rows were committed by another scorer before the claim was taken."""
-    if code in store.done(space, fp, seed, ver, proxies, codes=[code]):
-        store.put(space, code, cell_json, fp, seed, ver, {})
+    if _finished_elsewhere(store, code, cell_json, space, proxies, fp, seed, ver):
         return "finished"
     values, seconds, errors = _score_one(cell_json, space, proxies, batch, seed, device)
     store.put(space, code, cell_json, fp, seed, ver, values, seconds, errors)
@@ -171,8 +180,7 @@ def _score_ray(store: str, todo: list[tuple[int, str]], space: str, proxies: lis
                         out["held"].append((code, cell_json, holder))
                         bar.update(1)
                         continue
-                    if code in st.done(space, fp, seed, ver, proxies, codes=[code]):
-                        st.put(space, code, cell_json, fp, seed, ver, {})
+                    if _finished_elsewhere(st, code, cell_json, space, proxies, fp, seed, ver):
                         out["finished"].append(code)
                         bar.update(1)
                         continue
