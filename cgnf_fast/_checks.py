@@ -11,27 +11,31 @@ import torch
 __all__ = ["check_choice", "check_int", "check_positive", "check_tensor"]
 
 
-def check_tensor(name: str, x: object, shape_doc: str, *, dtype: torch.dtype, shape: Sequence[int | None] | None = None,
+def check_tensor(name: str, x: object, shape_doc: str, *, dtype: torch.dtype | tuple[torch.dtype, ...],
+                 shape: Sequence[int | None] | None = None,
                  ndim: int | None = None, device: torch.device | None = None, dtype_of: str | None = None,
                  dtype_note: str | None = None, device_of: str = "the other arguments are",
                  device_hint: str = "", devices: Sequence[str] | None = None, contiguous: bool = False,
                  finite: bool = False) -> torch.Tensor:
     """``x`` checked, or ``ValueError`` naming ``name``:
 
-    - a tensor of ``dtype`` (message: "the dtype of ``dtype_of``" when it must match another
-      argument's, else the dtype with ``dtype_note``, default the shape);
+    - a tensor of ``dtype`` (or of one of a tuple of dtypes; message: "the dtype of ``dtype_of``"
+      when it must match another argument's, else the dtype with ``dtype_note``, default the shape);
     - of ``shape`` (``None`` entries: any size, printed as ``B``) or of ``ndim`` dimensions,
       described as ``shape_doc`` (``"[B, N, N]"``);
     - on ``device`` (message: "``name`` is on X but ``device_of`` on Y" + ``device_hint``), and
       on a device type in ``devices``;
     - contiguous, and without NaN/inf, when asked.
     """
+    dtypes = dtype if isinstance(dtype, tuple) else (dtype,)
     if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor {shape_doc} {dtype}, got {type(x).__name__}")
-    if x.dtype != dtype:
+        kinds = " or ".join(str(d).removeprefix("torch.") for d in dtypes) if len(dtypes) > 1 else str(dtype)
+        raise ValueError(f"{name} must be a torch.Tensor {shape_doc} {kinds}, got {type(x).__name__}")
+    if x.dtype not in dtypes:
         if dtype_of is not None:
             raise ValueError(f"{name} must have the dtype of {dtype_of} ({dtype}), got {x.dtype}")
-        raise ValueError(f"{name} must have dtype {dtype} ({dtype_note or f'shape {shape_doc}'}), got {x.dtype}")
+        raise ValueError(f"{name} must have dtype {' or '.join(map(str, dtypes))} "
+                         f"({dtype_note or f'shape {shape_doc}'}), got {x.dtype}")
     if shape is not None:
         if x.dim() != len(shape) or any(s is not None and x.shape[i] != s for i, s in enumerate(shape)):
             want = "[" + ", ".join("B" if s is None else str(s) for s in shape) + "]"

@@ -70,10 +70,7 @@ def _check_inputs(
     """Validates the op's arguments (``weights`` flat: W, b, G, g, H per layer; ``divergence``
     "none" | "exact" | "hutchinson"); returns the widths ``[D, h_1, ..., D]``. The limits of the
     kernels bind only when ``native``."""
-    if not isinstance(z, torch.Tensor):
-        raise ValueError(f"z must be a torch.Tensor [B, D] float32 or float64, got {type(z).__name__}")
-    if z.dtype not in _DTYPES:
-        raise ValueError(f"z must have dtype torch.float32 or torch.float64 (shape [B, D]), got {z.dtype}")
+    check_tensor("z", z, "[B, D]", dtype=_DTYPES)
     if z.dim() != 2 or z.shape[1] < 1:
         raise ValueError(f"z must have shape [B, D] with D >= 1, got {list(z.shape)}")
     if z.device.type not in ("cpu", "cuda", "meta"):

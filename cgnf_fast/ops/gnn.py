@@ -25,6 +25,7 @@ import math
 import torch
 
 from .. import _native
+from .._checks import check_tensor
 from .._native import _C
 from ..reference import gnn as reference
 
@@ -37,24 +38,18 @@ _DTYPES = (torch.float32, torch.float64)
 
 def _check_inputs(adj: torch.Tensor, h: torch.Tensor) -> tuple[int, int, int]:
     """Validates ``adj [B, N, N]`` and ``h [B, N, H]``; returns ``(B, N, H)``."""
-    for name, t, doc in (("adj", adj, "[B, N, N]"), ("h", h, "[B, N, H]")):
-        if not isinstance(t, torch.Tensor):
-            raise ValueError(f"{name} must be a torch.Tensor {doc} float32 or float64, got {type(t).__name__}")
-    if h.dtype not in _DTYPES:
-        raise ValueError(f"h must have dtype torch.float32 or torch.float64 (shape [B, N, H]), got {h.dtype}")
-    if adj.dtype != h.dtype:
-        raise ValueError(f"adj must have the dtype of h ({h.dtype}), got {adj.dtype}")
-    if h.dim() != 3:
-        raise ValueError(f"h must have shape [B, N, H], got {list(h.shape)}")
+    check_tensor("h", h, "[B, N, H]", dtype=_DTYPES, ndim=3)
     B, N, H = h.shape
     if not 1 <= N <= GIN_MAX_NODES:
         raise ValueError(f"h must have shape [B, N, H] with 1 <= N <= {GIN_MAX_NODES}, got {list(h.shape)}")
     if H < 1:
         raise ValueError(f"h must have shape [B, N, H] with H >= 1, got {list(h.shape)}")
+    if not isinstance(adj, torch.Tensor):  # (said as for h: either float dtype)
+        check_tensor("adj", adj, "[B, N, N]", dtype=_DTYPES)
+    check_tensor("adj", adj, "[B, N, N]", dtype=h.dtype, dtype_of="h", device=h.device, device_of="h is",
+                 device_hint="; both must be on one device")
     if adj.dim() != 3 or tuple(adj.shape) != (B, N, N):
         raise ValueError(f"adj must have shape [B, N, N] = {[B, N, N]} (h is {list(h.shape)}), got {list(adj.shape)}")
-    if adj.device != h.device:
-        raise ValueError(f"adj is on {adj.device} but h is on {h.device}; both must be on one device")
     if h.device.type not in ("cpu", "cuda", "meta"):
         raise ValueError(f"h is on {h.device}; gin_aggregate supports cpu and cuda tensors")
     return B, N, H
