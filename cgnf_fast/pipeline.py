@@ -38,6 +38,7 @@ from .io import CheckpointError, load_json, refuse_changed_config, save_json
 from .sampling.model import export_model
 from .train.flow import TrainFlowConfig
 from .train.gvae import TrainGVAEConfig
+from .zc.score import DEFAULT_BATCH
 
 __all__ = ["DEFAULT_PROXIES", "PipelineConfig", "run_pipeline"]
 
@@ -87,7 +88,8 @@ class PipelineConfig:
     #: seed-space networks outside the seed space's evaluation set (NB101 only: every NB201 cell
     #: is evaluated), learnt from under the "eval" holdout
     seed_labels: int = 0
-    batch_size: int = 16
+    #: images per proxy evaluation (``--image-batch``): the shipped models' labels used 16
+    batch_size: int = DEFAULT_BATCH
     images: str | None = None
     workers: int = 1
     seed: int = 0

@@ -56,6 +56,24 @@ def test_cell_hash():
     assert isinstance(rows[0]["code"], int) and isinstance(rows[0]["network_code"], int)
 
 
+def test_cell_hash_rows_have_the_same_keys_whatever_the_input():
+    """A JSON cell of an NB201 network gets the NB201 index and unique string of its class, as
+    an NB201 string does of itself; a cell outside NB201 gets the same keys, null."""
+    arch = "|nor_conv_3x3~0|+|nor_conv_1x1~0|skip_connect~1|+|none~0|avg_pool_3x3~1|none~2|"
+    chain = {"matrix": [[0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1], [0, 0, 0, 0]],
+             "ops": ["input", "nor_conv_3x3", "avg_pool_3x3", "output"]}  # arch's network, pruned
+    nb101 = {"matrix": [[0, 1, 0], [0, 0, 1], [0, 0, 0]], "ops": ["input", "maxpool3x3", "output"]}
+    r = cgnf("cell", "hash", stdin="\n".join([arch, json.dumps(chain), json.dumps(nb101)]))
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(x) for x in r.stdout.splitlines()]
+    keys = {"code", "network_code", "nb101_hash", "nb201", "nb201_index", "nb201_unique_str"}
+    assert [set(row) for row in rows] == [keys] * 3
+    assert rows[0]["nb201_index"] == 193 and rows[1]["nb201_index"] == 193  # (193 is that class's lowest index)
+    assert rows[0]["nb201_unique_str"] == rows[1]["nb201_unique_str"] == "#+#+((0)@nor_conv_3x3)@avg_pool_3x3"
+    assert rows[0]["network_code"] == rows[1]["network_code"]
+    assert rows[2]["nb201"] is None and rows[2]["nb201_index"] is None and rows[2]["nb201_unique_str"] is None
+
+
 def test_version():
     r = cgnf("--version")
     assert r.returncode == 0 and r.stdout.startswith("cgnf_fast 0.") and f"torch {torch.__version__}" in r.stdout

@@ -78,7 +78,7 @@ def test_training_options_default_to_their_config(command: tuple[str, ...], cls:
     defaults = _dataclass_defaults(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     checked = 0
-    for a in _options(_parser(*command)):
+    for a in _visible(_parser(*command)):
         if a.dest in run_options:
             continue
         assert a.dest in names, f"{a.option_strings} is neither a {cls.__name__} field nor in the run options"
@@ -93,7 +93,7 @@ def test_training_options_default_to_their_config(command: tuple[str, ...], cls:
 def test_pipeline_options_default_to_its_config() -> None:
     record = PipelineConfig.default_record()
     checked = 0
-    for a in _options(_parser("pipeline")):
+    for a in _visible(_parser("pipeline")):
         if a.dest in cli_pipeline.RUN_OPTIONS or a.dest == "space":
             continue
         assert a.dest in record, f"{a.option_strings} is neither a pipeline record entry nor a run option"
@@ -191,3 +191,50 @@ def test_pipeline_config_round_trips_and_refuses_what_it_cannot_read(tmp_path: P
     with pytest.raises(CheckpointError, match=r"not a pipeline config this version reads \(unknown pipeline config "
                        r"keys \['from_the_future'\]\)"):
         _check_resume(tmp_path, PipelineConfig(space="nb101-like"))
+
+
+def _visible(p: argparse.ArgumentParser) -> list[argparse.Action]:
+    return [a for a in _options(p) if a.help != argparse.SUPPRESS]
+
+
+def test_one_spelling_per_concept() -> None:
+    """Images per proxy evaluation are ``--image-batch`` wherever they are asked for, ``--batch``
+    is only ever a training batch, draws are ``--draws``, and every command with a space takes
+    ``--space``; the old spellings still parse but are not listed."""
+    spellings: dict[str, set[tuple[str, ...]]] = {}
+    for path, p in _parsers(build_parser()):
+        for a in _visible(p):
+            for o in a.option_strings:
+                spellings.setdefault(o, set()).add(path[1:])
+    assert "--batch-size" not in spellings
+    assert spellings["--image-batch"] == {("zc", "score"), ("pipeline",)}
+    assert spellings["--batch"] == {("train", "gvae"), ("train", "flow")}
+    assert spellings["--draws"] == {("evaluate", "sampler")}
+    for path, p in _parsers(build_parser()):
+        if any(a.dest in ("space", "space_flag") for a in _options(p)):
+            assert "--space" in [o for a in _visible(p) for o in a.option_strings], path
+    # the old spellings, hidden aliases of the new ones
+    parse = build_parser().parse_args
+    assert parse(["zc", "score", "nb201", "--proxies", "nwot", "--store", "s", "--batch-size", "8"]).batch_size == 8
+    assert parse(["zc", "score", "nb201", "--proxies", "nwot", "--store", "s"]).batch_size == 16
+    assert parse(["pipeline", "--space", "nb201-like", "--out", "o", "--batch-size", "8"]).batch_size == 8
+    assert parse(["evaluate", "sampler", "--batch", "50"]).draws == 50
+    assert parse(["evaluate", "sampler", "--draws", "50"]).draws == 50
+
+
+def test_the_default_image_batch_is_the_shipped_models_labels_batch() -> None:
+    """``zc.score`` without a batch, ``cgnf zc score`` and ``cgnf pipeline`` score on the batch the
+    shipped models' labels used, so a measured score compares with a prediction (it was 64)."""
+    from cgnf_fast.zc.score import DEFAULT_BATCH
+
+    for space in ("nb201-like", "nb101-like"):
+        record = json.loads((PRETRAINED / space / "model.json").read_text())["pipeline"]
+        assert record["batch_size"] == DEFAULT_BATCH == 16
+    assert PipelineConfig(space="nb201-like").batch_size == DEFAULT_BATCH
+    assert _parser("zc", "score").get_default("batch_size") == DEFAULT_BATCH
+
+
+def test_sample_help_lists_the_attributes_condition_accepts() -> None:
+    (cond,) = [a for a in _options(_parser("sample")) if a.dest == "condition"]
+    for space in ("nb201-like", "nb101-like"):
+        assert f"{space}: nwot, synflow, params, flops" in cond.help

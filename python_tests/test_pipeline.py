@@ -141,7 +141,7 @@ def test_resume_from_another_directory_and_foreign_label_groups(run_dir: Path, t
 def test_evaluate_sampler_cli(run_dir: Path, tmp_path: Path) -> None:
     png = tmp_path / "cond.png"
     rc, out, err = run_cli("evaluate", "sampler", "--model", str(run_dir / "model"), "--attributes", "params",
-                            "--levels=-1,0,1", "--n", "4", "--batch", "50", "--batches", "2", "--png", str(png),
+                            "--levels=-1,0,1", "--n", "4", "--draws", "50", "--batches", "2", "--png", str(png),
                             "--json", "--no-progress")
     assert rc == 0, err
     r = json.loads(out)
@@ -169,7 +169,7 @@ def test_evaluate_sampler_cli(run_dir: Path, tmp_path: Path) -> None:
     ref = json.dumps({"matrix": [[0, 1, 1, 0], [0, 0, 0, 1], [0, 0, 0, 1], [0, 0, 0, 0]],
                       "ops": ["input", "nor_conv_3x3", "nor_conv_1x1", "output"]})
     rc, out, err = run_cli("evaluate", "sampler", "--model", str(run_dir / "model"), "--reference", ref,
-                            "--attributes", "params", "--levels=-1,1", "--n", "2", "--batch", "0", "--json",
+                            "--attributes", "params", "--levels=-1,1", "--n", "2", "--draws", "0", "--json",
                             "--no-progress")
     assert rc == 0, err
     assert json.loads(out)["reference"]["ops"] == ["input", "nor_conv_3x3", "nor_conv_1x1", "output"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -169,6 +170,50 @@ def test_cli_picture_format_follows_the_suffix(tmp_path: Path) -> None:
     rc, out, err = run_cli("sample", "--n", "2", "--png", str(tmp_path / "cells.jpg"))
     assert rc == 2 and out == "" and "must end in .png, .svg, .pdf" in err and err.count("\n") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cells.pdf", "cells.png", "cells.svg"]
+
+
+def test_cli_picture_draws_the_reference_first_numbers_vertices_and_says_what_was_asked(tmp_path: Path) -> None:
+    """The cells picture (issue 20, item 15): the reference is the first panel, vertices carry
+    the table's numbers (``0:in``, ``3:conv3``, ``out``), and the figure's title names the space,
+    the reference and the condition. (matplotlib's SVG keeps each text as a comment.)"""
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "cells.svg"
+    rc, text, err = run_cli("sample", "--n", "3", "--condition", "synflow=+10%", "--png", str(path))
+    assert rc == 0, err
+    svg = path.read_text()
+    texts = re.findall(r"<!-- (.*?) -->", svg)
+    panels = [t for t in texts if t == "reference" or re.match(r"#\d+ ", t)]
+    assert panels[0] == "reference" and len(panels) == 4, panels
+    assert "0:in" in texts and "out" in texts and any(re.fullmatch(r"[1-6]:conv3", t) for t in texts)
+    title = next(t for t in texts if t.startswith("3 cells sampled from nb201-like (seed 0) around the reference |"))
+    assert "condition: synflow=+10%" in texts and title
+
+
+def test_long_sampling_shows_progress(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """`cgnf sample --n 100000` ran for minutes without a word: a bar over the cells gathered
+    appears once a call has run PROGRESS_DELAY seconds (0 here), and not when not asked."""
+    from cgnf_fast.sampling import sampler
+
+    monkeypatch.setattr(sampler, "PROGRESS_DELAY", 0.0)
+    quiet = sample("best", n=4, progress=False)
+    assert capsys.readouterr().err == ""
+    shown = sample("best", n=4, progress=True)
+    err = capsys.readouterr().err
+    assert "sample:" in err and "/20 " in err and [c.network_code for c in shown] == [c.network_code for c in quiet]
+
+
+def test_the_output_s_in_edges_arrive_apart() -> None:
+    """Each in-edge of a vertex meets its box at its own height (they bunched into one point, so
+    the output's in-degree could not be read)."""
+    from cgnf_fast.sampling.drawing import _arrival_fractions, layered_positions
+    from cgnf_fast.space import Cell
+
+    n = 7
+    m = [[int(j > i and (i == 0 or j == i + 1 or j == n - 1)) for j in range(n)] for i in range(n)]
+    cell = Cell(m, ["input"] + ["nor_conv_3x3"] * 5 + ["output"])
+    got = _arrival_fractions(cell, layered_positions(cell))
+    into_out = [got[(u, n - 1)] for u in range(n - 1) if m[u][n - 1]]
+    assert len(into_out) == 6 and len(set(into_out)) == 6 and all(-0.5 < f < 0.5 for f in into_out)
 
 
 def test_sampled_cells_flow_into_the_rest_of_the_api() -> None:

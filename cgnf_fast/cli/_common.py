@@ -47,6 +47,16 @@ def resolve_space_arg(args: argparse.Namespace) -> None:
         raise CLIError(f"a space is required: {space_help()} (positional or --space)")
 
 
+IMAGE_BATCH_HELP = ("images per proxy evaluation, the first N of the embedded CIFAR-10 batch or of --images "
+                    "(default %(default)s: what the shipped models' labels used)")
+
+
+def add_alias(p: argparse.ArgumentParser, old: str, dest: str, **kwargs: Any) -> None:
+    """An old spelling of an option, still accepted but not shown in ``--help`` (one spelling
+    per concept is listed)."""
+    p.add_argument(old, dest=dest, help=argparse.SUPPRESS, default=argparse.SUPPRESS, **kwargs)
+
+
 def config_defaults(cls: type) -> dict[str, Any]:
     """Field name -> default of a config dataclass (``default_factory`` called; fields without a
     default left out): what the options mapped to its fields default to."""

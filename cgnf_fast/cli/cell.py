@@ -20,8 +20,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "hash",
         help="codes and hashes of cells read one per line (JSON {'matrix','ops'} or NB201 strings)",
         description="Reads cells one per line (a JSON object with 'matrix' and 'ops', or an NB201 "
-        "string) and writes one JSON object per cell: canonical code and network code of the pruned "
-        "cell, NB101 hash (NB101 ops only), and the NB201 string of its class (or null).",
+        "string) and writes one JSON object per cell, with the same keys for every input: 'code' and "
+        "'network_code' of the pruned cell, 'nb101_hash' (NB101 ops only, else null), 'nb201' (the "
+        "lowest-index NB201 string of its class, or null outside NB201), and 'nb201_index' and "
+        "'nb201_unique_str' (of the input's own NB201 string when it is one, else of 'nb201'; null "
+        "outside NB201).",
     )
     h.add_argument("--input", "-i", help="read from this file instead of stdin")
     h.set_defaults(func=_hash)
@@ -51,17 +54,18 @@ def _hash(args: argparse.Namespace) -> int:
     try:
         for _, cell, arch in _read_cells(stream):
             pruned = cell.pruned(allow_zero=True)
+            nb201_str = pruned.to_nb201()
+            named = arch if arch is not None else nb201_str  # the NB201 string the index describes
             row: dict[str, Any] = {
                 "code": pruned.canonical_code(),
                 "network_code": pruned.network_code(),
                 "nb101_hash": None,
-                "nb201": pruned.to_nb201(),
+                "nb201": nb201_str,
+                "nb201_index": None if named is None else nb201.index_of(named),
+                "nb201_unique_str": None if named is None else nb201.unique_str(named),
             }
             if not pruned.is_zero and all(o in NB101_OPS for o in pruned.ops[1:-1]):
                 row["nb101_hash"] = pruned.nb101_hash()
-            if arch is not None:
-                row["nb201_index"] = nb201.index_of(arch)
-                row["nb201_unique_str"] = nb201.unique_str(arch)
             print(json.dumps(row), flush=False)
     finally:
         if args.input:

@@ -9,7 +9,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from ._common import (DEVICE_HELP, JSON_HELP, NO_PROGRESS_HELP, CLIError, check_outputs, check_png, nonneg_int,
+from ._common import (DEVICE_HELP, JSON_HELP, NO_PROGRESS_HELP, CLIError, add_alias, check_outputs, check_png, nonneg_int,
                       pos_int, reference_arg, seeds_arg)
 from ..io import shown_paths
 from .sample import MODEL_HELP
@@ -65,9 +65,11 @@ def _add_sampler(evs: argparse._SubParsersAction) -> None:
                     help="target offsets from the reference, in stds of the attribute; write --levels=-1,0,1 "
                     "(default -1,-0.5,0,0.5,1)")
     es.add_argument("--n", type=int, default=20, help="cells sampled per level (default 20)")
-    es.add_argument("--batch", type=nonneg_int, default=1000, help="draws for validity/uniqueness/novelty")
+    es.add_argument("--draws", dest="draws", metavar="N", type=nonneg_int, default=1000,
+                    help="latents drawn per batch for validity/uniqueness/novelty (default %(default)s)")
+    add_alias(es, "--batch", "draws", type=nonneg_int)
     es.add_argument("--batches", type=pos_int, default=5,
-                    help="independent batches of --batch draws (seeds SEED, SEED+1, ...; default 5)")
+                    help="independent batches of --draws draws (seeds SEED, SEED+1, ...; default 5)")
     es.add_argument("--seed", type=int, default=0, help=SEED_HELP)
     es.add_argument("--temperature", type=float, default=1.0, help="as in cgnf sample (default 1)")
     es.add_argument("--oversample", type=float, default=DEFAULT_OVERSAMPLE, help="as in cgnf sample")
@@ -182,7 +184,7 @@ def _sampler(args: argparse.Namespace) -> int:
         raise CLIError(f"--levels: expected comma-separated numbers, got {args.levels!r}") from None
     r = evaluate_sampler(args.model, space=args.space, reference=reference,
                          attributes=[a.strip() for a in args.attributes.split(",") if a.strip()], levels=levels,
-                         n=args.n, batch=args.batch, batches=args.batches, seed=args.seed,
+                         n=args.n, batch=args.draws, batches=args.batches, seed=args.seed,
                          temperature=args.temperature,
                          oversample=args.oversample, store=args.store,
                          png=args.png, device=args.device, progress=not args.no_progress)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ._common import DEVICE_HELP, NO_PROGRESS_HELP, int_list, lr_or_none, name_list, nonneg_int, space_help
+from ._common import DEVICE_HELP, IMAGE_BATCH_HELP, NO_PROGRESS_HELP, add_alias, int_list, lr_or_none, name_list, nonneg_int, space_help
 from .train import HOLDOUT_HELP
 
 HELP = ("everything from scratch: score labels on real images, train the G-VAE and the flow, export a model "
@@ -43,8 +43,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     pl.add_argument("--seed-labels", type=nonneg_int, default=d["seed_labels"],
                     help="networks of the seed space outside its predictor evaluation set, also scored (NB101 only: "
                     "every NB201 cell is evaluated; default %(default)s)")
-    pl.add_argument("--batch-size", type=int, default=d["batch_size"],
-                    help="images per proxy evaluation (default %(default)s)")
+    pl.add_argument("--image-batch", dest="batch_size", metavar="N", type=int, default=d["batch_size"], help=IMAGE_BATCH_HELP)
+    add_alias(pl, "--batch-size", "batch_size", type=int)
     pl.add_argument("--images", default=d["images"],
                     help="a folder of class sub-folders instead of the embedded CIFAR-10 batch")
     pl.add_argument("--workers", type=int, default=d["workers"], help="scoring processes (default %(default)s)")

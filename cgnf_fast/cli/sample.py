@@ -9,7 +9,7 @@ import sys
 import time
 from typing import Any
 
-from ._common import DEVICE_HELP, CLIError, check_outputs, check_png, reference_arg, space_help
+from ._common import DEVICE_HELP, NO_PROGRESS_HELP, CLIError, check_outputs, check_png, reference_arg, space_help
 
 HELP = "new cells around a reference under target attributes (prints a table)"
 #: Table rows printed when --out holds every cell (a large --n prints these and a summary).
@@ -19,6 +19,7 @@ MODEL_HELP = "model directory with gvae/ and flow/ (default: the installed pretr
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from ..sampling import DEFAULT_OVERSAMPLE, shipped_spaces
+    from ..sampling.model import shipped_attributes
 
     sm = sub.add_parser(
         "sample", help=HELP,
@@ -34,8 +35,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "{\"matrix\": ..., \"ops\": ...} (default best)")
     sm.add_argument("--n", type=int, default=20, help="distinct cells to return (default 20)")
     sm.add_argument("--seed", type=int, default=0, help="seed of the draws (default %(default)s)")
+    attrs = "; ".join(f"{sp}: {', '.join(shipped_attributes(sp))}" for sp in shipped_spaces())
     sm.add_argument("--condition", action="append", metavar="ATTR=VALUE",
-                    help="e.g. synflow=+10%% or 'params=<=0.8M'; repeatable or comma-separated")
+                    help=f"e.g. synflow=+10%% or 'params=<=0.8M'; repeatable or comma-separated. ATTR is one of "
+                    f"the model's attributes (shipped models: {attrs})")
     sm.add_argument("--temperature", type=float, default=1.0, help="std of the flow's base noise (default 1)")
     sm.add_argument("--oversample", type=float, default=DEFAULT_OVERSAMPLE,
                     help="candidates drawn per returned cell; the N closest to the condition are kept "
@@ -48,6 +51,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     sm.add_argument("--out", help="write the cells as a JSON list here")
     sm.add_argument("--png", help="draw the cells as a grid of DAGs here (needs matplotlib)")
     sm.add_argument("--device", default="cpu", help=DEVICE_HELP)
+    sm.add_argument("--no-progress", action="store_true",
+                    help=NO_PROGRESS_HELP + " (shown only when sampling takes over a second)")
     sm.set_defaults(func=_sample)
 
 
@@ -77,12 +82,14 @@ def _sample(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     cells, info = sample_with_info(reference, condition or None, n=args.n, space=args.space,
                                    temperature=args.temperature, seed=args.seed, novel_only=args.novel_only,
-                                   device=args.device, model=model, oversample=args.oversample)
+                                   device=args.device, model=model, oversample=args.oversample,
+                                   progress=not args.no_progress)
     seconds = time.perf_counter() - t0
     png_tmp = None
     if args.png:  # drawn first, both files renamed into place only once everything succeeded
         png_tmp = args.png + ".drawing" + os.path.splitext(args.png)[1]  # (same suffix: same format)
-        draw_cells(cells, png_tmp, key_attribute=next(iter(condition), None) if condition else None)
+        draw_cells(cells, png_tmp, key_attribute=next(iter(condition), None) if condition else None,
+                   reference=info["reference"], title=_picture_title(args, cells, info))
     try:
         if args.out:
             _write_json_list_atomic(args.out, [c.to_json() for c in cells])
@@ -96,6 +103,17 @@ def _sample(args: argparse.Namespace) -> int:
         if path:
             print(f"wrote {path}", file=sys.stderr)
     return 0
+
+
+def _picture_title(args: argparse.Namespace, cells: list, info: dict[str, Any]) -> str:
+    """What was asked, for the picture's heading."""
+    from ..sampling import cell_text
+
+    ref = info["reference_nb201"] or cell_text(info["reference"])
+    asked = ", ".join(f"{t.attribute}={t.text}" for t in info["condition"].values())  # as --condition spells it
+    return (f"{len(cells)} cells sampled from {args.space} (seed {args.seed}) around the reference {ref}\n"
+            + (f"condition: {asked}" if asked else "condition: none (the reference's predicted attributes)")
+            + ("; novel only" if args.novel_only else ""))
 
 
 def _print_table(args: argparse.Namespace, cells: list, info: dict[str, Any], condition: dict, seconds: float) -> None:

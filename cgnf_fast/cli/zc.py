@@ -7,12 +7,15 @@ import json
 import sys
 import time
 
-from ._common import CLIError, DEVICE_HELP, NO_PROGRESS_HELP, add_space_arg, check_outputs, nonneg_int
+from ._common import (CLIError, DEVICE_HELP, IMAGE_BATCH_HELP, NO_PROGRESS_HELP, add_alias, add_space_arg,
+                      check_outputs, nonneg_int, pos_int)
 
 HELP = "zero-cost proxies"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from ..zc.score import DEFAULT_BATCH
+
     zp = sub.add_parser("zc", help=HELP)
     zps = zp.add_subparsers(dest="zc_command", metavar="SUBCOMMAND", required=True)
     zs = zps.add_parser("score", help="score cells into a resumable SQLite store")
@@ -27,7 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     zs.add_argument("--device", default="cpu", help=DEVICE_HELP)
     zs.add_argument("--seed", type=int, default=0,
                     help="seed of the network's initialisation before each proxy (default %(default)s)")
-    zs.add_argument("--batch-size", type=int, default=64, help="images per proxy evaluation (default %(default)s)")
+    zs.add_argument("--image-batch", dest="batch_size", metavar="N", type=pos_int, default=DEFAULT_BATCH, help=IMAGE_BATCH_HELP)
+    add_alias(zs, "--batch-size", "batch_size", type=pos_int)
     zs.add_argument("--images", help="a folder of class sub-folders instead of the embedded CIFAR-10 batch")
     zs.add_argument("--ray", metavar="local|auto|ADDRESS", default=None,
                     help="score on Ray: 'local' starts a local instance, 'auto' or HOST:PORT joins a cluster "

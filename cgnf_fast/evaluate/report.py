@@ -190,14 +190,16 @@ def _section_latent(r: _Report, m201: Any, truth_nb201: str | None) -> None:
 
 
 def _section_samples(r: _Report, m201: Any, why201: str | None) -> None:
-    from ..sampling import draw_cells, sample
+    from ..sampling import BEST_NB201, draw_cells, sample
 
     r.md += ["", "## 3. Sampled cells", ""]
     if m201 is None:
         r.md.append(f"Skipped: {why201}")
         return
     cells = sample("best", None, n=r.n, space="nb201-like", seed=r.seed, model=m201, device=r.device)
-    draw_cells(cells, r.outdir / "samples_nb201like.png")
+    draw_cells(cells, r.outdir / "samples_nb201like.png", reference=BEST_NB201,
+               title=f"{r.n} cells sampled from nb201-like (seed {r.seed}) around the best NB201 cell; "
+               f"condition: none (the reference's predicted attributes)")
     r.md += [f"`cgnf sample --space nb201-like --reference best --n {r.n} --seed {r.seed}`:", "",
              "![samples](samples_nb201like.png)", ""]
 

@@ -15,6 +15,7 @@ one, ``model=None`` raises :class:`NoDefaultModelError` saying how to train one.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -153,6 +154,15 @@ def shipped_spaces() -> list[str]:
     """Spaces with a pretrained model installed in ``cgnf_fast/pretrained/``."""
     root = PRETRAINED
     return sorted(d.name for d in root.iterdir() if default_model_dir(d.name) is not None) if root.is_dir() else []
+
+
+def shipped_attributes(space: str) -> list[str]:
+    """The attributes a shipped model is conditioned on (read from its ``model.json``, no weights
+    loaded): what ``--condition`` accepts for it."""
+    d = default_model_dir(space)
+    if d is None:
+        raise ValueError(f"no pretrained model ships for space {space!r} (shipped: {', '.join(shipped_spaces())})")
+    return list(json.loads((Path(d) / "model.json").read_text())["labels"]["attributes"])
 
 
 def _train_hint(space: str) -> str:

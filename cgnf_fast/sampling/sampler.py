@@ -47,12 +47,14 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from .._native import check_device
 from ..nets import ExactCounts
@@ -70,6 +72,8 @@ __all__ = ["DEFAULT_CHUNK", "DEFAULT_OVERSAMPLE", "SampledCell", "SamplingError"
 
 #: Latents per round.
 DEFAULT_CHUNK = 256
+#: Seconds a call runs before its progress bar appears (short calls print nothing).
+PROGRESS_DELAY = 1.0
 #: Distinct valid candidates gathered per returned cell; the n closest to the target are kept.
 DEFAULT_OVERSAMPLE = 5.0
 #: Most cells one call returns.
@@ -108,7 +112,7 @@ class SampledCell:
         the codes are left out (they are fields)."""
         from .drawing import cell_text
 
-        pred = ", ".join(f"{k}={v:.4g}" for k, v in self.predicted.items())
+        pred = ", ".join(f"{k}={v:.4g}M" if k in COUNT_ATTRIBUTES else f"{k}={v:.4g}" for k, v in self.predicted.items())
         return (f"SampledCell({self.nb201 or cell_text(self.cell)!r}, params={self.params:,}, flops={self.flops:,}, "
                 f"predicted={{{pred}}}, in_seed_space={self.in_seed_space}, repaired={self.repaired})")
 
@@ -121,10 +125,15 @@ class SampledCell:
         return list(self.cell.ops)
 
     def to_json(self) -> dict[str, Any]:
-        """``matrix, ops, code, in_seed_space, nb201, nb101_hash, predicted, params, flops, repaired, latent``."""
+        """``matrix, ops, code, in_seed_space, nb201, nb101_hash, predicted, params, flops, repaired, latent``.
+
+        ``params`` and ``flops`` are the exact counts (integers); ``predicted`` holds the G-VAE's
+        predictions, the counted attributes under names that carry their unit
+        (``params_millions``, ``flops_millions``), the proxies under their own names."""
         return {"matrix": self.matrix, "ops": self.ops, "code": self.code, "in_seed_space": self.in_seed_space,
                 "nb201": self.nb201, "nb101_hash": self.nb101_hash,
-                "predicted": {k: float(v) for k, v in self.predicted.items()},
+                "predicted": {(f"{k}_millions" if k in COUNT_ATTRIBUTES else k): float(v)
+                              for k, v in self.predicted.items()},
                 "params": self.params, "flops": self.flops, "repaired": self.repaired,
                 "latent": [float(v) for v in self.latent]}
 
@@ -241,8 +250,9 @@ class _Draw:
 
 
 def _gather(d: _Draw, generator: torch.Generator, temperature: float, chunk: int, limit: int, n: int,
-            want: int) -> tuple[list[_Candidate], dict[str, int]]:
-    """Candidates from rounds of draws until ``want`` are kept or the draws run dry (module doc, 6)."""
+            want: int, bar: Any = None) -> tuple[list[_Candidate], dict[str, int]]:
+    """Candidates from rounds of draws until ``want`` are kept or the draws run dry (module doc, 6);
+    ``bar`` (a tqdm bar over ``want``, or None) is advanced per round."""
     seen: set[int] = set()
     net_of_class: dict[int, int] = {}  # canonical code -> network code
     kept: list[_Candidate] = []
@@ -273,6 +283,8 @@ def _gather(d: _Draw, generator: torch.Generator, temperature: float, chunk: int
                     if len(kept) == want:
                         break
             dry = 0 if len(kept) > before else dry + size
+            if bar is not None:
+                bar.update(len(kept) - before)
             if len(kept) >= want:
                 break
             if len(kept) >= n and dry >= max(chunk, DEFAULT_CHUNK):
@@ -363,8 +375,8 @@ def sample_with_info(reference: Any, condition: Mapping[str, Any] | None = None,
                      space: str | DesignSpace = "nb201-like", temperature: float = 1.0, seed: int = 0,
                      novel_only: bool = False, device: str | torch.device = "cpu",
                      model: str | os.PathLike | SamplingModel | None = None, *, chunk: int = DEFAULT_CHUNK,
-                     max_draws: int | None = None,
-                     oversample: float = DEFAULT_OVERSAMPLE) -> tuple[list[SampledCell], dict[str, Any]]:
+                     max_draws: int | None = None, oversample: float = DEFAULT_OVERSAMPLE,
+                     progress: bool | None = None) -> tuple[list[SampledCell], dict[str, Any]]:
     """:func:`sample`, plus a dict describing the run: the reference, its predicted attributes,
     the condition targets, and how many latents were drawn, repaired, dropped (and why)."""
     _check_args(n, temperature, seed, novel_only, chunk, max_draws, oversample)
@@ -386,29 +398,35 @@ def sample_with_info(reference: Any, condition: Mapping[str, Any] | None = None,
     m.vae.model.eval()
     want = max(n, math.ceil(oversample * n - 1e-9))  # candidates gathered before selecting n
     gen = torch.Generator().manual_seed(seed)  # CPU: the same noise on every device
-    kept, stats = _gather(d, gen, temperature, chunk, limit, n, want)
-    if len(kept) < n:
-        why = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in stats.items()
-                        if k not in ("drawn", "rounds", "examined", "repaired") and v)
-        cond = ", ".join(t.describe() for t in targets.values()) or "the reference's own attributes"
-        raise SamplingError(f"found {len(kept)} of {n} distinct valid cells after drawing {stats['drawn']} latents "
-                            f"in {stats['rounds']} rounds ({why or 'nothing dropped'}) under {cond}; loosen the "
-                            f"condition, raise the temperature, or ask for fewer cells")
-    stats["candidates"] = len(kept)
-    chosen, pred = _select(d, kept, targets, c_std, n, oversample)
+    # (delay: a bar only for work long enough to wait on; None: only when stderr is a terminal)
+    with tqdm(total=want, desc="sample", unit="cell", file=sys.stderr, leave=False, delay=PROGRESS_DELAY,
+              disable=None if progress is None else not progress) as bar:
+        kept, stats = _gather(d, gen, temperature, chunk, limit, n, want, bar)
+        if len(kept) < n:
+            why = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in stats.items()
+                            if k not in ("drawn", "rounds", "examined", "repaired") and v)
+            cond = ", ".join(t.describe() for t in targets.values()) or "the reference's own attributes"
+            raise SamplingError(f"found {len(kept)} of {n} distinct valid cells after drawing {stats['drawn']} "
+                                f"latents in {stats['rounds']} rounds ({why or 'nothing dropped'}) under {cond}; "
+                                f"loosen the condition, raise the temperature, or ask for fewer cells")
+        stats["candidates"] = len(kept)
+        bar.set_postfix_str("selecting", refresh=False)
+        chosen, pred = _select(d, kept, targets, c_std, n, oversample)
+        results = _results(d, chosen, pred)
     raw = m.conditions.from_flow(c_std[None])[0].tolist()
     info = {"space": sp.name, "seed_space": sp.seed_space, "reference": ref, "reference_predicted": ref_pred,
             "reference_nb201": ref.to_nb201() if sp.seed_space == "nb201" else None,
             "targets": dict(zip(m.conditions.names, raw)), "condition": targets,
             "model": str(m.directory) if m.directory is not None else None, **stats}
-    return _results(d, chosen, pred), info
+    return results, info
 
 
 def sample(reference: Any, condition: Mapping[str, Any] | None = None, n: int = 20,
            space: str | DesignSpace = "nb201-like", temperature: float = 1.0, seed: int = 0,
            novel_only: bool = False, device: str | torch.device = "cpu",
            model: str | os.PathLike | SamplingModel | None = None, *, chunk: int = DEFAULT_CHUNK,
-           max_draws: int | None = None, oversample: float = DEFAULT_OVERSAMPLE) -> list[SampledCell]:
+           max_draws: int | None = None, oversample: float = DEFAULT_OVERSAMPLE,
+           progress: bool | None = None) -> list[SampledCell]:
     """``n`` distinct new cells around ``reference`` under ``condition``
     (:mod:`cgnf_fast.sampling.sampler` describes each step).
 
@@ -433,9 +451,11 @@ def sample(reference: Any, condition: Mapping[str, Any] | None = None, n: int = 
         oversample: distinct valid candidates gathered per returned cell; the ``n`` whose
             predicted attributes are closest to the condition are returned (1: the first ``n``
             drawn, in draw order).
+        progress: a bar on stderr over the cells gathered, shown once a call has run for a
+            second (None: only when stderr is a terminal).
 
     Returns:
         ``n`` :class:`SampledCell`, closest to the condition first.
     """
     return sample_with_info(reference, condition, n, space, temperature, seed, novel_only, device, model,
-                            chunk=chunk, max_draws=max_draws, oversample=oversample)[0]
+                            chunk=chunk, max_draws=max_draws, oversample=oversample, progress=progress)[0]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 from collections.abc import Iterator
 
 import torch
+from tqdm import tqdm
 
 from ..nets import as_cell, build, count_flops, count_params, default_skeleton
 from ..space import Cell
@@ -15,8 +17,10 @@ from .proxies import PROXIES
 
 #: Every proxy name ``score`` accepts.
 ALL_PROXIES: tuple[str, ...] = (*PROXIES, "params", "flops")
-#: Images taken from the embedded calibration batch when no batch is given.
-DEFAULT_BATCH = 64
+#: Images taken from the embedded calibration batch when no batch is given: the batch the shipped
+#: models' labels were scored on (``cgnf pipeline --image-batch``'s default), so a measured score
+#: is comparable with what a shipped model predicts.
+DEFAULT_BATCH = 16
 
 
 def check_proxies(proxies: str | list[str] | tuple[str, ...]) -> list[str]:
@@ -37,13 +41,16 @@ def score(
     seed: int = 0,
     device: str | torch.device = "cpu",
     num_classes: int = 10,
+    progress: bool | None = None,
 ) -> dict[str, float]:
     """Zero-cost scores of a cell's network; deterministic for a seed on a given device.
 
     Each proxy gets a freshly initialised network (``torch.manual_seed(seed)`` before
     building), so proxies never see each other's side effects. ``batch=None`` uses the first
-    64 images of the embedded CIFAR-10 calibration batch. Non-finite values are returned as
-    they are (the caller decides; the score store flags them).
+    16 images of the embedded CIFAR-10 calibration batch (``DEFAULT_BATCH``), the batch the
+    shipped models' labels were scored on. Non-finite values are returned as they are (the
+    caller decides; the score store flags them). ``progress``: a bar over the proxies on stderr
+    (``None``: only when stderr is a terminal).
 
     Shapes:
         batch: ``(x [B, 3, H, W] float32, y [B] int64)``.
@@ -64,8 +71,11 @@ def score(
     x = x.to(device, torch.float32)
     y = y.to(device, torch.int64)
     out: dict[str, float] = {}
-    with _deterministic(device):
-        for name in names:
+    bar = tqdm(names, desc="zc.score", unit="proxy", file=sys.stderr, leave=False,
+               disable=None if progress is None else not progress)
+    with _deterministic(device), bar:
+        for name in bar:
+            bar.set_postfix_str(name, refresh=True)
             torch.manual_seed(seed)
             net = build(cell, skeleton, num_classes=num_classes).to(device).train()  # weights drawn on the CPU
             if name == "params":
