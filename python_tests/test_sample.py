@@ -220,7 +220,9 @@ def test_json_form(twelve: list[SampledCell]) -> None:
         assert set(r) == JSON_KEYS
         assert Cell(r["matrix"], r["ops"]) == s.cell
         assert isinstance(r["code"], int) and isinstance(r["params"], int) and isinstance(r["flops"], int)
-        assert isinstance(r["in_seed_space"], bool) and set(r["predicted"]) == {"nwot", "params", "flops"}
+        assert isinstance(r["in_seed_space"], bool) and set(r["predicted"]) == {"nwot", "params_millions", "flops_millions"}
+        # units: the exact counts are integers, the predictions of them in millions, named so
+        assert r["predicted"]["params_millions"] == pytest.approx(r["params"] / 1e6, rel=0.5)
 
 
 # -- repair --------------------------------------------------------------------------------
