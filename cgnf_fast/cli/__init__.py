@@ -1,9 +1,9 @@
 """The ``cgnf`` command: ``space info|count|enumerate``, ``zc score|export``, ``train gvae|flow``,
 ``pipeline``, ``evaluate predictor|latent|sampler|upper-bound|transfer|all``, ``sample``,
-``cell hash``, ``zc check``.
+``search``, ``cell hash``, ``zc check``.
 
 One module per command group (:mod:`.space`, :mod:`.zc`, :mod:`.train`, :mod:`.pipeline`,
-:mod:`.sample`, :mod:`.evaluate`, :mod:`.cell`), each with its ``HELP``, an ``add_parser(sub)``
+:mod:`.sample`, :mod:`.search`, :mod:`.evaluate`, :mod:`.cell`), each with its ``HELP``, an ``add_parser(sub)``
 that builds its parsers and the handlers they call; what they share is in :mod:`._common`.
 The options of ``train gvae``, ``train flow`` and ``pipeline`` take their defaults from the
 config dataclasses they fill.
@@ -24,14 +24,14 @@ from typing import Any
 import torch
 
 from .._native import BUILT_WITH_CUDA, CudaUnavailable, check_device
-from . import cell, evaluate, pipeline, sample, space, train, zc
+from . import cell, evaluate, pipeline, sample, search, space, train, zc
 from ._common import CLIError, resolve_space_arg
 
 __all__ = ["CLIError", "build_parser", "main"]
 
 #: the command groups, in the order ``cgnf --help`` lists them
-GROUPS = {"space": space, "zc": zc, "train": train, "pipeline": pipeline, "sample": sample, "evaluate": evaluate,
-          "cell": cell}
+GROUPS = {"space": space, "zc": zc, "train": train, "pipeline": pipeline, "sample": sample, "search": search,
+          "evaluate": evaluate, "cell": cell}
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

@@ -163,6 +163,18 @@ def _index_of_digit_code() -> np.ndarray:
     return inv
 
 
+def digits_table() -> np.ndarray:
+    """``[15625, 6] int64``: the edge-op indices (``NB201_EDGE_OPS``, string order) of every
+    official index."""
+    codes = _order().astype(np.int64)
+    return np.stack([(codes // 5 ** (len(EDGES) - 1 - e)) % 5 for e in range(len(EDGES))], 1)
+
+
+def index_of_digits(digits: tuple[int, ...] | list[int] | np.ndarray) -> int:
+    """The official index of six edge-op indices (string order)."""
+    return int(_index_of_digit_code()[_digit_code(tuple(int(d) for d in digits))])
+
+
 def arch_at(index: int) -> str:
     """The NB201 string at an official index (0 .. 15624)."""
     if not isinstance(index, (int, np.integer)) or not 0 <= int(index) < NUM_ARCHS:

@@ -1,0 +1,192 @@
+"""Several methods over several seeds at one budget: the comparison ``cgnf search`` prints.
+
+Each (method, seed) search is appended to ``RESULTS.runs.jsonl`` as it finishes, tagged with
+the comparison's settings, so a killed comparison reruns only the searches it had not finished.
+The summary holds, per method, the mean best-so-far with a 95 % bootstrap band at every budget,
+and at the final budget a paired comparison of ``cgnf`` with each baseline over the seeds
+(Wilcoxon signed-rank test, one-sided, and a bootstrap interval of the mean difference).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._stats import bootstrap_ci
+from .objectives import CallableObjective, TableObjective
+from .runner import METHODS, run_search
+
+__all__ = ["compare", "summarise", "plot_curves"]
+
+
+def _settings(objective: Any, methods: Sequence[str], budget: int, batch_queries: int, space: str = "nb201") -> str:
+    d = {"objective": objective.fingerprint, "direction": objective.direction, "budget": budget,
+         "batch_queries": batch_queries, "version": 1, **({"space": space} if space != "nb201" else {})}
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _load_runs(path: Path | None, tag: str) -> dict[tuple[str, int], dict[str, Any]]:
+    out: dict[tuple[str, int], dict[str, Any]] = {}
+    if path is None or not path.exists():
+        return out
+    for line in path.read_text().splitlines():
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill: that search runs again
+        if r.get("settings") == tag:
+            out[(r["method"], r["seed"])] = r
+    return out
+
+
+def compare(objective: TableObjective | CallableObjective, methods: Sequence[str], seeds: Sequence[int], budget: int,
+            *, batch_queries: int = 1, runs_path: str | os.PathLike | None = None, store: Any = None,
+            ray: Any = None, progress: bool | None = None, domain: Any = None) -> dict[str, Any]:
+    """Every method on every seed (module doc); returns the JSON ``cgnf search --json`` writes."""
+    from tqdm import tqdm
+
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise ValueError(f"unknown method(s) {', '.join(bad)}; choose from {', '.join(METHODS)}")
+    tag = _settings(objective, methods, budget, batch_queries, getattr(domain, "name", "nb201"))
+    path = Path(runs_path) if runs_path is not None else None
+    done = _load_runs(path, tag)
+    todo = [(m, s) for m in methods for s in seeds if (m, s) not in done]
+    bar = tqdm(total=len(todo) * budget, desc="search", unit="query", disable=None if progress is None else not progress,
+               leave=False, smoothing=0)
+    with bar:
+        for m, s in todo:
+            bar.set_postfix_str(f"{m} seed {s}", refresh=False)
+            r = run_search(m, objective, budget, s, domain=domain, batch_queries=batch_queries, store=store, ray=ray,
+                           on_query=lambda: bar.update(1)).to_json()
+            r["settings"] = tag
+            done[(m, s)] = r
+            if path is not None:
+                with open(path, "a") as f:
+                    f.write(json.dumps(r) + "\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+    return summarise(objective, methods, seeds, budget, done)
+
+
+def summarise(objective: Any, methods: Sequence[str], seeds: Sequence[int], budget: int,
+              runs: dict[tuple[str, int], dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"objective": objective.describe(), "direction": objective.direction,
+                           "optimum": objective.optimum, "budget": budget, "seeds": list(seeds), "methods": {}}
+    sign = 1.0 if objective.direction == "max" else -1.0
+    for m in methods:
+        rs = [runs[(m, s)] for s in seeds]
+        curves = np.asarray([r["best_by_query"] for r in rs], dtype=np.float64)  # [seeds, budget]
+        mean = np.nanmean(curves, 0)
+        band = [bootstrap_ci(curves[:, k][np.isfinite(curves[:, k])]) for k in range(budget)]
+        out["methods"][m] = {
+            "best_by_query": curves.tolist(), "wall_s": [r["wall_s"] for r in rs],
+            "mean_best_by_query": mean.tolist(), "ci95_low": [b[0] for b in band], "ci95_high": [b[1] for b in band],
+            "final_mean": float(mean[-1]), "best_cells": [r["best"] for r in rs],
+            "failures": [r["failures"] for r in rs], "extra": [r["extra"] for r in rs],
+        }
+    if "cgnf" in methods:
+        # cgnf against each baseline over the same seeds, at the final budget ("paired") and at
+        # 10, 20 and 50 queries ("paired_at")
+        out["paired"], out["paired_at"] = {}, {}
+        for k in sorted({x for x in (10, 20, 50) if x < budget} | {budget}):
+            at = {}
+            mine = np.asarray([r[k - 1] for r in out["methods"]["cgnf"]["best_by_query"]])
+            for m in methods:
+                if m != "cgnf":
+                    theirs = np.asarray([r[k - 1] for r in out["methods"][m]["best_by_query"]])
+                    at[m] = _paired(sign * mine, sign * theirs)
+            out["paired_at"][str(k)] = at
+        out["paired"] = out["paired_at"][str(budget)]
+        curves = {m: np.asarray(out["methods"][m]["mean_best_by_query"]) * sign for m in methods}
+        ahead = [k + 1 for k in range(9, budget) if all(curves["cgnf"][k] >= curves[m][k] - 1e-12 for m in methods)]
+        out["cgnf_at_or_above_every_baseline_from_10"] = len(ahead) == max(0, budget - 9)
+    return out
+
+
+def _paired(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
+    """``a`` vs ``b`` (larger is better) over the same seeds: the mean difference with a bootstrap
+    95 % interval, wins/ties/losses, and a one-sided Wilcoxon signed-rank p-value."""
+    d = a - b
+    lo, hi = bootstrap_ci(d)
+    return {"mean_difference": float(d.mean()), "ci95": [lo, hi], "wins": int((d > 0).sum()),
+            "ties": int((d == 0).sum()), "losses": int((d < 0).sum()), "wilcoxon_p_greater": _wilcoxon_greater(d)}
+
+
+def _wilcoxon_greater(d: np.ndarray) -> float:
+    """One-sided Wilcoxon signed-rank p-value for "median of d > 0" (zeros dropped; exact for
+    up to 25 pairs, normal approximation with tie correction above)."""
+    d = d[d != 0]
+    n = len(d)
+    if n == 0:
+        return 1.0
+    absd = np.abs(d)
+    order = np.argsort(absd, kind="stable")
+    ranks = np.empty(n)
+    sorted_abs = absd[order]
+    i = 0
+    while i < n:  # average ranks of ties
+        j = i
+        while j + 1 < n and sorted_abs[j + 1] == sorted_abs[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    w = float(ranks[d > 0].sum())
+    if n <= 25 and np.all(ranks == np.round(ranks)):
+        # exact: the distribution of the sum of a random subset of the ranks 1..n
+        counts = np.zeros(n * (n + 1) // 2 + 1)
+        counts[0] = 1
+        for r in range(1, n + 1):
+            counts[r:] = counts[r:] + counts[:-r].copy()
+        return float(counts[int(w):].sum() / counts.sum())
+    mu = n * (n + 1) / 4
+    _, tie = np.unique(absd, return_counts=True)
+    sigma = math.sqrt(n * (n + 1) * (2 * n + 1) / 24 - (tie ** 3 - tie).sum() / 48)
+    z = (w - 0.5 - mu) / sigma
+    return float(0.5 * math.erfc(z / math.sqrt(2)))
+
+
+def plot_curves(summary: dict[str, Any], path: str | os.PathLike) -> None:
+    """Mean best-so-far against distinct networks queried, a 95 % band per method, the optimum
+    dashed (PNG, SVG or PDF by suffix; written atomically)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from ..sampling.drawing import figure_format
+
+    fmt = figure_format(path)
+    fig = Figure(figsize=(7.5, 4.6), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    k = np.arange(1, summary["budget"] + 1)
+    for m, r in summary["methods"].items():
+        line, = ax.plot(k, r["mean_best_by_query"], label=f"{m} ({r['final_mean']:.2f})", lw=2 if m == "cgnf" else 1.2)
+        ax.fill_between(k, r["ci95_low"], r["ci95_high"], color=line.get_color(), alpha=0.15, lw=0)
+    if summary.get("optimum") is not None:
+        ax.axhline(summary["optimum"], color="k", ls="--", lw=0.8, label=f"optimum ({summary['optimum']:.2f})")
+    ax.set_xlabel("distinct networks queried")
+    ax.set_ylabel(("best " if summary["direction"] == "max" else "lowest ") + "value so far (mean over seeds)")
+    ax.set_title(textwrap.fill(summary["objective"], 110), fontsize=7)
+    lows = [min(v for v in r["ci95_low"][min(9, len(k) - 1):] if math.isfinite(v)) for r in summary["methods"].values()]
+    if lows and summary["direction"] == "max" and summary.get("optimum") is not None:
+        ax.set_ylim(min(lows) - 0.05 * abs(summary["optimum"] - min(lows)) - 1e-9,
+                    summary["optimum"] + 0.15 * abs(summary["optimum"] - min(lows)) + 1e-9)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    p = Path(path)
+    tmp = p.with_name(p.name + ".partial")
+    try:
+        fig.savefig(tmp, format=fmt)
+        os.replace(tmp, p)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
