@@ -90,7 +90,7 @@ def test_table_reads_arch_strings_and_the_shared_layout(tmp_path):
 @pytest.mark.parametrize("content, match", [
     ("index,other\n0,1\n", "no column 'acc'; its columns: index, other"),
     ("arch,acc\n|nor_conv_3x3~0|+|x~0|,1\n", r"line 2: '\|nor_conv_3x3~0\|\+\|x~0\|' is not an NB201 cell"),
-    ("index,acc\n0,1\n", "no value for 5424 of the 5,425 NB201 networks"),
+    ("index,acc\n0,1\n", "no value for 5423 of the 5,424 NB201 networks with an input -> output path"),
     ("index,acc\n99999,1\n", "line 2: '99999' is not an NB201 index"),
     ("index,acc\n0,abc\n", "line 2: acc is not a number"),
     ("name,acc\nx,1\n", "no key column"),
@@ -193,7 +193,8 @@ def test_local_search_measures_all_neighbours_then_moves_to_the_best():
 def test_local_search_restarts_at_a_local_optimum():
     ls = LocalSearch(DOM, 2)
     top = max(range(15625), key=synthetic_value)
-    ls.tell(top, synthetic_value(top))  # a global optimum as the centre: no neighbour is better
+    ls.start = top  # (as if its random start had been the global optimum: no neighbour is better)
+    ls.tell(top, synthetic_value(top))
     for _ in range(24):
         i = ls.ask()
         ls.tell(i, synthetic_value(i))
@@ -284,6 +285,7 @@ def test_cli_search_on_a_synthetic_table(tmp_path):
     (("--methods", "rs,bo"), "--methods: expected distinct names from cgnf, rea, rs, ls, zc"),
     (("--budget", "0"), "the budget is the number of distinct networks queried, >= 1"),
     (("--seeds", "3-1"), "expected seeds like 0-9"),
+    (("--seeds", "0-100000000"), "at most 10,000 seeds"),  # (refused before a list of 1e8 seeds is built)
     (("--column", "nope"), "no column 'nope'"),
 ])
 def test_cli_search_bad_input(tmp_path, args, match):
@@ -308,7 +310,7 @@ def test_nan_values_are_skipped_and_a_nan_only_network_is_not_covered(tmp_path):
     alone = next(i for i in range(15625) if sizes[DOM.class_of[i]] == 1)
     t = TableObjective(write_table(tmp_path / "t.csv", extra={shared: math.nan}), "acc")
     assert math.isfinite(t(shared))  # its network's other strings have values
-    with pytest.raises(ObjectiveError, match="has no value for 1 of the 5,425 NB201 networks"):
+    with pytest.raises(ObjectiveError, match="has no value for 1 of the 5,424 NB201 networks"):
         TableObjective(write_table(tmp_path / "u.csv", extra={alone: math.nan}), "acc")
 
 
@@ -366,7 +368,8 @@ def test_a_search_on_a_local_ray_instance(tmp_path):
         return float(cell.num_nodes)
 
     store = tmp_path / "s.sqlite"
-    r = search(cell_size, budget=6, seed=0, method="rs", store=store, batch_queries=3, ray="local", workers=2)
+    r = search(cell_size, budget=6, seed=0, method="rs", store=store, batch_queries=3, ray="local", workers=2,
+               name="cell-size")
     assert len(r.queries) == 6 and r.failures == 0
     assert all(q["value"] == float(DOM.cell(q["index"]).num_nodes) for q in r.queries)
     from cgnf_fast.zc import ScoreStore
@@ -443,3 +446,102 @@ def test_a_table_objective_is_for_nb201_only(table):
         search(table, space="nb201-like", budget=3)
     with pytest.raises(ValueError, match="unknown space 'nb999'"):
         search(table, space="nb999", budget=3)
+
+
+# -- review findings: failures, minimising, batches, NaN, ties ---------------------------------
+def test_cgnf_steps_past_failed_first_queries():
+    """Its first five queries failing used to end the search (a GP fitted on nothing)."""
+    calls = []
+
+    def f(cell):
+        calls.append(1)
+        if len(calls) <= 6:
+            raise RuntimeError("no GPU")
+        return float(cell.num_nodes)
+
+    r = search(f, budget=12, seed=0, method="cgnf")
+    assert len(r.queries) == 12 and r.failures == 6 and r.best is not None
+
+
+def test_minimising_through_the_comparison(tmp_path):
+    """direction=min: the best is the lowest, the zero network is a candidate (its value is the
+    lowest here), and the paired difference is cgnf - baseline in the table's units."""
+    t = TableObjective(write_table(tmp_path / "t.csv"), "acc", "min")
+    assert t.optimum == min(t.class_means)
+    s = compare(t, ["cgnf", "rs"], [0, 1, 2], 20, progress=False)
+    p = s["paired"]["rs"]
+    mine = np.array([c[-1] for c in s["methods"]["cgnf"]["best_by_query"]])
+    theirs = np.array([c[-1] for c in s["methods"]["rs"]["best_by_query"]])
+    assert p["mean_difference"] == pytest.approx((mine - theirs).mean()) and p["improvement"] == -p["mean_difference"]
+    assert all(np.all(np.diff(c) <= 0) for c in s["methods"]["cgnf"]["best_by_query"])  # non-increasing
+
+
+def test_local_search_with_batches_measures_only_neighbours():
+    ls = LocalSearch(DOM, 3)
+    start = ls.ask()
+    ls.tell(start, synthetic_value(start))
+    nbrs = set(DOM.neighbours(start))
+    asked = [ls.ask() for _ in range(30)]  # a batch larger than the neighbourhood, before any result
+    assert set(asked[:24]) == nbrs and ls.pending == nbrs
+    for i in asked:
+        ls.tell(i, synthetic_value(i))
+    assert len(ls.measured) == 24 and {i for i, _ in ls.measured} == nbrs
+
+
+def test_a_summary_with_failed_seeds_is_strict_json_and_plots(tmp_path):
+    pytest.importorskip("matplotlib")
+    from cgnf_fast.searching.compare import clean_json, plot_curves, summarise
+
+    t = TableObjective(write_table(tmp_path / "t.csv"), "acc")
+    nan = math.nan
+    runs = {("cgnf", 0): {"best_by_query": [nan] * 12, "wall_s": 1.0, "best": None, "failures": 12, "extra": {}},
+            ("cgnf", 1): {"best_by_query": [1.0] * 12, "wall_s": 1.0, "best": None, "failures": 0, "extra": {}},
+            ("rs", 0): {"best_by_query": [nan] * 12, "wall_s": 1.0, "best": None, "failures": 12, "extra": {}},
+            ("rs", 1): {"best_by_query": [0.5] * 12, "wall_s": 1.0, "best": None, "failures": 0, "extra": {}}}
+    s = summarise(t, ["cgnf", "rs"], [0, 1], 12, runs)
+    json.dumps(clean_json(s), allow_nan=False)
+    assert s["paired"]["rs"]["dropped"] == 1 and s["paired"]["rs"]["wins"] == 1
+    plot_curves(clean_json(s), tmp_path / "c.png")
+    assert (tmp_path / "c.png").stat().st_size > 0
+
+
+def test_wilcoxon_with_ties_against_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(0)
+    for d in ([.5, .5, .5, -1, 2, 2, 2, 3, .1], rng.integers(-3, 6, size=30).astype(float),
+              rng.normal(0.3, 1, size=20)):
+        d = np.asarray(d, dtype=float)
+        want = stats.wilcoxon(d[d != 0], alternative="greater", method="approx", correction=True).pvalue \
+            if len(np.unique(np.abs(d[d != 0]))) < len(d[d != 0]) else stats.wilcoxon(d, alternative="greater").pvalue
+        assert _wilcoxon_greater(d) == pytest.approx(want, rel=1e-6)
+
+
+def test_tables_with_empty_values_and_a_valueless_zero_network(tmp_path):
+    """Empty cells are missing values (pandas writes NaN so); the zero network may have none."""
+    zero = [i for i in range(15625) if DOM.network(i) == DOM.zero_class]
+    p = tmp_path / "t.csv"
+    with open(p, "w") as f:
+        f.write("index,score\n" + "".join(f"{i},{'' if i in zero else synthetic_value(i)}\n" for i in range(15625)))
+    t = TableObjective(p, "score")
+    assert math.isnan(t(zero[0])) and t.optimum == 6.0
+    r = run_search("ls", t, 30, seed=0)
+    assert len(r.queries) == 30
+
+
+def test_a_runs_file_cut_by_a_kill_loses_only_the_cut_record(table, tmp_path):
+    runs = tmp_path / "o.json.runs.jsonl"
+    compare(table, ["rs"], [0], 10, runs_path=runs, progress=False)
+    runs.write_text(runs.read_text() + '{"method": "rs", "seed": 1, "cut')  # a kill mid-write
+    compare(table, ["rs"], [0, 1, 2], 10, runs_path=runs, progress=False)
+    lines = runs.read_text().splitlines()
+    assert len(lines) == 4 and sum(1 for ln in lines if ln.startswith('{"method": "rs", "seed": 1, "cut')) == 1
+    assert compare(table, ["rs"], [0, 1, 2], 10, runs_path=runs, progress=False)["seeds"] == [0, 1, 2]
+    assert len(runs.read_text().splitlines()) == 4  # nothing ran again
+
+
+def test_a_lambda_with_a_store_needs_a_name(tmp_path):
+    with pytest.raises(ValueError, match="with a store, name the objective"):
+        search(lambda c: 1.0, budget=2, method="rs", store=tmp_path / "s.sqlite")
+    r1 = search(lambda c: 1.0, budget=2, method="rs", store=tmp_path / "s.sqlite", name="one")
+    r2 = search(lambda c: 2.0, budget=2, method="rs", store=tmp_path / "s.sqlite", name="two")
+    assert [q["value"] for q in r1.queries] == [1.0, 1.0] and [q["value"] for q in r2.queries] == [2.0, 2.0]

@@ -9,6 +9,8 @@ import sys
 from ._common import DEVICE_HELP, JSON_HELP, NO_PROGRESS_HELP, CLIError, check_outputs, check_png
 
 HELP = "find better cells with the generator in the loop, against equal-budget baselines"
+#: Most seeds one command runs (each is a whole search per method).
+MAX_SEEDS = 10_000
 
 
 def _seeds(text: str) -> list[int]:
@@ -24,6 +26,8 @@ def _seeds(text: str) -> list[int]:
                 lo, hi = int(a), int(b)
                 if hi < lo:
                     raise ValueError
+                if hi - lo + 1 + len(out) > MAX_SEEDS:
+                    raise CLIError(f"--seeds: at most {MAX_SEEDS:,} seeds, got {text!r}")
                 out += range(lo, hi + 1)
             else:
                 out.append(int(part))
@@ -45,7 +49,7 @@ def _count(flag: str, text: str, what: str) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from ..searching import DIRECTIONS, METHODS
+    from ..searching import METHODS
 
     sp = sub.add_parser(
         "search", help=HELP,
@@ -60,8 +64,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     help="the objective: a CSV with a key column ('arch': NB201 strings, or 'index': official NB201 "
                     "indices) and the value column")
     sp.add_argument("--column", help="the table's value column")
-    sp.add_argument("--direction", choices=DIRECTIONS, default="max",
-                    help="maximise or minimise the table's column (default max)")
+    sp.add_argument("--direction", metavar="max|min",
+                    help="maximise or minimise the table's column (default max; a protocol's comes from its task)")
     sp.add_argument("--objective", metavar="protocol:NAME",
                     help="instead of a table: train each queried cell with one of cgnf evaluate's protocols (e.g. "
                     "protocol:cpu-small) on --task; results are kept in --store")
@@ -72,7 +76,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--ray", metavar="local|auto|ADDRESS",
                     help="with --objective: measure each batch of --batch-queries on Ray ('local' starts a local "
                     "instance with --workers CPUs; needs the distributed extra)")
-    sp.add_argument("--workers", type=int, default=2, help="with --ray local: CPUs of the local instance (default 2)")
+    sp.add_argument("--workers", default="2", help="with --ray local: CPUs of the local instance (default 2)")
     sp.add_argument("--device", default="cpu", help=DEVICE_HELP + "; with --objective, where cells train")
     sp.add_argument("--budget", default="50", help="distinct networks queried per search (default 50)")
     sp.add_argument("--seeds", default="0-9", help="seeds, e.g. 0-9 or 0,3,5 (default 0-9)")
@@ -90,10 +94,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _search(args: argparse.Namespace) -> int:
     from ..io import write_text_atomic
-    from ..searching import METHODS
-    from ..searching.compare import compare, plot_curves
+    from ..searching import DIRECTIONS, METHODS
+    from ..searching.compare import clean_json, compare, plot_curves
 
     budget = _count("--budget", args.budget, "the budget is the number of distinct networks queried")
+    if args.direction is not None and args.direction not in DIRECTIONS:
+        raise CLIError(f"--direction: expected max or min, got {args.direction!r}")
     batch_queries = _count("--batch-queries", args.batch_queries, "queries proposed at a time")
     seeds = _seeds(args.seeds)
     check_png(args.png)
@@ -107,6 +113,8 @@ def _search(args: argparse.Namespace) -> int:
     domain = make_domain(args.space)
     if args.table is not None and args.space != "nb201":
         raise CLIError(f"--table covers nb201 only; search {args.space} with --objective protocol:NAME")
+    if domain.num_classes is not None and budget > domain.num_classes:
+        raise CLIError(f"--budget {budget} is more than the {domain.num_classes:,} networks of {domain.name}")
     objective, store, pool = _objective(args)
     print(f"objective  {objective.describe()}", file=sys.stderr)
     try:
@@ -119,13 +127,13 @@ def _search(args: argparse.Namespace) -> int:
         if pool is not None:
             pool.close()
     if args.json:
-        write_text_atomic(args.json, json.dumps(summary) + "\n")
+        write_text_atomic(args.json, json.dumps(clean_json(summary)) + "\n")
     if args.png:
         plot_curves(summary, args.png)
     if args.print_json:
-        print(json.dumps({k: v for k, v in summary.items() if k != "methods"}
+        print(json.dumps(clean_json({k: v for k, v in summary.items() if k != "methods"}
                          | {"methods": {m: {k: r[k] for k in ("final_mean", "wall_s")}
-                                        for m, r in summary["methods"].items()}}))
+                                        for m, r in summary["methods"].items()}})))
     else:
         _print_summary(summary)
     for flag, path in (("--json", args.json), ("--png", args.png)):
@@ -147,7 +155,9 @@ def _objective(args: argparse.Namespace):
         for flag, v in (("--store", args.store), ("--ray", args.ray)):
             if v is not None:
                 raise CLIError(f"{flag} is for --objective: a table's values are looked up, not measured")
-        return TableObjective(args.table, args.column, args.direction), None, None
+        return TableObjective(args.table, args.column, args.direction or "max"), None, None
+    if args.direction is not None:
+        raise CLIError("--direction is for --table: a protocol's direction comes from its task's metric")
     if not args.objective.startswith("protocol:") or not args.objective[len("protocol:"):]:
         raise CLIError(f"--objective: expected protocol:NAME (e.g. protocol:cpu-small), got {args.objective!r}")
     if args.store is None:
@@ -161,7 +171,9 @@ def _objective(args: argparse.Namespace):
     objective = CallableObjective(proto, proto.direction, name=proto.name)
     store = ScoreStore(args.store)
     try:
-        pool = RayPool(args.ray, args.workers) if args.ray else None
+        workers = _count("--workers", args.workers, "CPUs of the local Ray instance")
+        pool = RayPool(args.ray, workers, gpus_per_task=1.0 if args.device.startswith("cuda") else 0.0) \
+            if args.ray else None
     except BaseException:
         store.close()
         raise
@@ -183,5 +195,6 @@ def _print_summary(s: dict) -> None:
     for k in sorted({min(50, b), b}):
         for m, p in s.get("paired_at", {}).get(str(k), {}).items():
             print(f"k={k:<4} cgnf - {m}: {p['mean_difference']:+.3f} (95% CI {p['ci95'][0]:+.3f} .. "
-                  f"{p['ci95'][1]:+.3f}), {p['wins']}/{p['ties']}/{p['losses']} wins/ties/losses, one-sided "
-                  f"Wilcoxon p = {p['wilcoxon_p_greater']:.3g}")
+                  f"{p['ci95'][1]:+.3f}), cgnf better/equal/worse on {p['wins']}/{p['ties']}/{p['losses']} "
+                  f"seeds, one-sided Wilcoxon p = {p['wilcoxon_p_greater']:.3g}"
+                  + (f" ({p['dropped']} seeds without a result left out)" if p["dropped"] else ""))

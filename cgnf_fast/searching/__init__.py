@@ -39,7 +39,8 @@ def make_domain(space: str) -> Any:
 
 
 def search(objective: TableObjective | Callable[[Any], float], space: str = "nb201", budget: int = 50, seed: int = 0,
-           *, method: str = "cgnf", direction: str = "max", store: str | os.PathLike | None = None,
+           *, method: str = "cgnf", direction: str | None = None, name: str | None = None,
+           store: str | os.PathLike | None = None,
            batch_queries: int = 1, ray: str | None = None, workers: int = 2,
            progress: bool | None = None) -> SearchResult:
     """Searches ``space`` for the cell that maximises (``direction="min"``: minimises)
@@ -55,7 +56,10 @@ def search(objective: TableObjective | Callable[[Any], float], space: str = "nb2
         seed: the search's seed.
         method: ``"cgnf"`` (the generator in the loop) or a baseline: ``"rea"``, ``"rs"``,
             ``"ls"``, ``"zc"`` (:mod:`cgnf_fast.searching.baselines`).
-        direction: with a callable, ``"max"`` or ``"min"`` (a table objective carries its own).
+        direction: with a callable, ``"max"`` (the default) or ``"min"``; an objective object
+            carries its own (a different one given here is an error).
+        name: with a callable and a ``store``, the name its results are kept under (required
+            for a lambda or a local function; change it when the objective changes).
         store: with a callable, a score store (SQLite) that keeps every result the moment it
             arrives: rerunning after an interruption measures only what is missing.
         batch_queries: queries proposed at a time before any of their results is known.
@@ -71,8 +75,16 @@ def search(objective: TableObjective | Callable[[Any], float], space: str = "nb2
     domain = make_domain(space)
     if isinstance(objective, TableObjective) and space != "nb201":
         raise ValueError(f"a table objective covers nb201 only; space {space!r} needs a callable objective")
-    obj = objective if isinstance(objective, (TableObjective, CallableObjective)) else \
-        CallableObjective(objective, direction)
+    if isinstance(objective, (TableObjective, CallableObjective)):
+        if direction is not None and direction != objective.direction:
+            raise ValueError(f"direction={direction!r}, but the objective is to {objective.direction}imise")
+        obj = objective
+    else:
+        qual = name or getattr(objective, "name", None) or getattr(objective, "__qualname__", "")
+        if store is not None and (not qual or "<lambda>" in qual or "<locals>" in qual):
+            raise ValueError("with a store, name the objective (search(..., name='my-training-v1')): its results "
+                             "are kept under that name, and a lambda or a local function has none that lasts")
+        obj = CallableObjective(objective, direction or "max", name=name)
     db = pool = None
     try:
         if store is not None:
@@ -82,7 +94,7 @@ def search(objective: TableObjective | Callable[[Any], float], space: str = "nb2
         if ray is not None:
             from .runner import RayPool
 
-            pool = RayPool(ray, workers)
+            pool = RayPool(ray, workers, gpus_per_task=0.0)
         with tqdm(total=budget, desc=f"search {method}", unit="query", file=sys.stderr, leave=False,
                   disable=None if progress is None else not progress) as bar:
             return run_search(method, obj, budget, seed, domain=domain, batch_queries=batch_queries, store=db,

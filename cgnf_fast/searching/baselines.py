@@ -8,10 +8,12 @@ network from what was measured, uncounted. Values are maximised.
 - ``rea``: regularised evolution (Real et al. 2019) with NAS-Bench-201's settings (population
   10, tournament sample 3, as in the NAS-Bench-201 authors' REA scripts): the population starts
   with random strings; then each step mutates the best of 3 members drawn from the population
-  (one edge's op changed), adds the child and removes the oldest member.
-- ``ls``: local search (White et al. 2021): from a random string, measure its neighbours (every
-  single-edge change) in random order and move to the best as soon as all are measured; when
-  none is better, restart from a new random string.
+  with replacement (one edge's op changed), adds the child and removes the oldest member.
+- ``ls``: local search, Algorithm 1 of White et al. 2021: from a random string, measure its
+  neighbours (every single-edge change) in random order and move to the best once all are
+  measured; when none is better, restart from a new random string. Results of items that are not
+  the centre's neighbours are ignored; with batched queries, a batch that runs past the
+  neighbourhood before its results are in is filled with random strings.
 - ``zc``: zero-cost greedy: rank 1,000 random strings by measured synflow and nwot (the mean of
   their two ranks) and query them in that order (the strings after the first 1,000: in random
   order).
@@ -59,7 +61,7 @@ class RegularizedEvolution(Searcher):
     def ask(self) -> int:
         if len(self.population) < self.size:
             return self.domain.random(self.rng, 1)[0]
-        picks = self.rng.choice(len(self.population), size=self.sample, replace=False)
+        picks = self.rng.integers(len(self.population), size=self.sample)  # (with replacement, as NB201's code)
         parent = max((self.population[i] for i in picks), key=lambda p: p[1])[0]
         return self.domain.mutate(parent, self.rng)
 
@@ -75,18 +77,24 @@ class LocalSearch(Searcher):
     def __init__(self, domain: NB201Domain, seed: int) -> None:
         super().__init__(domain, seed)
         self.center: tuple[int, float] | None = None
-        self.queue: list[int] = []
+        self.start: int | None = None  # the random string asked to become the next centre
+        self.queue: list[int] = []  # neighbours of the centre not asked yet
+        self.pending: set[int] = set()  # neighbours asked, result not told yet
         self.measured: list[tuple[int, float]] = []
-        self.seen_nets: set[int] = set()
 
     def ask(self) -> int:
-        if self.center is None:
-            return self.domain.random(self.rng, 1)[0]
-        if not self.queue:
+        if self.center is not None and not self.queue and not self.pending:
             self._step()
-            if self.center is None:
-                return self.domain.random(self.rng, 1)[0]
-        return self.queue.pop()
+        if self.center is None:
+            item = self.domain.random(self.rng, 1)[0]
+            if self.start is None:
+                self.start = item
+            return item
+        if self.queue:
+            item = self.queue.pop()
+            self.pending.add(item)
+            return item
+        return self.domain.random(self.rng, 1)[0]  # (results outstanding: nothing to decide yet)
 
     def _step(self) -> None:
         """Every neighbour measured: move to the best, or restart when none is better."""
@@ -99,16 +107,23 @@ class LocalSearch(Searcher):
 
     def _center(self, item: int, value: float) -> None:
         self.center = (item, value)
+        self.start = None
         nbrs = self.domain.neighbours(item)
         self.queue = [nbrs[i] for i in self.rng.permutation(len(nbrs))][::-1]  # (popped from the end)
+        self.pending = set()
 
     def tell(self, item: int, value: float | None) -> None:
-        if value is None:
-            return
         if self.center is None:
-            self._center(item, value)
-        else:
-            self.measured.append((item, value))
+            if item == self.start:
+                if value is None:
+                    self.start = None  # a failed start: draw another
+                else:
+                    self._center(item, value)
+            return
+        if item in self.pending:
+            self.pending.discard(item)
+            if value is not None:
+                self.measured.append((item, value))
 
 
 def rank_mean(*scores: np.ndarray) -> np.ndarray:

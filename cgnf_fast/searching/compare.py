@@ -43,6 +43,7 @@ def _load_runs(path: Path | None, tag: str) -> dict[tuple[str, int], dict[str, A
         except json.JSONDecodeError:
             continue  # a line cut by a kill: that search runs again
         if r.get("settings") == tag:
+            r["best_by_query"] = [math.nan if v is None else v for v in r["best_by_query"]]
             out[(r["method"], r["seed"])] = r
     return out
 
@@ -70,11 +71,23 @@ def compare(objective: TableObjective | CallableObjective, methods: Sequence[str
             r["settings"] = tag
             done[(m, s)] = r
             if path is not None:
-                with open(path, "a") as f:
-                    f.write(json.dumps(r) + "\n")
+                cut = path.exists() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
+                with open(path, "a") as f:  # (a line cut by a kill is ended first, so it cannot swallow this one)
+                    f.write(("\n" if cut else "") + json.dumps(clean_json(r)) + "\n")
                     f.flush()
                     os.fsync(f.fileno())
     return summarise(objective, methods, seeds, budget, done)
+
+
+def clean_json(x: Any) -> Any:
+    """``x`` with every non-finite float as None (strict JSON has no NaN)."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: clean_json(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [clean_json(v) for v in x]
+    return x
 
 
 def summarise(objective: Any, methods: Sequence[str], seeds: Sequence[int], budget: int,
@@ -85,7 +98,9 @@ def summarise(objective: Any, methods: Sequence[str], seeds: Sequence[int], budg
     for m in methods:
         rs = [runs[(m, s)] for s in seeds]
         curves = np.asarray([r["best_by_query"] for r in rs], dtype=np.float64)  # [seeds, budget]
-        mean = np.nanmean(curves, 0)
+        # (a seed whose queries so far all failed has no best yet: the mean is over the seeds that have one)
+        with np.errstate(all="ignore"):
+            mean = np.asarray([np.nanmean(col) if np.isfinite(col).any() else math.nan for col in curves.T])
         band = [bootstrap_ci(curves[:, k][np.isfinite(curves[:, k])]) for k in range(budget)]
         out["methods"][m] = {
             "best_by_query": curves.tolist(), "wall_s": [r["wall_s"] for r in rs],
@@ -103,28 +118,38 @@ def summarise(objective: Any, methods: Sequence[str], seeds: Sequence[int], budg
             for m in methods:
                 if m != "cgnf":
                     theirs = np.asarray([r[k - 1] for r in out["methods"][m]["best_by_query"]])
-                    at[m] = _paired(sign * mine, sign * theirs)
+                    at[m] = _paired(mine, theirs, sign)
             out["paired_at"][str(k)] = at
         out["paired"] = out["paired_at"][str(budget)]
         curves = {m: np.asarray(out["methods"][m]["mean_best_by_query"]) * sign for m in methods}
         ahead = [k + 1 for k in range(9, budget) if all(curves["cgnf"][k] >= curves[m][k] - 1e-12 for m in methods)]
-        out["cgnf_at_or_above_every_baseline_from_10"] = len(ahead) == max(0, budget - 9)
+        # (None below 10 queries: nothing to compare)
+        out["cgnf_at_or_above_every_baseline_from_10"] = len(ahead) == budget - 9 if budget >= 10 else None
     return out
 
 
-def _paired(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
-    """``a`` vs ``b`` (larger is better) over the same seeds: the mean difference with a bootstrap
-    95 % interval, wins/ties/losses, and a one-sided Wilcoxon signed-rank p-value."""
-    d = a - b
+def _paired(a: np.ndarray, b: np.ndarray, sign: float = 1.0) -> dict[str, Any]:
+    """``a`` (cgnf) vs ``b`` over the same seeds, in the objective's units: ``mean_difference``
+    is ``a - b`` with its bootstrap 95 % interval; ``improvement`` is the same signed so that
+    positive means ``a`` is better (``sign`` -1 when minimising); wins/ties/losses by
+    improvement, and a one-sided Wilcoxon signed-rank p-value for "a is better". Seeds where
+    either has no value yet (every query failed) are left out and counted in ``dropped``."""
+    ok = np.isfinite(a) & np.isfinite(b)
+    d = (a - b)[ok]
+    imp = sign * d
     lo, hi = bootstrap_ci(d)
-    return {"mean_difference": float(d.mean()), "ci95": [lo, hi], "wins": int((d > 0).sum()),
-            "ties": int((d == 0).sum()), "losses": int((d < 0).sum()), "wilcoxon_p_greater": _wilcoxon_greater(d)}
+    return {"mean_difference": float(d.mean()) if d.size else math.nan, "ci95": [lo, hi],
+            "improvement": float(imp.mean()) if imp.size else math.nan, "wins": int((imp > 0).sum()),
+            "ties": int((imp == 0).sum()), "losses": int((imp < 0).sum()), "dropped": int((~ok).sum()),
+            "wilcoxon_p_greater": _wilcoxon_greater(imp)}
 
 
 def _wilcoxon_greater(d: np.ndarray) -> float:
-    """One-sided Wilcoxon signed-rank p-value for "median of d > 0" (zeros dropped; exact for
-    up to 25 pairs, normal approximation with tie correction above)."""
-    d = d[d != 0]
+    """One-sided Wilcoxon signed-rank p-value for "median of d > 0" (zeros dropped, non-finite
+    values too; exact for up to 25 pairs without ties, else the normal approximation with tie
+    and continuity corrections)."""
+    d = np.asarray(d, dtype=np.float64)
+    d = d[np.isfinite(d) & (d != 0)]
     n = len(d)
     if n == 0:
         return 1.0
@@ -140,7 +165,8 @@ def _wilcoxon_greater(d: np.ndarray) -> float:
         ranks[order[i:j + 1]] = (i + j) / 2 + 1
         i = j + 1
     w = float(ranks[d > 0].sum())
-    if n <= 25 and np.all(ranks == np.round(ranks)):
+    _, tie = np.unique(absd, return_counts=True)
+    if n <= 25 and (tie == 1).all():
         # exact: the distribution of the sum of a random subset of the ranks 1..n
         counts = np.zeros(n * (n + 1) // 2 + 1)
         counts[0] = 1
@@ -148,7 +174,6 @@ def _wilcoxon_greater(d: np.ndarray) -> float:
             counts[r:] = counts[r:] + counts[:-r].copy()
         return float(counts[int(w):].sum() / counts.sum())
     mu = n * (n + 1) / 4
-    _, tie = np.unique(absd, return_counts=True)
     sigma = math.sqrt(n * (n + 1) * (2 * n + 1) / 24 - (tie ** 3 - tie).sum() / 48)
     z = (w - 0.5 - mu) / sigma
     return float(0.5 * math.erfc(z / math.sqrt(2)))
@@ -175,8 +200,10 @@ def plot_curves(summary: dict[str, Any], path: str | os.PathLike) -> None:
     ax.set_xlabel("distinct networks queried")
     ax.set_ylabel(("best " if summary["direction"] == "max" else "lowest ") + "value so far (mean over seeds)")
     ax.set_title(textwrap.fill(summary["objective"], 110), fontsize=7)
-    lows = [min(v for v in r["ci95_low"][min(9, len(k) - 1):] if math.isfinite(v)) for r in summary["methods"].values()]
+    lows = [v for r in summary["methods"].values() for v in r["ci95_low"][min(9, len(k) - 1):]
+            if v is not None and math.isfinite(v)]
     if lows and summary["direction"] == "max" and summary.get("optimum") is not None:
+        lows = [min(lows)]
         ax.set_ylim(min(lows) - 0.05 * abs(summary["optimum"] - min(lows)) - 1e-9,
                     summary["optimum"] + 0.15 * abs(summary["optimum"] - min(lows)) + 1e-9)
     ax.legend(fontsize=8, loc="lower right")

@@ -111,9 +111,10 @@ class GeneratorSearch(Searcher):
 
     def ask(self) -> int:
         dom = self.domain
-        if len(self.asked) < self.n_init:
-            k = next(k for k in self.prior_order if k not in self.asked)
-            return self._take(k, "from_prior")
+        if len(self.asked) < self.n_init or len(self.observed) < 2:  # (also while failures leave < 2 results)
+            k = next((k for k in self.prior_order if k not in self.asked), None)
+            if k is not None:
+                return self._take(k, "from_prior")
         if not self.queue or self._ranked_with != len(self.observed):  # new results: rank again
             self.queue = self._rank()
             self._ranked_with = len(self.observed)
@@ -153,7 +154,7 @@ class GeneratorSearch(Searcher):
                 out.setdefault(dom.network(item), "from_neighbours")
         for k in self.rng.choice(dom.num_classes, size=min(self.random_pool, dom.num_classes), replace=False):
             out.setdefault(int(k), "from_random")
-        return {k: v for k, v in out.items() if k not in self.asked and k != dom.zero_class}
+        return {k: v for k, v in out.items() if k not in self.asked}
 
     def _flow_proposals(self, best: int) -> list[int]:
         """Latents drawn at the aimed target, each mapped to its nearest unasked network."""
@@ -212,13 +213,12 @@ class CellGeneratorSearch(Searcher):
     """``cgnf`` in a space whose networks cannot all be listed (nb201-like, nb101-like): the same
     loop as :class:`GeneratorSearch`, with candidates that exist only as the flow proposes them.
     Features are the latent's 8 principal components and the predicted attributes (the flow's
-    conditions); the first ``n_init`` queries are the flow's draws at the space's best-known
-    cell's attributes, ranked by predicted synflow and nwot."""
+    conditions); the first ``n_init`` queries are the flow's draws at the attributes of the random
+    member ranked highest by predicted synflow and nwot, ranked the same way (no benchmark
+    accuracy enters, not even through the space's best-known cell)."""
 
     def __init__(self, domain: Any, seed: int, n_init: int = 5, draws: int = 64, neighbours_of: int = 3,
-                 random_pool: int = 64, step: float = 0.5, reference: Any = "best") -> None:
-        from ..sampling import resolve_reference
-
+                 random_pool: int = 64, step: float = 0.5) -> None:
         super().__init__(domain, seed)
         self.model, self._mean, self._std, self._basis = _cell_model(domain.name)
         self.n_init, self.draws, self.neighbours_of = n_init, draws, neighbours_of
@@ -231,17 +231,22 @@ class CellGeneratorSearch(Searcher):
         self.asked: set[int] = set()
         self.origin: dict[int, str] = {}
         self.stats = {"from_flow": 0, "from_neighbours": 0, "from_random": 0, "from_prior": 0}
-        ref = resolve_reference(reference, domain.space)
-        self._featurise([ref])
-        c_ref = self.feats[ref.network_code()][1]
-        start = self._flow_cells(c_ref, 256)
-        self._featurise(start)
-        names = self.model.conditions.names
-        pred = torch.stack([self.feats[c.network_code()][1] for c in start]) if start else torch.zeros(0)
-        cols = [pred[:, names.index(p)].numpy() for p in ("synflow", "nwot") if p in names]
-        order = np.argsort(-rank_mean(*cols), kind="stable") if cols and len(start) else np.arange(len(start))
-        self.queue = [(start[i], "from_prior") for i in order[:n_init]]
+        # the start, from zero-cost information only: the flow's draws at the attributes of the
+        # random member ranked highest by predicted synflow and nwot, ranked the same way
+        pool = self._by_prior(self.domain.random(self.rng, 256))
+        start = self._by_prior(self._flow_cells(self.feats[pool[0].network_code()][1], 256) + pool)
+        self.queue = [(c, "from_prior") for c in start[:n_init]]
         self._ranked_with = -1
+
+    def _by_prior(self, cells: list[Any]) -> list[Any]:
+        """Distinct networks, highest mean rank of predicted synflow and nwot first."""
+        cells = list({c.network_code(): c for c in cells}.values())
+        self._featurise(cells)
+        names = self.model.conditions.names
+        pred = torch.stack([self.feats[c.network_code()][1] for c in cells])
+        cols = [pred[:, names.index(p)].numpy() for p in ("synflow", "nwot") if p in names]
+        order = np.argsort(-rank_mean(*cols), kind="stable") if cols else np.arange(len(cells))
+        return [cells[i] for i in order]
 
     def _featurise(self, cells: list[Any]) -> None:
         new = [c for c in cells if c.network_code() not in self.feats]

@@ -4,10 +4,12 @@
 an NB201 string (a column named ``arch``, or any column whose every value is one, such as
 NB201's ``cellstr``) or an official NB201 index (a column named ``index``, or ``arch`` holding
 integers, as the NB201 tables of ``CGNF_DATA_DIR`` do). Rows of one string are repeated
-measurements and are averaged (NaN values skipped). A cell's value is the **mean over its
-network class**: the mean of the string means of every string in the table whose pruned cell
-builds the same network, so no method gains by finding a luckier copy of a network already
-measured. The optimum is the best class mean. A table must cover every network of the space.
+measurements and are averaged (NaN and empty values skipped). A cell's value is the **mean over
+its network class**: the mean of the string means of every string in the table whose pruned
+cell builds the same network (each string weighs the same, however many rows it has), so no
+method gains by finding a luckier copy of a network already measured. The optimum is the best
+class mean. A table must cover every network of the space except the zero network (no input ->
+output path), which may have no value; querying it is then a failed query.
 
 **Callable** (:class:`CallableObjective`): ``f(cell) -> float``, the user's training or
 measurement. Results are cached by network in a score store when one is given, so a killed
@@ -36,6 +38,8 @@ from .domain import NB201Domain, nb201_domain
 __all__ = ["CallableObjective", "ObjectiveError", "ProtocolObjective", "TableObjective", "DIRECTIONS"]
 
 DIRECTIONS = ("max", "min")
+#: Table cells read as missing values (NaN): what pandas and R write for them.
+_MISSING = ("", "nan", "na", "n/a", "null", "none")
 
 
 class ObjectiveError(ValueError):
@@ -79,7 +83,7 @@ class TableObjective:
                 raise ObjectiveError(f"--table {path}: line {lineno} has {len(row)} fields, the header {len(header)}")
             idx = to_index(row[ki], lineno)
             try:
-                v = float(row[vi])
+                v = math.nan if row[vi].lower() in _MISSING else float(row[vi])
             except ValueError:
                 raise ObjectiveError(f"--table {path}: line {lineno}: {column} is not a number: "
                                      f"{row[vi]!r}") from None
@@ -96,14 +100,18 @@ class TableObjective:
         string_mean = np.divide(sums, counts, out=np.zeros_like(sums), where=have)
         csum = np.bincount(dom.class_of[have], weights=string_mean[have], minlength=dom.num_classes)
         ccount = np.bincount(dom.class_of[have], minlength=dom.num_classes)
-        missing = np.flatnonzero(ccount == 0)
+        # The network of the 341 strings with no input -> output path may have no value (zero-cost
+        # columns have none): querying it is then a failed query. Every other network needs one.
+        missing = np.flatnonzero((ccount == 0) & (np.arange(dom.num_classes) != dom.zero_class))
         if len(missing):
             ex = ", ".join(dom.arch(dom.representative[c]) for c in missing[:2])
             raise ObjectiveError(f"--table {self.path}: column {self.column!r} has no value for {len(missing)} of the "
-                                 f"{dom.num_classes:,} NB201 networks (for example {ex}); a table must cover the space")
-        self.class_means = csum / ccount  # [classes], table units
+                                 f"{dom.num_classes - 1:,} NB201 networks with an input -> output path (for example "
+                                 f"{ex}); a table must cover the space")
+        with np.errstate(invalid="ignore", divide="ignore"):
+            self.class_means = np.where(ccount > 0, csum / np.maximum(ccount, 1), np.nan)  # [classes], table units
         self.values = self.sign * self.class_means  # larger is better
-        self.optimum = float(self.sign * self.values.max())
+        self.optimum = float(self.sign * np.nanmax(self.values))
         self.strings = int(have.sum())
 
     def __call__(self, item: int) -> float:
@@ -183,7 +191,8 @@ class CallableObjective:
         self.sign = _check_direction(direction)
         self.direction = direction
         self.f = f
-        self.name = name or getattr(f, "name", None) or getattr(f, "__qualname__", type(f).__name__)
+        self.name = name or getattr(f, "name", None) or \
+            f"{getattr(f, '__module__', '')}.{getattr(f, '__qualname__', type(f).__name__)}"
         self.fingerprint = hashlib.sha256(self.name.encode()).hexdigest()[:16]
         self.optimum: float | None = None
 

@@ -108,19 +108,23 @@ class _Measurer:
 
     def measure(self, items: list[int]) -> list[tuple[float | None, str | None]]:
         if isinstance(self.objective, TableObjective):
-            return [(self.objective(i), None) for i in items]
+            values = [self.objective(i) for i in items]
+            return [(v, None) if math.isfinite(v) else (None, "the table has no value for this network")
+                    for v in values]
         nets = [self.domain.network_code(i) for i in items]
         todo = [(i, n) for i, n in zip(items, nets) if n not in self.cache]
-        if self.ray is not None and len(todo) > 1:
+        if self.ray is not None and todo:
             self.ray.measure(self, todo)
         else:
             for i, n in todo:
                 self.commit(i, n, *self.objective.evaluate(self.domain.cell(i)))
         return [self.cache[n] for n in nets]
 
-    def commit(self, item: int, net: int, value: float | None, why: str | None) -> None:
-        """One result, into the store at once (when there is one) and the cache."""
-        if self.store is not None:
+    def commit(self, item: int, net: int, value: float | None, why: str | None, *, durable: bool = True) -> None:
+        """One result, into the store at once (when there is one) and the cache. ``durable=False``
+        (a lost worker, not the objective's own failure): kept for this run only, so a rerun
+        measures it again."""
+        if self.store is not None and durable:
             cell_json = json.dumps(self.domain.describe(item))
             if value is not None:
                 self.store.put(self.space, net, cell_json, self.objective.fingerprint, 0, _STORE_VERSION,
@@ -196,7 +200,9 @@ class RayPool:
     each result to the store as it arrives. ``address``: ``"local"`` starts a local Ray instance
     with ``workers`` CPUs, ``"auto"`` or ``HOST:PORT`` joins a cluster."""
 
-    def __init__(self, address: str, workers: int = 2) -> None:
+    def __init__(self, address: str, workers: int = 2, gpus_per_task: float = 0.0) -> None:
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be an int >= 1, got {workers!r}")
         try:
             import ray
         except ImportError:
@@ -208,7 +214,8 @@ class RayPool:
                 ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
             else:
                 ray.init(address=address, include_dashboard=False, log_to_driver=False)
-        self._remote = ray.remote(num_cpus=1)(_evaluate_remote)
+        # (a task that asks for no GPU gets CUDA_VISIBLE_DEVICES='' from Ray: ask for one to train on it)
+        self._remote = ray.remote(num_cpus=1, num_gpus=gpus_per_task)(_evaluate_remote)
 
     def measure(self, measurer: _Measurer, todo: list[tuple[int, int]]) -> None:
         ray = self._ray
@@ -221,7 +228,8 @@ class RayPool:
                 try:
                     value, why = ray.get(ref)
                 except Exception as e:  # noqa: BLE001 -- a worker lost: recorded as a failure, not fatal
-                    value, why = None, f"ray: {type(e).__name__}: {e}"
+                    measurer.commit(i, n, None, f"ray: {type(e).__name__}: {e}", durable=False)
+                    continue
                 measurer.commit(i, n, value, why)
 
     def close(self) -> None:

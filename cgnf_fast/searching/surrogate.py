@@ -9,11 +9,25 @@ fitting. Small and dependency-free: a search asks it for a few hundred posterior
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 
 __all__ = ["GaussianProcess", "expected_improvement"]
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Matrices of a few hundred rows: one thread is faster, and far faster when another process
+    holds a core (torch's pool then spins on every tiny op)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def _matern52(a: torch.Tensor, b: torch.Tensor, lengthscale: torch.Tensor) -> torch.Tensor:
@@ -46,6 +60,10 @@ class GaussianProcess:
         return (nll + prior) / n
 
     def fit(self, x: torch.Tensor, y: torch.Tensor) -> GaussianProcess:
+        with _one_thread():
+            return self._fit(x, y)
+
+    def _fit(self, x: torch.Tensor, y: torch.Tensor) -> GaussianProcess:
         x = x.to(torch.float64)
         y = y.to(torch.float64)
         self._mu = float(y.mean())
@@ -70,6 +88,10 @@ class GaussianProcess:
         return self
 
     def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with _one_thread():
+            return self._posterior(x)
+
+    def _posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = x.to(torch.float64)
         ks = torch.exp(2 * self.log_signal) * _matern52(x, self._x, torch.exp(self.log_ls))  # [m, n]
         mean = (ks @ self._alpha)[:, 0]
