@@ -6,12 +6,14 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ..space import Cell, nb201
 from .conditions import COUNT_ATTRIBUTES
 from .sampler import SampledCell
 
-__all__ = ["FORMATS", "cell_text", "draw_cells", "figure_format", "layered_positions", "short_op", "vertex_label"]
+__all__ = ["FORMATS", "cell_text", "draw_cells", "figure_format", "layered_positions", "save_figure", "short_op",
+           "vertex_label"]
 
 #: Picture formats by file suffix (what matplotlib writes).
 FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
@@ -67,6 +69,20 @@ def layered_positions(cell: Cell) -> list[tuple[float, float]]:
         for k, v in enumerate(vs):
             pos[v] = (float(d), (len(vs) - 1) / 2.0 - k)
     return pos
+
+
+def save_figure(fig: Any, path: str | os.PathLike, fmt: str | None = None) -> None:
+    """A matplotlib figure to ``path`` in the format its suffix names, atomically (written to
+    ``PATH.partial`` and renamed into place; no partial file is left on failure)."""
+    fmt = fmt or figure_format(path)
+    p = Path(path)
+    tmp = p.with_name(p.name + ".partial")
+    try:
+        fig.savefig(tmp, format=fmt)
+        os.replace(tmp, p)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def vertex_label(cell: Cell, v: int) -> str:
@@ -202,11 +218,4 @@ def draw_cells(cells: Sequence[SampledCell | Cell], path: str | os.PathLike, *, 
     fig.tight_layout()
     for ax, (cell, _, is_ref) in zip(axes, panels):
         _draw_cell(ax, cell, highlight=is_ref)
-    p = Path(path)
-    tmp = p.with_name(p.name + ".partial")
-    try:
-        fig.savefig(tmp, format=fmt)
-        os.replace(tmp, p)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    save_figure(fig, path, fmt)

@@ -185,7 +185,7 @@ def plot_curves(summary: dict[str, Any], path: str | os.PathLike) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from ..sampling.drawing import figure_format
+    from ..sampling.drawing import figure_format, save_figure
 
     fmt = figure_format(path)
     fig = Figure(figsize=(7.5, 4.6), dpi=120)
@@ -209,11 +209,4 @@ def plot_curves(summary: dict[str, Any], path: str | os.PathLike) -> None:
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    p = Path(path)
-    tmp = p.with_name(p.name + ".partial")
-    try:
-        fig.savefig(tmp, format=fmt)
-        os.replace(tmp, p)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    save_figure(fig, path, fmt)
