@@ -74,14 +74,30 @@ def nb201_features() -> dict[str, Any]:
     zc = zc_table()
     counts = ExactCounts("nb201")
     params = np.asarray([counts.get(cell, cell.network_code())[0] for cell in cells], dtype=np.float64)
-    zs = (z - z.mean(0)) / z.std(0).clamp_min(1e-9)
-    _, _, v = torch.linalg.svd(zs, full_matrices=False)
-    pcs = zs @ v[:8].T
+    mean, std, basis = latent_pca(z)
+    pcs = ((z - mean) / std) @ basis
     cols = [pcs, *(torch.tensor(_finite(zc[p]))[:, None] for p in ("synflow", "nwot")),
             torch.tensor(np.log(np.maximum(params, 1.0)))[:, None]]
     x = torch.cat(cols, 1)
     x = (x - x.mean(0)) / x.std(0).clamp_min(1e-9)
     return {"x": x, "c": c.double(), "z": z, "model": model, "prior": rank_mean(zc["synflow"], zc["nwot"])}
+
+
+def latent_pca(z: torch.Tensor, k: int = 8) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(mean [D], std [D], basis [D, k])``: the first ``k`` principal directions of the
+    standardised latents ``z [N, D]`` (features are ``((z - mean) / std) @ basis``)."""
+    mean, std = z.mean(0), z.std(0).clamp_min(1e-9)
+    _, _, v = torch.linalg.svd((z - mean) / std, full_matrices=False)
+    return mean, std, v[:k].T
+
+
+def aimed_target(c: torch.Tensor, y: torch.Tensor, c_best: torch.Tensor, step: float) -> torch.Tensor:
+    """Step 2 (module doc): the best network's conditions ``c_best [A]`` moved ``step`` standard
+    deviations along the ridge-regression direction of the results ``y [n]`` on the measured
+    networks' conditions ``c [n, A]``."""
+    cc = c - c.mean(0)
+    w = torch.linalg.solve(cc.T @ cc + torch.eye(c.shape[1], dtype=c.dtype), cc.T @ (y - y.mean()))
+    return c_best + step * w / w.norm().clamp_min(1e-12)
 
 
 def _finite(v: np.ndarray) -> np.ndarray:
@@ -160,10 +176,7 @@ class GeneratorSearch(Searcher):
         """Latents drawn at the aimed target, each mapped to its nearest unasked network."""
         ks = list(self.observed)
         y = torch.tensor([self.observed[k] for k in ks], dtype=torch.float64)
-        c = self.c[ks]
-        cc = c - c.mean(0)
-        w = torch.linalg.solve(cc.T @ cc + torch.eye(c.shape[1], dtype=c.dtype), cc.T @ (y - y.mean()))
-        target = self.c[best] + self.step * w / w.norm().clamp_min(1e-12)
+        target = aimed_target(self.c[ks], y, self.c[best], self.step)
         flow = self.model.flow
         noise = torch.randn((self.draws, flow.latent), generator=self.generator, dtype=torch.float64)
         with torch.no_grad():
@@ -204,9 +217,7 @@ def _cell_model(space: str) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tens
     model = SamplingModel.load(d)
     with torch.no_grad():
         z = model.vae.encode(get_space(space).sample(2000, seed=0)).double()
-    mean, std = z.mean(0), z.std(0).clamp_min(1e-9)
-    _, _, v = torch.linalg.svd((z - mean) / std, full_matrices=False)
-    return model, mean, std, v[:8].T
+    return (model, *latent_pca(z))
 
 
 class CellGeneratorSearch(Searcher):
@@ -309,11 +320,8 @@ class CellGeneratorSearch(Searcher):
     def _rank(self) -> list[tuple[Any, str]]:
         ks = list(self.observed)
         y = torch.tensor([self.observed[k] for k in ks], dtype=torch.float64)
-        c = torch.stack([self.feats[k][1] for k in ks])
-        cc = c - c.mean(0)
-        w = torch.linalg.solve(cc.T @ cc + torch.eye(c.shape[1], dtype=c.dtype), cc.T @ (y - y.mean()))
         best = max(ks, key=self.observed.get)
-        target = self.feats[best][1] + self.step * w / w.norm().clamp_min(1e-12)
+        target = aimed_target(torch.stack([self.feats[k][1] for k in ks]), y, self.feats[best][1], self.step)
         cand: dict[int, tuple[Any, str]] = {}
         for cell in self._flow_cells(target, self.draws):
             cand.setdefault(cell.network_code(), (cell, "from_flow"))
