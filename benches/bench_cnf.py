@@ -16,6 +16,22 @@ initialisation, float32, eval mode, ``torch.no_grad``. For each hidden size and 
   one, ``outside_dynamics_s_*``: the time spent outside the dynamics evaluations
   (torchdiffeq's own tensor work), which bounds what a faster kernel alone could gain.
 
+``--train-step`` (instead of the rows above): one training step, ``loss = -flow.log_prob(z,
+c).mean(); loss.backward()``, of the shipped nb201-like flow (its weights: latent 32, 4
+conditions, hidden 128x128, exact divergence, moving batch-norm, train mode) at the pipeline's
+training tolerances (rtol = atol = 1e-3), for B in ``--train-batch`` (256,1024): z drawn around
+the flow's input statistics (running mean and variance of its first batch-norm), c standard
+normal. ``native``: ``backend="native"`` (both solves of the adjoint native, the backward's stages
+on the fused vector-Jacobian kernel); ``torch``: ``backend="torch"``, torchdiffeq's
+``odeint_adjoint`` with the reference dynamics; ``compiled``: the same with the reference
+dynamics under ``torch.compile`` (compiled before timing). Rows give each column's median
+(``native_s``, ``torch_s``, ``compiled_s``), ``ratio = torch_s / native_s`` and
+``ratio_compiled = compiled_s / native_s``, the evaluations of each solve and the largest
+relative difference of the gradients (native vs torch).
+
+Every row also has a ``compiled`` column unless ``--no-compile``: the reference under
+``torch.compile`` (default mode, compiled and warmed up before timing).
+
 "native" is what a solve runs per step: ``cgnf_fast.ops.cnf.CnfPlan`` (weights and condition
 validated once); "torch" is ``cgnf_fast.reference.cnf.cnf_dynamics``, the stock-PyTorch ops of
 ``ODEDynamics`` (``F.linear``, ``sigmoid``, ``tanh``, ``bmm``-style matmuls for the tangents).
@@ -47,23 +63,72 @@ from _timing import timed
 LATENT, COND = 32, 4
 
 
-def side_by_side(native, torch_fn, device: str, reps: int) -> dict:
-    """Medians over ``reps`` of each callable, run back to back in alternating order."""
-    native()  # warm-up (caches, allocator, thread pools)
-    torch_fn()
-    times: dict[str, list[float]] = {"native": [], "torch": []}
+def side_by_side(native, torch_fn, device: str, reps: int, compiled=None) -> dict:
+    """Medians over ``reps`` of each callable (``compiled`` optional), run back to back in
+    rotating order."""
+    fns = {"native": native, "torch": torch_fn}
+    if compiled is not None:
+        fns["compiled"] = compiled
+    for fn in fns.values():  # warm-up (caches, allocator, thread pools; compile's first call compiles)
+        fn()
+        fn()
+    names = list(fns)
+    times: dict[str, list[float]] = {k: [] for k in names}
     for r in range(reps):
-        order = (("native", native), ("torch", torch_fn)) if r % 2 == 0 else (("torch", torch_fn), ("native", native))
-        for name, fn in order:
-            times[name].append(timed(fn, device))
-    t_native, t_torch = statistics.median(times["native"]), statistics.median(times["torch"])
-    return {
-        "native_s": float(f"{t_native:.4g}"),
-        "torch_s": float(f"{t_torch:.4g}"),
-        "ratio": round(t_torch / t_native, 3),
-        "native_s_all": [float(f"{t:.4g}") for t in times["native"]],
-        "torch_s_all": [float(f"{t:.4g}") for t in times["torch"]],
-    }
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            times[name].append(timed(fns[name], device))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    row = {f"{k}_s": float(f"{med[k]:.4g}") for k in names}
+    row["ratio"] = round(med["torch"] / med["native"], 3)
+    if compiled is not None:
+        row["ratio_compiled"] = round(med["compiled"] / med["native"], 3)
+    row.update({f"{k}_s_all": [float(f"{t:.4g}") for t in times[k]] for k in names})
+    return row
+
+
+def train_step_rows(batches: list[int], reps: int, compile_ref: bool, meta: dict) -> None:
+    """One training step of the shipped nb201-like flow at the training tolerances (module doc)."""
+    import types
+
+    from cgnf_fast.sampling.model import default_model_dir, load_flow
+
+    flow, info = load_flow(default_model_dir("nb201-like") / "flow")
+    flow.rtol, flow.atol = info["train_tolerances"]["rtol"], info["train_tolerances"]["atol"]
+    flow_module.set_mode(flow, True)
+    if compile_ref:  # torchdiffeq's adjoint takes its products with retain_graph=True, which donated buffers refuse
+        import torch._functorch.config as functorch_config
+
+        functorch_config.donated_buffer = False
+    compiled_ref = torch.compile(reference.cnf_dynamics) if compile_ref else None
+    for B in batches:
+        g = torch.Generator().manual_seed(B)
+        bn = flow.bn_in
+        z = bn.running_mean + bn.running_var.sqrt() * torch.randn(B, flow.latent, generator=g)
+        c = torch.randn(B, flow.cond_dim, generator=g)
+        nfe: dict[str, int] = {}
+
+        def step(backend: str, ref=None):
+            flow.dynamics.backend = backend
+            flow.zero_grad(set_to_none=True)
+            saved = flow_module.cnf_reference
+            if ref is not None:
+                flow_module.cnf_reference = types.SimpleNamespace(cnf_dynamics=ref)
+            try:
+                loss = -flow.log_prob(z, c).mean()
+                fwd = flow.nfe
+                loss.backward()
+            finally:
+                flow_module.cnf_reference = saved
+            nfe[backend + ("_compiled" if ref is not None else "")] = fwd
+            return [p.grad.clone() for p in flow.parameters()]
+
+        g_native, g_torch = step("native"), step("torch")
+        err = max(rel_err(a, b) for a, b in zip(g_native, g_torch))
+        row = side_by_side(lambda: step("native"), lambda: step("torch"), "cpu", reps,
+                           (lambda: step("torch", compiled_ref)) if compile_ref else None)
+        print(json.dumps({"bench": "train_step", "batch": B, **row, "nfe_forward": nfe,
+                          "rel_err_grads": float(f"{err:.3g}"), "rtol": flow.rtol, "atol": flow.atol,
+                          "hidden": list(flow.dynamics.hidden), **meta}), flush=True)
 
 
 def split_solve(flow: ConditionalCNF, c: torch.Tensor, e: torch.Tensor, device: str) -> tuple[float, float]:
@@ -114,6 +179,9 @@ def main() -> None:
     ap.add_argument("--skip-exact-over", type=int, default=1000,
                     help="skip eval_exact above this batch for the widest hidden size (0: never skip)")
     ap.add_argument("--only", default="eval,eval_exact,sample", help="comma-separated measurements to run")
+    ap.add_argument("--train-step", action="store_true", help="time training steps instead (module doc)")
+    ap.add_argument("--train-batch", default="256,1024", help="batch sizes of --train-step")
+    ap.add_argument("--no-compile", action="store_true", help="leave out the torch.compile column")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     only = set(args.only.split(","))
@@ -124,6 +192,11 @@ def main() -> None:
             "torch": torch.__version__}
     if args.device == "cuda":
         meta["gpu"] = torch.cuda.get_device_name()
+    compile_ref = args.device == "cpu" and not args.no_compile
+    if args.train_step:
+        train_step_rows([int(b) for b in args.train_batch.split(",")], args.reps, compile_ref, meta)
+        return
+    ref_compiled = torch.compile(reference.cnf_dynamics) if compile_ref else None
     for hidden in hiddens:
         torch.manual_seed(0)
         native_flow = ConditionalCNF(LATENT, COND, hidden=hidden, backend="native").to(args.device).eval()
@@ -152,7 +225,9 @@ def main() -> None:
                     reps = args.reps if not div else max(3, args.reps // 2)
                     row = side_by_side(lambda: plan(t, z),
                                        lambda: reference.cnf_dynamics(t, z, c, weights, dyn.activation, div),
-                                       args.device, reps)
+                                       args.device, reps,
+                                       (lambda: ref_compiled(t, z, c, weights, dyn.activation, div))
+                                       if ref_compiled is not None else None)
                     print(json.dumps({"bench": name, **base, **row, **errs, **meta}), flush=True)
                 if "sample" in only:
                     e = torch.randn(B, LATENT, generator=g).to(args.device)

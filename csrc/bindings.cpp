@@ -100,6 +100,18 @@ PYBIND11_MODULE(_C, m) {
         py::arg("divergence"), py::arg("float64"), py::arg("t0"), py::arg("t1"), py::arg("rtol"), py::arg("atol"),
         py::arg("max_steps"), py::arg("num_threads"), py::call_guard<py::gil_scoped_release>(),
         "A whole dopri5 solve of the CNF dynamics (torchdiffeq's algorithm); returns the evaluations made.");
+  m.def("cnf_adjoint_cpu", &cgnf::cnf_adjoint_cpu, py::arg("t"), py::arg("z"), py::arg("c"), py::arg("noise"),
+        py::arg("weights"), py::arg("widths"), py::arg("a_z"), py::arg("a_div"), py::arg("dz"), py::arg("div"),
+        py::arg("g_t"), py::arg("g_z"), py::arg("g_c"), py::arg("g_weights"), py::arg("B"), py::arg("C"),
+        py::arg("activation"), py::arg("divergence"), py::arg("float64"), py::arg("num_threads"),
+        py::call_guard<py::gil_scoped_release>(),
+        "The CNF dynamics with the vector-Jacobian products of (a_z, a_div) (the adjoint's dynamics).");
+  m.def("cnf_adjoint_solve_dopri5_cpu", &cgnf::cnf_adjoint_solve_dopri5_cpu, py::arg("state"), py::arg("c"),
+        py::arg("noise"), py::arg("weights"), py::arg("widths"), py::arg("params"), py::arg("B"), py::arg("C"),
+        py::arg("activation"), py::arg("divergence"), py::arg("float64"), py::arg("t0"), py::arg("t1"),
+        py::arg("rtol"), py::arg("atol"), py::arg("max_steps"), py::arg("num_threads"),
+        py::call_guard<py::gil_scoped_release>(),
+        "The backward solve of odeint_adjoint (dopri5, torchdiffeq's algorithm); returns the evaluations made.");
   m.def("cnf_cuda_workspace", &cgnf::cnf_cuda_workspace, py::arg("B"), py::arg("widths"), py::arg("divergence"),
         "Elements of the workspace cnf_dynamics_fwd_cuda needs (0 unless the divergence is exact).");
 

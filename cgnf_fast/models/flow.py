@@ -23,32 +23,28 @@ cheap this way). ``"hutchinson"`` propagates one noise vector ``e`` the same way
 ``e^T J e``, an unbiased estimate; the noise is drawn once per solve (Rademacher or Gaussian)
 and kept fixed for every evaluation of that solve, including the adjoint's backward pass.
 
-Backends: ``backend="native"`` (the default) evaluates the dynamics with the fused kernel of
-``cgnf_fast.ops.cnf`` (one kernel for the whole MLP and its divergence, CPU or CUDA). In a solve
-it runs every evaluation autograd does not record: sampling, likelihoods under
-``torch.no_grad`` and the forward solve of ``odeint_adjoint``. On the CPU, a dopri5 solve that
-autograd does not record (sampling, likelihoods under ``torch.no_grad``) runs whole in native
-code (``CnfPlan.solve``: torchdiffeq's dopri5 step for step around the kernel; float64 results
-equal torchdiffeq's to ~1e-15, float32 ones to float32 rounding; unlike torchdiffeq it gives up
-with a RuntimeError after 100,000 steps); the evaluations autograd records
-(the adjoint's backward solve, training without the adjoint) run the stock PyTorch ops of
-``cgnf_fast.reference.cnf.cnf_dynamics`` directly, since the native op's backward would
-recompute them anyway. Single evaluations (:meth:`ODEDynamics.forward`,
-:meth:`ODEDynamics.forward_with_divergence`) always go through the op, whose backward is the
-reference. Sizes outside the kernel's limits (widths > 512, the exact divergence for latents
-> 64) and devices it does not serve fall back to the reference; ``backend="torch"`` always runs
-it. Both compute the same function (float32 results agree to ~1e-6 relative, float64 to ~1e-15).
+Backends: ``backend="native"`` (the default) runs the fused kernels of ``cgnf_fast.ops.cnf``
+(the whole MLP and its divergence in one kernel, CPU or CUDA). On the CPU a dopri5 solve runs
+whole in native code: under ``torch.no_grad`` by ``CnfPlan.solve``, and training with the adjoint
+by ``cgnf_fast.ops.cnf_adjoint.NativeAdjoint`` (``CnfPlan.solve`` forward, ``CnfPlan.adjoint_solve``
+backward: torchdiffeq's dopri5 and ``odeint_adjoint`` step for step, each backward stage one
+fused kernel for the dynamics and their vector-Jacobian products). float64 results equal
+torchdiffeq's to ~1e-14; a native solve gives up with a RuntimeError after 100,000 steps. Other
+solvers, training without the adjoint and CUDA go through torchdiffeq: its unrecorded evaluations
+run the kernel, the recorded ones the stock PyTorch ops of ``cgnf_fast.reference.cnf``. Single
+evaluations (:meth:`ODEDynamics.forward_with_divergence`) go through the op (CPU backward:
+native). Sizes outside the kernel's limits (widths > 512, the exact divergence for latents > 64)
+fall back to the reference; ``backend="torch"`` always runs it (same function to rounding).
 
 Adjoint: with ``adjoint=True`` the solve uses ``torchdiffeq.odeint_adjoint``; the ODE function
 is an ``nn.Module`` holding the dynamics (so the adjoint sees its parameters) and the condition,
 which is passed to the adjoint as an extra parameter when it requires grad, so gradients reach
 ``c`` as well as the weights.
 
-Optional moving batch-norm (FFJORD's ``MovingBatchNorm1d``, ``moving_batchnorm=True``): the
-flow becomes ``bn_in -> CNF -> bn_out`` from data to noise. In training mode the forward
-direction normalises with batch statistics and updates the running ones; in eval mode, and in
-the reverse direction always, it uses the running statistics (as FFJORD does), so ``sample``
-inverts ``log_prob`` exactly in eval mode.
+Optional moving batch-norm (FFJORD's ``MovingBatchNorm1d``, ``moving_batchnorm=True``): the flow
+becomes ``bn_in -> CNF -> bn_out`` from data to noise. In training mode the forward direction
+normalises with batch statistics and updates the running ones; in eval mode, and in the reverse
+direction always, it uses the running statistics (as FFJORD), so ``sample`` inverts ``log_prob``.
 
 Shapes:
     z [B, D] (D = ``latent``), c [B, C] (C = ``cond_dim``, may be 0), log-densities [B],
@@ -66,6 +62,7 @@ from torch import nn
 
 from .._checks import check_choice, check_int, check_positive, check_tensor
 from ..ops import cnf as cnf_ops
+from ..ops.cnf_adjoint import NativeAdjoint
 from ..reference import cnf as cnf_reference
 
 __all__ = [
@@ -331,6 +328,12 @@ class _ODEFunc(nn.Module):
             return True
         return not (self._weights_need_grad or z.requires_grad or (isinstance(t, torch.Tensor) and t.requires_grad))
 
+    def native_adjoint_applies(self, z: torch.Tensor) -> bool:
+        """A recorded solve can run as :class:`cgnf_fast.ops.cnf_adjoint.NativeAdjoint` (both passes natively): a CPU
+        plan, autograd recording, and no gradient wanted for the Hutchinson noise."""
+        return (self._plan is not None and self._plan.device.type == "cpu" and torch.is_grad_enabled()
+                and not (self.noise is not None and self.noise.requires_grad))
+
     def native_solve_applies(self, z: torch.Tensor) -> bool:
         """A whole solve can run natively (``CnfPlan.solve``): a CPU plan, and nothing for
         autograd to record."""
@@ -458,6 +461,14 @@ class ConditionalCNF(nn.Module):
             except RuntimeError as e:
                 raise _solve_error(e) from None
             return out_z, out_ld
+        if self.solver == "dopri5" and self.adjoint and func.native_adjoint_applies(z):
+            try:
+                out_z, out_ld = NativeAdjoint.apply(func, (t0, t1, self.rtol, self.atol), z, c,
+                                                    *(p for p in self.dynamics.parameters() if p.requires_grad))
+            except RuntimeError as e:
+                raise _solve_error(e) from None
+            self.nfe = func.nfe
+            return out_z, (out_ld if divergence is not None else None)
         from torchdiffeq import odeint, odeint_adjoint  # (imports SciPy: ~1 s, so only when needed)
 
         t = torch.tensor([t0, t1], dtype=z.dtype, device=z.device)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .cnf import CnfPlan, cnf_dynamics
+from .cnf import CnfPlan, cnf_dynamics, cnf_dynamics_vjp
+from .cnf_adjoint import NativeAdjoint
 from .dag import (
     dag_canonical_code,
     dag_nb101_digest,
@@ -15,7 +16,9 @@ from .gnn import gin_aggregate
 
 __all__ = [
     "CnfPlan",
+    "NativeAdjoint",
     "cnf_dynamics",
+    "cnf_dynamics_vjp",
     "dag_canonical_code",
     "dag_nb101_digest",
     "dag_nb101_hash",

@@ -11,14 +11,14 @@ not record) -> ``_C.cnf_dynamics_fwd_cpu`` / ``_cuda`` (csrc/cnf/cnf_dynamics_cp
 cnf_dynamics_cuda.cu). :class:`CnfPlan` validates the weights and condition once and then calls
 the same entry points with a few microseconds of Python per evaluation: what an ODE solve uses.
 
-Backward: **the reference**, not a native kernel. The op's autograd formula recomputes
-:func:`cgnf_fast.reference.cnf.cnf_dynamics` under autograd and returns its vector-Jacobian
-products with respect to ``t``, ``z``, ``c``, every weight and the Hutchinson ``noise``, through
-``dz/dt`` and the divergence (so ``odeint_adjoint`` training is exact; higher orders go through the
-reference too). A native backward would have to differentiate the forward-mode divergence (a
-second-order pass) and would save at most the reference's forward; so callers that record
-autograd gain nothing from the native forward, and the solves of ``ConditionalCNF`` run the
-reference directly for the evaluations autograd records (see ``cgnf_fast.models.flow``).
+Backward (first order, CPU): **native**. The op's autograd formula calls the custom op
+``cgnf_fast::cnf_dynamics_vjp`` (:func:`cnf_dynamics_vjp`; ``_C.cnf_adjoint_cpu``,
+csrc/cnf/cnf_adjoint_cpu.cpp), one fused kernel that recomputes the MLP and returns the
+vector-Jacobian products with respect to ``t``, ``z``, ``c`` and every weight, through ``dz/dt``
+and the divergence (whose products are second-order terms of the MLP). The reference runs the
+backward instead for higher orders (``create_graph``), for a gradient with respect to the
+Hutchinson ``noise``, and on CUDA (no CUDA adjoint kernel yet). Whole adjoint solves: see
+:meth:`CnfPlan.adjoint_solve` (torchdiffeq's ``odeint_adjoint`` backward pass, step for step).
 
 Limits (csrc/cnf/cnf.h): every width (latent and hidden) ``<= CNF_MAX_WIDTH`` (512), at most
 ``CNF_MAX_LAYERS`` (32) layers, the exact divergence for ``D <= CNF_MAX_EXACT_LATENT`` (64); the
@@ -178,7 +178,8 @@ def _setup(ctx, inputs: tuple, output: tuple) -> None:
 
 
 def _backward(ctx, g_dz: torch.Tensor, g_div: torch.Tensor) -> tuple:
-    """Vector-Jacobian products by autograd on the reference (recomputed here). With
+    """Vector-Jacobian products: the native kernel (``cnf_dynamics_vjp``) for first-order
+    gradients on the CPU, else autograd on the reference (recomputed here). With
     ``create_graph`` the saved inputs are differentiated directly, so higher orders are exact."""
     saved = ctx.saved_tensors
     t, z, c = saved[:3]
@@ -187,6 +188,13 @@ def _backward(ctx, g_dz: torch.Tensor, g_div: torch.Tensor) -> tuple:
     need_t, need_z, need_c, need_w, _, _, need_noise = ctx.needs_input_grad
     need_w = list(need_w) if isinstance(need_w, (list, tuple)) else [bool(need_w)] * len(weights)
     create = torch.is_grad_enabled()
+    if not create and not (noise is not None and need_noise) and z.device.type == "cpu":
+        g_div = g_div if ctx.divergence != "none" else z.new_zeros(0)
+        g_t, g_z, g_c, g_w = torch.ops.cgnf_fast.cnf_dynamics_vjp(t, z, c, weights, ctx.activation, ctx.divergence,
+                                                                   noise, g_dz, g_div)
+        keep = lambda g, need: g if need else None  # noqa: E731
+        return (keep(g_t, need_t), keep(g_z, need_z), keep(g_c, need_c),
+                [keep(g, n) for g, n in zip(g_w, need_w)], None, None, None)
     flat = [t, z, c, *weights] + ([noise] if noise is not None else [])
     needs = [need_t, need_z, need_c, *need_w] + ([need_noise] if noise is not None else [])
     with torch.enable_grad():
@@ -211,6 +219,70 @@ def _backward(ctx, g_dz: torch.Tensor, g_div: torch.Tensor) -> tuple:
 
 
 _cnf_dynamics.register_autograd(_backward, setup_context=_setup)
+
+
+def _vjp_reference(t, z, c, weights, activation, divergence, noise, g_dz, g_div) -> tuple:
+    with torch.enable_grad():
+        xs = [x.detach().requires_grad_(True) for x in (t, z, c, *weights)]
+        ws = xs[3:]
+        layers = [tuple(ws[5 * i:5 * i + 5]) for i in range(len(ws) // 5)]
+        kind = None if divergence == "none" else divergence
+        dz, div = reference.cnf_dynamics(xs[0], xs[1], xs[2], layers, activation, kind, noise)
+        outs, cots = [dz], [g_dz]
+        if div is not None:
+            outs.append(div)
+            cots.append(g_div)
+        got = torch.autograd.grad(outs, xs, cots, allow_unused=True)
+    return tuple(torch.zeros_like(x) if g is None else g for x, g in zip(xs, got))
+
+
+def _vjp(t, z, c, weights, activation, divergence, noise, g_dz, g_div, outputs: bool = False) -> tuple:
+    """The validated vector-Jacobian products (the op's computation): native on the CPU, the
+    reference elsewhere. ``outputs``: also return ``dz/dt`` and ``div`` (computed anyway)."""
+    widths = _check_inputs(t, z, c, weights, activation, divergence, noise)
+    B, D = z.shape
+    check_tensor("g_dz", g_dz, "[B, D]", dtype=z.dtype, shape=(B, D), device=z.device, dtype_of="z", device_of="z is")
+    want_div = (B,) if divergence != "none" else (0,)
+    check_tensor("g_div", g_div, "[B] ([0] without a divergence)", dtype=z.dtype, shape=want_div, device=z.device,
+                 dtype_of="z", device_of="z is")
+    if z.device.type != "cpu":  # no CUDA adjoint kernel yet: the reference
+        g = _vjp_reference(t, z, c, weights, activation, divergence, noise, g_dz, g_div)
+        res = (g[0].reshape(t.shape), g[1], g[2], list(g[3:]))
+        if outputs:
+            dz, div = _forward(t, z, c, weights, activation, divergence, noise)
+            return res + (dz, div)
+        return res
+    t, z, c, g_dz, g_div = (x.contiguous() for x in (t, z, c, g_dz, g_div))
+    weights = [w.contiguous() for w in weights]
+    noise = None if noise is None else noise.contiguous()
+    g_t, g_z, g_c = torch.empty_like(t), torch.empty_like(z), torch.empty_like(c)
+    g_w = [torch.empty_like(w) for w in weights]
+    dz = torch.empty_like(z) if outputs else None
+    div = z.new_empty(B) if outputs and divergence != "none" else None
+    ptr = lambda x: 0 if x is None or x.numel() == 0 else x.data_ptr()  # noqa: E731
+    _C.cnf_adjoint_cpu(ptr(t), ptr(z), ptr(c), ptr(noise), [w.data_ptr() for w in weights], widths, ptr(g_dz),
+                       ptr(g_div), ptr(dz), ptr(div), g_t.data_ptr(), ptr(g_z), ptr(g_c), [w.data_ptr() for w in g_w],
+                       B, c.shape[1], _ACT_CODE[activation], _DIV_CODE[divergence], z.dtype == torch.float64,
+                       _native.num_threads())
+    res = (g_t, g_z, g_c, g_w)
+    return res + (dz, div if div is not None else z.new_zeros(0)) if outputs else res
+
+
+@torch.library.custom_op("cgnf_fast::cnf_dynamics_vjp", mutates_args=())
+def _cnf_dynamics_vjp(
+    t: torch.Tensor, z: torch.Tensor, c: torch.Tensor, weights: list[torch.Tensor], activation: str,
+    divergence: str, noise: torch.Tensor | None, g_dz: torch.Tensor, g_div: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """``(g_t, g_z, g_c, g_weights)``: the products of ``(g_dz [B, D], g_div [B] or [0])`` with
+    the Jacobians of ``cgnf_fast::cnf_dynamics``'s outputs."""
+    g_t, g_z, g_c, g_w = _vjp(t, z, c, weights, activation, divergence, noise, g_dz, g_div)
+    return g_t, g_z, g_c, list(g_w)
+
+
+@_cnf_dynamics_vjp.register_fake
+def _(t, z, c, weights, activation, divergence, noise, g_dz, g_div):
+    _check_inputs(t, z, c, weights, activation, divergence, noise)
+    return torch.empty_like(t), torch.empty_like(z), torch.empty_like(c), [torch.empty_like(w) for w in weights]
 
 
 def _flatten(weights: object) -> list[torch.Tensor]:
@@ -293,6 +365,56 @@ def cnf_dynamics(
     else:
         dz, div = _cnf_dynamics(*args)
     return dz, (div if divergence is not None else None)
+
+
+def cnf_dynamics_vjp(
+    t: float | torch.Tensor,
+    z: torch.Tensor,
+    c: torch.Tensor,
+    weights: Sequence[tuple[torch.Tensor, ...]],
+    g_dz: torch.Tensor,
+    g_div: torch.Tensor | None = None,
+    activation: str = "tanh",
+    divergence: str | None = None,
+    noise: torch.Tensor | None = None,
+    backend: str = "native",
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, ...]]]:
+    """One evaluation of the adjoint dynamics: ``dz/dt``, the divergence and the
+    vector-Jacobian products ``g_v = g_dz^T d(dz/dt)/dv + g_div d(div)/dv`` for ``v = t`` (summed
+    over the batch), ``z``, ``c`` and every weight (summed over the batch), what the adjoint's
+    backward solve evaluates at every stage. ``backend="native"``: one fused kernel on the CPU
+    (``cgnf_fast::cnf_dynamics_vjp``; the reference on other devices); ``"torch"``: autograd over
+    :func:`cgnf_fast.reference.cnf.cnf_dynamics`. The Hutchinson ``noise`` is treated as a constant.
+
+    Shapes:
+        as :func:`cnf_dynamics`; g_dz [B, D]; g_div [B] (required with a divergence, else None)
+        -> ``(dz/dt [B, D], div [B] or None, g_t [1], g_z [B, D], g_c [B, C], g_weights)`` with
+        ``g_weights`` per layer ``(gW, gb, gG, gg, gH)`` shaped as the weights.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(map(repr, BACKENDS))}")
+    if divergence not in DIVERGENCES:
+        raise ValueError(f"divergence must be None, 'exact' or 'hutchinson', got {divergence!r}")
+    if not isinstance(z, torch.Tensor):
+        raise ValueError(f"z must be a torch.Tensor [B, D] float32 or float64, got {type(z).__name__}")
+    flat = _flatten(weights)
+    tt = t if isinstance(t, torch.Tensor) else as_time(t, z) if z.dtype in _DTYPES else torch.tensor([float(t)])
+    if divergence is None:
+        if g_div is not None:
+            raise ValueError("g_div must be None when divergence is None (there is no divergence output)")
+        g_div = z.new_zeros(0) if z.dtype in _DTYPES else torch.zeros(0)
+    elif g_div is None:
+        raise ValueError(f"g_div [B] is required with divergence={divergence!r}")
+    kind = _OP_DIVERGENCE[divergence]
+    if backend == "torch":
+        _check_inputs(tt, z, c, flat, activation, kind, noise, native=False)
+        dz, div = reference.cnf_dynamics(tt, z, c, weights, activation, divergence, noise)
+        g = _vjp_reference(tt, z, c, flat, activation, kind, noise, g_dz, g_div)
+        g_t, g_z, g_c, g_w = g[0].reshape(tt.shape), g[1], g[2], list(g[3:])
+    else:
+        g_t, g_z, g_c, g_w, dz, div = _vjp(tt, z, c, flat, activation, kind, noise, g_dz, g_div, outputs=True)
+    layers = [tuple(g_w[5 * i:5 * i + 5]) for i in range(len(g_w) // 5)]
+    return dz.detach(), (div.detach() if divergence is not None else None), g_t, g_z, g_c, layers
 
 
 class CnfPlan:
@@ -406,3 +528,53 @@ class CnfPlan:
                                       _native.num_threads())
         logdet = state[z.numel():] if self.divergence is not None else None
         return state[: z.numel()].view(self.shape), logdet, int(nfe)
+
+    def adjoint_solve(self, z1: torch.Tensor, logdet1: torch.Tensor | None, g_z1: torch.Tensor,
+                      g_logdet1: torch.Tensor | None, t0: float, t1: float, params: Sequence[int], *, rtol: float,
+                      atol: float, max_steps: int = 100_000) -> tuple[torch.Tensor, list[torch.Tensor], int]:
+        """The backward pass of ``torchdiffeq.odeint_adjoint(f, (z, logdet), [t0, t1],
+        method="dopri5", adjoint_params=...)`` natively (csrc/cnf/cnf_solve_cpu.cpp, CPU plans):
+        the augmented state ``(a_t, y, a_y, a_params)`` integrated from ``t1`` back to ``t0`` with
+        :func:`cnf_dynamics_vjp`'s kernel at every stage, torchdiffeq's dopri5 step for step
+        (same accepted and rejected steps; its default adjoint norm and tolerances ``rtol``,
+        ``atol``). ``z1``, ``logdet1``: the forward solve's state at ``t1``; ``g_*1``: the loss's
+        gradients there; ``params``: the adjoint parameters in torchdiffeq's order, each the index
+        of a weight in the flat ``(W, b, G, g, H)``-per-layer list or ``-1`` for the condition.
+
+        Returns ``(g_z0 [B, D], [gradient of each of params], dynamics evaluations)``. Same
+        failures as :meth:`solve`.
+        """
+        if self._cuda:
+            raise ValueError("CnfPlan.adjoint_solve runs on the CPU (use torchdiffeq's odeint_adjoint on CUDA)")
+        self._check_state(z1)
+        self._check_state(g_z1)
+        B = self.shape[0]
+        div = self.divergence is not None
+        for name, v in (("logdet1", logdet1), ("g_logdet1", g_logdet1)):
+            if div:
+                check_tensor(name, v, "[B]", dtype=self.dtype, shape=(B,), device=self.device)
+            elif v is not None:
+                raise ValueError(f"{name} must be None for a plan without a divergence")
+        flat_n = len(self._flat)
+        idx = [int(q) for q in params]
+        if len(set(idx)) != len(idx) or any(q < -1 or q >= flat_n for q in idx) or (-1 in idx and not self._c.numel()):
+            raise ValueError(f"params must be distinct weight indices in [0, {flat_n}) or -1 (the condition, C > 0), "
+                             f"got {idx}")
+        sizes = [self._c.numel() if q < 0 else self._flat[q].numel() for q in idx]
+        ny = z1.numel() + (B if div else 0)
+        state = torch.zeros(1 + 2 * ny + sum(sizes), dtype=self.dtype)
+        state[1:1 + z1.numel()] = z1.detach().reshape(-1)
+        state[1 + ny:1 + ny + z1.numel()] = g_z1.detach().reshape(-1)
+        if div:
+            state[1 + z1.numel():1 + ny] = logdet1.detach()
+            state[1 + ny + z1.numel():1 + 2 * ny] = g_logdet1.detach()
+        nfe = _C.cnf_adjoint_solve_dopri5_cpu(state.data_ptr(), self._c_ptr, self._noise_ptr, self._ptrs, self.widths,
+                                              idx, *self._codes, float(t1), float(t0), float(rtol), float(atol),
+                                              int(max_steps), _native.num_threads())
+        g_z0 = state[1 + ny:1 + ny + z1.numel()].view(self.shape)
+        out, off = [], 1 + 2 * ny
+        for q, n in zip(idx, sizes):
+            shape = self._c.shape if q < 0 else self._flat[q].shape
+            out.append(state[off:off + n].view(shape))
+            off += n
+        return g_z0, out, int(nfe)

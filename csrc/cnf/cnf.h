@@ -87,6 +87,27 @@ int64_t cnf_solve_dopri5_cpu(int64_t state, int64_t c, int64_t noise, const std:
                              int64_t divergence, bool float64, double t0, double t1, double rtol, double atol,
                              int64_t max_steps, int64_t num_threads);
 
+// The adjoint dynamics (cnf_adjoint_cpu.cpp): one evaluation with the vector-Jacobian products
+// of the cotangents a_z [B, D] (of dz/dt) and a_div [B] (of div; divergence != kCnfNone only).
+// Outputs, each optional (0: not wanted) and overwritten: dz [B, D], div [B], g_t [1] (summed over
+// the batch), g_z [B, D], g_c [B, C], g_weights (empty, or one pointer or 0 per weight, laid out
+// as the weights).
+void cnf_adjoint_cpu(int64_t t, int64_t z, int64_t c, int64_t noise, const std::vector<int64_t>& weights,
+                     const std::vector<int64_t>& widths, int64_t a_z, int64_t a_div, int64_t dz, int64_t div,
+                     int64_t g_t, int64_t g_z, int64_t g_c, const std::vector<int64_t>& g_weights, int64_t B,
+                     int64_t C, int64_t activation, int64_t divergence, bool float64, int64_t num_threads);
+
+// The backward solve of torchdiffeq's odeint_adjoint around cnf_adjoint_cpu (cnf_solve_cpu.cpp,
+// dopri5 step for step). state: [1 + 2 ny + P] = (a_t, y = (z [B * D], logdet [B] with a
+// divergence), a_y, the parameters' adjoints in the order of `params`: a weight's index
+// 0 .. 5L - 1, or -1 for c), at t0 on entry, overwritten with the state at t1. Returns the
+// number of evaluations.
+int64_t cnf_adjoint_solve_dopri5_cpu(int64_t state, int64_t c, int64_t noise, const std::vector<int64_t>& weights,
+                                     const std::vector<int64_t>& widths, const std::vector<int64_t>& params,
+                                     int64_t B, int64_t C, int64_t activation, int64_t divergence, bool float64,
+                                     double t0, double t1, double rtol, double atol, int64_t max_steps,
+                                     int64_t num_threads);
+
 // Instruction set the CPU CNF kernel runs with now: "avx512", "avx2" or "generic".
 const char* cnf_simd();
 

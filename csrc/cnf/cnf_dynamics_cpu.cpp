@@ -43,194 +43,13 @@
 #include "../common/parallel.h"
 #include "../common/simd.h"
 #include "cnf.h"
+#include "cnf_cpu_simd.h"
 
 namespace cgnf {
 
 namespace {
 
-using simd::bcast;
-using simd::IVec;
-using simd::loadv;
-using simd::storev;
-using simd::Vec;
-
-// ---- vector math (float and double; a few ulp from the C library) ---------------------------
-
-// exp: Cody-Waite reduction x = n ln2 + r (|r| <= ln2 / 2), a polynomial for exp(r) (Cephes'
-// for float, Taylor to degree 13 for double), 2^n built in the exponent bits. Inputs are
-// clamped to the range where 2^n is a normal number (the results there are ~1e-38 / ~1e38 for
-// float: every caller only needs them to saturate).
-template <typename T, int VB>
-CGNF_INLINE Vec<T, VB> vexp(Vec<T, VB> x) {
-  using V = Vec<T, VB>;
-  using I = IVec<T, VB>;
-  constexpr bool kF = std::is_same<T, float>::value;
-  const V hi = bcast<V>(T(kF ? 88.3 : 709.0)), lo = bcast<V>(T(kF ? -87.3 : -708.0));
-  x = x > hi ? hi : x;
-  x = x < lo ? lo : x;
-  // y = x log2(e) rounded to an integer in the low mantissa bits of y (the magic 1.5 * 2^23 or 1.5 * 2^52)
-  const V magic = bcast<V>(T(kF ? 12582912.0 : 6755399441055744.0));
-  const V y = x * T(1.44269504088896340736) + magic;
-  const V n = y - magic;
-  V p;
-  if constexpr (kF) {
-    V r = x - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    p = bcast<V>(1.9875691500E-4f);
-    p = p * r + 1.3981999507E-3f;
-    p = p * r + 8.3334519073E-3f;
-    p = p * r + 4.1665795894E-2f;
-    p = p * r + 1.6666665459E-1f;
-    p = p * r + 5.0000001201E-1f;
-    p = p * (r * r) + r + 1.0f;
-  } else {
-    V r = x - n * 6.93145751953125E-1;
-    r = r - n * 1.42860682030941723212E-6;
-    // 1 / k!, k = 13 .. 2
-    p = bcast<V>(1.0 / 6227020800.0);
-    p = p * r + 1.0 / 479001600.0;
-    p = p * r + 1.0 / 39916800.0;
-    p = p * r + 1.0 / 3628800.0;
-    p = p * r + 1.0 / 362880.0;
-    p = p * r + 1.0 / 40320.0;
-    p = p * r + 1.0 / 5040.0;
-    p = p * r + 1.0 / 720.0;
-    p = p * r + 1.0 / 120.0;
-    p = p * r + 1.0 / 24.0;
-    p = p * r + 1.0 / 6.0;
-    p = p * r + 0.5;
-    p = p * (r * r) + r + 1.0;
-  }
-  const I scale = ((I)y - (I)magic + (kF ? 127 : 1023)) << (kF ? 23 : 52);
-  return p * (V)scale;
-}
-
-// tanh. float: Eigen's rational minimax approximation (odd degree 13 over even degree 6, x
-// clamped to +-7.9053, where it rounds to +-1; x itself below 4e-4): no exp, one division;
-// measured over a dense grid of [-9, 9] and 1e-8..10: at most 6.5 ulp (3.9e-7 relative, near
-// |x| = 5.8) from tanh in double, against 1.4 ulp for the C library's float tanh.
-// double: Cephes' rational function for |x| < 0.625, where 1 - 2 / (exp(2|x|) + 1) would
-// cancel, and that formula (with the sign of x) elsewhere.
-template <typename T, int VB>
-CGNF_INLINE Vec<T, VB> vtanh(Vec<T, VB> x) {
-  using V = Vec<T, VB>;
-  if constexpr (std::is_same<T, float>::value) {
-    const V lim = bcast<V>(7.90531110763549805f);
-    V xc = x > lim ? lim : x;
-    xc = xc < -lim ? -lim : xc;
-    const V x2 = xc * xc;
-    V p = x2 * -2.76076847742355e-16f + 2.00018790482477e-13f;
-    p = p * x2 - 8.60467152213735e-11f;
-    p = p * x2 + 5.12229709037114e-08f;
-    p = p * x2 + 1.48572235717979e-05f;
-    p = p * x2 + 6.37261928875436e-04f;
-    p = p * x2 + 4.89352455891786e-03f;
-    V q = x2 * 1.19825839466702e-06f + 1.18534705686654e-04f;
-    q = q * x2 + 2.26843463243900e-03f;
-    q = q * x2 + 4.89352518554385e-03f;
-    const V r = xc * p / q;
-    const V a = x < V{} ? -x : x;
-    return a < 0.0004f ? x : r;
-  } else {
-    const V zero = V{};
-    const V a = x < zero ? -x : x;
-    const V e = vexp<T, VB>(a + a);
-    V big = T(1) - T(2) / (e + T(1));
-    big = x < zero ? -big : big;
-    const V s = x * x;
-    V P = bcast<V>(-9.64399179425052238628E-1);
-    P = P * s - 9.92877231001918586564E1;
-    P = P * s - 1.61468768441708447952E3;
-    V Q = s + 1.12811678491632931402E2;
-    Q = Q * s + 2.23548839060100448583E3;
-    Q = Q * s + 4.84406305325125486048E3;
-    const V small = x + x * s * (P / Q);
-    return a < T(0.625) ? small : big;
-  }
-}
-
-template <typename T, int VB>
-CGNF_INLINE Vec<T, VB> vsigmoid(Vec<T, VB> x) {
-  return T(1) / (T(1) + vexp<T, VB>(-x));
-}
-
-// log1p(u) for u in [0, 1]: 2 atanh(s) with s = u / (u + 2), or ln 2 + 2 atanh(s) with
-// s = (u - 1) / (u + 3) for u > sqrt(2) - 1; |s| <= 0.172, so the atanh series converges fast
-// (s^2 <= 0.0295: 6 terms for float, 11 for double).
-template <typename T, int VB>
-CGNF_INLINE Vec<T, VB> vlog1p_unit(Vec<T, VB> u) {
-  using V = Vec<T, VB>;
-  constexpr bool kF = std::is_same<T, float>::value;
-  const auto big = u > T(0.41421356237309504880);
-  const V s = (big ? u - T(1) : u) / (u + (big ? bcast<V>(T(3)) : bcast<V>(T(2))));  // one division
-  const V s2 = s * s;
-  constexpr int kTerms = kF ? 6 : 11;  // 1, 1/3, ..., 1/(2 kTerms - 1)
-  V p = bcast<V>(T(1) / T(2 * kTerms - 1));
-  for (int k = kTerms - 2; k >= 0; --k) p = p * s2 + T(1) / T(2 * k + 1);
-  const V r = T(2) * s * p;
-  return big ? r + T(0.693147180559945309417) : r;
-}
-
-// torch's softplus (beta 1, threshold 20): x for x > 20, else log(1 + exp(x)) computed as
-// max(x, 0) + log1p(exp(-|x|)).
-template <typename T, int VB>
-CGNF_INLINE Vec<T, VB> vsoftplus(Vec<T, VB> x) {
-  using V = Vec<T, VB>;
-  const V zero = V{};
-  const V a = x < zero ? -x : x;
-  const V sp = (x > zero ? x : zero) + vlog1p_unit<T, VB>(vexp<T, VB>(-a));
-  return x > T(20) ? x : sp;
-}
-
-// ---- GEMM over feature-major buffers ---------------------------------------------------------
-
-// Y[n0 + i][v-th vector] = epi(n0 + i, v, sum_k w[i][k] * X[k][v-th vector]) for i < NR, v < V:
-// NR x V accumulators, stored, then the epilogue runs over the block while it is in L1 (rows
-// n0 + i < N only). (Running it on the registers directly measured no faster and unrolls the
-// epilogue NR x V times.)
-template <typename T, int VB, int NR, int V, typename Epi>
-CGNF_INLINE void micro(const T* const* w, int64_t K, const T* X, int64_t xs, T* Y, int64_t ys, int64_t n0,
-                       int64_t N, int v0, Epi& epi) {
-  constexpr int L = VB / sizeof(T);
-  using Vt = Vec<T, VB>;
-  Vt acc[NR][V];
-  for (int i = 0; i < NR; ++i)
-    for (int v = 0; v < V; ++v) acc[i][v] = Vt{};
-  for (int64_t k = 0; k < K; ++k) {
-    Vt x[V];
-    for (int v = 0; v < V; ++v) loadv(x[v], X + k * xs + v * L);
-    for (int i = 0; i < NR; ++i) {
-      const T wk = w[i][k];
-      for (int v = 0; v < V; ++v) acc[i][v] += wk * x[v];
-    }
-  }
-  for (int i = 0; i < NR; ++i)
-    for (int v = 0; v < V; ++v) storev(Y + i * ys + v * L, acc[i][v]);
-  const int nr = int(std::min<int64_t>(NR, N - n0));
-#pragma GCC unroll 1
-  for (int i = 0; i < nr; ++i)
-    for (int v = 0; v < V; ++v) {
-      Vt a;
-      loadv(a, Y + i * ys + v * L);
-      storev(Y + i * ys + v * L, epi(n0 + i, v0 + v, a));
-    }
-}
-
-// Y [N][nv vectors] = epi(W [N, K] X [K][nv vectors]) (row strides: ldw of W, xs of X, ys of Y).
-// A block of rows past N repeats row N - 1 of W and drops the results.
-template <typename T, int VB, int NR, typename Epi>
-CGNF_INLINE void gemm(const T* W, int64_t ldw, int64_t N, int64_t K, const T* X, int64_t xs, int64_t nv, T* Y,
-                      int64_t ys, Epi&& epi) {
-  constexpr int L = VB / sizeof(T);
-  for (int64_t n0 = 0; n0 < N; n0 += NR) {
-    const T* w[NR];
-    for (int i = 0; i < NR; ++i) w[i] = W + std::min<int64_t>(n0 + i, N - 1) * ldw;
-    int64_t v = 0;
-    for (; v + 2 <= nv; v += 2)
-      micro<T, VB, NR, 2>(w, K, X + v * L, xs, Y + n0 * ys + v * L, ys, n0, N, int(v), epi);
-    if (v < nv) micro<T, VB, NR, 1>(w, K, X + v * L, xs, Y + n0 * ys + v * L, ys, n0, N, int(v), epi);
-  }
-}
+using namespace cnf_cpu;  // vector math, gemm (cnf_cpu_simd.h)
 
 // ---- the problem and a thread's scratch ------------------------------------------------------
 
@@ -260,8 +79,6 @@ struct Problem {
   std::vector<int64_t> ctx_off;
   int64_t max_width = 0, hidden_sum = 0;
 };
-
-inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 // A thread's buffers, 64-byte aligned, every one a whole number of 64-byte lines.
 template <typename T, int VB, int NR>

@@ -98,8 +98,63 @@ struct Solver {
   }
 };
 
+// The adjoint's backward solve (torchdiffeq's odeint_adjoint, backward pass): the augmented
+// state [a_t (1), y (ny: z, then logdet), a_y (ny), a_params (P)] integrated from t1 back to t0
+// with the right-hand side (torchdiffeq's augmented_dynamics)
+//   ( -a_y^T df/dt, f(t, y), -a_y^T df/dy, -a_y^T df/dparams )
+// (f = (dz/dt, div); a_y^T df/dv = a_z^T d(dz/dt)/dv + a_logdet d(div)/dv, from cnf_adjoint_cpu),
+// and torchdiffeq's default adjoint norm: the max of |a_t|, the state norm of y and of a_y (the
+// mixed norm of the pair z, logdet) and the RMS of each parameter's adjoint.
 template <typename T>
-int64_t solve(Solver<T>& S, T* state, double t0, double t1, double rtol_d, double atol_d, int64_t max_steps) {
+struct AdjSolver {
+  int64_t c, noise;
+  const std::vector<int64_t>& weights;
+  const std::vector<int64_t>& widths;
+  int64_t B, C, activation, divergence, num_threads;
+  bool reversed;
+  int64_t nz, ny, n;
+  std::vector<int64_t> seg;     // the norm's segments: [seg[i], seg[i + 1])
+  std::vector<int64_t> gw_off;  // per weight, its adjoint's offset in the state (or -1: not a parameter)
+  int64_t gc_off = -1;          // c's adjoint's offset (or -1)
+  std::vector<T> az, adiv;
+  int64_t nfe = 0;
+
+  void eval(T s, const T* y, T* out) {
+    T t = reversed ? -s : s;
+    const bool div = divergence != kCnfNone;
+    for (int64_t i = 0; i < nz; ++i) az[i] = -y[1 + ny + i];
+    if (div)
+      for (int64_t i = 0; i < B; ++i) adiv[i] = -y[1 + ny + nz + i];
+    std::vector<int64_t> gw(weights.size(), 0);
+    for (size_t i = 0; i < weights.size(); ++i)
+      if (gw_off[i] >= 0) gw[i] = reinterpret_cast<int64_t>(out + gw_off[i]);
+    auto P = [](const T* q) { return reinterpret_cast<int64_t>(q); };
+    cnf_adjoint_cpu(P(&t), P(y + 1), c, noise, weights, widths, P(az.data()), div ? P(adiv.data()) : 0, P(out + 1),
+                    div ? P(out + 1 + nz) : 0, P(out), P(out + 1 + ny), gc_off >= 0 ? P(out + gc_off) : 0, gw, B, C,
+                    activation, divergence, std::is_same<T, double>::value, num_threads);
+    for (int64_t i = 1 + ny + nz; i < 1 + 2 * ny; ++i) out[i] = T(0);  // nothing depends on logdet
+    ++nfe;
+    if (reversed)
+      for (int64_t i = 0; i < n; ++i) out[i] = -out[i];
+  }
+
+  template <typename F>
+  T norm(F ratio) const {
+    double out = 0;
+    for (size_t k = 0; k + 1 < seg.size(); ++k) {
+      double a = 0;
+      for (int64_t i = seg[k]; i < seg[k + 1]; ++i) {
+        const double r = double(ratio(i));
+        a += r * r;
+      }
+      out = std::max(out, std::sqrt(a / double(seg[k + 1] - seg[k])));
+    }
+    return T(out);
+  }
+};
+
+template <typename T, typename Sv>
+int64_t solve(Sv& S, T* state, double t0, double t1, double rtol_d, double atol_d, int64_t max_steps) {
   const int64_t n = S.n;
   const T rtol = T(rtol_d), atol = T(atol_d);
   // torchdiffeq builds t as a tensor of the state's dtype, then solves in float64.
@@ -241,6 +296,63 @@ int64_t cnf_solve_dopri5_cpu(int64_t state, int64_t c, int64_t noise, const std:
   }
   Solver<float> S{c, noise, weights, widths, B, C, activation, divergence, num_threads, t1 < t0, nz, n};
   return solve(S, reinterpret_cast<float*>(state), t0, t1, rtol, atol, max_steps);
+}
+
+namespace {
+template <typename T>
+int64_t adjoint_solve(int64_t state, int64_t c, int64_t noise, const std::vector<int64_t>& weights,
+                      const std::vector<int64_t>& widths, const std::vector<int64_t>& params, int64_t B, int64_t C,
+                      int64_t activation, int64_t divergence, double t0, double t1, double rtol, double atol,
+                      int64_t max_steps, int64_t num_threads) {
+  const int64_t nz = B * widths.front(), ny = nz + (divergence != kCnfNone ? B : 0);
+  AdjSolver<T> S{c, noise, weights, widths, B, C, activation, divergence, num_threads, t1 < t0, nz, ny, 0};
+  S.az.resize(size_t(nz));
+  S.adiv.resize(size_t(B));
+  S.gw_off.assign(weights.size(), -1);
+  S.seg = {0, 1, 1 + nz};
+  if (ny > nz) S.seg.push_back(1 + ny);
+  S.seg.push_back(1 + ny + nz);
+  if (ny > nz) S.seg.push_back(1 + 2 * ny);
+  int64_t off = 1 + 2 * ny;
+  for (int64_t q : params) {
+    int64_t size;
+    if (q < 0) {
+      check_arg(S.gc_off < 0 && C > 0, "cnf_adjoint_solve: params may name c (-1) once, and only when C > 0");
+      S.gc_off = off, size = B * C;
+    } else {
+      check_arg(q < int64_t(weights.size()) && S.gw_off[q] < 0,
+                "cnf_adjoint_solve: params must name distinct weights (0 .. 5L - 1) or c (-1)");
+      const int64_t l = q / 5, part = q % 5, in = widths[l], out = widths[l + 1];
+      const int64_t sizes[5] = {out * in, out, out * (1 + C), out, out * (1 + C)};
+      S.gw_off[q] = off, size = sizes[part];
+    }
+    off += size;
+    S.seg.push_back(off);
+  }
+  S.n = off;
+  return solve(S, reinterpret_cast<T*>(state), t0, t1, rtol, atol, max_steps);
+}
+}  // namespace
+
+int64_t cnf_adjoint_solve_dopri5_cpu(int64_t state, int64_t c, int64_t noise, const std::vector<int64_t>& weights,
+                                     const std::vector<int64_t>& widths, const std::vector<int64_t>& params,
+                                     int64_t B, int64_t C, int64_t activation, int64_t divergence, bool float64,
+                                     double t0, double t1, double rtol, double atol, int64_t max_steps,
+                                     int64_t num_threads) {
+  check_cnf("cnf_adjoint_solve_dopri5", B, C, weights, widths, activation, divergence, {{state, "state"}});
+  if (C > 0) check_ptr(c, "c", B);
+  if (divergence == kCnfHutchinson) check_ptr(noise, "noise", B);
+  check_arg(std::isfinite(t0) && std::isfinite(t1) && t0 != t1,
+            "cnf_adjoint_solve_dopri5: t0 and t1 must be finite and differ");
+  check_arg(rtol > 0 && atol > 0 && std::isfinite(rtol) && std::isfinite(atol),
+            "cnf_adjoint_solve_dopri5: rtol and atol must be positive and finite");
+  check_arg(max_steps >= 1, "cnf_adjoint_solve_dopri5: max_steps must be >= 1");
+  if (B == 0) return 0;
+  if (float64)
+    return adjoint_solve<double>(state, c, noise, weights, widths, params, B, C, activation, divergence, t0, t1, rtol,
+                                 atol, max_steps, num_threads);
+  return adjoint_solve<float>(state, c, noise, weights, widths, params, B, C, activation, divergence, t0, t1, rtol,
+                              atol, max_steps, num_threads);
 }
 
 }  // namespace cgnf

@@ -1,0 +1,670 @@
+// CPU CNF adjoint dynamics: one evaluation of the ConcatSquash MLP (math and layout in cnf.h)
+// with the vector-Jacobian products the adjoint's backward solve needs, fused in one pass:
+//
+//   given cotangents a_z [B, D] (of dz/dt) and a_div [B] (of the divergence), returns
+//   dz/dt, div, and  g_v = a_z^T d(dz/dt)/dv + a_div d(div)/dv  for v = z (per row), c (per
+//   row), t (summed over the batch) and every weight (summed over the batch).
+//
+// The divergence is itself a forward-mode derivative (cnf.h), so its vector-Jacobian products
+// are second-order terms: with the hidden layers' scales s_l = act'(pre_l) * gate_l,
+//   exact:  J_1 = diag(s_0) W_0, Q_l = W_l J_l, J_{l+1} = diag(s_l) Q_l, div = sum_d gate_d (W_L J_L)_dd.
+//           Reverse mode over that (per batch row): Jbar_L[k, d] = a gate_d W_L[d, k],
+//           Wbar_L[d, k] += a gate_d J_L[k, d], gatebar_L[d] += a (W_L J_L)_dd; then for l = L-1 .. 0:
+//           sbar_l[n] = sum_d Jbar[n, d] Q_l[n, d], Qbar = diag(s_l) Jbar, and Wbar_l += Qbar J_l^T,
+//           Jbar <- W_l^T Qbar (l >= 1), or Wbar_0 += Qbar (l = 0, Q_0 = W_0).
+//   Hutchinson: u_0 = e, v_l = W_l u_l, u_{l+1} = s_l v_l, div = e^T (gate_L v_L); reverse:
+//           vbar_L = a e gate_L, gatebar_L += a e v_L, Wbar_l += vbar_l u_l^T, ubar = W_l^T vbar_l,
+//           sbar_{l-1} = ubar v_{l-1}, vbar_{l-1} = ubar s_{l-1}.
+//   The scales' cotangents then enter the MLP's backward as
+//           prebar_l += sbar_l gate_l act''(pre_l),   gatebar_l += sbar_l act'(pre_l)
+//   (tanh: act'' = -2 h act'; softplus: act'' = act' (1 - act'); as torch, the softplus's own
+//   backward is 1 above its threshold 20, where act' = sigmoid(pre) is not), and the usual reverse pass
+//   of pre_l = (W_l h_l + b_l) * gate_l + H_l ctx, gate_l = sigmoid(G_l ctx + g_l) finishes.
+//
+// Work split as the forward kernel (cnf_dynamics_cpu.cpp): tiles of MB batch rows, feature-major
+// buffers, the same register-blocked GEMMs (cnf_cpu_simd.h). A tile recomputes the forward pass
+// keeping every layer's input, gate, W h + b and act', runs the divergence's reverse pass (exact:
+// one row at a time over [width][D] tangents; Hutchinson: over the tile), then the MLP's reverse
+// pass. Weight gradients accumulate per thread (padded [rows][in rounded to vectors]) with GEMMs
+// whose K runs over the tile's rows (or a row's D probes), and are summed over threads in a fixed
+// order at the end, so results do not depend on thread timing. W^T is formed once per call.
+// Reference: autograd over cgnf_fast/reference/cnf.py (python_tests/test_cnf_adjoint.py).
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "../common/checks.h"
+#include "../common/parallel.h"
+#include "../common/simd.h"
+#include "cnf.h"
+#include "cnf_cpu_simd.h"
+
+namespace cgnf {
+
+namespace {
+
+using namespace cnf_cpu;
+
+template <typename T>
+struct ALayer {
+  const T *W, *b, *G, *g, *H;  // W [out, in], b [out], G [out, 1 + C], g [out], H [out, 1 + C]
+  int64_t in, out;
+  std::vector<T> WT;  // [in, out]
+};
+
+template <typename T>
+struct AProblem {
+  const T *z, *c, *noise, *az, *adiv;
+  T *dz, *div, *gz, *gc;
+  int64_t B, C, D;
+  bool softplus;
+  int64_t divergence;
+  T t;
+  std::vector<ALayer<T>> layers;
+  std::vector<T> gb, hb;  // per layer at ctx_off[l]: g + G[:, 0] t, H[:, 0] t
+  std::vector<int64_t> ctx_off;
+  int64_t max_width = 0;
+};
+
+// A thread's weight-gradient sums: per layer W [round_up(out, 12)][round_up(in, lanes)] (padding
+// absorbs the GEMMs' ragged blocks), b, G, g, H; and the time's.
+template <typename T>
+struct Acc {
+  std::vector<std::vector<T>> W, b, G, g, H;
+  std::vector<int64_t> ldw;
+  T t = T(0);
+  Acc(const AProblem<T>& p, int64_t nr_pad, int64_t lanes) {
+    const int64_t cs = 1 + p.C;
+    for (const ALayer<T>& ly : p.layers) {
+      const int64_t ld = round_up(ly.in, lanes);
+      ldw.push_back(ld);
+      W.emplace_back(size_t(round_up(ly.out, nr_pad) * ld), T(0));
+      b.emplace_back(size_t(ly.out), T(0));
+      G.emplace_back(size_t(ly.out * cs), T(0));
+      g.emplace_back(size_t(ly.out), T(0));
+      H.emplace_back(size_t(ly.out * cs), T(0));
+    }
+  }
+};
+
+template <typename T, int VB, int NR>
+struct AScratch {
+  static constexpr int L = VB / sizeof(T), MB = 2 * L;
+  std::vector<T> mem;
+  std::vector<T*> hin, gate, u, da;  // per layer: input [w_l][MB]; gate, W h + b, act' [w_{l+1}][MB]
+  std::vector<T*> pre;                // softplus, per layer: pre [w_{l+1}][MB] (torch's threshold in the backward)
+  std::vector<T*> hu, hv;             // Hutchinson per layer: probe in [w_l][MB], W u [w_{l+1}][MB]
+  std::vector<T*> gateb, sbar;        // per layer: gate's cotangent, scale's cotangent [w_{l+1}][MB]
+  std::vector<T*> J, Q;               // exact, one row: J_l [w_l][DP] (l >= 1), Q_l [w_{l+1}][DP] (1 <= l < L-1)
+  T *fout, *ct, *hp, *pre_b, *ub, *hb0, *hb1, *tr, *ctxb, *Jb0, *Jb1, *Qb, *JT;
+  int64_t DP = 0, WP = 0;
+
+  AScratch(const AProblem<T>& p) {
+    constexpr int64_t kLine = 64 / sizeof(T);
+    const int64_t nl = int64_t(p.layers.size()), D = p.D, cs = 1 + p.C;
+    const bool hut = p.divergence == kCnfHutchinson, exact = p.divergence == kCnfExact;
+    const int64_t rows = round_up(p.max_width, NR);
+    DP = exact ? round_up(D, L) : 0;
+    WP = round_up(p.max_width, L);
+    std::vector<std::pair<T**, int64_t>> want;
+    hin.assign(nl, nullptr), gate.assign(nl, nullptr), u.assign(nl, nullptr), da.assign(nl, nullptr);
+    pre.assign(nl, nullptr);
+    hu.assign(nl, nullptr), hv.assign(nl, nullptr), gateb.assign(nl, nullptr), sbar.assign(nl, nullptr);
+    J.assign(nl, nullptr), Q.assign(nl, nullptr);
+    for (int64_t l = 0; l < nl; ++l) {
+      const int64_t in = round_up(p.layers[l].in, NR) * MB, out = round_up(p.layers[l].out, NR) * MB;
+      want.push_back({&hin[l], in});
+      want.push_back({&gate[l], out});
+      want.push_back({&u[l], out});
+      want.push_back({&da[l], out});
+      want.push_back({&gateb[l], out});
+      want.push_back({&sbar[l], out});
+      if (p.softplus) want.push_back({&pre[l], out});
+      if (hut) {
+        want.push_back({&hu[l], in});
+        want.push_back({&hv[l], out});
+      }
+      if (exact && l >= 1) want.push_back({&J[l], round_up(p.layers[l].in, NR) * DP});
+      if (exact && l >= 1 && l < nl - 1) want.push_back({&Q[l], round_up(p.layers[l].out, NR) * DP});
+    }
+    want.push_back({&fout, rows * MB});
+    want.push_back({&ct, std::max<int64_t>(p.C, 1) * MB});
+    want.push_back({&hp, rows * MB});
+    want.push_back({&pre_b, rows * MB});
+    want.push_back({&ub, rows * MB});
+    want.push_back({&hb0, rows * MB});
+    want.push_back({&hb1, rows * MB});
+    want.push_back({&tr, std::max(MB * WP, DP * WP)});
+    want.push_back({&ctxb, cs * MB});
+    want.push_back({&Jb0, exact ? rows * DP : 0});
+    want.push_back({&Jb1, exact ? rows * DP : 0});
+    want.push_back({&Qb, exact ? rows * DP : 0});
+    int64_t total = kLine;
+    for (auto& w : want) total += round_up(w.second, kLine);
+    mem.assign(size_t(total), T(0));
+    uintptr_t base = reinterpret_cast<uintptr_t>(mem.data());
+    T* q = reinterpret_cast<T*>((base + 63) / 64 * 64);
+    for (auto& w : want) {
+      *w.first = q;
+      q += round_up(w.second, kLine);
+    }
+    JT = tr;
+  }
+};
+
+template <typename T, int VB>
+CGNF_INLINE T hsum(const Vec<T, VB>& v) {
+  constexpr int L = VB / sizeof(T);
+  T lanes[L];
+  storev(lanes, v);
+  T s = T(0);
+  for (int i = 0; i < L; ++i) s += lanes[i];
+  return s;
+}
+
+// dst [MB][ld] = src [rows][MB]^T for rows < n (columns n .. ld zero).
+template <typename T>
+CGNF_INLINE void transpose_in(const T* src, int64_t n, int64_t MB, T* dst, int64_t ld) {
+  for (int64_t r = 0; r < MB; ++r) {
+    T* d = dst + r * ld;
+    for (int64_t k = 0; k < n; ++k) d[k] = src[k * MB + r];
+    for (int64_t k = n; k < ld; ++k) d[k] = T(0);
+  }
+}
+
+// The tile's forward pass, keeping what the reverse pass reads.
+template <typename T, int VB, int NR>
+CGNF_INLINE void tile_forward(const AProblem<T>& p, AScratch<T, VB, NR>& s, int64_t r0, int64_t nr) {
+  constexpr int L = VB / sizeof(T), MB = 2 * L;
+  using V = Vec<T, VB>;
+  const int64_t D = p.D, C = p.C, cs = 1 + C, nl = int64_t(p.layers.size());
+  const bool hut = p.divergence == kCnfHutchinson;
+  for (int64_t r = 0; r < MB; ++r) {
+    const bool in = r < nr;
+    for (int64_t k = 0; k < D; ++k) s.hin[0][k * MB + r] = in ? p.z[(r0 + r) * D + k] : T(0);
+    for (int64_t j = 0; j < C; ++j) s.ct[j * MB + r] = in ? p.c[(r0 + r) * C + j] : T(0);
+    if (hut)
+      for (int64_t k = 0; k < D; ++k) s.hu[0][k * MB + r] = in ? p.noise[(r0 + r) * D + k] : T(0);
+  }
+  for (int64_t l = 0; l < nl; ++l) {
+    const ALayer<T>& ly = p.layers[l];
+    const bool last = l == nl - 1;
+    const T* gb = p.gb.data() + p.ctx_off[l];
+    const T* hb = p.hb.data() + p.ctx_off[l];
+    T* gate = s.gate[l];
+    T* uu = s.u[l];
+    T* da = s.da[l];
+    T* pr = s.pre[l];
+    gemm<T, VB, NR>(ly.G + 1, cs, ly.out, C, s.ct, MB, 2, gate, MB,
+                    [&](int64_t n, int, const V& a) CGNF_INLINE_LAMBDA -> V { return vsigmoid<T, VB>(a + gb[n]); });
+    gemm<T, VB, NR>(ly.H + 1, cs, ly.out, C, s.ct, MB, 2, s.hp, MB,
+                    [&](int64_t n, int, const V& a) CGNF_INLINE_LAMBDA -> V { return a + hb[n]; });
+    T* y = last ? s.fout : s.hin[l + 1];
+    gemm<T, VB, NR>(ly.W, ly.in, ly.out, ly.in, s.hin[l], MB, 2, y, MB,
+                    [&](int64_t n, int v, const V& acc) CGNF_INLINE_LAMBDA -> V {
+                      V g, hpv;
+                      loadv(g, gate + n * MB + v * L);
+                      loadv(hpv, s.hp + n * MB + v * L);
+                      const V uv = acc + ly.b[n];
+                      storev(uu + n * MB + v * L, uv);
+                      const V pre = uv * g + hpv;
+                      if (last) return pre;
+                      V h, d;
+                      if (p.softplus) {
+                        h = vsoftplus<T, VB>(pre);
+                        d = vsigmoid<T, VB>(pre);
+                        storev(pr + n * MB + v * L, pre);
+                      } else {
+                        h = vtanh<T, VB>(pre);
+                        d = T(1) - h * h;
+                      }
+                      storev(da + n * MB + v * L, d);
+                      return h;
+                    });
+    if (hut) {  // v_l = W_l u_l; u_{l+1} = s_l v_l
+      gemm<T, VB, NR>(ly.W, ly.in, ly.out, ly.in, s.hu[l], MB, 2, s.hv[l], MB,
+                      [&](int64_t, int, const V& a) CGNF_INLINE_LAMBDA -> V { return a; });
+      if (!last)
+        for (int64_t n = 0; n < ly.out; ++n)
+          for (int v = 0; v < 2; ++v) {
+            V a, g, d;
+            loadv(a, s.hv[l] + n * MB + v * L);
+            loadv(g, gate + n * MB + v * L);
+            loadv(d, da + n * MB + v * L);
+            storev(s.hu[l + 1] + n * MB + v * L, a * g * d);
+          }
+    }
+  }
+}
+
+// Exact divergence of batch row r of the tile, and (a != 0) its reverse pass: adds to the
+// thread's W sums, the tile's gate and scale cotangents (column r).
+template <typename T, int VB, int NR>
+CGNF_INLINE T exact_row(const AProblem<T>& p, AScratch<T, VB, NR>& s, Acc<T>& acc, int64_t r, T a) {
+  constexpr int L = VB / sizeof(T), MB = 2 * L;
+  using V = Vec<T, VB>;
+  const int64_t D = p.D, nl = int64_t(p.layers.size()), DP = s.DP, nvd = DP / L;
+  auto scale = [&](int64_t l, int64_t n) CGNF_INLINE_LAMBDA { return s.da[l][n * MB + r] * s.gate[l][n * MB + r]; };
+  const ALayer<T>& lz = p.layers[nl - 1];
+  const T* gz = s.gate[nl - 1];
+  if (nl == 1) {  // div = sum_i gate_i W_ii
+    T total = T(0);
+    for (int64_t i = 0; i < D; ++i) {
+      const T wii = lz.W[i * D + i];
+      total += gz[i * MB + r] * wii;
+      if (a != T(0)) {
+        s.gateb[0][i * MB + r] += a * wii;
+        acc.W[0][i * acc.ldw[0] + i] += a * gz[i * MB + r];
+      }
+    }
+    return total;
+  }
+  const ALayer<T>& l0 = p.layers[0];
+  T* J1 = s.J[1];
+  for (int64_t n = 0; n < l0.out; ++n) {  // J_1 = diag(s_0) W_0
+    const T sc = scale(0, n);
+    for (int64_t d = 0; d < D; ++d) J1[n * DP + d] = sc * l0.W[n * D + d];
+    for (int64_t d = D; d < DP; ++d) J1[n * DP + d] = T(0);
+  }
+  for (int64_t l = 1; l < nl - 1; ++l) {  // Q_l = W_l J_l, J_{l+1} = diag(s_l) Q_l
+    const ALayer<T>& ly = p.layers[l];
+    T* Jn = s.J[l + 1];
+    T* Ql = s.Q[l];
+    gemm<T, VB, NR>(ly.W, ly.in, ly.out, ly.in, s.J[l], DP, nvd, Ql, DP,
+                    [&](int64_t, int, const V& x) CGNF_INLINE_LAMBDA -> V { return x; });
+    for (int64_t n = 0; n < ly.out; ++n) {
+      const T sc = scale(l, n);
+      for (int64_t d = 0; d < DP; ++d) Jn[n * DP + d] = sc * Ql[n * DP + d];
+    }
+  }
+  const T* JL = s.J[nl - 1];
+  T total = T(0);
+  for (int64_t d = 0; d < D; ++d) {  // tr(diag(gate) W_L J_L)
+    const T* wd = lz.W + d * lz.in;
+    T dot = T(0);
+    for (int64_t k = 0; k < lz.in; ++k) dot += wd[k] * JL[k * DP + d];
+    total += gz[d * MB + r] * dot;
+    if (a != T(0)) s.gateb[nl - 1][d * MB + r] += a * dot;
+  }
+  if (a == T(0)) return total;
+  T* Jb = s.Jb0;
+  T* Jb2 = s.Jb1;
+  {
+    T* wb = acc.W[nl - 1].data();
+    const int64_t ld = acc.ldw[nl - 1];
+    for (int64_t k = 0; k < lz.in; ++k)
+      for (int64_t d = DP - 1; d >= D; --d) Jb[k * DP + d] = T(0);
+    for (int64_t d = 0; d < D; ++d) {
+      const T ag = a * gz[d * MB + r];
+      const T* wd = lz.W + d * lz.in;
+      for (int64_t k = 0; k < lz.in; ++k) {
+        wb[d * ld + k] += ag * JL[k * DP + d];
+        Jb[k * DP + d] = ag * wd[k];
+      }
+    }
+  }
+  for (int64_t l = nl - 2; l >= 0; --l) {
+    const ALayer<T>& ly = p.layers[l];
+    const T* Ql = l == 0 ? nullptr : s.Q[l];
+    T* sb = s.sbar[l];
+    for (int64_t n = 0; n < ly.out; ++n) {
+      const T sc = scale(l, n);
+      const T* q = l == 0 ? ly.W + n * D : Ql + n * DP;
+      T acc_s = T(0);
+      for (int64_t d = 0; d < D; ++d) {
+        acc_s += Jb[n * DP + d] * q[d];
+        s.Qb[n * DP + d] = sc * Jb[n * DP + d];
+      }
+      for (int64_t d = D; d < DP; ++d) s.Qb[n * DP + d] = T(0);
+      sb[n * MB + r] += acc_s;
+    }
+    if (l == 0) {
+      T* wb = acc.W[0].data();
+      const int64_t ld = acc.ldw[0];
+      for (int64_t n = 0; n < ly.out; ++n)
+        for (int64_t d = 0; d < D; ++d) wb[n * ld + d] += s.Qb[n * DP + d];
+    } else {
+      const int64_t ld = acc.ldw[l];  // round_up(in, L)
+      const T* Jl = s.J[l];
+      for (int64_t d = 0; d < D; ++d) {  // J_l^T [D][ld]
+        T* row = s.JT + d * ld;
+        for (int64_t k = 0; k < ly.in; ++k) row[k] = Jl[k * DP + d];
+        for (int64_t k = ly.in; k < ld; ++k) row[k] = T(0);
+      }
+      gemm_acc<T, VB, NR>(s.Qb, DP, ly.out, D, s.JT, ld, ld / L, acc.W[l].data(), ld);
+      gemm<T, VB, NR>(ly.WT.data(), ly.out, ly.in, ly.out, s.Qb, DP, nvd, Jb2, DP,
+                      [&](int64_t, int, const V& x) CGNF_INLINE_LAMBDA -> V { return x; });
+      std::swap(Jb, Jb2);
+    }
+  }
+  return total;
+}
+
+template <typename T, int VB, int NR>
+CGNF_INLINE void run_tile(const AProblem<T>& p, AScratch<T, VB, NR>& s, Acc<T>& acc, int64_t r0) {
+  constexpr int L = VB / sizeof(T), MB = 2 * L;
+  using V = Vec<T, VB>;
+  const int64_t D = p.D, C = p.C, cs = 1 + C, nl = int64_t(p.layers.size());
+  const int64_t nr = std::min<int64_t>(MB, p.B - r0);
+  const bool exact = p.divergence == kCnfExact, hut = p.divergence == kCnfHutchinson;
+  tile_forward<T, VB, NR>(p, s, r0, nr);
+  T adiv[MB];
+  for (int64_t r = 0; r < MB; ++r) adiv[r] = (r < nr && p.divergence != kCnfNone) ? p.adiv[r0 + r] : T(0);
+  for (int64_t l = 0; l < nl; ++l) {
+    std::fill(s.gateb[l], s.gateb[l] + p.layers[l].out * MB, T(0));
+    std::fill(s.sbar[l], s.sbar[l] + p.layers[l].out * MB, T(0));
+  }
+  // The divergence and its reverse pass.
+  T divr[MB] = {};
+  if (exact)
+    for (int64_t r = 0; r < nr; ++r) divr[r] = exact_row<T, VB, NR>(p, s, acc, r, adiv[r]);
+  if (hut) {
+    V hd[2] = {V{}, V{}};
+    V av[2];
+    loadv(av[0], adiv);
+    loadv(av[1], adiv + L);
+    T* vbar = s.hb0;
+    T* ubar = s.hb1;
+    for (int64_t d = 0; d < D; ++d)
+      for (int v = 0; v < 2; ++v) {
+        V e, g, x, gb;
+        loadv(e, s.hu[0] + d * MB + v * L);
+        loadv(g, s.gate[nl - 1] + d * MB + v * L);
+        loadv(x, s.hv[nl - 1] + d * MB + v * L);
+        hd[v] += e * g * x;
+        storev(vbar + d * MB + v * L, av[v] * e * g);
+        loadv(gb, s.gateb[nl - 1] + d * MB + v * L);
+        storev(s.gateb[nl - 1] + d * MB + v * L, gb + av[v] * e * x);
+      }
+    storev(divr, hd[0]);
+    storev(divr + L, hd[1]);
+    for (int64_t l = nl - 1; l >= 0; --l) {
+      const ALayer<T>& ly = p.layers[l];
+      const int64_t ld = acc.ldw[l];
+      transpose_in(s.hu[l], ly.in, MB, s.tr, ld);
+      gemm_acc<T, VB, NR>(vbar, MB, ly.out, MB, s.tr, ld, ld / L, acc.W[l].data(), ld);
+      if (l == 0) break;
+      gemm<T, VB, NR>(ly.WT.data(), ly.out, ly.in, ly.out, vbar, MB, 2, ubar, MB,
+                      [&](int64_t, int, const V& x) CGNF_INLINE_LAMBDA -> V { return x; });
+      for (int64_t n = 0; n < ly.in; ++n)
+        for (int v = 0; v < 2; ++v) {
+          V ub, x, g, d, sb;
+          const int64_t o = n * MB + v * L;
+          loadv(ub, ubar + o);
+          loadv(x, s.hv[l - 1] + o);
+          loadv(g, s.gate[l - 1] + o);
+          loadv(d, s.da[l - 1] + o);
+          loadv(sb, s.sbar[l - 1] + o);
+          storev(s.sbar[l - 1] + o, sb + ub * x);
+          storev(vbar + o, ub * g * d);
+        }
+    }
+  }
+  // Outputs of the forward pass.
+  if (p.dz)
+    for (int64_t r = 0; r < nr; ++r)
+      for (int64_t k = 0; k < D; ++k) p.dz[(r0 + r) * D + k] = s.fout[k * MB + r];
+  if (p.div)
+    for (int64_t r = 0; r < nr; ++r) p.div[r0 + r] = divr[r];
+  // The MLP's reverse pass: prebar of the last layer is a_z.
+  T* prebar = s.pre_b;
+  T* hbar = s.hb0;
+  T* hbar2 = s.hb1;
+  for (int64_t r = 0; r < MB; ++r)
+    for (int64_t k = 0; k < D; ++k) prebar[k * MB + r] = r < nr ? p.az[(r0 + r) * D + k] : T(0);
+  std::fill(s.ctxb, s.ctxb + cs * MB, T(0));
+  const T tv = p.t;
+  for (int64_t l = nl - 1; l >= 0; --l) {
+    const ALayer<T>& ly = p.layers[l];
+    const bool last = l == nl - 1;
+    T* gate = s.gate[l];
+    T* gateb = s.gateb[l];
+    for (int64_t n = 0; n < ly.out; ++n) {
+      T sum_ub = T(0), sum_gp = T(0), sum_pb = T(0);
+      V gpv[2], pbv[2];
+      for (int v = 0; v < 2; ++v) {
+        const int64_t o = n * MB + v * L;
+        V pb, g, uu, gb;
+        loadv(g, gate + o);
+        loadv(uu, s.u[l] + o);
+        loadv(gb, gateb + o);
+        if (last) {
+          loadv(pb, prebar + o);
+        } else {
+          V hb, d, sb, h;
+          loadv(hb, hbar + o);
+          loadv(d, s.da[l] + o);
+          loadv(sb, s.sbar[l] + o);
+          loadv(h, s.hin[l + 1] + o);
+          const V act2 = p.softplus ? d * (T(1) - d) : T(-2) * h * d;
+          V dm = d;  // d h / d pre: torch's softplus backward is 1 above its threshold (20)
+          if (p.softplus) {
+            V x;
+            loadv(x, s.pre[l] + o);
+            dm = x > T(20) ? bcast<V>(T(1)) : d;
+          }
+          pb = hb * dm + sb * g * act2;
+          gb = gb + sb * d;
+          storev(prebar + o, pb);
+        }
+        const V ub = pb * g;
+        storev(s.ub + o, ub);
+        gb = gb + pb * uu;
+        const V gp = gb * g * (T(1) - g);
+        gpv[v] = gp;
+        pbv[v] = pb;
+        sum_ub += hsum<T, VB>(ub);
+        sum_gp += hsum<T, VB>(gp);
+        sum_pb += hsum<T, VB>(pb);
+      }
+      acc.b[l][n] += sum_ub;
+      acc.g[l][n] += sum_gp;
+      acc.G[l][n * cs] += tv * sum_gp;
+      acc.H[l][n * cs] += tv * sum_pb;
+      for (int64_t j = 0; j < C; ++j) {
+        V x0, x1;
+        loadv(x0, s.ct + j * MB);
+        loadv(x1, s.ct + j * MB + L);
+        acc.G[l][n * cs + 1 + j] += hsum<T, VB>(gpv[0] * x0 + gpv[1] * x1);
+        acc.H[l][n * cs + 1 + j] += hsum<T, VB>(pbv[0] * x0 + pbv[1] * x1);
+      }
+      for (int64_t j = 0; j < cs; ++j) {  // ctxbar += G^T gp + H^T prebar
+        const T gj = ly.G[n * cs + j], hj = ly.H[n * cs + j];
+        for (int v = 0; v < 2; ++v) {
+          V cb;
+          loadv(cb, s.ctxb + j * MB + v * L);
+          storev(s.ctxb + j * MB + v * L, cb + gj * gpv[v] + hj * pbv[v]);
+        }
+      }
+    }
+    const int64_t ld = acc.ldw[l];
+    transpose_in(s.hin[l], ly.in, MB, s.tr, ld);  // Wbar += ubar h^T
+    gemm_acc<T, VB, NR>(s.ub, MB, ly.out, MB, s.tr, ld, ld / L, acc.W[l].data(), ld);
+    gemm<T, VB, NR>(ly.WT.data(), ly.out, ly.in, ly.out, s.ub, MB, 2, hbar2, MB,  // hbar = W^T ubar
+                    [&](int64_t, int, const V& x) CGNF_INLINE_LAMBDA -> V { return x; });
+    std::swap(hbar, hbar2);
+  }
+  if (p.gz)
+    for (int64_t r = 0; r < nr; ++r)
+      for (int64_t k = 0; k < D; ++k) p.gz[(r0 + r) * D + k] = hbar[k * MB + r];
+  if (p.gc)
+    for (int64_t r = 0; r < nr; ++r)
+      for (int64_t j = 0; j < C; ++j) p.gc[(r0 + r) * C + j] = s.ctxb[(1 + j) * MB + r];
+  T st = T(0);
+  for (int64_t r = 0; r < nr; ++r) st += s.ctxb[r];
+  acc.t += st;
+}
+
+template <typename T, int VB, int NR>
+CGNF_INLINE void run_range(const AProblem<T>& p, Acc<T>& acc, int64_t lo, int64_t hi) {
+  constexpr int MB = 2 * int(VB / sizeof(T));
+  AScratch<T, VB, NR> s(p);
+  for (int64_t tile = lo; tile < hi; ++tile) run_tile<T, VB, NR>(p, s, acc, tile * MB);
+}
+
+#ifdef CGNF_SIMD_X86
+template <typename T>
+__attribute__((target("avx512f"))) void range_avx512(const AProblem<T>& p, Acc<T>& a, int64_t lo, int64_t hi) {
+  run_range<T, 64, 12>(p, a, lo, hi);
+}
+template <typename T>
+__attribute__((target("avx2,fma"))) void range_avx2(const AProblem<T>& p, Acc<T>& a, int64_t lo, int64_t hi) {
+  run_range<T, 32, 6>(p, a, lo, hi);
+}
+#endif
+template <typename T>
+void range_generic(const AProblem<T>& p, Acc<T>& a, int64_t lo, int64_t hi) {
+  run_range<T, 16, 6>(p, a, lo, hi);
+}
+
+template <typename T>
+void run(AProblem<T>& p, const std::vector<T*>& gw, T* gt, int64_t num_threads) {
+  const int64_t cs = 1 + p.C;
+  int64_t off = 0;
+  for (ALayer<T>& ly : p.layers) {
+    p.ctx_off.push_back(off);
+    for (int64_t n = 0; n < ly.out; ++n) {
+      p.gb.push_back(ly.g[n] + ly.G[n * cs] * p.t);
+      p.hb.push_back(ly.H[n * cs] * p.t);
+    }
+    off += ly.out;
+    ly.WT.resize(size_t(ly.in * ly.out));
+    for (int64_t n = 0; n < ly.out; ++n)
+      for (int64_t k = 0; k < ly.in; ++k) ly.WT[k * ly.out + n] = ly.W[n * ly.in + k];
+  }
+  const simd::Isa isa = simd::pick_isa();
+  int vb = 16;
+  void (*fn)(const AProblem<T>&, Acc<T>&, int64_t, int64_t) = range_generic<T>;
+#ifdef CGNF_SIMD_X86
+  if (isa == simd::Isa::kAvx512) fn = range_avx512<T>, vb = 64;
+  if (isa == simd::Isa::kAvx2) fn = range_avx2<T>, vb = 32;
+#endif
+  const int64_t lanes = vb / int64_t(sizeof(T)), MB = 2 * lanes;
+  const int64_t tiles = (p.B + MB - 1) / MB;
+  int64_t macs = 0;  // per batch row, as the forward kernel counts them (x3: forward, W^T, W sums)
+  for (const ALayer<T>& ly : p.layers) macs += 3 * ly.out * (ly.in + 2 * p.C + 16);
+  if (p.divergence == kCnfHutchinson) macs *= 2;
+  if (p.divergence == kCnfExact)
+    for (size_t l = 1; l + 1 < p.layers.size(); ++l) macs += 3 * p.D * p.layers[l].out * p.layers[l].in;
+  const int64_t min_chunk = std::max<int64_t>(1, (int64_t{16} << 20) / std::max<int64_t>(1, macs * MB));
+  std::mutex mu;
+  std::vector<std::pair<int64_t, std::unique_ptr<Acc<T>>>> parts;
+  parallel_for(tiles, num_threads, min_chunk, [&](int64_t lo, int64_t hi) {
+    auto acc = std::make_unique<Acc<T>>(p, 12, lanes);  // rows padded for NR = 12 and 6
+    fn(p, *acc, lo, hi);
+    std::lock_guard<std::mutex> g(mu);
+    parts.emplace_back(lo, std::move(acc));
+  });
+  std::sort(parts.begin(), parts.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  // Sum the threads' parts in tile order into the outputs.
+  const int64_t nl = int64_t(p.layers.size());
+  if (gt) {
+    T s = T(0);
+    for (auto& pa : parts) s += pa.second->t;
+    *gt = s;
+  }
+  for (int64_t l = 0; l < nl; ++l) {
+    const ALayer<T>& ly = p.layers[l];
+    T* outs[5] = {gw.empty() ? nullptr : gw[5 * l], gw.empty() ? nullptr : gw[5 * l + 1],
+                  gw.empty() ? nullptr : gw[5 * l + 2], gw.empty() ? nullptr : gw[5 * l + 3],
+                  gw.empty() ? nullptr : gw[5 * l + 4]};
+    if (outs[0]) {
+      for (int64_t n = 0; n < ly.out; ++n)
+        for (int64_t k = 0; k < ly.in; ++k) {
+          T s = T(0);
+          for (auto& pa : parts) s += pa.second->W[l][n * pa.second->ldw[l] + k];
+          outs[0][n * ly.in + k] = s;
+        }
+    }
+    auto sum_into = [&](T* out, int which, int64_t count) {
+      if (!out) return;
+      for (int64_t i = 0; i < count; ++i) {
+        T s = T(0);
+        for (auto& pa : parts) {
+          const Acc<T>& a = *pa.second;
+          const std::vector<T>& v = which == 1 ? a.b[l] : which == 2 ? a.G[l] : which == 3 ? a.g[l] : a.H[l];
+          s += v[i];
+        }
+        out[i] = s;
+      }
+    };
+    sum_into(outs[1], 1, ly.out);
+    sum_into(outs[2], 2, ly.out * cs);
+    sum_into(outs[3], 3, ly.out);
+    sum_into(outs[4], 4, ly.out * cs);
+  }
+}
+
+template <typename T>
+void launch(int64_t t, int64_t z, int64_t c, int64_t noise, const std::vector<int64_t>& weights,
+            const std::vector<int64_t>& widths, int64_t a_z, int64_t a_div, int64_t dz, int64_t div, int64_t g_t,
+            int64_t g_z, int64_t g_c, const std::vector<int64_t>& g_weights, int64_t B, int64_t C,
+            int64_t activation, int64_t divergence, int64_t num_threads) {
+  AProblem<T> p;
+  p.z = reinterpret_cast<const T*>(z);
+  p.c = reinterpret_cast<const T*>(c);
+  p.noise = reinterpret_cast<const T*>(noise);
+  p.az = reinterpret_cast<const T*>(a_z);
+  p.adiv = reinterpret_cast<const T*>(a_div);
+  p.dz = reinterpret_cast<T*>(dz);
+  p.div = reinterpret_cast<T*>(div);
+  p.gz = reinterpret_cast<T*>(g_z);
+  p.gc = C > 0 ? reinterpret_cast<T*>(g_c) : nullptr;
+  p.B = B, p.C = C, p.D = widths.front();
+  p.softplus = activation == kCnfSoftplus;
+  p.divergence = divergence;
+  p.t = *reinterpret_cast<const T*>(t);
+  const size_t nl = widths.size() - 1;
+  for (size_t l = 0; l < nl; ++l) {
+    ALayer<T> ly;
+    ly.W = reinterpret_cast<const T*>(weights[5 * l]);
+    ly.b = reinterpret_cast<const T*>(weights[5 * l + 1]);
+    ly.G = reinterpret_cast<const T*>(weights[5 * l + 2]);
+    ly.g = reinterpret_cast<const T*>(weights[5 * l + 3]);
+    ly.H = reinterpret_cast<const T*>(weights[5 * l + 4]);
+    ly.in = widths[l], ly.out = widths[l + 1];
+    p.layers.push_back(std::move(ly));
+  }
+  for (int64_t w : widths) p.max_width = std::max(p.max_width, w);
+  std::vector<T*> gw;
+  for (int64_t q : g_weights) gw.push_back(reinterpret_cast<T*>(q));
+  T* gt = reinterpret_cast<T*>(g_t);
+  if (B == 0) {  // nothing flows back: zero gradients
+    if (gt) *gt = T(0);
+    for (size_t l = 0; l < nl && !gw.empty(); ++l) {
+      const int64_t in = widths[l], out = widths[l + 1], sizes[5] = {out * in, out, out * (1 + C), out, out * (1 + C)};
+      for (int j = 0; j < 5; ++j)
+        if (gw[5 * l + j]) std::fill(gw[5 * l + j], gw[5 * l + j] + sizes[j], T(0));
+    }
+    return;
+  }
+  run(p, gw, gt, num_threads);
+}
+
+}  // namespace
+
+void cnf_adjoint_cpu(int64_t t, int64_t z, int64_t c, int64_t noise, const std::vector<int64_t>& weights,
+                     const std::vector<int64_t>& widths, int64_t a_z, int64_t a_div, int64_t dz, int64_t div,
+                     int64_t g_t, int64_t g_z, int64_t g_c, const std::vector<int64_t>& g_weights, int64_t B,
+                     int64_t C, int64_t activation, int64_t divergence, bool float64, int64_t num_threads) {
+  check_cnf("cnf_adjoint", B, C, weights, widths, activation, divergence, {{z, "z"}, {a_z, "a_z"}});
+  check_ptr(t, "t", 1);
+  if (C > 0) check_ptr(c, "c", B);
+  if (divergence != kCnfNone) check_ptr(a_div, "a_div", B);
+  if (divergence == kCnfHutchinson) check_ptr(noise, "noise", B);
+  check_arg(g_weights.empty() || g_weights.size() == weights.size(),
+            "cnf_adjoint: g_weights must be empty or hold one pointer (or 0) per weight");
+  if (float64)
+    launch<double>(t, z, c, noise, weights, widths, a_z, a_div, dz, div, g_t, g_z, g_c, g_weights, B, C, activation,
+                   divergence, num_threads);
+  else
+    launch<float>(t, z, c, noise, weights, widths, a_z, a_div, dz, div, g_t, g_z, g_c, g_weights, B, C, activation,
+                  divergence, num_threads);
+}
+
+}  // namespace cgnf
