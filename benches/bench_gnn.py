@@ -9,7 +9,9 @@ random 0/1 strictly upper-triangular floats (density ~0.35), input ``h [B, N, H]
 grad, loss = ``out.sum()``; and, for reference, forward + backward of one ``gin_aggregate`` alone.
 The two backends share the data and the Linear weights; after a warm-up of each, every rep
 runs both back to back (alternating which goes first) and the rows report medians (and all
-times). Prints one JSON row per (measurement, batch) with ``ratio = torch_s / native_s``.
+times). Prints one JSON row per (measurement, batch) with ``ratio = torch_s / native_s``; on the
+CPU also a ``compiled`` column: the reference under ``torch.compile`` (``compiled_s``,
+``ratio_compiled = compiled_s / native_s``; ``--no-compile`` leaves it out).
 Timings depend on the machine; they are not tests.
 """
 
@@ -55,11 +57,44 @@ def op_step(layers: torch.nn.ModuleList, adj: torch.Tensor, h0: torch.Tensor, ba
     return h0.grad
 
 
-def side_by_side(step, layers, adj, h, device: str, reps: int) -> dict:
+def compiled_steps(layers: torch.nn.ModuleList) -> dict:
+    """The reference stack / aggregation under ``torch.compile`` (default mode): the forward
+    compiled, its backward by AOTAutograd; each called like ``stack_step`` / ``op_step``."""
+
+    def stack_fwd(adj, h):
+        for lin in layers:
+            h = torch.relu(lin(gin_aggregate(adj, h, 0.0, backend="torch")))
+        return h
+
+    def op_fwd(adj, h):
+        return gin_aggregate(adj, h, 0.0, backend="torch")
+
+    out = {}
+    for step, fwd in ((stack_step, stack_fwd), (op_step, op_fwd)):
+        cf = torch.compile(fwd)
+
+        def run(layers_, adj, h0, backend, cf=cf):
+            h0 = h0.detach().requires_grad_(True)
+            cf(adj, h0).sum().backward()
+            return h0.grad
+
+        out[step] = run
+    return out
+
+
+def side_by_side(step, layers, adj, h, device: str, reps: int, compiled=None) -> dict:
     for lin in layers:
         lin.zero_grad(set_to_none=True)
     g_native = step(layers, adj, h, "native")  # warm-up of both, and a check that they agree
     g_torch = step(layers, adj, h, "torch")
+    steps = {"native": step, "torch": step}
+    if compiled is not None:  # compiled and warmed up here (twice: a first call may recompile)
+        steps["compiled"] = compiled
+        for _ in range(2):
+            g_c = compiled(layers, adj, h, "torch")
+        err_c = float((g_c - g_torch).norm() / g_torch.norm().clamp_min(1e-30))
+        if err_c > 5e-3:
+            raise RuntimeError(f"compiled and torch input gradients differ (relative L2 error {err_c:.2e})")
     # Relative L2 error. The aggregation itself agrees to ~3e-8, but the float32 stack gradient
     # is noisy: at B = 16384 *each* backend is ~5e-4 away from a float64 run (rounding in the
     # Linear sums and ReLUs sitting at ~0 that flip), and the two are ~1e-4 apart.
@@ -67,22 +102,22 @@ def side_by_side(step, layers, adj, h, device: str, reps: int) -> dict:
     if err > 5e-3:
         raise RuntimeError(f"native and torch input gradients differ (relative L2 error {err:.2e})")
     del g_native, g_torch
-    times: dict[str, list[float]] = {"native": [], "torch": []}
+    names = list(steps)
+    times: dict[str, list[float]] = {k: [] for k in names}
     for r in range(reps):
-        order = ("native", "torch") if r % 2 == 0 else ("torch", "native")
-        for backend in order:
+        for name in names[r % len(names):] + names[:r % len(names)]:  # rotating order
             for lin in layers:
                 lin.zero_grad(set_to_none=True)
-            times[backend].append(timed(lambda: step(layers, adj, h, backend), device))
-    t_native, t_torch = statistics.median(times["native"]), statistics.median(times["torch"])
-    return {
-        "native_s": round(t_native, 4),
-        "torch_s": round(t_torch, 4),
-        "ratio": round(t_torch / t_native, 3),
-        "native_s_all": [round(t, 4) for t in times["native"]],
-        "torch_s_all": [round(t, 4) for t in times["torch"]],
-        "rel_l2_grad_diff": err,
-    }
+            backend = "native" if name == "native" else "torch"
+            times[name].append(timed(lambda: steps[name](layers, adj, h, backend), device))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    row = {f"{k}_s": round(med[k], 4) for k in names}
+    row["ratio"] = round(med["torch"] / med["native"], 3)
+    if compiled is not None:
+        row["ratio_compiled"] = round(med["compiled"] / med["native"], 3)
+    row.update({f"{k}_s_all": [round(t, 4) for t in times[k]] for k in names})
+    row["rel_l2_grad_diff"] = err
+    return row
 
 
 def profile_step(layers: torch.nn.ModuleList, adj: torch.Tensor, h: torch.Tensor, backend: str, device: str) -> str:
@@ -110,6 +145,8 @@ def main() -> None:
                     help="torch.set_float32_matmul_precision ('high' lets a GPU use TF32: for the Linear layers "
                          "of both backends, and for the reference's bmm aggregation; the native kernel stays "
                          "float32)")
+    ap.add_argument("--no-compile", action="store_true",
+                    help="leave out the 'compiled' column (the reference under torch.compile; CPU only by default)")
     ap.add_argument("--profile", action="store_true",
                     help="also print to stderr, per batch and backend, torch.profiler's table of one stack step "
                     "(operators by self time: where the GEMMs and the aggregation go)")
@@ -130,11 +167,13 @@ def main() -> None:
     }
     if args.device == "cuda":
         meta["gpu"] = torch.cuda.get_device_name()
+    compiled = compiled_steps(layers) if args.device == "cpu" and not args.no_compile else {}
     for B in (int(b) for b in args.batch.split(",")):
         adj, h = make_inputs(B, args.device)
         for name, step in (("gin_stack_fwd_bwd", stack_step), ("gin_aggregate_fwd_bwd", op_step)):
             row = {"bench": name, "batch": B, "layers": LAYERS if step is stack_step else 1}
-            print(json.dumps(row | side_by_side(step, layers, adj, h, args.device, args.reps) | meta), flush=True)
+            cols = side_by_side(step, layers, adj, h, args.device, args.reps, compiled.get(step))
+            print(json.dumps(row | cols | meta), flush=True)
         if args.profile:
             for backend in ("native", "torch"):
                 print(f"# one stack step, B = {B}, {backend}\n{profile_step(layers, adj, h, backend, args.device)}",

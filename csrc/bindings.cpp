@@ -187,5 +187,12 @@ PYBIND11_MODULE(_C, m) {
         py::arg("noise"), py::arg("weights"), py::arg("widths"), py::arg("dz"), py::arg("div"), py::arg("workspace"),
         py::arg("workspace_size"), py::arg("B"), py::arg("C"), py::arg("activation"), py::arg("divergence"),
         py::arg("float64"), py::arg("stream"), py::call_guard<py::gil_scoped_release>());
+  m.def("cnf_adjoint_workspace_cuda", &cgnf::cnf_adjoint_workspace_cuda, py::arg("B"), py::arg("widths"), py::arg("C"),
+        py::arg("divergence"), "Elements of the workspace cnf_adjoint_cuda needs.");
+  m.def("cnf_adjoint_cuda", &cgnf::cnf_adjoint_cuda, py::arg("t"), py::arg("z"), py::arg("c"), py::arg("noise"),
+        py::arg("weights"), py::arg("widths"), py::arg("a_z"), py::arg("a_div"), py::arg("dz"), py::arg("div"),
+        py::arg("g_t"), py::arg("g_z"), py::arg("g_c"), py::arg("g_weights"), py::arg("workspace"),
+        py::arg("workspace_size"), py::arg("B"), py::arg("C"), py::arg("activation"), py::arg("divergence"),
+        py::arg("float64"), py::arg("stream"), py::call_guard<py::gil_scoped_release>());
 #endif
 }

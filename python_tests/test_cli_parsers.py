@@ -109,12 +109,14 @@ def test_pipeline_options_default_to_its_config() -> None:
 
 def test_choices_come_from_the_modules_that_check_them() -> None:
     from cgnf_fast.models.flow import ACTIVATIONS, DIVERGENCES
+    from cgnf_fast.models.flow import BACKENDS as FLOW_BACKENDS
     from cgnf_fast.models.gvae import BACKENDS, PREDICTORS
     from cgnf_fast.train.data import HOLDOUTS
     from cgnf_fast.train.flow import LATENT_NORMS
 
     want = {("train", "gvae"): {"predictor": PREDICTORS, "holdout": HOLDOUTS, "backend": BACKENDS},
-            ("train", "flow"): {"activation": ACTIVATIONS, "divergence": DIVERGENCES, "latent_norm": LATENT_NORMS},
+            ("train", "flow"): {"activation": ACTIVATIONS, "divergence": DIVERGENCES, "latent_norm": LATENT_NORMS,
+                                "backend": FLOW_BACKENDS},
             ("pipeline",): {"gvae_predictor": PREDICTORS, "gvae_holdout": HOLDOUTS}}
     for command, choices in want.items():
         got = {a.dest: a.choices for a in _options(_parser(*command)) if a.choices is not None}
@@ -148,7 +150,9 @@ def test_shipped_models_records_read_as_the_configs_they_were_trained_with(space
     g = cfg.gvae_config(gvae_train["store"])
     g.validate()  # resolves degree_features, as training did
     assert g.to_dict() == {**TrainGVAEConfig.LEGACY_DEFAULTS, **gvae_train}
-    assert cfg.flow_config().to_dict() == json.loads((d / "flow" / "flow.json").read_text())["train"]
+    # (flows trained before the backend field existed ran the default, native)
+    flow_train = json.loads((d / "flow" / "flow.json").read_text())["train"]
+    assert cfg.flow_config().to_dict() == {"backend": "native", **flow_train}
 
 
 def test_pipeline_defaults_are_the_shipped_nb201_like_model() -> None:

@@ -1,4 +1,4 @@
-"""The CUDA kernels of gin_aggregate_cuda.cu, cnf_dynamics_cuda.cu,
+"""The CUDA kernels of gin_aggregate_cuda.cu, cnf_dynamics_cuda.cu, cnf_adjoint_cuda.cu,
 canonical_code_cuda.cu, nb101_hash_cuda.cu and prune_cuda.cu without a GPU: their real kernels and launchers compiled as host C++
 (scripts/cuda_host_emu.py: block = fibers between __syncthreads, poisoned shared memory) and
 called with CPU tensors' pointers by scripts/emulate_cuda_kernels.py, against the references
@@ -54,6 +54,13 @@ def _check(libs, kind, case):
 @pytest.mark.parametrize("case", _cases("gin"), ids=lambda c: c.name.removeprefix("gin ").replace(" ", ","))
 def test_gin_kernels_match_reference(emu, case):
     _check(emu, "gin", case)
+
+
+@pytest.mark.parametrize("case", _cases("cnf_adjoint"), ids=lambda c: c.name.removeprefix("cnf ").replace(" ", ","))
+def test_cnf_adjoint_kernels_match_reference(emu, case):
+    """cnf_adjoint_cuda.cu: dz/dt, div and every vector-Jacobian product against autograd over
+    the reference; both passes bit for bit (no unwritten output, no thread-order dependence)."""
+    _check(emu, "cnf_adjoint", case)
 
 
 @pytest.mark.parametrize("case", _cases("cnf"), ids=lambda c: c.name.removeprefix("cnf ").replace(" ", ","))

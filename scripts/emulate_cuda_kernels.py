@@ -72,7 +72,7 @@ entry points (the entry points run in the first pass).
 
 Usage (exit status 1 on any mismatch, 2 when the emulation cannot be built):
 
-    python scripts/emulate_cuda_kernels.py [--only gin cnf dag] [--quick] [--schedule forward]
+    python scripts/emulate_cuda_kernels.py [--only gin cnf cnf_adjoint dag] [--quick] [--schedule forward]
                                            [--workdir DIR]
 
 ``--quick`` runs the subset python_tests/test_cuda_host_emulation.py runs in CI.
@@ -178,6 +178,26 @@ int emu_cnf_counted(int64_t t, int64_t z, int64_t c, int64_t noise, const int64_
 }
 """
 
+CNF_ADJ_TAIL = r"""
+extern "C" {
+int emu_cnf_adjoint_cuda(int64_t t, int64_t z, int64_t c, int64_t noise, const int64_t* weights, int64_t nw,
+                         const int64_t* widths, int64_t nwidths, int64_t a_z, int64_t a_div, int64_t dz, int64_t div,
+                         int64_t g_t, int64_t g_z, int64_t g_c, const int64_t* g_weights, int64_t ngw,
+                         int64_t workspace, int64_t workspace_size, int64_t B, int64_t C, int64_t activation,
+                         int64_t divergence, int float64, int64_t stream) {
+  return cuda_emu::guarded([&] {
+    cgnf::cnf_adjoint_cuda(t, z, c, noise, std::vector<int64_t>(weights, weights + nw),
+                           std::vector<int64_t>(widths, widths + nwidths), a_z, a_div, dz, div, g_t, g_z, g_c,
+                           std::vector<int64_t>(g_weights, g_weights + ngw), workspace, workspace_size, B, C,
+                           activation, divergence, float64 != 0, stream);
+  });
+}
+int64_t emu_cnf_adjoint_workspace_cuda(int64_t B, const int64_t* widths, int64_t nwidths, int64_t C, int64_t divergence) {
+  return cgnf::cnf_adjoint_workspace_cuda(B, std::vector<int64_t>(widths, widths + nwidths), C, divergence);
+}
+}
+"""
+
 # Every graph b of a launch must be visited exactly once (cuda_emu::guarded_visits): the kernels'
 # per-graph calls are counted by the labels pointer they get (labels + b * N).
 DAG_PRELUDE = r"""
@@ -251,6 +271,11 @@ def harnesses() -> dict[str, rt.Harness]:
             {"cnf_dynamics_fwd_cuda": [I64] * 4 + [PTR64, I64, PTR64] + [I64] * 9 + [INT, I64],
              "cnf_counted": [I64] * 4 + [PTR64, I64, PTR64] + [I64] * 8 + [INT, I64]},
             tail=CNF_TAIL),
+        "cnf_adjoint": rt.Harness(
+            [cu("cnf/cnf_adjoint_cuda.cu")], ["common/checks.h", "common/cuda_utils.h", "cnf/cnf.h"],
+            {"cnf_adjoint_cuda": [I64] * 4 + [PTR64, I64, PTR64, I64] + [I64] * 7 + [PTR64, I64] + [I64] * 6
+             + [INT, I64]},
+            tail=CNF_ADJ_TAIL),
         "dag": rt.Harness(
             [cu("dag/canonical_code_cuda.cu"), cu("dag/nb101_hash_cuda.cu"), cu("dag/prune_cuda.cu")],
             ["common/checks.h", "common/cuda_utils.h", "dag/dag.h", "dag/graph_impl.h", "dag/prune_impl.h"],
@@ -259,7 +284,7 @@ def harnesses() -> dict[str, rt.Harness]:
     }
 
 
-def build(names=("gin", "cnf", "dag"), workdir=None, cxx: str | None = None) -> dict[str, rt.Library]:
+def build(names=("gin", "cnf", "cnf_adjoint", "dag"), workdir=None, cxx: str | None = None) -> dict[str, rt.Library]:
     """Compile the named harnesses (in parallel) and load them."""
     hs = harnesses()
     return rt.build_many({n: hs[n] for n in names}, workdir, cxx)
@@ -764,6 +789,109 @@ def check_cnf(lib: rt.Library, case: CnfCase, dtypes=(torch.float64, torch.float
     return res
 
 
+# ---------------------------------------------------------------------------- cnf adjoint
+
+
+def cnf_adjoint_cases(quick: bool = False) -> list[CnfCase]:
+    C = CnfCase
+    cases = [
+        C(5, 6, (16, 16), 3, "tanh", "exact", cap=2, seed=1),           # the shipped shape, scaled down; grid-stride
+        C(4, 4, (), 1, "tanh", "exact", seed=2),                        # L = 1: div = sum_i gate_i W_ii
+        C(3, 5, (7, 9, 6), 2, "softplus", "exact", big=True, seed=3),   # 3 hidden layers, softplus past 20
+        C(6, 3, (5,), 0, "softplus", "hutchinson", cap=1, seed=4),      # C = 0, one block for every row
+        C(3, 4, (6, 5), 2, "tanh", "hutchinson", seed=5),
+        C(2, 3, (300,), 1, "tanh", None, seed=6),                       # a layer wider than the block
+        C(1, 33, (40,), 2, "tanh", "exact", seed=7),                    # D over the block's threads' stride
+        C(0, 3, (4,), 1, "tanh", "exact", seed=8),                      # B = 0: zero gradients
+    ]
+    if not quick:
+        cases += [C(9, 7, (11, 13), 2, act, dv, cap=cap, seed=20 + i)
+                  for i, (act, dv, cap) in enumerate([("tanh", None, 0), ("softplus", None, 3), ("tanh", "hutchinson", 2),
+                                                      ("softplus", "exact", 4), ("softplus", "hutchinson", 0)])]
+    return cases
+
+
+def check_cnf_adjoint(lib: rt.Library, case: CnfCase, dtypes=(torch.float64, torch.float32),
+                      schedules=("forward", "reverse")) -> Result:
+    """The adjoint kernels through ``cnf_adjoint_cuda`` against autograd over the reference
+    (``cnf_dynamics_vjp(backend="torch")``): dz/dt, div and every vector-Jacobian product; both
+    passes (poisoned / zeroed outputs and workspace, forward / reverse fiber order) bit for bit."""
+    from cgnf_fast.ops.cnf import cnf_dynamics_vjp
+
+    t0 = time.perf_counter()
+    res = Result("adjoint " + case.name)
+    B, D, C, dv = case.B, case.D, case.C, DIV_CODE[case.divergence]
+    widths = [D, *case.hidden, D]
+    L = len(widths) - 1
+    t_, z_, c_, ws_, noise_ = cnf_problem(B, D, case.hidden, C, case.seed, dv == 2, case.big)
+    g = torch.Generator().manual_seed(case.seed + 1000)
+    az_ = torch.randn(B, D, generator=g, dtype=torch.float64)
+    ad_ = torch.randn(B, generator=g, dtype=torch.float64) if dv else None
+    want = cnf_dynamics_vjp(t_, z_, c_, ws_, az_, ad_, case.act, case.divergence, noise_, backend="torch")
+    want_flat = {"dz": want[0], "div": want[1], "g_t": want[2].reshape(1), "g_z": want[3], "g_c": want[4]}
+    want_flat |= {f"g_w{i}": w for i, w in enumerate(x for lw in want[5] for x in lw)}
+    lib.set_grid_cap(case.cap)
+    wd = (ctypes.c_int64 * (L + 1))(*widths)
+    need = _adjoint_workspace(lib, B, widths, C, dv)
+    descs = []
+    for dt in dtypes:
+        f64 = dt == torch.float64
+        tag = "f64" if f64 else "f32"
+        ws = [tuple(w.to(dt) for w in lw) for lw in ws_]
+        bt, bz, bc = Buf((1,), dt, t_.to(dt).reshape(1)), Buf((B, D), dt, z_.to(dt)), Buf((B, C), dt, c_.to(dt))
+        baz = Buf((B, D), dt, az_.to(dt))
+        bad = Buf((B,), dt, ad_.to(dt)) if dv else None
+        bw = [Buf(tuple(w.shape), dt, w) for lw in ws for w in lw]
+        bn = Buf((B, D), dt, noise_.to(dt)) if noise_ is not None else None
+        outs = {}
+        for init, schedule in (("poison", schedules[0]), ("zero", schedules[1])):
+            lib.set_schedule(schedule)
+            o = {"dz": Buf((B, D), dt, init), "div": Buf((B,), dt, init) if dv else None, "g_t": Buf((1,), dt, init),
+                 "g_z": Buf((B, D), dt, init), "g_c": Buf((B, C), dt, init)}
+            o |= {f"g_w{i}": Buf(tuple(b.t.shape), dt, init) for i, b in enumerate(bw)}
+            work = Buf((need,), dt, init)
+            wptr = (ctypes.c_int64 * (5 * L))(*[b.ptr for b in bw])
+            gptr = (ctypes.c_int64 * (5 * L))(*[o[f"g_w{i}"].ptr for i in range(5 * L)])
+            before = lib.stats()
+            ok = _run(res, lib, "cnf_adjoint_cuda", bt.ptr, bz.ptr, bc.ptr if C else 0, bn.ptr if bn else 0, wptr,
+                      5 * L, wd, L + 1, baz.ptr, bad.ptr if bad else 0, o["dz"].ptr, o["div"].ptr if dv else 0,
+                      o["g_t"].ptr, o["g_z"].ptr, o["g_c"].ptr if C else 0, gptr, 5 * L, work.ptr, need, B, C,
+                      ACT_CODE[case.act], dv, f64, STREAM)
+            named = [(k, v) for k, v in o.items()] + [("workspace", work), ("t", bt), ("z", bz), ("c", bc),
+                                                       ("a_z", baz), ("a_div", bad), ("noise", bn)]
+            named += [(f"weight {i}", b) for i, b in enumerate(bw)]
+            st = _stats_delta(lib, before)
+            res.strided += st["strided"]
+            if init == "poison":
+                descs.append(f"{tag}: {st['launches']} launches, {st['blocks']} blocks ({st['strided']} capped), "
+                             f"{st['barriers']} barriers")
+            for nm, b in named:
+                if b is not None and not b.guard_ok():
+                    res.problems.append(f"{tag} {init}: wrote outside {nm}")
+            outs[init] = (ok, {k: v for k, v in o.items() if v is not None and (k != "g_c" or C)})
+        ok_p, p = outs["poison"]
+        if ok_p:
+            for k, b in p.items():
+                w = want_flat[k]
+                if w is None or b.t.numel() == 0:
+                    continue
+                scale = max(1.0, float(w.abs().max()))
+                _compare(res, f"{tag} {k}", b.t, w, 1e-11 * scale if f64 else torch.full_like(w, 3e-5 * scale))
+        _compare_passes(res, tag, outs, B)
+    res.desc = "; ".join(descs)
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+def _adjoint_workspace(lib: rt.Library, B: int, widths: list[int], C: int, dv: int) -> int:
+    """The workspace size, as the library computes it."""
+    wd = (ctypes.c_int64 * len(widths))(*widths)
+    fn = lib.lib.emu_cnf_adjoint_workspace_cuda
+    fn.restype = ctypes.c_int64
+    fn.argtypes = [ctypes.c_int64, ctypes.POINTER(ctypes.c_int64), ctypes.c_int64, ctypes.c_int64, ctypes.c_int64]
+    return int(fn(B, wd, len(widths), C, dv))
+
+
 # ------------------------------------------------------------------------------------ dag
 
 
@@ -866,7 +994,8 @@ def check_dag(lib: rt.Library, case: DagCase, schedules=("forward", "reverse")) 
 
 # ----------------------------------------------------------------------------------- main
 
-CHECKS = {"gin": (gin_cases, check_gin), "cnf": (cnf_cases, check_cnf), "dag": (dag_cases, check_dag)}
+CHECKS = {"gin": (gin_cases, check_gin), "cnf": (cnf_cases, check_cnf),
+          "cnf_adjoint": (cnf_adjoint_cases, check_cnf_adjoint), "dag": (dag_cases, check_dag)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -83,6 +83,7 @@ def _add_gvae(tps: argparse._SubParsersAction) -> None:
 
 def _add_flow(tps: argparse._SubParsersAction) -> None:
     from ..models.flow import ACTIVATIONS, DIVERGENCES
+    from ..models.flow import BACKENDS as FLOW_BACKENDS
     from ..train.flow import LATENT_NORMS, TrainFlowConfig
 
     d = config_defaults(TrainFlowConfig)
@@ -129,6 +130,9 @@ def _add_flow(tps: argparse._SubParsersAction) -> None:
                     help="cap on the latents used (0: all; default %(default)s)")
     tf.add_argument("--sanity-n", type=nonneg_int, default=d["sanity_n"],
                     help="validation rows of the conditioning check (default %(default)s)")
+    tf.add_argument("--backend", choices=FLOW_BACKENDS, default=d["backend"],
+                    help="the dynamics' kernels while training: native (fused CPU kernels for both solves of the "
+                    "adjoint) or torch (torchdiffeq with stock PyTorch ops); same steps (default %(default)s)")
     tf.add_argument("--device", default="cpu", help=DEVICE_HELP)
     tf.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
     tf.set_defaults(func=_train_flow)

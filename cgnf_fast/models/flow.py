@@ -31,9 +31,8 @@ backward: torchdiffeq's dopri5 and ``odeint_adjoint`` step for step, each backwa
 fused kernel for the dynamics and their vector-Jacobian products). float64 results equal
 torchdiffeq's to ~1e-14; a native solve gives up with a RuntimeError after 100,000 steps. Other
 solvers, training without the adjoint and CUDA go through torchdiffeq: its unrecorded evaluations
-run the kernel, the recorded ones the stock PyTorch ops of ``cgnf_fast.reference.cnf``. Single
-evaluations (:meth:`ODEDynamics.forward_with_divergence`) go through the op (CPU backward:
-native). Sizes outside the kernel's limits (widths > 512, the exact divergence for latents > 64)
+run the kernel, the recorded ones (and single evaluations) the op, whose backward is the fused
+vector-Jacobian kernel (CPU, CUDA). Sizes outside the kernel's limits (widths > 512, the exact divergence for latents > 64)
 fall back to the reference; ``backend="torch"`` always runs it (same function to rounding).
 
 Adjoint: with ``adjoint=True`` the solve uses ``torchdiffeq.odeint_adjoint``; the ODE function
@@ -344,9 +343,9 @@ class _ODEFunc(nn.Module):
         z = state if self.divergence is None else state[0]
         if self._native(z, t):
             dz, div = self._plan(t, z)  # type: ignore[misc]
-        else:
-            dz, div = cnf_reference.cnf_dynamics(t, z, self.c, self.dynamics.weights(), self.dynamics.activation,
-                                                 self.divergence, self.noise)
+        else:  # recorded by autograd: the op where the kernels apply (its backward is native), else the reference
+            ev = cnf_ops.cnf_dynamics if self._plan is not None else cnf_reference.cnf_dynamics
+            dz, div = ev(t, z, self.c, self.dynamics.weights(), self.dynamics.activation, self.divergence, self.noise)
         return dz if self.divergence is None else (dz, div)
 
 

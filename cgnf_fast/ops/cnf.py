@@ -11,14 +11,16 @@ not record) -> ``_C.cnf_dynamics_fwd_cpu`` / ``_cuda`` (csrc/cnf/cnf_dynamics_cp
 cnf_dynamics_cuda.cu). :class:`CnfPlan` validates the weights and condition once and then calls
 the same entry points with a few microseconds of Python per evaluation: what an ODE solve uses.
 
-Backward (first order, CPU): **native**. The op's autograd formula calls the custom op
-``cgnf_fast::cnf_dynamics_vjp`` (:func:`cnf_dynamics_vjp`; ``_C.cnf_adjoint_cpu``,
-csrc/cnf/cnf_adjoint_cpu.cpp), one fused kernel that recomputes the MLP and returns the
-vector-Jacobian products with respect to ``t``, ``z``, ``c`` and every weight, through ``dz/dt``
-and the divergence (whose products are second-order terms of the MLP). The reference runs the
-backward instead for higher orders (``create_graph``), for a gradient with respect to the
-Hutchinson ``noise``, and on CUDA (no CUDA adjoint kernel yet). Whole adjoint solves: see
-:meth:`CnfPlan.adjoint_solve` (torchdiffeq's ``odeint_adjoint`` backward pass, step for step).
+Backward (first order): **native**. The op's autograd formula calls the custom op
+``cgnf_fast::cnf_dynamics_vjp`` (:func:`cnf_dynamics_vjp`; ``_C.cnf_adjoint_cpu`` /
+``_C.cnf_adjoint_cuda``, csrc/cnf/cnf_adjoint_cpu.cpp / cnf_adjoint_cuda.cu), one fused kernel
+that recomputes the MLP and returns the vector-Jacobian products with respect to ``t``, ``z``,
+``c`` and every weight, through ``dz/dt`` and the divergence (whose products are second-order
+terms of the MLP). The reference runs the backward instead for higher orders
+(``create_graph``) and for a gradient with respect to the Hutchinson ``noise``. Whole adjoint
+solves on the CPU: :meth:`CnfPlan.adjoint_solve` (torchdiffeq's ``odeint_adjoint`` backward
+pass, step for step). The CUDA kernel is checked by the host emulation
+(python_tests/test_cuda_host_emulation.py); its speed has not been measured on a GPU.
 
 Limits (csrc/cnf/cnf.h): every width (latent and hidden) ``<= CNF_MAX_WIDTH`` (512), at most
 ``CNF_MAX_LAYERS`` (32) layers, the exact divergence for ``D <= CNF_MAX_EXACT_LATENT`` (64); the
@@ -188,7 +190,7 @@ def _backward(ctx, g_dz: torch.Tensor, g_div: torch.Tensor) -> tuple:
     need_t, need_z, need_c, need_w, _, _, need_noise = ctx.needs_input_grad
     need_w = list(need_w) if isinstance(need_w, (list, tuple)) else [bool(need_w)] * len(weights)
     create = torch.is_grad_enabled()
-    if not create and not (noise is not None and need_noise) and z.device.type == "cpu":
+    if not create and not (noise is not None and need_noise) and z.device.type in ("cpu", "cuda"):
         g_div = g_div if ctx.divergence != "none" else z.new_zeros(0)
         g_t, g_z, g_c, g_w = torch.ops.cgnf_fast.cnf_dynamics_vjp(t, z, c, weights, ctx.activation, ctx.divergence,
                                                                    noise, g_dz, g_div)
@@ -237,15 +239,16 @@ def _vjp_reference(t, z, c, weights, activation, divergence, noise, g_dz, g_div)
 
 
 def _vjp(t, z, c, weights, activation, divergence, noise, g_dz, g_div, outputs: bool = False) -> tuple:
-    """The validated vector-Jacobian products (the op's computation): native on the CPU, the
-    reference elsewhere. ``outputs``: also return ``dz/dt`` and ``div`` (computed anyway)."""
+    """The validated vector-Jacobian products (the op's computation): native on the CPU and
+    CUDA, the reference elsewhere. ``outputs``: also return ``dz/dt`` and ``div`` (computed anyway)."""
     widths = _check_inputs(t, z, c, weights, activation, divergence, noise)
     B, D = z.shape
     check_tensor("g_dz", g_dz, "[B, D]", dtype=z.dtype, shape=(B, D), device=z.device, dtype_of="z", device_of="z is")
     want_div = (B,) if divergence != "none" else (0,)
     check_tensor("g_div", g_div, "[B] ([0] without a divergence)", dtype=z.dtype, shape=want_div, device=z.device,
                  dtype_of="z", device_of="z is")
-    if z.device.type != "cpu":  # no CUDA adjoint kernel yet: the reference
+    native_cuda = z.device.type == "cuda" and _native.cuda_available()
+    if z.device.type != "cpu" and not native_cuda:  # meta / a CUDA build-less install: the reference
         g = _vjp_reference(t, z, c, weights, activation, divergence, noise, g_dz, g_div)
         res = (g[0].reshape(t.shape), g[1], g[2], list(g[3:]))
         if outputs:
@@ -260,10 +263,16 @@ def _vjp(t, z, c, weights, activation, divergence, noise, g_dz, g_div, outputs: 
     dz = torch.empty_like(z) if outputs else None
     div = z.new_empty(B) if outputs and divergence != "none" else None
     ptr = lambda x: 0 if x is None or x.numel() == 0 else x.data_ptr()  # noqa: E731
-    _C.cnf_adjoint_cpu(ptr(t), ptr(z), ptr(c), ptr(noise), [w.data_ptr() for w in weights], widths, ptr(g_dz),
-                       ptr(g_div), ptr(dz), ptr(div), g_t.data_ptr(), ptr(g_z), ptr(g_c), [w.data_ptr() for w in g_w],
-                       B, c.shape[1], _ACT_CODE[activation], _DIV_CODE[divergence], z.dtype == torch.float64,
-                       _native.num_threads())
+    args = (ptr(t), ptr(z), ptr(c), ptr(noise), [w.data_ptr() for w in weights], widths, ptr(g_dz), ptr(g_div),
+            ptr(dz), ptr(div), g_t.data_ptr(), ptr(g_z), ptr(g_c), [w.data_ptr() for w in g_w])
+    codes = (B, c.shape[1], _ACT_CODE[activation], _DIV_CODE[divergence], z.dtype == torch.float64)
+    if native_cuda:
+        size = _C.cnf_adjoint_workspace_cuda(B, widths, c.shape[1], _DIV_CODE[divergence])
+        work = z.new_empty(size)
+        with torch.cuda.device(z.device):
+            _C.cnf_adjoint_cuda(*args, work.data_ptr(), size, *codes, _native.stream_of(z))
+    else:
+        _C.cnf_adjoint_cpu(*args, *codes, _native.num_threads())
     res = (g_t, g_z, g_c, g_w)
     return res + (dz, div if div is not None else z.new_zeros(0)) if outputs else res
 

@@ -126,9 +126,12 @@ class TrainFlowConfig:
     max_cells: int | None = 100_000
     #: validation conditions used by the conditioning check
     sanity_n: int = 256
+    #: the dynamics' kernels while training ("native" or "torch": the same function and steps to
+    #: rounding; the saved flow loads with the default, native)
+    backend: str = "native"
 
     #: fields that may change between a run and its resumption (they do not change the steps taken)
-    RESUMABLE_CHANGES = ("epochs", "ckpt_every", "eval_rtol", "eval_atol", "sanity_n")
+    RESUMABLE_CHANGES = ("epochs", "ckpt_every", "eval_rtol", "eval_atol", "sanity_n", "backend")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -142,7 +145,10 @@ class TrainFlowConfig:
         return cls(**d)
 
     def validate(self) -> None:
-        from ..models.flow import ACTIVATIONS, DIVERGENCES, FIXED_STEP_SOLVERS, SOLVERS
+        from ..models.flow import ACTIVATIONS, BACKENDS, DIVERGENCES, FIXED_STEP_SOLVERS, SOLVERS
+
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
 
         if self.conditions is not None:
             if (not isinstance(self.conditions, list) or not self.conditions
@@ -251,7 +257,7 @@ def _make_flow(cfg: TrainFlowConfig, latent: int, cond_dim: int, train_z: torch.
     flow = ConditionalCNF(latent, cond_dim, hidden=tuple(cfg.hidden), activation=cfg.activation,
                           divergence=cfg.resolved_divergence(latent), solver=cfg.solver, rtol=cfg.rtol,
                           atol=cfg.atol, adjoint=cfg.adjoint, moving_batchnorm=cfg.latent_norm == "data",
-                          zero_init=cfg.zero_init)
+                          zero_init=cfg.zero_init, backend=cfg.backend)
     if flow.bn_in is not None:
         z = train_z.double()
         with torch.no_grad():
@@ -459,7 +465,7 @@ def train_flow(cfg: TrainFlowConfig, gvae_dir: str | os.PathLike, out: str | os.
     bar.close()
     save_checkpoint()
     train_seconds = time.time() - t0
-    fcfg = {**flow.config(), "rtol": cfg.eval_rtol, "atol": cfg.eval_atol}
+    fcfg = {**flow.config(), "rtol": cfg.eval_rtol, "atol": cfg.eval_atol, "backend": "native"}
     save_tensors(outp / WEIGHTS, flow.state_dict())
     meta = {"format": FORMAT, "version": FORMAT_VERSION, "config": fcfg,
             "train_tolerances": {"rtol": cfg.rtol, "atol": cfg.atol},

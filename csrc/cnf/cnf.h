@@ -121,6 +121,14 @@ inline int64_t cnf_cuda_workspace(int64_t B, const std::vector<int64_t>& widths,
 }
 
 #ifdef CGNF_WITH_CUDA
+// cnf_adjoint_cpu on CUDA (cnf_adjoint_cuda.cu), with a workspace of at least
+// cnf_adjoint_workspace_cuda(B, widths, C, divergence) elements of the dtype.
+int64_t cnf_adjoint_workspace_cuda(int64_t B, const std::vector<int64_t>& widths, int64_t C, int64_t divergence);
+void cnf_adjoint_cuda(int64_t t, int64_t z, int64_t c, int64_t noise, const std::vector<int64_t>& weights,
+                      const std::vector<int64_t>& widths, int64_t a_z, int64_t a_div, int64_t dz, int64_t div,
+                      int64_t g_t, int64_t g_z, int64_t g_c, const std::vector<int64_t>& g_weights, int64_t workspace,
+                      int64_t workspace_size, int64_t B, int64_t C, int64_t activation, int64_t divergence,
+                      bool float64, int64_t stream);
 void cnf_dynamics_fwd_cuda(int64_t t, int64_t z, int64_t c, int64_t noise, const std::vector<int64_t>& weights,
                            const std::vector<int64_t>& widths, int64_t dz, int64_t div, int64_t workspace,
                            int64_t workspace_size, int64_t B, int64_t C, int64_t activation, int64_t divergence,
