@@ -1,4 +1,4 @@
-"""``cgnf evaluate predictor|latent|sampler|upper-bound|transfer|all``: measure trained models."""
+"""``cgnf evaluate predictor|latent|sampler|upper-bound|transfer|beyond|all``: measure trained models."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     _add_predictor_and_latent(evs)
     _add_sampler(evs)
     _add_upper_bound_and_transfer(evs)
+    _add_beyond(evs)
     _add_all(evs)
 
 
@@ -119,6 +120,46 @@ def _add_upper_bound_and_transfer(evs: argparse._SubParsersAction) -> None:
     et.add_argument("--objective", choices=("max", "min"), help="default: the metric's direction")
     eu.set_defaults(func=_upper_bound)
     et.set_defaults(func=_transfer)
+
+
+def _add_beyond(evs: argparse._SubParsersAction) -> None:
+    from ..searching.beyond import RULES
+
+    eb = evs.add_parser("beyond", help="the paper's beyond-the-seed-space claim on ground truth: per rule, a seed "
+                        "space cut out of NB201, a model trained with its labels only, 20 generated cells outside it "
+                        "against baselines, over several seeds (resumable; about 5 min a rule here)")
+    eb.add_argument("--out", required=True, help="run directory (each rule's labels, model and rows; beyond.json)")
+    eb.add_argument("--table", help="NB201 table (default: $CGNF_DATA_DIR/nb201/naswot_arch_score_acc.csv)")
+    eb.add_argument("--column", default="cifar10_test_200ep", help="its accuracy column (default %(default)s)")
+    eb.add_argument("--rules", default=",".join(RULES), help=f"comma-separated rules (default all: {', '.join(RULES)})")
+    eb.add_argument("--seeds", type=pos_int, default=10, help="sampling seeds (default 10)")
+    eb.add_argument("--n", type=pos_int, default=20, help="cells per set (default 20)")
+    eb.add_argument("--md", help="write the markdown table here")
+    eb.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
+    eb.set_defaults(func=_beyond)
+
+
+def _beyond(args: argparse.Namespace) -> int:
+    from ..searching.beyond import BeyondConfig, run_beyond, to_markdown
+
+    table = args.table
+    if table is None:
+        root = os.environ.get("CGNF_DATA_DIR")
+        if not root:
+            raise CLIError("--table is required (or set CGNF_DATA_DIR to the shared data folder)")
+        table = str(Path(root) / "nb201" / "naswot_arch_score_acc.csv")
+    cfg = BeyondConfig(table=table, column=args.column, rules=[r for r in args.rules.split(",") if r],
+                       seeds=args.seeds, n=args.n)
+    try:
+        cfg.validate()
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    result = run_beyond(cfg, args.out, progress=not args.no_progress)
+    md = to_markdown(result)
+    if args.md:
+        Path(args.md).write_text(md)
+    print(md)
+    return 0
 
 
 def _add_all(evs: argparse._SubParsersAction) -> None:
@@ -251,6 +292,22 @@ def _transfer(args: argparse.Namespace) -> int:
                              transfer=True)
 
 
+def _beyond_section(data_dir: str | None) -> tuple:
+    """``cgnf evaluate beyond`` as a section of ``evaluate all`` (when the NB201 table is there)."""
+    table = Path(data_dir) / "nb201" / "naswot_arch_score_acc.csv" if data_dir else None
+
+    def run(outdir: Path) -> tuple[str, dict]:
+        from ..searching.beyond import BeyondConfig, run_beyond, to_markdown
+
+        if table is None or not table.is_file():
+            why = "no NB201 table (set CGNF_DATA_DIR to the shared data folder)"
+            return f"Skipped: {why}.", {"skipped": why}
+        res = run_beyond(BeyondConfig(table=str(table)), outdir / "beyond", progress=False)
+        return to_markdown(res), res
+
+    return (("beyond", "Beyond the seed space, on ground truth (`cgnf evaluate beyond`)", run),)
+
+
 def _all(args: argparse.Namespace) -> int:
     from ..evaluate.report import run_all
 
@@ -259,6 +316,7 @@ def _all(args: argparse.Namespace) -> int:
                 model_nb201=args.model_nb201, model_nb101=args.model_nb101, transfer_task=args.transfer_task,
                 transfer_loss=args.transfer_loss, transfer_metric=args.transfer_metric,
                 nb101_cells=args.nb101_cells, device=args.device,
-                command="cgnf " + " ".join(shlex.quote(a) for a in args.argv), progress=not args.no_progress)
+                command="cgnf " + " ".join(shlex.quote(a) for a in args.argv), progress=not args.no_progress,
+                extra=_beyond_section(os.environ.get("CGNF_DATA_DIR")))
     print(f"wrote {Path(args.out) / 'report.md'} ({r['seconds'] / 60:.1f} min)")
     return 0

@@ -309,11 +309,13 @@ def run_all(out: str | os.PathLike, *, protocol: str | None = None, seeds: tuple
             model_nb201: str | None = None, model_nb101: str | None = None, transfer_task: str | None = None,
             transfer_loss: str | None = None, transfer_metric: str | None = None, nb101_cells: int = 4000,
             device: str = "cpu", data_dir: str | None = None, command: str | None = None,
-            progress: bool = True) -> dict[str, Any]:
+            progress: bool = True, extra: tuple = ()) -> dict[str, Any]:
     """Writes ``out/report.md``, ``out/results.json`` and the figures; returns the results.
     ``protocol`` None: each seed benchmark's own recipe (``nb201`` for nb201-like and the
     transfer task, ``nb101`` for nb101-like; GPU budgets). Paths in the report are shown
-    relative to the working directory (:func:`shown_path`)."""
+    relative to the working directory (:func:`shown_path`). ``extra``: more sections from
+    upper layers, ``(key, title, fn)`` with ``fn(outdir) -> (markdown, results)`` (the CLI adds
+    ``cgnf evaluate beyond`` this way)."""
     import importlib.util
 
     if importlib.util.find_spec("matplotlib") is None:
@@ -343,6 +345,11 @@ def run_all(out: str | os.PathLike, *, protocol: str | None = None, seeds: tuple
     ub_results = _section_upper_bound(r, models)
     _section_accuracy_vs_zc(r, ub_results, m201)
     _section_transfer(r, transfer, m201, why201)
+    for key, title, fn in extra:
+        r.say(f"{title} ...")
+        text, res = fn(outdir)
+        r.results[key] = res
+        r.md += [f"## {title}", "", text, ""]
 
     if r.work.is_dir() and not any(r.work.iterdir()):
         r.work.rmdir()

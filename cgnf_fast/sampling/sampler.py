@@ -48,7 +48,7 @@ import contextlib
 import math
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -247,6 +247,7 @@ class _Draw:
     novel_only: bool
     bounds: list[Target]
     counts: ExactCounts
+    exclude: Callable[[Cell], bool] | None = None
 
 
 def _gather(d: _Draw, generator: torch.Generator, temperature: float, chunk: int, limit: int, n: int,
@@ -257,7 +258,7 @@ def _gather(d: _Draw, generator: torch.Generator, temperature: float, chunk: int
     net_of_class: dict[int, int] = {}  # canonical code -> network code
     kept: list[_Candidate] = []
     stats = {"drawn": 0, "rounds": 0, "examined": 0, "repaired": 0, "invalid": 0, "duplicates": 0,
-             "in_seed_space_dropped": 0, "outside_bounds": 0}
+             "in_seed_space_dropped": 0, "excluded": 0, "outside_bounds": 0}
     dry = 0  # latents drawn since the last new candidate
     # (closing: waits for the round being solved ahead and restores torch's thread count, also
     # when this loop raises)
@@ -312,6 +313,9 @@ def _examine(d: _Draw, cell: Cell | None, repaired: bool | None, latent: np.ndar
     in_seed = d.seed_space.contains(cell) if d.novel_only and d.seed_space is not None else None
     if d.novel_only and in_seed:
         stats["in_seed_space_dropped"] += 1
+        return None
+    if d.exclude is not None and d.exclude(cell):
+        stats["excluded"] += 1
         return None
     counts = None
     if d.bounds:  # exact counts only when a bound needs them before selection
@@ -376,7 +380,8 @@ def sample_with_info(reference: Any, condition: Mapping[str, Any] | None = None,
                      novel_only: bool = False, device: str | torch.device = "cpu",
                      model: str | os.PathLike | SamplingModel | None = None, *, chunk: int = DEFAULT_CHUNK,
                      max_draws: int | None = None, oversample: float = DEFAULT_OVERSAMPLE,
-                     progress: bool | None = None) -> tuple[list[SampledCell], dict[str, Any]]:
+                     progress: bool | None = None,
+                     exclude: Callable[[Cell], bool] | None = None) -> tuple[list[SampledCell], dict[str, Any]]:
     """:func:`sample`, plus a dict describing the run: the reference, its predicted attributes,
     the condition targets, and how many latents were drawn, repaired, dropped (and why)."""
     _check_args(n, temperature, seed, novel_only, chunk, max_draws, oversample)
@@ -390,7 +395,9 @@ def sample_with_info(reference: Any, condition: Mapping[str, Any] | None = None,
     c_std = condition_vector(m.conditions, targets, ref_pred)  # [A]
     p = m.flow
     bounds = [t for t in targets.values() if t.attribute in COUNT_ATTRIBUTES and t.kind in ("at_most", "at_least")]
-    d = _Draw(m, c_std[None].to(p.device, p.dtype), seed_space, novel_only, bounds, ExactCounts(sp.skeleton))
+    if exclude is not None and not callable(exclude):
+        raise ValueError(f"exclude must be None or a function cell -> bool, got {type(exclude).__name__}")
+    d = _Draw(m, c_std[None].to(p.device, p.dtype), seed_space, novel_only, bounds, ExactCounts(sp.skeleton), exclude)
     _refuse_impossible_bounds(bounds, sp, d.counts)  # (the space's facts first: the more exact message)
     _refuse_uncovered_targets(m.conditions, targets, c_std)
     limit = max_draws if max_draws is not None else math.ceil(max(100 * n, 10 * chunk) / chunk) * chunk
@@ -426,7 +433,7 @@ def sample(reference: Any, condition: Mapping[str, Any] | None = None, n: int = 
            novel_only: bool = False, device: str | torch.device = "cpu",
            model: str | os.PathLike | SamplingModel | None = None, *, chunk: int = DEFAULT_CHUNK,
            max_draws: int | None = None, oversample: float = DEFAULT_OVERSAMPLE,
-           progress: bool | None = None) -> list[SampledCell]:
+           progress: bool | None = None, exclude: Callable[[Cell], bool] | None = None) -> list[SampledCell]:
     """``n`` distinct new cells around ``reference`` under ``condition``
     (:mod:`cgnf_fast.sampling.sampler` describes each step).
 
@@ -453,9 +460,12 @@ def sample(reference: Any, condition: Mapping[str, Any] | None = None, n: int = 
             drawn, in draw order).
         progress: a bar on stderr over the cells gathered, shown once a call has run for a
             second (None: only when stderr is a terminal).
+        exclude: a function ``cell -> bool``; cells for which it is true are dropped like
+            ``novel_only``'s (e.g. a seed space of your own).
 
     Returns:
         ``n`` :class:`SampledCell`, closest to the condition first.
     """
     return sample_with_info(reference, condition, n, space, temperature, seed, novel_only, device, model,
-                            chunk=chunk, max_draws=max_draws, oversample=oversample, progress=progress)[0]
+                            chunk=chunk, max_draws=max_draws, oversample=oversample, progress=progress,
+                            exclude=exclude)[0]

@@ -207,7 +207,8 @@ def evaluate_run(vae: GraphVAE, data: dict[str, torch.Tensor], n_prior: int = 10
         cells = codec.decode(adj, ops)
         z, _ = vae.model.encode(adj.to(vae.device), ops.to(vae.device), vae.backend)
         back = vae.decode(z)
-        exact = sum(a.canonical_code() == b.canonical_code() for a, b in zip(cells, back))
+        # (a decoded cell the space cannot repair is None: not a reconstruction)
+        exact = sum(b is not None and a.canonical_code() == b.canonical_code() for a, b in zip(cells, back))
         out[f"{key}_reconstruction"] = {"n": len(cells), "exact": exact, "rate": exact / len(cells)}
         if key == "val":
             pred = vae.model.predict(z).double().cpu()
@@ -220,7 +221,7 @@ def evaluate_run(vae: GraphVAE, data: dict[str, torch.Tensor], n_prior: int = 10
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(n_prior, vae.cfg.latent, generator=g)
     cells = vae.decode(z)
-    valid = [c for c in cells if vae.space.contains(c) and not c.is_zero]
+    valid = [c for c in cells if c is not None and vae.space.contains(c) and not c.is_zero]
     nets = {c.network_code() for c in valid}
     out["prior"] = {"n": n_prior, "valid": len(valid), "validity": len(valid) / n_prior,
                     "unique_networks": len(nets), "uniqueness": len(nets) / max(len(valid), 1)}
