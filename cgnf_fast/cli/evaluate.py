@@ -135,13 +135,16 @@ def _add_beyond(evs: argparse._SubParsersAction) -> None:
     eb.add_argument("--seeds", type=pos_int, default=10, help="sampling seeds (default 10)")
     eb.add_argument("--n", type=pos_int, default=20, help="cells per set (default 20)")
     eb.add_argument("--md", help="write the markdown table here")
+    eb.add_argument("--png", help="write the per-rule plot here (needs matplotlib)")
     eb.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
     eb.set_defaults(func=_beyond)
 
 
 def _beyond(args: argparse.Namespace) -> int:
-    from ..searching.beyond import BeyondConfig, run_beyond, to_markdown
+    from ..searching.beyond import BeyondConfig, plot_beyond, run_beyond, to_markdown
 
+    if args.png:
+        check_png(args.png)
     table = args.table
     if table is None:
         root = os.environ.get("CGNF_DATA_DIR")
@@ -158,6 +161,8 @@ def _beyond(args: argparse.Namespace) -> int:
     md = to_markdown(result)
     if args.md:
         Path(args.md).write_text(md)
+    if args.png:
+        plot_beyond(result, args.png)
     print(md)
     return 0
 
