@@ -156,3 +156,25 @@ def test_an_empty_baseline_is_reported_not_tested(dom, ops):
     s = beyond._summary(rows, 3)
     assert s["methods"]["params"] == {"seeds": 3, "k": 0, "empty": True}
     assert "generated_vs_params" not in s["paired_tests"]
+
+
+def test_aim_condition_moves_the_condition_up_the_values():
+    """Values that grow with the predicted synflow: the aimed condition asks for more synflow than
+    the reference's own prediction; bad input is refused."""
+    from cgnf_fast import Cell
+    from cgnf_fast.sampling import aim_condition
+    from cgnf_fast.sampling.model import SamplingModel, default_model_dir
+    from cgnf_fast.space import get as get_space
+
+    model = SamplingModel.load(default_model_dir("nb201-like"))
+    cells = get_space("nb201").sample(30, seed=4, unique=True)
+    pred = model.vae.predict(cells)
+    ref_pred = model.vae.predict([Cell.from_nb201(beyond_ref := "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|"
+                                                                "+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|")])
+    cond = aim_condition(beyond_ref, cells, list(pred["synflow"]), model=model)
+    assert set(cond) == set(model.conditions.names)
+    assert cond["synflow"] > float(ref_pred["synflow"][0])
+    with pytest.raises(ValueError, match="values must be"):
+        aim_condition(beyond_ref, cells, [1.0] * 3, model=model)
+    with pytest.raises(ValueError, match="at least 2 cells"):
+        aim_condition(beyond_ref, cells[:1], [1.0], model=model)

@@ -25,7 +25,8 @@ from .model import (NoDefaultModelError, SamplingModel, default_model_dir, expor
                     shipped_spaces)
 from .reference import BEST_NB101, BEST_NB101_HASH, BEST_NB201, BEST_NB201_INDEX, resolve_reference
 from .rounds import draw_round
-from .sampler import DEFAULT_CHUNK, DEFAULT_OVERSAMPLE, SampledCell, SamplingError, sample, sample_with_info
+from .sampler import (DEFAULT_CHUNK, DEFAULT_OVERSAMPLE, SampledCell, SamplingError, aim_condition, sample,
+                      sample_with_info)
 
 __all__ = [
     "BEST_NB101",
@@ -41,6 +42,7 @@ __all__ = [
     "SamplingError",
     "SamplingModel",
     "Target",
+    "aim_condition",
     "cell_text",
     "decode_logits",
     "default_model_dir",

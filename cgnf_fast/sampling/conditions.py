@@ -377,3 +377,12 @@ class FlowConditions:
         if unknown or missing:
             raise ValueError(f"conditions: unknown keys {unknown}, missing keys {missing}")
         return cls(**d)
+
+
+def ridge_step(c: torch.Tensor, y: torch.Tensor, c_from: torch.Tensor, step: float) -> torch.Tensor:
+    """``c_from [A]`` moved ``step`` along the unit ridge-regression direction (penalty 1) of the
+    values ``y [n]`` on the conditions ``c [n, A]`` (in the flow's standardised condition space,
+    so a step of 1 is one standard deviation of the training conditions)."""
+    cc = c - c.mean(0)
+    w = torch.linalg.solve(cc.T @ cc + torch.eye(c.shape[1], dtype=c.dtype), cc.T @ (y - y.mean()))
+    return c_from + step * w / w.norm().clamp_min(1e-12)

@@ -48,7 +48,7 @@ import contextlib
 import math
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,7 +63,7 @@ from ..space import NB101_OPS, NB201_NODE_OPS, Cell, DesignSpace, batch_from_cel
 from ..space import MAX_NODES, cell_network_codes
 from ..space import get as get_space
 from ..space import names as space_names
-from .conditions import COUNT_ATTRIBUTES, FlowConditions, Target, condition_vector, parse_condition
+from .conditions import COUNT_ATTRIBUTES, FlowConditions, Target, condition_vector, parse_condition, ridge_step
 from .model import SamplingModel, resolve_model
 from .reference import resolve_reference
 from .rounds import _rounds
@@ -469,3 +469,35 @@ def sample(reference: Any, condition: Mapping[str, Any] | None = None, n: int = 
     return sample_with_info(reference, condition, n, space, temperature, seed, novel_only, device, model,
                             chunk=chunk, max_draws=max_draws, oversample=oversample, progress=progress,
                             exclude=exclude)[0]
+
+
+def aim_condition(reference: Any, cells: Sequence[Any], values: Sequence[float], *, step: float = 1.0,
+                  space: str | DesignSpace = "nb201-like", model: str | os.PathLike | SamplingModel | None = None,
+                  device: str | torch.device = "cpu") -> dict[str, float]:
+    """A ``condition`` for :func:`sample` that asks for cells better than ``reference`` by your
+    own measurements: the reference's predicted attributes moved ``step`` standard deviations (of
+    the flow's training conditions) along the ridge-regression direction of ``values`` (larger is
+    better) on the predicted attributes of ``cells`` (cells you measured, e.g. a seed space's).
+
+    ``cgnf evaluate beyond`` measured it (as "aimed", ``step=1``): it helped on one of four
+    seed spaces and hurt on three, so :func:`sample` does not aim by default (docs/results.md).
+
+    Returns attribute -> value (store units), for ``sample(reference, condition=...)``.
+    """
+    if isinstance(cells, (str, bytes)) or not isinstance(cells, Sequence) or len(cells) < 2:
+        raise ValueError("cells must be a list of at least 2 cells (the measured ones)")
+    y = np.asarray(values, dtype=np.float64)
+    if y.shape != (len(cells),) or not np.isfinite(y).all():
+        raise ValueError(f"values must be {len(cells)} finite numbers, one per cell; got {len(y)} values")
+    if not isinstance(step, (int, float)) or isinstance(step, bool) or not math.isfinite(step):
+        raise ValueError(f"step must be a finite number, got {step!r}")
+    sp = get_space(space)
+    m = resolve_model(model, sp, device)
+    ref = resolve_reference(reference, sp)
+    names = m.conditions.names
+    pred = m.vae.predict([c if isinstance(c, Cell) else resolve_reference(c, sp) for c in cells])
+    raw = torch.tensor(np.stack([np.asarray(pred[a], dtype=np.float64) for a in names], 1))
+    ref_pred = m.vae.predict([ref])
+    c_ref = m.conditions.to_flow(torch.tensor([[float(ref_pred[a][0]) for a in names]])).double()[0]
+    target = ridge_step(m.conditions.to_flow(raw).double(), torch.from_numpy(y), c_ref, float(step))
+    return dict(zip(names, m.conditions.from_flow(target[None])[0].tolist()))

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..sampling.conditions import ridge_step as aimed_target  # the step of the module doc's step 2
 from .baselines import Searcher, rank_mean
 from .domain import NB201Domain
 from .surrogate import GaussianProcess, expected_improvement
@@ -89,15 +90,6 @@ def latent_pca(z: torch.Tensor, k: int = 8) -> tuple[torch.Tensor, torch.Tensor,
     mean, std = z.mean(0), z.std(0).clamp_min(1e-9)
     _, _, v = torch.linalg.svd((z - mean) / std, full_matrices=False)
     return mean, std, v[:k].T
-
-
-def aimed_target(c: torch.Tensor, y: torch.Tensor, c_best: torch.Tensor, step: float) -> torch.Tensor:
-    """Step 2 (module doc): the best network's conditions ``c_best [A]`` moved ``step`` standard
-    deviations along the ridge-regression direction of the results ``y [n]`` on the measured
-    networks' conditions ``c [n, A]``."""
-    cc = c - c.mean(0)
-    w = torch.linalg.solve(cc.T @ cc + torch.eye(c.shape[1], dtype=c.dtype), cc.T @ (y - y.mean()))
-    return c_best + step * w / w.norm().clamp_min(1e-12)
 
 
 def _finite(v: np.ndarray) -> np.ndarray:
