@@ -288,8 +288,12 @@ def test_benchmark_accuracy(shared_data):
     best = Cell.from_nb201(BEST_NB201)
     got = benchmark_accuracy([best, Cell.from_nb101(*BEST_NB101)], "nb201", shared_data)
     assert got[0] == pytest.approx(94.37, abs=0.01) and got[1] is None
-    nb101 = benchmark_accuracy([Cell.from_nb101(*BEST_NB101)], "nb101", shared_data)
-    assert nb101[0] is not None and 90 < nb101[0] < 96
+    # NB101: test accuracy of the 30 NASLib records (their best, 92.97 %); the reference (best of the
+    # shared data by validation accuracy) has none there
+    rec = json.loads((shared_data / "nb101" / "naslib_nb101_dummy_30.json").read_text())["ff9707907f5c17ef8f80cc68fff30f74"]
+    nb101 = benchmark_accuracy([Cell.from_nb101(rec["module_adjacency"], rec["module_operations"]),
+                                Cell.from_nb101(*BEST_NB101)], "nb101", shared_data)
+    assert nb101[0] == pytest.approx(92.97, abs=0.01) and nb101[1] is None
 
 
 # -- CLI ------------------------------------------------------------------------------------
