@@ -279,6 +279,12 @@ def test_cell_sets_are_distinct_and_exclude_the_reference():
         assert len(cells) == 5 and len(set(codes)) == 5, name
         assert ref.network_code() not in codes and not any(c.is_zero for c in cells)
     assert all(seed_sp.contains(c) for c in sets["random-seed"] + sets["neighbours"])
+    # random-params: within 10 % of the reference's exact parameter count
+    from cgnf_fast.nets import ExactCounts
+
+    counts = ExactCounts("nb201")
+    target = counts.get(ref.pruned(), ref.pruned().network_code())[0]
+    assert all(abs(counts.get(c, c.network_code())[0] - target) <= 0.1 * target for c in sets["random-params"])
     with pytest.raises(ValueError, match="unknown cell sets"):
         cell_sets("nb201-like", "best", n=5, sets=["lucky"])
 

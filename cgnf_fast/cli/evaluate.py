@@ -111,8 +111,9 @@ def _add_upper_bound_and_transfer(evs: argparse._SubParsersAction) -> None:
         e.add_argument("--png", help="write the per-set plot here")
     eu.add_argument("--task", default="cifar10", help="cifar10 (shared JPEGs), a folder with train/ and test/ "
                     "class folders, or an .npz/.safetensors file (default cifar10)")
-    eu.add_argument("--sets", default=",".join(("generated", "random-extended", "random-seed", "neighbours")),
-                    help="cell sets to train (default: all four)")
+    eu.add_argument("--sets", default=",".join(("generated", "random-extended", "random-params", "random-seed",
+                                                "neighbours")),
+                    help="cell sets to train (default: all five)")
     et.add_argument("--task", required=True, help="a folder with train/ and test/ class folders, or an "
                     ".npz/.safetensors file with x_train, y_train, x_test, y_test")
     et.add_argument("--loss", choices=("cross_entropy", "mse"), help="default: by the labels' dtype")

@@ -2,12 +2,14 @@
 transfer experiment (its Table 1): ``cgnf evaluate upper-bound`` and ``cgnf evaluate transfer``.
 
 A reference cell (default: the best NB201 cell for ``nb201-like``, the best shared NB101 cell
-for ``nb101-like``) and four sets of ``n`` distinct networks each, all trained with the same
+for ``nb101-like``) and five sets of ``n`` distinct networks each, all trained with the same
 task, protocol and seeds (:mod:`cgnf_fast.evaluate.protocol`):
 
 * ``generated``: :func:`cgnf_fast.sample` from the reference (its own predicted attributes as
   the condition), what the library proposes;
 * ``random-extended``: uniform draws of the extended space (its labelled-graph distribution);
+* ``random-params``: the same draws, kept when their exact parameter count is within 10 % of the
+  reference's (capacity matched: parameters alone rank NB201 cells at Spearman 0.75);
 * ``random-seed``: uniform draws of the seed space (NB201 indices; NB101 labelled graphs);
 * ``neighbours``: the seed-space cells closest to the reference: for NB201, the strings at
   Hamming distance 1, then 2, ... from the reference's string (ties in seeded random order);
@@ -45,7 +47,7 @@ from .tasks import Task
 __all__ = ["SETS", "benchmark_accuracy", "cell_sets", "neighbours", "run_upper_bound", "summary_markdown",
            "plot_upper_bound"]
 
-SETS = ("generated", "random-extended", "random-seed", "neighbours")
+SETS = ("generated", "random-extended", "random-params", "random-seed", "neighbours")
 
 
 def _data_dir(data_dir: str | os.PathLike | None) -> Path | None:
@@ -137,6 +139,25 @@ def neighbours(reference: Cell, seed_space, n: int, seed: int = 0, max_distance:
     return out
 
 
+def _params_matched(sp: Any, ref: Cell, n: int, seed: int, distinct: Any, tolerance: float = 0.1,
+                    draws: int = 200) -> list[Cell]:
+    """``n`` distinct random cells of ``sp`` whose exact parameter count is within ``tolerance``
+    of the reference's, from up to ``draws * n`` uniform draws (fewer when that many do not hold
+    ``n``: the caller refuses a short set)."""
+    from ..nets import ExactCounts
+
+    counts = ExactCounts(sp.skeleton)
+    target = counts.get(ref.pruned(), ref.pruned().network_code())[0]
+    keep: list[Cell] = []
+    for round_ in range(8):
+        batch = sp.sample(draws * n // 8, seed=seed + 7919 * (round_ + 1), unique=True)
+        keep += [c for c in batch if abs(counts.get(c, c.network_code())[0] - target) <= tolerance * target]
+        got = distinct(keep)
+        if len(got) >= n:
+            return got
+    return distinct(keep)
+
+
 def cell_sets(space: str = "nb201-like", reference: Any = "best", n: int = 20, seed: int = 0, model: Any = None,
               sets: Sequence[str] = SETS, device: str = "cpu") -> tuple[Cell, dict[str, list[Cell]]]:
     """The reference and the requested cell sets (module doc)."""
@@ -175,6 +196,8 @@ def cell_sets(space: str = "nb201-like", reference: Any = "best", n: int = 20, s
             out[name] = got
         elif name == "random-extended":
             out[name] = distinct(sp.sample(3 * n + 2, seed=seed, unique=True))
+        elif name == "random-params":
+            out[name] = _params_matched(sp, ref, n, seed, distinct)
         elif name == "random-seed":
             out[name] = distinct(seed_sp.sample(3 * n + 2, seed=seed, unique=True))
         else:

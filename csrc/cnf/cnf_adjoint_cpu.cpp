@@ -69,6 +69,10 @@ struct AProblem {
   std::vector<T> gb, hb;  // per layer at ctx_off[l]: g + G[:, 0] t, H[:, 0] t
   std::vector<int64_t> ctx_off;
   int64_t max_width = 0;
+  // exact divergence with hidden layers: D padded to whole vectors (dp), W_0 [w_1][dp] and the
+  // last layer's W^T [w_{L-1}][dp], zero-padded, so a row's D probes are whole vectors
+  int64_t dp = 0;
+  std::vector<T> W0p, WLt;
 };
 
 // A thread's weight-gradient sums: per layer W [round_up(out, 12)][round_up(in, lanes)] (padding
@@ -77,9 +81,11 @@ template <typename T>
 struct Acc {
   std::vector<std::vector<T>> W, b, G, g, H;
   std::vector<int64_t> ldw;
+  std::vector<T> WLt;  // exact: the last layer's W sums, transposed [w_{L-1}][dp]
   T t = T(0);
   Acc(const AProblem<T>& p, int64_t nr_pad, int64_t lanes) {
     const int64_t cs = 1 + p.C;
+    if (p.dp) WLt.assign(size_t(p.layers.back().in * p.dp), T(0));
     for (const ALayer<T>& ly : p.layers) {
       const int64_t ld = round_up(ly.in, lanes);
       ldw.push_back(ld);
@@ -283,45 +289,55 @@ CGNF_INLINE T exact_row(const AProblem<T>& p, AScratch<T, VB, NR>& s, Acc<T>& ac
     }
   }
   const T* JL = s.J[nl - 1];
+  const T* WLt = p.WLt.data();  // [in][DP]
+  alignas(64) T dg[kCnfMaxExactLatent + 64 / sizeof(T)] = {};  // (W_L J_L)_dd, a vector per L probes
+  for (int64_t k = 0; k < lz.in; ++k)
+    for (int64_t v = 0; v < nvd; ++v) {
+      V acc_v, w, j;
+      loadv(acc_v, dg + v * L);
+      loadv(w, WLt + k * DP + v * L);
+      loadv(j, JL + k * DP + v * L);
+      storev(dg + v * L, acc_v + w * j);
+    }
   T total = T(0);
   for (int64_t d = 0; d < D; ++d) {  // tr(diag(gate) W_L J_L)
-    const T* wd = lz.W + d * lz.in;
-    T dot = T(0);
-    for (int64_t k = 0; k < lz.in; ++k) dot += wd[k] * JL[k * DP + d];
-    total += gz[d * MB + r] * dot;
-    if (a != T(0)) s.gateb[nl - 1][d * MB + r] += a * dot;
+    total += gz[d * MB + r] * dg[d];
+    if (a != T(0)) s.gateb[nl - 1][d * MB + r] += a * dg[d];
   }
   if (a == T(0)) return total;
   T* Jb = s.Jb0;
   T* Jb2 = s.Jb1;
-  {
-    T* wb = acc.W[nl - 1].data();
-    const int64_t ld = acc.ldw[nl - 1];
+  {  // Jbar_L[k, d] = a gate_d W_L[d, k]; Wbar_L^T[k, d] += a gate_d J_L[k, d] (summed transposed)
+    alignas(64) T ag[kCnfMaxExactLatent + 64 / sizeof(T)] = {};
+    for (int64_t d = 0; d < D; ++d) ag[d] = a * gz[d * MB + r];
+    T* wbt = acc.WLt.data();
     for (int64_t k = 0; k < lz.in; ++k)
-      for (int64_t d = DP - 1; d >= D; --d) Jb[k * DP + d] = T(0);
-    for (int64_t d = 0; d < D; ++d) {
-      const T ag = a * gz[d * MB + r];
-      const T* wd = lz.W + d * lz.in;
-      for (int64_t k = 0; k < lz.in; ++k) {
-        wb[d * ld + k] += ag * JL[k * DP + d];
-        Jb[k * DP + d] = ag * wd[k];
+      for (int64_t v = 0; v < nvd; ++v) {
+        V g, w, j, b;
+        loadv(g, ag + v * L);
+        loadv(w, WLt + k * DP + v * L);
+        loadv(j, JL + k * DP + v * L);
+        loadv(b, wbt + k * DP + v * L);
+        storev(Jb + k * DP + v * L, g * w);
+        storev(wbt + k * DP + v * L, b + g * j);
       }
-    }
   }
   for (int64_t l = nl - 2; l >= 0; --l) {
     const ALayer<T>& ly = p.layers[l];
     const T* Ql = l == 0 ? nullptr : s.Q[l];
     T* sb = s.sbar[l];
-    for (int64_t n = 0; n < ly.out; ++n) {
+    for (int64_t n = 0; n < ly.out; ++n) {  // sbar_l[n] = <Jbar[n, :], Q_l[n, :]>, Qbar = s_l Jbar
       const T sc = scale(l, n);
-      const T* q = l == 0 ? ly.W + n * D : Ql + n * DP;
-      T acc_s = T(0);
-      for (int64_t d = 0; d < D; ++d) {
-        acc_s += Jb[n * DP + d] * q[d];
-        s.Qb[n * DP + d] = sc * Jb[n * DP + d];
+      const T* q = l == 0 ? p.W0p.data() + n * DP : Ql + n * DP;
+      V acc_v{};
+      for (int64_t v = 0; v < nvd; ++v) {
+        V jb, qv;
+        loadv(jb, Jb + n * DP + v * L);
+        loadv(qv, q + v * L);
+        acc_v += jb * qv;
+        storev(s.Qb + n * DP + v * L, sc * jb);
       }
-      for (int64_t d = D; d < DP; ++d) s.Qb[n * DP + d] = T(0);
-      sb[n * MB + r] += acc_s;
+      sb[n * MB + r] += hsum<T, VB>(acc_v);
     }
     if (l == 0) {
       T* wb = acc.W[0].data();
@@ -546,6 +562,18 @@ void run(AProblem<T>& p, const std::vector<T*>& gw, T* gt, int64_t num_threads) 
 #endif
   const int64_t lanes = vb / int64_t(sizeof(T)), MB = 2 * lanes;
   const int64_t tiles = (p.B + MB - 1) / MB;
+  if (p.divergence == kCnfExact && p.layers.size() > 1) {
+    const int64_t D = p.D, dp = round_up(D, lanes);
+    const ALayer<T>& l0 = p.layers.front();
+    const ALayer<T>& lz = p.layers.back();
+    p.dp = dp;
+    p.W0p.assign(size_t(l0.out * dp), T(0));
+    for (int64_t n = 0; n < l0.out; ++n)
+      for (int64_t d = 0; d < D; ++d) p.W0p[n * dp + d] = l0.W[n * D + d];
+    p.WLt.assign(size_t(lz.in * dp), T(0));
+    for (int64_t d = 0; d < D; ++d)
+      for (int64_t k = 0; k < lz.in; ++k) p.WLt[k * dp + d] = lz.W[d * lz.in + k];
+  }
   int64_t macs = 0;  // per batch row, as the forward kernel counts them (x3: forward, W^T, W sums)
   for (const ALayer<T>& ly : p.layers) macs += 3 * ly.out * (ly.in + 2 * p.C + 16);
   if (p.divergence == kCnfHutchinson) macs *= 2;
@@ -574,10 +602,14 @@ void run(AProblem<T>& p, const std::vector<T*>& gw, T* gt, int64_t num_threads) 
                   gw.empty() ? nullptr : gw[5 * l + 2], gw.empty() ? nullptr : gw[5 * l + 3],
                   gw.empty() ? nullptr : gw[5 * l + 4]};
     if (outs[0]) {
+      const bool tr = p.dp && l == nl - 1;  // the exact divergence's part of the last layer, transposed
       for (int64_t n = 0; n < ly.out; ++n)
         for (int64_t k = 0; k < ly.in; ++k) {
           T s = T(0);
-          for (auto& pa : parts) s += pa.second->W[l][n * pa.second->ldw[l] + k];
+          for (auto& pa : parts) {
+            s += pa.second->W[l][n * pa.second->ldw[l] + k];
+            if (tr) s += pa.second->WLt[k * p.dp + n];
+          }
           outs[0][n * ly.in + k] = s;
         }
     }
