@@ -302,6 +302,17 @@ def _flatten(weights: object) -> list[torch.Tensor]:
     return [x for lw in weights for x in lw]
 
 
+def _check_call(backend: str, divergence: str | None, z: object, weights: object) -> list[torch.Tensor]:
+    """The checks every public entry point makes first; returns the flat weights."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(map(repr, BACKENDS))}")
+    if divergence not in DIVERGENCES:
+        raise ValueError(f"divergence must be None, 'exact' or 'hutchinson', got {divergence!r}")
+    if not isinstance(z, torch.Tensor):
+        raise ValueError(f"z must be a torch.Tensor [B, D] float32 or float64, got {type(z).__name__}")
+    return _flatten(weights)
+
+
 def as_time(t: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """The time as a one-element tensor ``[1]`` of ``like``'s dtype and device (differentiable
     when ``t`` is a tensor that requires grad)."""
@@ -352,13 +363,7 @@ def cnf_dynamics(
         backend: ``"native"`` (csrc/cnf) or ``"torch"`` (``cgnf_fast.reference.cnf.cnf_dynamics``);
             both validate alike, except that the limits on widths and D bind the native one only.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(map(repr, BACKENDS))}")
-    if divergence not in DIVERGENCES:
-        raise ValueError(f"divergence must be None, 'exact' or 'hutchinson', got {divergence!r}")
-    if not isinstance(z, torch.Tensor):
-        raise ValueError(f"z must be a torch.Tensor [B, D] float32 or float64, got {type(z).__name__}")
-    flat = _flatten(weights)
+    flat = _check_call(backend, divergence, z, weights)
     if isinstance(t, torch.Tensor):
         tt = t
     elif isinstance(t, (int, float)) and not isinstance(t, bool):
@@ -400,13 +405,7 @@ def cnf_dynamics_vjp(
         -> ``(dz/dt [B, D], div [B] or None, g_t [1], g_z [B, D], g_c [B, C], g_weights)`` with
         ``g_weights`` per layer ``(gW, gb, gG, gg, gH)`` shaped as the weights.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(map(repr, BACKENDS))}")
-    if divergence not in DIVERGENCES:
-        raise ValueError(f"divergence must be None, 'exact' or 'hutchinson', got {divergence!r}")
-    if not isinstance(z, torch.Tensor):
-        raise ValueError(f"z must be a torch.Tensor [B, D] float32 or float64, got {type(z).__name__}")
-    flat = _flatten(weights)
+    flat = _check_call(backend, divergence, z, weights)
     tt = t if isinstance(t, torch.Tensor) else as_time(t, z) if z.dtype in _DTYPES else torch.tensor([float(t)])
     if divergence is None:
         if g_div is not None:

@@ -73,6 +73,20 @@ inline void check_cnf(const char* op, int64_t B, int64_t C, const std::vector<in
   for (auto [p, name] : ptrs) check_ptr(p, name, B);
 }
 
+// The argument checks of the adjoint entry points (CPU and CUDA alike).
+inline void check_cnf_adjoint(int64_t B, int64_t C, const std::vector<int64_t>& weights,
+                              const std::vector<int64_t>& widths, int64_t activation, int64_t divergence, int64_t t,
+                              int64_t z, int64_t c, int64_t noise, int64_t a_z, int64_t a_div,
+                              const std::vector<int64_t>& g_weights) {
+  check_cnf("cnf_adjoint", B, C, weights, widths, activation, divergence, {{z, "z"}, {a_z, "a_z"}});
+  check_ptr(t, "t", 1);
+  if (C > 0) check_ptr(c, "c", B);
+  if (divergence != kCnfNone) check_ptr(a_div, "a_div", B);
+  if (divergence == kCnfHutchinson) check_ptr(noise, "noise", B);
+  check_arg(g_weights.empty() || g_weights.size() == weights.size(),
+            "cnf_adjoint: g_weights must be empty or hold one pointer (or 0) per weight");
+}
+
 void cnf_dynamics_fwd_cpu(int64_t t, int64_t z, int64_t c, int64_t noise, const std::vector<int64_t>& weights,
                           const std::vector<int64_t>& widths, int64_t dz, int64_t div, int64_t B, int64_t C,
                           int64_t activation, int64_t divergence, bool float64, int64_t num_threads);

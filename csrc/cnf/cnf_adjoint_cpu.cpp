@@ -652,16 +652,7 @@ void launch(int64_t t, int64_t z, int64_t c, int64_t noise, const std::vector<in
   p.divergence = divergence;
   p.t = *reinterpret_cast<const T*>(t);
   const size_t nl = widths.size() - 1;
-  for (size_t l = 0; l < nl; ++l) {
-    ALayer<T> ly;
-    ly.W = reinterpret_cast<const T*>(weights[5 * l]);
-    ly.b = reinterpret_cast<const T*>(weights[5 * l + 1]);
-    ly.G = reinterpret_cast<const T*>(weights[5 * l + 2]);
-    ly.g = reinterpret_cast<const T*>(weights[5 * l + 3]);
-    ly.H = reinterpret_cast<const T*>(weights[5 * l + 4]);
-    ly.in = widths[l], ly.out = widths[l + 1];
-    p.layers.push_back(std::move(ly));
-  }
+  layer_table<T>(weights, widths, p.layers, [](ALayer<T>&, size_t) {});
   for (int64_t w : widths) p.max_width = std::max(p.max_width, w);
   std::vector<T*> gw;
   for (int64_t q : g_weights) gw.push_back(reinterpret_cast<T*>(q));
@@ -684,13 +675,7 @@ void cnf_adjoint_cpu(int64_t t, int64_t z, int64_t c, int64_t noise, const std::
                      const std::vector<int64_t>& widths, int64_t a_z, int64_t a_div, int64_t dz, int64_t div,
                      int64_t g_t, int64_t g_z, int64_t g_c, const std::vector<int64_t>& g_weights, int64_t B,
                      int64_t C, int64_t activation, int64_t divergence, bool float64, int64_t num_threads) {
-  check_cnf("cnf_adjoint", B, C, weights, widths, activation, divergence, {{z, "z"}, {a_z, "a_z"}});
-  check_ptr(t, "t", 1);
-  if (C > 0) check_ptr(c, "c", B);
-  if (divergence != kCnfNone) check_ptr(a_div, "a_div", B);
-  if (divergence == kCnfHutchinson) check_ptr(noise, "noise", B);
-  check_arg(g_weights.empty() || g_weights.size() == weights.size(),
-            "cnf_adjoint: g_weights must be empty or hold one pointer (or 0) per weight");
+  check_cnf_adjoint(B, C, weights, widths, activation, divergence, t, z, c, noise, a_z, a_div, g_weights);
   if (float64)
     launch<double>(t, z, c, noise, weights, widths, a_z, a_div, dz, div, g_t, g_z, g_c, g_weights, B, C, activation,
                    divergence, num_threads);

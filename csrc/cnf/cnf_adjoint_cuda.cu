@@ -450,13 +450,7 @@ void cnf_adjoint_cuda(int64_t t, int64_t z, int64_t c, int64_t noise, const std:
                       int64_t g_t, int64_t g_z, int64_t g_c, const std::vector<int64_t>& g_weights, int64_t workspace,
                       int64_t workspace_size, int64_t B, int64_t C, int64_t activation, int64_t divergence,
                       bool float64, int64_t stream) {
-  check_cnf("cnf_adjoint", B, C, weights, widths, activation, divergence, {{z, "z"}, {a_z, "a_z"}});
-  check_ptr(t, "t", 1);
-  if (C > 0) check_ptr(c, "c", B);
-  if (divergence != kCnfNone) check_ptr(a_div, "a_div", B);
-  if (divergence == kCnfHutchinson) check_ptr(noise, "noise", B);
-  check_arg(g_weights.empty() || g_weights.size() == weights.size(),
-            "cnf_adjoint: g_weights must be empty or hold one pointer (or 0) per weight");
+  check_cnf_adjoint(B, C, weights, widths, activation, divergence, t, z, c, noise, a_z, a_div, g_weights);
   const int64_t need = cnf_adjoint_workspace_cuda(B, widths, C, divergence);
   check_arg(workspace_size >= need, "cnf_adjoint: the workspace is smaller than cnf_adjoint_workspace_cuda()");
   check_ptr(workspace, "workspace", need);

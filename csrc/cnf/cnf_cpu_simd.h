@@ -7,6 +7,8 @@
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
+#include <utility>
+#include <vector>
 
 #include "../common/simd.h"
 
@@ -153,14 +155,20 @@ CGNF_INLINE Vec<T, VB> vsoftplus(Vec<T, VB> x) {
 // NR x V accumulators, stored, then the epilogue runs over the block while it is in L1 (rows
 // n0 + i < N only). (Running it on the registers directly measured no faster and unrolls the
 // epilogue NR x V times.)
-template <typename T, int VB, int NR, int V, typename Epi>
-CGNF_INLINE void micro(const T* const* w, int64_t K, const T* X, int64_t xs, T* Y, int64_t ys, int64_t n0,
-                       int64_t N, int v0, Epi& epi) {
+// The NR x V register block of Y = W X (kAcc: Y += W X), stored into Y's rows (NR rows, also
+// past N: the callers' buffers have the padding).
+template <typename T, int VB, int NR, int V, bool kAcc>
+CGNF_INLINE void block(const T* const* w, int64_t K, const T* X, int64_t xs, T* Y, int64_t ys) {
   constexpr int L = VB / sizeof(T);
   using Vt = Vec<T, VB>;
   Vt acc[NR][V];
   for (int i = 0; i < NR; ++i)
-    for (int v = 0; v < V; ++v) acc[i][v] = Vt{};
+    for (int v = 0; v < V; ++v) {
+      if constexpr (kAcc)
+        loadv(acc[i][v], Y + i * ys + v * L);
+      else
+        acc[i][v] = Vt{};
+    }
   for (int64_t k = 0; k < K; ++k) {
     Vt x[V];
     for (int v = 0; v < V; ++v) loadv(x[v], X + k * xs + v * L);
@@ -171,6 +179,17 @@ CGNF_INLINE void micro(const T* const* w, int64_t K, const T* X, int64_t xs, T* 
   }
   for (int i = 0; i < NR; ++i)
     for (int v = 0; v < V; ++v) storev(Y + i * ys + v * L, acc[i][v]);
+}
+
+// Y[n0 + i][v-th vector] = epi(n0 + i, v, sum_k w[i][k] * X[k][v-th vector]) for i < NR, v < V:
+// the block, then the epilogue over it while it is in L1 (rows n0 + i < N only). (Running it on
+// the registers directly measured no faster and unrolls the epilogue NR x V times.)
+template <typename T, int VB, int NR, int V, typename Epi>
+CGNF_INLINE void micro(const T* const* w, int64_t K, const T* X, int64_t xs, T* Y, int64_t ys, int64_t n0,
+                       int64_t N, int v0, Epi& epi) {
+  constexpr int L = VB / sizeof(T);
+  using Vt = Vec<T, VB>;
+  block<T, VB, NR, V, false>(w, K, X, xs, Y, ys);
   const int nr = int(std::min<int64_t>(NR, N - n0));
 #pragma GCC unroll 1
   for (int i = 0; i < nr; ++i)
@@ -199,25 +218,6 @@ CGNF_INLINE void gemm(const T* W, int64_t ldw, int64_t N, int64_t K, const T* X,
 
 // Y [N][nv vectors] += W [N, K] X [K][nv vectors]: gemm without an epilogue, accumulating into
 // Y (Y must have round_up(N, NR) rows: a block past N accumulates into Y's padding rows).
-template <typename T, int VB, int NR, int V>
-CGNF_INLINE void micro_acc(const T* const* w, int64_t K, const T* X, int64_t xs, T* Y, int64_t ys) {
-  constexpr int L = VB / sizeof(T);
-  using Vt = Vec<T, VB>;
-  Vt acc[NR][V];
-  for (int i = 0; i < NR; ++i)
-    for (int v = 0; v < V; ++v) loadv(acc[i][v], Y + i * ys + v * L);
-  for (int64_t k = 0; k < K; ++k) {
-    Vt x[V];
-    for (int v = 0; v < V; ++v) loadv(x[v], X + k * xs + v * L);
-    for (int i = 0; i < NR; ++i) {
-      const T wk = w[i][k];
-      for (int v = 0; v < V; ++v) acc[i][v] += wk * x[v];
-    }
-  }
-  for (int i = 0; i < NR; ++i)
-    for (int v = 0; v < V; ++v) storev(Y + i * ys + v * L, acc[i][v]);
-}
-
 template <typename T, int VB, int NR>
 CGNF_INLINE void gemm_acc(const T* W, int64_t ldw, int64_t N, int64_t K, const T* X, int64_t xs, int64_t nv, T* Y,
                           int64_t ys) {
@@ -226,12 +226,31 @@ CGNF_INLINE void gemm_acc(const T* W, int64_t ldw, int64_t N, int64_t K, const T
     const T* w[NR];
     for (int i = 0; i < NR; ++i) w[i] = W + std::min<int64_t>(n0 + i, N - 1) * ldw;
     int64_t v = 0;
-    for (; v + 2 <= nv; v += 2) micro_acc<T, VB, NR, 2>(w, K, X + v * L, xs, Y + n0 * ys + v * L, ys);
-    if (v < nv) micro_acc<T, VB, NR, 1>(w, K, X + v * L, xs, Y + n0 * ys + v * L, ys);
+    for (; v + 2 <= nv; v += 2) block<T, VB, NR, 2, true>(w, K, X + v * L, xs, Y + n0 * ys + v * L, ys);
+    if (v < nv) block<T, VB, NR, 1, true>(w, K, X + v * L, xs, Y + n0 * ys + v * L, ys);
   }
 }
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// A layer table from the flat weight pointers (W, b, G, g, H per layer; cnf.h's layout): each
+// entry's W, b, G, g, H, in and out set, then ``more(layer, l)`` for the caller's own fields.
+template <typename T, typename Layer, typename More>
+void layer_table(const std::vector<int64_t>& weights, const std::vector<int64_t>& widths, std::vector<Layer>& out,
+                 More&& more) {
+  const size_t nl = widths.size() - 1;
+  for (size_t l = 0; l < nl; ++l) {
+    Layer ly{};
+    ly.W = reinterpret_cast<const T*>(weights[5 * l]);
+    ly.b = reinterpret_cast<const T*>(weights[5 * l + 1]);
+    ly.G = reinterpret_cast<const T*>(weights[5 * l + 2]);
+    ly.g = reinterpret_cast<const T*>(weights[5 * l + 3]);
+    ly.H = reinterpret_cast<const T*>(weights[5 * l + 4]);
+    ly.in = widths[l], ly.out = widths[l + 1];
+    more(ly, l);
+    out.push_back(std::move(ly));
+  }
+}
 
 }  // namespace cnf_cpu
 }  // namespace cgnf

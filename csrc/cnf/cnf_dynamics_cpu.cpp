@@ -323,18 +323,10 @@ void launch(int64_t t, int64_t z, int64_t c, int64_t noise, const std::vector<in
   p.softplus = activation == kCnfSoftplus;
   p.divergence = divergence;
   const size_t nl = widths.size() - 1;
-  for (size_t l = 0; l < nl; ++l) {
-    Layer<T> ly;
-    ly.W = reinterpret_cast<const T*>(weights[5 * l]);
-    ly.b = reinterpret_cast<const T*>(weights[5 * l + 1]);
-    ly.G = reinterpret_cast<const T*>(weights[5 * l + 2]);
-    ly.g = reinterpret_cast<const T*>(weights[5 * l + 3]);
-    ly.H = reinterpret_cast<const T*>(weights[5 * l + 4]);
-    ly.in = widths[l], ly.out = widths[l + 1];
+  layer_table<T>(weights, widths, p.layers, [&](Layer<T>& ly, size_t l) {
     ly.s_off = p.hidden_sum;
     if (l + 1 < nl) p.hidden_sum += ly.out;
-    p.layers.push_back(ly);
-  }
+  });
   for (int64_t w : widths) p.max_width = std::max(p.max_width, w);
   if (B == 0) return;
   run(p, reinterpret_cast<const T*>(t), num_threads);
