@@ -359,7 +359,7 @@ def test_reference_forms_and_errors() -> None:
     assert b101.nb101_hash() == BEST_NB101_HASH
     # an NB101 (matrix, ops) pair, with op names or NB101's integer labels
     assert resolve_reference(BEST_NB101, "nb101") == b101
-    labels = [-1, 1, 1, 2, 0, -2]
+    labels = [-1, 0, 0, 0, 0, -2]  # NB101 labels: conv3x3 = 0, conv1x1 = 1, maxpool = 2
     assert resolve_reference((np.array(BEST_NB101[0]), labels), "nb101-like") == b101
     for ref, space, match in [
         ("nb201-best", "nb201-like", "unknown reference string 'nb201-best'"),
