@@ -46,7 +46,7 @@ def make_gvae_run(dest: Path, n_cells: int) -> None:
         shutil.copy2(f, dest / f.name)
     vae = GraphVAE.load(dest)
     cells = vae.space.sample(n_cells, seed=0)
-    adj, ops = vae._tensors(cells)
+    adj, ops = vae.codec.encode(cells)
     empty_adj, empty_ops = adj[:0], ops[:0]
     save_tensors(dest / "data.safetensors", {"unl_adj": adj.to(torch.uint8).contiguous(), "unl_ops": ops.contiguous(),
                                              "lab_adj": empty_adj.to(torch.uint8).contiguous(),

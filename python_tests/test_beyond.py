@@ -178,3 +178,5 @@ def test_aim_condition_moves_the_condition_up_the_values():
         aim_condition(beyond_ref, cells, [1.0] * 3, model=model)
     with pytest.raises(ValueError, match="at least 2 cells"):
         aim_condition(beyond_ref, cells[:1], [1.0], model=model)
+    with pytest.raises(ValueError, match="members=True takes"):
+        aim_condition(beyond_ref, cells, list(pred["synflow"]), model=model, members=True)

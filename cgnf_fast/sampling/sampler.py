@@ -473,11 +473,13 @@ def sample(reference: Any, condition: Mapping[str, Any] | None = None, n: int = 
 
 def aim_condition(reference: Any, cells: Sequence[Any], values: Sequence[float], *, step: float = 1.0,
                   space: str | DesignSpace = "nb201-like", model: str | os.PathLike | SamplingModel | None = None,
-                  device: str | torch.device = "cpu") -> dict[str, float]:
+                  device: str | torch.device = "cpu", members: bool = False) -> dict[str, float]:
     """A ``condition`` for :func:`sample` that asks for cells better than ``reference`` by your
     own measurements: the reference's predicted attributes moved ``step`` standard deviations (of
     the flow's training conditions) along the ridge-regression direction of ``values`` (larger is
     better) on the predicted attributes of ``cells`` (cells you measured, e.g. a seed space's).
+    ``members``: ``reference`` and ``cells`` are :class:`Cell` s known to be in the space, read as
+    they are (no pruning), as :meth:`GraphVAE.predict` ``members=True`` reads them.
 
     ``cgnf evaluate beyond`` measured it (as "aimed", ``step=1``): it helped on one of four
     seed spaces and hurt on three, so :func:`sample` does not aim by default (docs/results.md).
@@ -493,11 +495,17 @@ def aim_condition(reference: Any, cells: Sequence[Any], values: Sequence[float],
         raise ValueError(f"step must be a finite number, got {step!r}")
     sp = get_space(space)
     m = resolve_model(model, sp, device)
-    ref = resolve_reference(reference, sp)
+    if members:
+        if not isinstance(reference, Cell) or not all(isinstance(c, Cell) for c in cells):
+            raise ValueError("members=True takes the reference and the cells as Cell objects")
+        ref = reference
+    else:
+        ref = resolve_reference(reference, sp)
+        cells = [c if isinstance(c, Cell) else resolve_reference(c, sp) for c in cells]
     names = m.conditions.names
-    pred = m.vae.predict([c if isinstance(c, Cell) else resolve_reference(c, sp) for c in cells])
+    pred = m.vae.predict(list(cells), members=members)
     raw = torch.tensor(np.stack([np.asarray(pred[a], dtype=np.float64) for a in names], 1))
-    ref_pred = m.vae.predict([ref])
+    ref_pred = m.vae.predict([ref], members=members)
     c_ref = m.conditions.to_flow(torch.tensor([[float(ref_pred[a][0]) for a in names]])).double()[0]
     target = ridge_step(m.conditions.to_flow(raw).double(), torch.from_numpy(y), c_ref, float(step))
     return dict(zip(names, m.conditions.from_flow(target[None])[0].tolist()))

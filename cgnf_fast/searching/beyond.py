@@ -42,13 +42,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from .._stats import bootstrap_ci
 from ..space import vocabulary
 from .compare import _wilcoxon_greater
 from .domain import NB201Domain, nb201_domain
-from .generator import aimed_target, zc_table
+from .generator import zc_table
 from .objectives import TableObjective
 
 __all__ = ["RULES", "BeyondConfig", "Rule", "plot_beyond", "run_beyond", "to_markdown"]
@@ -156,9 +155,7 @@ def write_labels(path: Path, classes: np.ndarray, dom: NB201Domain, zc: dict[str
                     values[p] = v
                 else:
                     errors[p] = "not measured (failed in pretrained/nb201)"
-            st.put("nb201", cell.canonical_code(), json.dumps({"matrix": [list(r) for r in cell.adjacency],
-                                                               "ops": list(cell.ops)}),
-                   fp, 0, __version__, values, errors=errors)
+            st.put("nb201", cell.canonical_code(), cell.dumps(), fp, 0, __version__, values, errors=errors)
     return len(classes)
 
 
@@ -224,7 +221,7 @@ def _baselines(r: _Rule, dom: NB201Domain, n: int, zc_pool: int, seed: int) -> d
     near = np.abs(r.counts[:, 0] - ref_params) <= 0.1 * ref_params
     out["params"] = _distinct([i for i in draw if near[dom.class_of[i]]], dom, n)
     nb = _distinct([i for i in dom.neighbours(int(dom.representative[r.ref_class]))
-                    if not r.inside[dom.class_of[i]]], dom, 10 ** 6)
+                    if not r.inside[dom.class_of[i]]], dom, dom.num_classes)
     out["neighbours"] = nb if len(nb) <= n else [nb[j] for j in sorted(rng.choice(len(nb), n, replace=False))]
     pool = np.asarray(_distinct(draw, dom, zc_pool))
     score = np.zeros(len(pool))
@@ -261,18 +258,12 @@ def _generated(r: _Rule, dom: NB201Domain, model: Any, cfg: BeyondConfig, seed: 
 
 def _aim(r: _Rule, model: Any, labelled: np.ndarray, dom: NB201Domain, step: float) -> dict[str, float]:
     """The reference's condition moved ``step`` along the ridge direction of the accuracy on the
-    labelled networks' predicted attributes (all of them in ``S``)."""
+    labelled networks' predicted attributes (all of them in ``S``): :func:`cgnf_fast.sampling.aim_condition`."""
+    from ..sampling import aim_condition
+
     cells = [dom.cell(int(dom.representative[k])) for k in labelled]
-    names = model.conditions.names
-    pred = model.vae.predict(cells, members=True)
-    raw = torch.tensor(np.stack([np.asarray(pred[a], dtype=np.float64) for a in names], 1))
-    c = model.conditions.to_flow(raw).double()
-    ref_pred = model.vae.predict([dom.cell(int(dom.representative[r.ref_class]))], members=True)
-    c_ref = model.conditions.to_flow(torch.tensor([[float(ref_pred[a][0]) for a in names]])).double()[0]
-    y = torch.tensor(r.acc[labelled], dtype=torch.float64)
-    target = aimed_target(c, y, c_ref, step)
-    back = model.conditions.from_flow(target[None])[0].tolist()
-    return dict(zip(names, back))
+    ref = dom.cell(int(dom.representative[r.ref_class]))
+    return aim_condition(ref, cells, r.acc[labelled].tolist(), step=step, space="nb201", model=model, members=True)
 
 
 def _row(method: str, seed: int, classes: list[int], r: _Rule) -> dict[str, Any]:
