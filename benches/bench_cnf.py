@@ -8,6 +8,11 @@ initialisation, float32, eval mode, ``torch.no_grad``. For each hidden size and 
 
 * ``eval``: one evaluation of ``dz/dt`` (no divergence);
 * ``eval_exact``: one evaluation of ``dz/dt`` and the exact divergence ``tr(df/dz)``;
+* ``vjp_exact``: one evaluation of the adjoint's dynamics with the exact divergence (what the
+  backward solve of a training step evaluates at every stage: ``dz/dt``, the divergence and the
+  vector-Jacobian products for ``z``, ``c``, ``t`` and every weight), ``cnf_dynamics_vjp`` native
+  vs ``backend="torch"`` (autograd over the reference); no compiled column (the ``--train-step``
+  rows compare the whole step with the compiled reference);
 * ``sample``: a full sampling solve, ``flow.sample(c, noise=e)`` (dopri5, rtol = atol = 1e-5,
   from t = 1 to 0), ``backend="native"`` vs ``backend="torch"`` on the same weights. On the CPU
   the native flow runs the whole solve natively (``CnfPlan.solve``); the row also times
@@ -55,7 +60,7 @@ import torch
 
 from cgnf_fast.models import flow as flow_module
 from cgnf_fast.models.flow import ConditionalCNF
-from cgnf_fast.ops.cnf import CnfPlan
+from cgnf_fast.ops.cnf import CnfPlan, cnf_dynamics_vjp
 from cgnf_fast.reference import cnf as reference
 
 from _timing import timed
@@ -169,6 +174,24 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
 
 
+def vjp_row(t, z, c, weights, activation, args, base, meta) -> None:
+    """One evaluation of the adjoint's dynamics (exact divergence), native vs autograd."""
+    g = torch.Generator().manual_seed(len(z))
+    g_dz = torch.randn(z.shape, generator=g).to(z.device)
+    g_div = torch.randn(len(z), generator=g).to(z.device)
+
+    def run(backend):
+        return cnf_dynamics_vjp(t, z, c, weights, g_dz, g_div, activation, "exact", backend=backend)
+
+    got, want = run("native"), run("torch")
+    err = max(rel_err(a, b) for a, b in zip([*got[:5], *(x for w in got[5] for x in w)],
+                                             [*want[:5], *(x for w in want[5] for x in w)]))
+    if err > 1e-3:
+        raise RuntimeError(f"native and torch disagree on vjp_exact (max relative error {err:.2e})")
+    row = side_by_side(lambda: run("native"), lambda: run("torch"), args.device, max(3, args.reps // 2))
+    print(json.dumps({"bench": "vjp_exact", **base, **row, "rel_err": float(f"{err:.3g}"), **meta}), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", default="20,256,1000,4096", help="comma-separated batch sizes B")
@@ -178,7 +201,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch (and native) CPU threads")
     ap.add_argument("--skip-exact-over", type=int, default=1000,
                     help="skip eval_exact above this batch for the widest hidden size (0: never skip)")
-    ap.add_argument("--only", default="eval,eval_exact,sample", help="comma-separated measurements to run")
+    ap.add_argument("--only", default="eval,eval_exact,vjp_exact,sample", help="comma-separated measurements to run")
     ap.add_argument("--train-step", action="store_true", help="time training steps instead (module doc)")
     ap.add_argument("--train-batch", default="256,1024", help="batch sizes of --train-step")
     ap.add_argument("--no-compile", action="store_true", help="leave out the torch.compile column")
@@ -229,6 +252,10 @@ def main() -> None:
                                        (lambda: ref_compiled(t, z, c, weights, dyn.activation, div))
                                        if ref_compiled is not None else None)
                     print(json.dumps({"bench": name, **base, **row, **errs, **meta}), flush=True)
+            if "vjp_exact" in only and not (args.skip_exact_over and sum(hidden) == widest
+                                            and B > args.skip_exact_over):
+                vjp_row(t, z, c, weights, dyn.activation, args, base, meta)
+            with torch.no_grad():
                 if "sample" in only:
                     e = torch.randn(B, LATENT, generator=g).to(args.device)
                     s_native, s_torch = native_flow.sample(c, noise=e), torch_flow.sample(c, noise=e)

@@ -64,7 +64,7 @@ def test_every_option_and_command_has_help() -> None:
             if isinstance(a, argparse._SubParsersAction):
                 missing += [f"{' '.join(path)} {c.dest}" for c in a._choices_actions if not (c.help or "").strip()]
     assert not missing, f"options without help: {missing}"
-    assert len(list(_parsers(build_parser()))) == 25  # every (sub)command was walked (zc check, search, evaluate beyond included)
+    assert len(list(_parsers(build_parser()))) == 26  # every (sub)command was walked (zc check, search, evaluate beyond and calibrate included)
 
 
 @pytest.mark.parametrize("command, cls, run_options", [

@@ -1,4 +1,4 @@
-"""``cgnf evaluate predictor|latent|sampler|upper-bound|transfer|beyond|all``: measure trained models."""
+"""``cgnf evaluate predictor|latent|sampler|upper-bound|transfer|calibrate|beyond|all``: measure trained models."""
 
 from __future__ import annotations
 
@@ -17,6 +17,9 @@ from .sample import MODEL_HELP
 HELP = "measure trained models"
 SEED_HELP = "sampling seed (default 0)"
 REFERENCE_HELP = "'best', an NB201 string or a JSON cell"
+PROTOCOL_HELP = ("training protocol: a preset (nb201, nb101, cpu-calibrated, cpu-small, tiny), preset:key=value,... "
+                 "overrides (e.g. cpu-small:epochs=10) or a JSON file (default: the seed benchmark's own recipe, "
+                 "nb201 or nb101, a GPU budget; on a CPU use cpu-calibrated, or cpu-small for a quick look)")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -25,6 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     _add_predictor_and_latent(evs)
     _add_sampler(evs)
     _add_upper_bound_and_transfer(evs)
+    _add_calibrate(evs)
     _add_beyond(evs)
     _add_all(evs)
 
@@ -84,9 +88,7 @@ def _add_sampler(evs: argparse._SubParsersAction) -> None:
 
 def _add_training_options(e: argparse.ArgumentParser) -> None:
     e.add_argument("--protocol", default=None,
-                   help="training protocol: a preset (nb201, nb101, cpu-small, tiny), preset:key=value,... "
-                   "overrides (e.g. cpu-small:epochs=10) or a JSON file (default: the seed benchmark's own "
-                   "recipe, nb201 or nb101, a GPU budget; on a CPU use cpu-small)")
+                   help=PROTOCOL_HELP)
     e.add_argument("--seeds", default="0", help="training seeds, comma-separated (default 0)")
     e.add_argument("--store", help="score store caching trained results (and measured ZC scores): reruns "
                    "resume from it")
@@ -123,6 +125,55 @@ def _add_upper_bound_and_transfer(evs: argparse._SubParsersAction) -> None:
     et.set_defaults(func=_transfer)
 
 
+def _nb201_table(table: str | None) -> str:
+    if table is not None:
+        return table
+    root = os.environ.get("CGNF_DATA_DIR")
+    if not root:
+        raise CLIError("--table is required (or set CGNF_DATA_DIR to the shared data folder)")
+    return str(Path(root) / "nb201" / "naswot_arch_score_acc.csv")
+
+
+def _add_calibrate(evs: argparse._SubParsersAction) -> None:
+    ec = evs.add_parser("calibrate", help="can a training protocol rank NB201's top cells? Spearman of trained vs "
+                        "published accuracy on networks from the top few percent (resumable)")
+    ec.add_argument("--protocol", required=True, help=PROTOCOL_HELP.split(" (default")[0])
+    ec.add_argument("--seeds", default="0", help="training seeds, comma-separated (default 0)")
+    ec.add_argument("--cells", type=pos_int, default=40, help="networks to train (default 40)")
+    ec.add_argument("--top", type=float, default=0.05, help="share of NB201's networks they come from (default 0.05)")
+    ec.add_argument("--draw-seed", type=int, default=0, help="which networks are drawn (default 0)")
+    ec.add_argument("--table", help="NB201 table (default: $CGNF_DATA_DIR/nb201/naswot_arch_score_acc.csv)")
+    ec.add_argument("--column", default="cifar10_test_200ep", help="its accuracy column (default %(default)s)")
+    ec.add_argument("--store", help="score store caching trained results: reruns resume from it, and "
+                    "upper-bound runs with the same protocol reuse them")
+    ec.add_argument("--work-dir", help="per-epoch checkpoints of the cell in training (resume mid-cell)")
+    ec.add_argument("--device", default="cpu", help=DEVICE_HELP)
+    ec.add_argument("--json", help="write the full result here")
+    ec.add_argument("--md", help="write the markdown summary here")
+    ec.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
+    ec.set_defaults(func=_calibrate)
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from ..io import write_text_atomic
+    from ..searching.calibrate import calibration_markdown, run_calibration
+
+    check_outputs(("--json", args.json), ("--md", args.md))
+    try:
+        r = run_calibration(args.protocol, table=_nb201_table(args.table), column=args.column, cells=args.cells,
+                            top=args.top, seeds=seeds_arg(args.seeds), draw_seed=args.draw_seed, store=args.store,
+                            device=args.device, work_dir=args.work_dir, progress=not args.no_progress)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    md = calibration_markdown(r)
+    if args.json:
+        write_text_atomic(args.json, json.dumps(shown_paths(r), indent=1))
+    if args.md:
+        write_text_atomic(args.md, md + "\n")
+    print(md)
+    return 0
+
+
 def _add_beyond(evs: argparse._SubParsersAction) -> None:
     from ..searching.beyond import RULES
 
@@ -146,13 +197,7 @@ def _beyond(args: argparse.Namespace) -> int:
 
     if args.png:
         check_png(args.png)
-    table = args.table
-    if table is None:
-        root = os.environ.get("CGNF_DATA_DIR")
-        if not root:
-            raise CLIError("--table is required (or set CGNF_DATA_DIR to the shared data folder)")
-        table = str(Path(root) / "nb201" / "naswot_arch_score_acc.csv")
-    cfg = BeyondConfig(table=table, column=args.column, rules=[r for r in args.rules.split(",") if r],
+    cfg = BeyondConfig(table=_nb201_table(args.table), column=args.column, rules=[r for r in args.rules.split(",") if r],
                        seeds=args.seeds, n=args.n)
     try:
         cfg.validate()
@@ -314,6 +359,26 @@ def _beyond_section(data_dir: str | None) -> tuple:
     return (("beyond", "Beyond the seed space, on ground truth (`cgnf evaluate beyond`)", run),)
 
 
+def _calibrate_section(args: argparse.Namespace) -> tuple:
+    """``cgnf evaluate calibrate`` with the report's protocol, seeds and store, as a section of
+    ``evaluate all``: does the protocol behind the upper-bound section rank good cells?"""
+    data_dir = os.environ.get("CGNF_DATA_DIR")
+    table = Path(data_dir) / "nb201" / "naswot_arch_score_acc.csv" if data_dir else None
+
+    def run(outdir: Path) -> tuple[str, dict]:
+        from ..searching.calibrate import calibration_markdown, run_calibration
+
+        if table is None or not table.is_file():
+            why = "no NB201 table (set CGNF_DATA_DIR to the shared data folder)"
+            return f"Skipped: {why}.", {"skipped": why}
+        res = run_calibration(args.protocol, table=table, seeds=seeds_arg(args.seeds), device=args.device,
+                              store=args.store or str(outdir / "store.sqlite"), work_dir=str(outdir / ".work"),
+                              progress=not args.no_progress)
+        return calibration_markdown(res), res
+
+    return (("calibration", "Does the protocol rank NB201's top cells? (`cgnf evaluate calibrate`)", run),)
+
+
 def _all(args: argparse.Namespace) -> int:
     from ..evaluate.report import run_all
 
@@ -323,6 +388,6 @@ def _all(args: argparse.Namespace) -> int:
                 transfer_loss=args.transfer_loss, transfer_metric=args.transfer_metric,
                 nb101_cells=args.nb101_cells, device=args.device,
                 command="cgnf " + " ".join(shlex.quote(a) for a in args.argv), progress=not args.no_progress,
-                extra=_beyond_section(os.environ.get("CGNF_DATA_DIR")))
+                extra=_calibrate_section(args) + _beyond_section(os.environ.get("CGNF_DATA_DIR")))
     print(f"wrote {Path(args.out) / 'report.md'} ({r['seconds'] / 60:.1f} min)")
     return 0

@@ -24,7 +24,12 @@ complete NB101 records, when the cell is one of them). Trained accuracies on the
 CIFAR-10 with a shortened protocol are only comparable with each other.
 
 Per set: the paper's columns (reference, mean, std, best; best = max or min by the task's
-objective), how many cells beat the reference, and per-cell rows.
+objective), how many cells beat the reference, and per-cell rows. Tests
+(:func:`upper_bound_tests`): per set, the cells' differences from the reference (each cell paired
+with the reference through the shared training seeds) with a 95 % bootstrap interval and a
+one-sided Wilcoxon signed-rank test; the generated set against each baseline, the difference of
+the set means with a bootstrap interval, a one-sided permutation test over cells, and the
+difference per training seed (the seeds are shared, so it is paired).
 """
 
 from __future__ import annotations
@@ -40,12 +45,13 @@ from typing import Any
 
 import numpy as np
 
+from .._stats import bootstrap_ci, bootstrap_diff_ci, permutation_greater, wilcoxon_greater
 from ..space import Cell
 from .protocol import Protocol, get_protocol, train_cells
 from .tasks import Task
 
 __all__ = ["SETS", "benchmark_accuracy", "cell_sets", "neighbours", "run_upper_bound", "summary_markdown",
-           "plot_upper_bound"]
+           "plot_upper_bound", "significance_markdown", "upper_bound_tests"]
 
 SETS = ("generated", "random-extended", "random-params", "random-seed", "neighbours")
 
@@ -312,9 +318,73 @@ def run_upper_bound(space: str = "nb201-like", reference: Any = "best", *, n: in
                              "in_seed_space": sum(1 for r in rows if r["in_seed_space"]),
                              "benchmark": _stats(b, "max"), "benchmark_known": sum(1 for x in b if x is not None),
                              "rows": rows}
+    out["tests"] = upper_bound_tests(out)
     if png:
         plot_upper_bound(out, png)
     return out
+
+
+def upper_bound_tests(result: dict[str, Any]) -> dict[str, Any]:
+    """The tests of the module doc from a result (also one written by an older version); signs
+    follow the objective, so a positive difference is always "better"."""
+    sign = 1.0 if result["objective"] == "max" else -1.0
+    ref = np.asarray(result["reference"]["trained"], dtype=np.float64)
+
+    def per_cell(name: str) -> np.ndarray:
+        v = np.asarray([r["trained_mean"] for r in result["sets"][name]["rows"]], dtype=np.float64)
+        return v[np.isfinite(v)]
+
+    def per_seed(name: str) -> np.ndarray:  # [seeds] set means
+        t = np.asarray([r["trained"] for r in result["sets"][name]["rows"]], dtype=np.float64)
+        return np.nanmean(t, axis=0) if t.size else np.full(len(ref), np.nan)
+
+    out: dict[str, Any] = {"vs_reference": {}, "generated_vs": {}}
+    ref_mean = float(np.nanmean(ref))
+    for name in result["sets"]:
+        d = sign * (per_cell(name) - ref_mean)
+        lo, hi = bootstrap_ci(d)
+        out["vs_reference"][name] = {"mean_difference": float(d.mean()) if d.size else math.nan, "ci95": [lo, hi],
+                                     "wilcoxon_p_greater": wilcoxon_greater(d), "cells": int(d.size)}
+    if "generated" in result["sets"]:
+        g, gs = sign * per_cell("generated"), sign * per_seed("generated")
+        for name in result["sets"]:
+            if name == "generated":
+                continue
+            b = sign * per_cell(name)
+            lo, hi = bootstrap_diff_ci(g, b)
+            by_seed = gs - sign * per_seed(name)
+            out["generated_vs"][name] = {
+                "mean_difference": float(g.mean() - b.mean()) if g.size and b.size else math.nan, "ci95": [lo, hi],
+                "permutation_p_greater": permutation_greater(g, b),
+                "difference_by_seed": [float(x) for x in by_seed],
+                "seeds_better": int(np.count_nonzero(by_seed > 0)),
+            }
+    return out
+
+
+def significance_markdown(result: dict[str, Any]) -> str:
+    """The tests of :func:`upper_bound_tests` as two markdown tables."""
+    t = result.get("tests") or upper_bound_tests(result)
+
+    def f(x: float, d: int = 2) -> str:
+        return "n/a" if x is None or not math.isfinite(x) else f"{x:+.{d}f}"
+
+    def p(x: float) -> str:
+        return f"{x:.2g}" if x >= 1e-3 else f"{x:.1e}"
+
+    lines = ["| set | cells | mean difference from the reference (95 % CI) | Wilcoxon p (better) |",
+             "|---|---:|---|---:|"]
+    for name, v in t["vs_reference"].items():
+        lines.append(f"| {name} | {v['cells']} | {f(v['mean_difference'])} ({f(v['ci95'][0])} to {f(v['ci95'][1])}) | "
+                     f"{p(v['wilcoxon_p_greater'])} |")
+    if t["generated_vs"]:
+        seeds = ", ".join(map(str, result["seeds"]))
+        lines += ["", f"| generated vs | difference of means (95 % CI) | permutation p (generated better) | "
+                  f"by training seed ({seeds}) |", "|---|---|---:|---|"]
+        for name, v in t["generated_vs"].items():
+            lines.append(f"| {name} | {f(v['mean_difference'])} ({f(v['ci95'][0])} to {f(v['ci95'][1])}) | "
+                         f"{p(v['permutation_p_greater'])} | {', '.join(f(x) for x in v['difference_by_seed'])} |")
+    return "\n".join(lines)
 
 
 def summary_markdown(result: dict[str, Any], *, per_cell: bool = True) -> str:
@@ -333,7 +403,7 @@ def summary_markdown(result: dict[str, Any], *, per_cell: bool = True) -> str:
         lines.append(f"| {name} | {s['n']} | {f(s['reference'])} | {f(s['mean'])} | {f(s['std'])} | {f(s['best'])} | "
                      f"{s['beat_reference']} | {s['in_seed_space']} | "
                      f"{f(bm['mean'])} / {f(bm['best'])} ({s['benchmark_known']}) |")
-    out = "\n".join(lines)
+    out = "\n".join(lines) + "\n\n" + significance_markdown(result)
     if per_cell:
         ref = result["reference"]
         rows = [f"| set | # | cell (vertex:op<inputs) | NB201 string | params (M, published skeleton) | "

@@ -81,7 +81,12 @@ MAX_N = 10_000_000
 
 
 class SamplingError(ValueError):
-    """Fewer than ``n`` cells passed the filters within ``max_draws`` latents."""
+    """Fewer than ``n`` cells passed the filters within ``max_draws`` latents. ``found``: how many
+    did (the same call with ``n=found`` draws the same latents and returns them)."""
+
+    def __init__(self, message: str, found: int = 0) -> None:
+        super().__init__(message)
+        self.found = found
 
 
 @dataclass
@@ -415,7 +420,7 @@ def sample_with_info(reference: Any, condition: Mapping[str, Any] | None = None,
             cond = ", ".join(t.describe() for t in targets.values()) or "the reference's own attributes"
             raise SamplingError(f"found {len(kept)} of {n} distinct valid cells after drawing {stats['drawn']} "
                                 f"latents in {stats['rounds']} rounds ({why or 'nothing dropped'}) under {cond}; "
-                                f"loosen the condition, raise the temperature, or ask for fewer cells")
+                                f"loosen the condition, raise the temperature, or ask for fewer cells", found=len(kept))
         stats["candidates"] = len(kept)
         bar.set_postfix_str("selecting", refresh=False)
         chosen, pred = _select(d, kept, targets, c_std, n, oversample)

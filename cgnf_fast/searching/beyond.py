@@ -44,8 +44,8 @@ from typing import Any
 import numpy as np
 
 from .._stats import bootstrap_ci
+from .._stats import wilcoxon_greater as _wilcoxon_greater
 from ..space import vocabulary
-from .compare import _wilcoxon_greater
 from .domain import NB201Domain, nb201_domain
 from .generator import zc_table
 from .objectives import TableObjective
@@ -246,11 +246,13 @@ def _generated(r: _Rule, dom: NB201Domain, model: Any, cfg: BeyondConfig, seed: 
         return k is None or bool(r.inside[k])
 
     ref = dom.cell(int(dom.representative[r.ref_class]))
-    for n in range(cfg.n, 0, -1):
+    n = cfg.n
+    while n > 0:
         try:
             cells = sample(ref, condition, n=n, space="nb201", seed=seed, model=model, exclude=inside,
                            max_draws=MAX_DRAWS, progress=False)
-        except SamplingError:
+        except SamplingError as e:  # the same draws with n = what they found succeed (SamplingError)
+            n = min(e.found, n - 1)
             continue
         return [code2class[c.cell.network_code()] for c in cells]
     return []

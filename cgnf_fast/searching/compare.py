@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from .._stats import bootstrap_ci
+from .._stats import wilcoxon_greater as _wilcoxon_greater
 from .objectives import CallableObjective, TableObjective
 from .runner import METHODS, run_search
 
@@ -142,41 +143,6 @@ def _paired(a: np.ndarray, b: np.ndarray, sign: float = 1.0) -> dict[str, Any]:
             "improvement": float(imp.mean()) if imp.size else math.nan, "wins": int((imp > 0).sum()),
             "ties": int((imp == 0).sum()), "losses": int((imp < 0).sum()), "dropped": int((~ok).sum()),
             "wilcoxon_p_greater": _wilcoxon_greater(imp)}
-
-
-def _wilcoxon_greater(d: np.ndarray) -> float:
-    """One-sided Wilcoxon signed-rank p-value for "median of d > 0" (zeros dropped, non-finite
-    values too; exact for up to 25 pairs without ties, else the normal approximation with tie
-    and continuity corrections)."""
-    d = np.asarray(d, dtype=np.float64)
-    d = d[np.isfinite(d) & (d != 0)]
-    n = len(d)
-    if n == 0:
-        return 1.0
-    absd = np.abs(d)
-    order = np.argsort(absd, kind="stable")
-    ranks = np.empty(n)
-    sorted_abs = absd[order]
-    i = 0
-    while i < n:  # average ranks of ties
-        j = i
-        while j + 1 < n and sorted_abs[j + 1] == sorted_abs[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    w = float(ranks[d > 0].sum())
-    _, tie = np.unique(absd, return_counts=True)
-    if n <= 25 and (tie == 1).all():
-        # exact: the distribution of the sum of a random subset of the ranks 1..n
-        counts = np.zeros(n * (n + 1) // 2 + 1)
-        counts[0] = 1
-        for r in range(1, n + 1):
-            counts[r:] = counts[r:] + counts[:-r].copy()
-        return float(counts[int(w):].sum() / counts.sum())
-    mu = n * (n + 1) / 4
-    sigma = math.sqrt(n * (n + 1) * (2 * n + 1) / 24 - (tie ** 3 - tie).sum() / 48)
-    z = (w - 0.5 - mu) / sigma
-    return float(0.5 * math.erfc(z / math.sqrt(2)))
 
 
 def plot_curves(summary: dict[str, Any], path: str | os.PathLike) -> None:
