@@ -332,6 +332,14 @@ def test_cli_bad_input(task_file, args, msg):
     assert rc == 2 and msg in err
 
 
+def test_cli_all_refuses_unknown_spaces(tmp_path):
+    pytest.importorskip("matplotlib")
+    rc, _, err = run_cli("evaluate", "all", "--out", str(tmp_path / "r"), "--spaces", "nb201-like,nb999",
+                         "--protocol", "tiny", "--no-progress")
+    assert rc == 2 and "spaces must be nb201-like and/or nb101-like, got nb999" in err
+    assert not (tmp_path / "r").exists()  # refused before anything is written
+
+
 @pytest.mark.slow
 def test_cli_all_writes_a_report(task_file, tmp_path, monkeypatch):
     """The whole report at toy size; without CGNF_DATA_DIR the CIFAR-10 sections say why they
@@ -373,6 +381,12 @@ def test_cli_all_writes_a_report(task_file, tmp_path, monkeypatch):
         assert st.count() == rows
     again = json.loads((out / "results.json").read_text())
     assert again["transfer"]["reference"]["trained"] == res["transfer"]["reference"]["trained"]
+    # one design space only: the other's sections say they were left out
+    rc, _, err = run_cli("evaluate", "all", "--out", str(out), "--protocol", "tiny", "--n", "2",
+                         "--spaces", "nb201-like", "--no-progress")
+    assert rc == 0, err
+    text = (out / "report.md").read_text()
+    assert "nb101: skipped, left out of this report (`--spaces nb201-like`)" in text
 
 
 def test_augment_crops_and_flips_like_slicing():

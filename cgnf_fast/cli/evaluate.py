@@ -224,6 +224,8 @@ def _add_all(evs: argparse._SubParsersAction) -> None:
     ea.add_argument("--nb101-cells", type=int, default=4000,
                     help="NB101 cells for the predictor (default 4000; at most 4000 for a model trained with the "
                     "'eval' holdout, such as the shipped nb101-like one: the networks it held out)")
+    ea.add_argument("--spaces", default="nb201-like,nb101-like",
+                    help="design spaces whose sections run, comma-separated (default both)")
     ea.add_argument("--model-nb201", help="nb201-like model directory (default: the installed one)")
     ea.add_argument("--model-nb101", help="nb101-like model directory (default: the installed one, if any)")
     ea.add_argument("--transfer-task", help="a user task for the transfer section (folder or .npz/.safetensors)")
@@ -387,6 +389,7 @@ def _all(args: argparse.Namespace) -> int:
                 model_nb201=args.model_nb201, model_nb101=args.model_nb101, transfer_task=args.transfer_task,
                 transfer_loss=args.transfer_loss, transfer_metric=args.transfer_metric,
                 nb101_cells=args.nb101_cells, device=args.device,
+                spaces=tuple(x.strip() for x in args.spaces.split(",") if x.strip()),
                 command="cgnf " + " ".join(shlex.quote(a) for a in args.argv), progress=not args.no_progress,
                 extra=_calibrate_section(args) + _beyond_section(os.environ.get("CGNF_DATA_DIR")))
     print(f"wrote {Path(args.out) / 'report.md'} ({r['seconds'] / 60:.1f} min)")

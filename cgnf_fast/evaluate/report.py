@@ -309,15 +309,20 @@ def run_all(out: str | os.PathLike, *, protocol: str | None = None, seeds: tuple
             model_nb201: str | None = None, model_nb101: str | None = None, transfer_task: str | None = None,
             transfer_loss: str | None = None, transfer_metric: str | None = None, nb101_cells: int = 4000,
             device: str = "cpu", data_dir: str | None = None, command: str | None = None,
-            progress: bool = True, extra: tuple = ()) -> dict[str, Any]:
+            progress: bool = True, extra: tuple = (), spaces: tuple[str, ...] = ("nb201-like", "nb101-like")
+            ) -> dict[str, Any]:
     """Writes ``out/report.md``, ``out/results.json`` and the figures; returns the results.
     ``protocol`` None: each seed benchmark's own recipe (``nb201`` for nb201-like and the
     transfer task, ``nb101`` for nb101-like; GPU budgets). Paths in the report are shown
     relative to the working directory (:func:`shown_path`). ``extra``: more sections from
     upper layers, ``(key, title, fn)`` with ``fn(outdir) -> (markdown, results)`` (the CLI adds
-    ``cgnf evaluate beyond`` this way)."""
+    ``cgnf evaluate beyond`` this way). ``spaces``: the design spaces whose sections run (the
+    others are reported as left out)."""
     import importlib.util
 
+    bad = sorted(set(spaces) - {"nb201-like", "nb101-like"})
+    if bad or not spaces:
+        raise ValueError(f"spaces must be nb201-like and/or nb101-like, got {', '.join(bad) or 'none'}")
     if importlib.util.find_spec("matplotlib") is None:
         raise ValueError("the report draws figures and needs matplotlib: pip install 'cgnf_fast[plot]'")
     from ..io import write_text_atomic
@@ -335,8 +340,9 @@ def run_all(out: str | os.PathLike, *, protocol: str | None = None, seeds: tuple
     r = _Report(outdir, protos, store if store is not None else str(outdir / "store.sqlite"), tuple(seeds), n, seed,
                 device, data_dir or os.environ.get("CGNF_DATA_DIR"), progress)
     _section_header(r, command or "cgnf evaluate all --out " + shlex.quote(str(out)), protocol)
-    models = {"nb201": _model_for("nb201-like", model_nb201, device), "nb101": _model_for("nb101-like", model_nb101,
-                                                                                          device)}
+    left_out = "left out of this report (`--spaces " + ",".join(spaces) + "`)"
+    models = {fam: _model_for(space, model, device) if space in spaces else (None, left_out)
+              for fam, space, model in (("nb201", "nb201-like", model_nb201), ("nb101", "nb101-like", model_nb101))}
     (m201, why201) = models["nb201"]
     _section_predictor(r, models, {"nb201": truth_nb201, "nb101": truth_nb101}, nb101_cells)
     _section_latent(r, m201, truth_nb201)
