@@ -2,6 +2,7 @@
 
     python benches/bench_cnf.py [--device cpu|cuda] [--batch 20,256,1000,4096]
                                 [--hidden 128x128,256x256] [--reps 5] [--threads 2] [--skip-exact-over 1000]
+                                [--only eval,eval_exact,vjp_exact,sample] [--apart] [--no-compile]
 
 Flows of ``ConditionalCNF(latent=32, cond_dim=4, hidden)`` with PyTorch's default (random)
 initialisation, float32, eval mode, ``torch.no_grad``. For each hidden size and batch B:
@@ -68,9 +69,13 @@ from _timing import timed
 LATENT, COND = 32, 4
 
 
+#: ``--apart``: time each backend's reps in one block instead of alternating them.
+APART = False
+
+
 def side_by_side(native, torch_fn, device: str, reps: int, compiled=None) -> dict:
     """Medians over ``reps`` of each callable (``compiled`` optional), run back to back in
-    rotating order."""
+    rotating order (``--apart``: all of one callable's reps, then the next's)."""
     fns = {"native": native, "torch": torch_fn}
     if compiled is not None:
         fns["compiled"] = compiled
@@ -79,7 +84,11 @@ def side_by_side(native, torch_fn, device: str, reps: int, compiled=None) -> dic
         fn()
     names = list(fns)
     times: dict[str, list[float]] = {k: [] for k in names}
-    for r in range(reps):
+    if APART:
+        for name in names:
+            for _ in range(reps):
+                times[name].append(timed(fns[name], device))
+    for r in range(0 if APART else reps):
         for name in names[r % len(names):] + names[:r % len(names)]:
             times[name].append(timed(fns[name], device))
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -205,7 +214,12 @@ def main() -> None:
     ap.add_argument("--train-step", action="store_true", help="time training steps instead (module doc)")
     ap.add_argument("--train-batch", default="256,1024", help="batch sizes of --train-step")
     ap.add_argument("--no-compile", action="store_true", help="leave out the torch.compile column")
+    ap.add_argument("--apart", action="store_true",
+                    help="time each backend's reps in one block (default: alternate them; torch's OpenMP threads "
+                    "spin for a while after its ops and slow a native call that follows)")
     args = ap.parse_args()
+    global APART
+    APART = args.apart
     torch.set_num_threads(args.threads)
     only = set(args.only.split(","))
     hiddens = [tuple(int(w) for w in h.split("x")) for h in args.hidden.split(",")]
