@@ -64,6 +64,14 @@ def test_upper_bound_tests_pair_each_cell_with_the_reference_and_compare_sets():
     assert m["generated_vs"]["random-extended"]["mean_difference"] == pytest.approx(-6.0)
     text = significance_markdown(_result())
     assert "| generated | 5 | +3.00" in text and "| random-extended | +6.00" in text
+    assert t["vs_reference"]["generated"]["spearman_vs_benchmark"] is None  # no published accuracies
+    # with published accuracies (cells inside NB201): their rank agreement with the trained one
+    r = _result()
+    for i, row in enumerate(r["sets"]["random-extended"]["rows"]):
+        row["benchmark_acc"] = 90.0 - i if i != 2 else None  # reversed order, one unknown
+    v = upper_bound_tests(r)["vs_reference"]["random-extended"]
+    assert v["spearman_vs_benchmark"] == pytest.approx(-1.0) and v["benchmark_known"] == 4
+    assert "| -1.00 (4) |" in significance_markdown(r)
 
 
 def test_upper_bound_tests_skip_diverged_cells():

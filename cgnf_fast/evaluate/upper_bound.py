@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from .._stats import bootstrap_ci, bootstrap_diff_ci, permutation_greater, wilcoxon_greater
+from .._stats import bootstrap_ci, bootstrap_diff_ci, permutation_greater, spearman, wilcoxon_greater
 from ..space import Cell
 from .protocol import Protocol, get_protocol, train_cells
 from .tasks import Task
@@ -343,8 +343,13 @@ def upper_bound_tests(result: dict[str, Any]) -> dict[str, Any]:
     for name in result["sets"]:
         d = sign * (per_cell(name) - ref_mean)
         lo, hi = bootstrap_ci(d)
+        known = [(r["trained_mean"], r["benchmark_acc"]) for r in result["sets"][name]["rows"]
+                 if r.get("benchmark_acc") is not None and math.isfinite(r["trained_mean"])]
+        rho = spearman(*map(np.asarray, zip(*known))) if len(known) >= 3 else math.nan
         out["vs_reference"][name] = {"mean_difference": float(d.mean()) if d.size else math.nan, "ci95": [lo, hi],
-                                     "wilcoxon_p_greater": wilcoxon_greater(d), "cells": int(d.size)}
+                                     "wilcoxon_p_greater": wilcoxon_greater(d), "cells": int(d.size),
+                                     "spearman_vs_benchmark": None if math.isnan(rho) else float(rho),
+                                     "benchmark_known": len(known)}
     if "generated" in result["sets"]:
         g, gs = sign * per_cell("generated"), sign * per_seed("generated")
         for name in result["sets"]:
@@ -372,11 +377,13 @@ def significance_markdown(result: dict[str, Any]) -> str:
     def p(x: float) -> str:
         return f"{x:.2g}" if x >= 1e-3 else f"{x:.1e}"
 
-    lines = ["| set | cells | mean difference from the reference (95 % CI) | Wilcoxon p (better) |",
-             "|---|---:|---|---:|"]
+    lines = ["| set | cells | mean difference from the reference (95 % CI) | Wilcoxon p (better) | "
+             "Spearman with benchmark acc. (cells) |", "|---|---:|---|---:|---|"]
     for name, v in t["vs_reference"].items():
+        rho = v.get("spearman_vs_benchmark")
         lines.append(f"| {name} | {v['cells']} | {f(v['mean_difference'])} ({f(v['ci95'][0])} to {f(v['ci95'][1])}) | "
-                     f"{p(v['wilcoxon_p_greater'])} |")
+                     f"{p(v['wilcoxon_p_greater'])} | "
+                     f"{'n/a' if rho is None else f'{rho:.2f}'} ({v.get('benchmark_known', 0)}) |")
     if t["generated_vs"]:
         seeds = ", ".join(map(str, result["seeds"]))
         lines += ["", f"| generated vs | difference of means (95 % CI) | permutation p (generated better) | "
