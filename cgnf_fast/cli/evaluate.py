@@ -17,9 +17,10 @@ from .sample import MODEL_HELP
 HELP = "measure trained models"
 SEED_HELP = "sampling seed (default 0)"
 REFERENCE_HELP = "'best', an NB201 string or a JSON cell"
-PROTOCOL_HELP = ("training protocol: a preset (nb201, nb101, cpu-calibrated, cpu-small, tiny), preset:key=value,... "
-                 "overrides (e.g. cpu-small:epochs=10) or a JSON file (default: the seed benchmark's own recipe, "
-                 "nb201 or nb101, a GPU budget; on a CPU use cpu-calibrated, or cpu-small for a quick look)")
+PROTOCOL_KINDS = ("training protocol: a preset (nb201, nb101, cpu-calibrated, cpu-small, tiny), preset:key=value,... "
+                  "overrides (e.g. cpu-small:epochs=10) or a JSON file")
+PROTOCOL_HELP = (PROTOCOL_KINDS + " (default: the seed benchmark's own recipe, nb201 or nb101, a GPU budget; on a "
+                 "CPU use cpu-calibrated, or cpu-small for a quick look)")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -126,18 +127,20 @@ def _add_upper_bound_and_transfer(evs: argparse._SubParsersAction) -> None:
 
 
 def _nb201_table(table: str | None) -> str:
+    from ..evaluate.upper_bound import nb201_table
+
     if table is not None:
         return table
-    root = os.environ.get("CGNF_DATA_DIR")
-    if not root:
+    default = nb201_table()
+    if default is None:
         raise CLIError("--table is required (or set CGNF_DATA_DIR to the shared data folder)")
-    return str(Path(root) / "nb201" / "naswot_arch_score_acc.csv")
+    return str(default)
 
 
 def _add_calibrate(evs: argparse._SubParsersAction) -> None:
     ec = evs.add_parser("calibrate", help="can a training protocol rank NB201's top cells? Spearman of trained vs "
                         "published accuracy on networks from the top few percent (resumable)")
-    ec.add_argument("--protocol", required=True, help=PROTOCOL_HELP.split(" (default")[0])
+    ec.add_argument("--protocol", required=True, help=PROTOCOL_KINDS)
     ec.add_argument("--seeds", default="0", help="training seeds, comma-separated (default 0)")
     ec.add_argument("--cells", type=pos_int, default=40, help="networks to train (default 40)")
     ec.add_argument("--top", type=float, default=0.05, help="share of NB201's networks they come from (default 0.05)")
@@ -345,40 +348,43 @@ def _transfer(args: argparse.Namespace) -> int:
                              transfer=True)
 
 
-def _beyond_section(data_dir: str | None) -> tuple:
-    """``cgnf evaluate beyond`` as a section of ``evaluate all`` (when the NB201 table is there)."""
-    table = Path(data_dir) / "nb201" / "naswot_arch_score_acc.csv" if data_dir else None
+def _table_section(key: str, title: str, fn) -> tuple:
+    """A section of ``evaluate all`` that reads the shared NB201 table, ``fn(table, outdir) ->
+    (markdown, results)``; skipped, saying why, without the table."""
+    from ..evaluate.upper_bound import nb201_table
+
+    table = nb201_table()
 
     def run(outdir: Path) -> tuple[str, dict]:
-        from ..searching.beyond import BeyondConfig, run_beyond, to_markdown
-
         if table is None or not table.is_file():
             why = "no NB201 table (set CGNF_DATA_DIR to the shared data folder)"
             return f"Skipped: {why}.", {"skipped": why}
-        res = run_beyond(BeyondConfig(table=str(table)), outdir / "beyond", progress=False)
-        return to_markdown(res), res
+        return fn(table, outdir)
 
-    return (("beyond", "Beyond the seed space, on ground truth (`cgnf evaluate beyond`)", run),)
+    return ((key, title, run),)
 
 
-def _calibrate_section(args: argparse.Namespace) -> tuple:
-    """``cgnf evaluate calibrate`` with the report's protocol, seeds and store, as a section of
-    ``evaluate all``: does the protocol behind the upper-bound section rank good cells?"""
-    data_dir = os.environ.get("CGNF_DATA_DIR")
-    table = Path(data_dir) / "nb201" / "naswot_arch_score_acc.csv" if data_dir else None
-
-    def run(outdir: Path) -> tuple[str, dict]:
+def _report_sections(args: argparse.Namespace) -> tuple:
+    """``cgnf evaluate calibrate`` (with the report's protocol, seeds and store: does the
+    protocol behind the upper-bound section rank good cells?) and ``cgnf evaluate beyond`` as
+    sections of ``evaluate all``."""
+    def calibrate(table: Path, outdir: Path) -> tuple[str, dict]:
         from ..searching.calibrate import calibration_markdown, run_calibration
 
-        if table is None or not table.is_file():
-            why = "no NB201 table (set CGNF_DATA_DIR to the shared data folder)"
-            return f"Skipped: {why}.", {"skipped": why}
         res = run_calibration(args.protocol, table=table, seeds=seeds_arg(args.seeds), device=args.device,
                               store=args.store or str(outdir / "store.sqlite"), work_dir=str(outdir / ".work"),
                               progress=not args.no_progress)
         return calibration_markdown(res), res
 
-    return (("calibration", "Does the protocol rank NB201's top cells? (`cgnf evaluate calibrate`)", run),)
+    def beyond(table: Path, outdir: Path) -> tuple[str, dict]:
+        from ..searching.beyond import BeyondConfig, run_beyond, to_markdown
+
+        res = run_beyond(BeyondConfig(table=str(table)), outdir / "beyond", progress=False)
+        return to_markdown(res), res
+
+    return (_table_section("calibration", "Does the protocol rank NB201's top cells? (`cgnf evaluate calibrate`)",
+                           calibrate)
+            + _table_section("beyond", "Beyond the seed space, on ground truth (`cgnf evaluate beyond`)", beyond))
 
 
 def _all(args: argparse.Namespace) -> int:
@@ -391,6 +397,6 @@ def _all(args: argparse.Namespace) -> int:
                 nb101_cells=args.nb101_cells, device=args.device,
                 spaces=tuple(x.strip() for x in args.spaces.split(",") if x.strip()),
                 command="cgnf " + " ".join(shlex.quote(a) for a in args.argv), progress=not args.no_progress,
-                extra=_calibrate_section(args) + _beyond_section(os.environ.get("CGNF_DATA_DIR")))
+                extra=_report_sections(args))
     print(f"wrote {Path(args.out) / 'report.md'} ({r['seconds'] / 60:.1f} min)")
     return 0

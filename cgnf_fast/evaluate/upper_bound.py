@@ -51,7 +51,7 @@ from .protocol import Protocol, get_protocol, train_cells
 from .tasks import Task
 
 __all__ = ["SETS", "benchmark_accuracy", "cell_sets", "neighbours", "run_upper_bound", "summary_markdown",
-           "plot_upper_bound", "significance_markdown", "upper_bound_tests"]
+           "nb201_table", "plot_upper_bound", "significance_markdown", "upper_bound_tests"]
 
 SETS = ("generated", "random-extended", "random-params", "random-seed", "neighbours")
 
@@ -59,6 +59,13 @@ SETS = ("generated", "random-extended", "random-params", "random-seed", "neighbo
 def _data_dir(data_dir: str | os.PathLike | None) -> Path | None:
     d = data_dir or os.environ.get("CGNF_DATA_DIR")
     return Path(d) if d else None
+
+
+def nb201_table(data_dir: str | os.PathLike | None = None) -> Path | None:
+    """The shared NB201 table (``nb201/naswot_arch_score_acc.csv`` under ``data_dir`` or
+    ``$CGNF_DATA_DIR``; None when neither is set; the file may still be missing)."""
+    d = _data_dir(data_dir)
+    return d / "nb201" / "naswot_arch_score_acc.csv" if d is not None else None
 
 
 def _take_distinct(cells, out: list[Cell], seen: set[int], n: int, keep=None) -> bool:
@@ -221,7 +228,7 @@ def benchmark_accuracy(cells: Sequence[Cell], family: str, data_dir: str | os.Pa
     if d is None:
         return [None] * len(cells)
     if family == "nb201":
-        path = d / "nb201" / "naswot_arch_score_acc.csv"
+        path = nb201_table(d)
         if not path.is_file():
             return [None] * len(cells)
         from ..space.spaces import get as get_space

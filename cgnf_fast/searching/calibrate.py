@@ -91,8 +91,7 @@ def run_calibration(protocol: Any, *, table: str | Path, column: str = "cifar10_
     lo, hi = _spearman_ci(mean, pub)
     per_seed = [spearman(trained[ok, j], pub) for j in range(len(seeds))]
     between = [spearman(trained[ok, i], trained[ok, j]) for i in range(len(seeds)) for j in range(i + 1, len(seeds))]
-    secs = [float(r.seconds) for row in res for r in row if not r.cached and r.seconds]
-    secs_all = [float(r.seconds) for row in res for r in row if r.seconds]
+    secs = [float(r.seconds) for row in res for r in row if r.seconds]
     return {
         "protocol": proto.name, "protocol_text": proto.describe(), "protocol_fields": proto.to_json(),
         "task": task.describe(), "table": str(table), "column": column, "cells": len(cell_list),
@@ -101,8 +100,8 @@ def run_calibration(protocol: Any, *, table: str | Path, column: str = "cifar10_
         "spearman_mean_vs_published": _num(rho), "spearman_ci95": [_num(lo), _num(hi)],
         "spearman_per_seed": [_num(x) for x in per_seed], "spearman_between_seeds": [_num(x) for x in between],
         "threshold": threshold, "passes": bool(np.isfinite(rho) and rho >= threshold),
-        "seconds_per_cell_and_seed": float(np.median(secs_all)) if secs_all else None,
-        "trained_this_run": len(secs), "wall_seconds_this_run": wall,
+        "seconds_per_cell_and_seed": float(np.median(secs)) if secs else None,
+        "trained_this_run": sum(not r.cached for row in res for r in row), "wall_seconds_this_run": wall,
         "rows": [{"nb201_index": i, "nb201": dom.arch(i), "published": float(p), "trained": [_num(x) for x in t]}
                  for i, p, t in zip(indices, published, trained)],
     }
