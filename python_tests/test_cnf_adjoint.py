@@ -73,6 +73,25 @@ def test_vjp_softplus_threshold_and_float32():
     check_vjp(256, 32, (128, 128), 4, "exact", "tanh", dtype=torch.float32, tol=2e-5, scale=0.15)
 
 
+@pytest.mark.parametrize("simd", ["default", "avx2", "generic"])
+def test_vjp_every_cpu_simd_path(simd, monkeypatch):
+    """Each instruction-set copy of the adjoint kernel this machine runs (CGNF_SIMD switches it
+    per call): register blocks of 12 and 8 rows (AVX-512) or 6 (AVX2, baseline), D off and on
+    the block height, widths off the vector length, one to three hidden layers, both dtypes."""
+    from cgnf_fast import _C
+
+    if simd == "default":
+        monkeypatch.delenv("CGNF_SIMD", raising=False)
+    else:
+        monkeypatch.setenv("CGNF_SIMD", simd)
+    allowed = {"default": ("avx512", "avx2", "generic"), "avx2": ("avx2", "generic"), "generic": ("generic",)}
+    assert _C.build_config()["cnf_simd"] in allowed[simd]
+    for B, D, hidden, C in [(300, 32, (128, 128), 4), (37, 13, (21, 30), 1), (70, 64, (40, 7, 19), 0), (9, 3, (5,), 2)]:
+        for divergence in (None, "exact", "hutchinson"):
+            check_vjp(B, D, hidden, C, divergence, "tanh")
+            check_vjp(B, D, hidden, C, divergence, "softplus", dtype=torch.float32, tol=5e-5, scale=0.3)
+
+
 @settings(max_examples=25, deadline=None)
 @given(B=st.integers(1, 40), D=st.integers(1, 9), hidden=st.lists(st.integers(1, 20), max_size=3),
        C=st.integers(0, 3), divergence=st.sampled_from([None, "exact", "hutchinson"]),

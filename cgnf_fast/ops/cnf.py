@@ -33,12 +33,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from .. import _native
 from .._checks import check_tensor
 from .._native import _C
 from ..reference import cnf as reference
+
+_NP_DTYPE = {torch.float32: np.float32, torch.float64: np.float64}
 
 #: Widest layer (latent or hidden) of the native kernels (csrc/cnf/cnf.h: kCnfMaxWidth).
 CNF_MAX_WIDTH = int(_C.build_config()["cnf_max_width"])
@@ -570,7 +573,9 @@ class CnfPlan:
                              f"got {idx}")
         sizes = [self._c.numel() if q < 0 else self._flat[q].numel() for q in idx]
         ny = z1.numel() + (B if div else 0)
-        state = torch.zeros(1 + 2 * ny + sum(sizes), dtype=self.dtype)
+        # (NumPy's zeros: a torch fill this size runs an OpenMP region, whose idle workers then spin
+        # for milliseconds on the cores the solve's threads need)
+        state = torch.from_numpy(np.zeros(1 + 2 * ny + sum(sizes), dtype=_NP_DTYPE[self.dtype]))
         state[1:1 + z1.numel()] = z1.detach().reshape(-1)
         state[1 + ny:1 + ny + z1.numel()] = g_z1.detach().reshape(-1)
         if div:

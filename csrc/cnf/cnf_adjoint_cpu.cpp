@@ -23,17 +23,22 @@
 //
 // Work split as the forward kernel (cnf_dynamics_cpu.cpp): tiles of MB batch rows, feature-major
 // buffers, the same register-blocked GEMMs (cnf_cpu_simd.h). A tile recomputes the forward pass
-// keeping every layer's input, gate, W h + b and act', runs the divergence's reverse pass (exact:
-// one row at a time over [width][D] tangents; Hutchinson: over the tile), then the MLP's reverse
-// pass. Weight gradients accumulate per thread (padded [rows][in rounded to vectors]) with GEMMs
-// whose K runs over the tile's rows (or a row's D probes), and are summed over threads in a fixed
+// keeping every layer's input, gate, W h + b and act', runs the divergence's reverse pass, then
+// the MLP's reverse pass. Exact divergence: one row at a time, probe-major: every [width x D]
+// tangent and cotangent is held transposed, [D][width], so the three [h x h] x [h x D] products
+// per row (Q = W J, Wbar += Qbar J^T, Jbar = W^T Qbar) run with vectors over the width (the
+// second as A^T X, broadcasting from Qbar^T's rows), the scales multiply whole vectors, the
+// scales' cotangents need no horizontal sums and no tangent is ever transposed (the row-major
+// layout spent ~20 % of an evaluation on J^T copies and per-feature sums). Hutchinson: over
+// the tile. Weight gradients accumulate per thread (padded [rows][in rounded to vectors]) with
+// GEMMs whose K runs over the tile's rows (or a row's D probes); the context weights' and biases'
+// as one GEMM each against the tile's [t, c, 1] matrix. They are summed over threads in a fixed
 // order at the end, so results do not depend on thread timing. W^T is formed once per call.
 // Reference: autograd over cgnf_fast/reference/cnf.py (python_tests/test_cnf_adjoint.py).
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <memory>
-#include <mutex>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -55,6 +60,8 @@ struct ALayer {
   const T *W, *b, *G, *g, *H;  // W [out, in], b [out], G [out, 1 + C], g [out], H [out, 1 + C]
   int64_t in, out;
   std::vector<T> WT;  // [in, out]
+  // exact divergence, middle layers: W^T [in][round_up(out, lanes)] and W [out][round_up(in, lanes)], zero-padded
+  std::vector<T> WTp, Wp;
 };
 
 template <typename T>
@@ -69,59 +76,84 @@ struct AProblem {
   std::vector<T> gb, hb;  // per layer at ctx_off[l]: g + G[:, 0] t, H[:, 0] t
   std::vector<int64_t> ctx_off;
   int64_t max_width = 0;
-  // exact divergence with hidden layers: D padded to whole vectors (dp), W_0 [w_1][dp] and the
-  // last layer's W^T [w_{L-1}][dp], zero-padded, so a row's D probes are whole vectors
-  int64_t dp = 0;
-  std::vector<T> W0p, WLt;
+  // exact divergence with hidden layers (probe-major, module doc): W_0^T [D][round_up(w_1, lanes)]
+  // and the last layer's W [D][round_up(w_{L-1}, lanes)], zero-padded
+  bool exact_t = false;
+  std::vector<T> W0T, WLp;
 };
 
 // A thread's weight-gradient sums: per layer W [round_up(out, 12)][round_up(in, lanes)] (padding
-// absorbs the GEMMs' ragged blocks), b, G, g, H; and the time's.
+// absorbs the GEMMs' ragged blocks); the context weights' as GEMM outputs against the tile's
+// [MB][ldx] context matrix (columns t, c_1 .. c_C, 1; module doc): G and g in Gx, H in Hx, b in
+// bx, each [round_up(out, 12)][ldx]; and the time's.
 template <typename T>
 struct Acc {
-  std::vector<std::vector<T>> W, b, G, g, H;
+  std::vector<std::vector<T>> W, Gx, Hx, bx;
   std::vector<int64_t> ldw;
-  std::vector<T> WLt;  // exact: the last layer's W sums, transposed [w_{L-1}][dp]
+  std::vector<T> W0T;  // exact: the first layer's W sums, transposed [D][ldw0t]
+  int64_t ldx = 0, ldw0t = 0;
   T t = T(0);
   Acc(const AProblem<T>& p, int64_t nr_pad, int64_t lanes) {
-    const int64_t cs = 1 + p.C;
-    if (p.dp) WLt.assign(size_t(p.layers.back().in * p.dp), T(0));
+    ldx = round_up(p.C + 2, lanes);
+    if (p.exact_t) {
+      ldw0t = round_up(p.layers.front().out, lanes);
+      W0T.assign(size_t(p.D * ldw0t), T(0));
+    }
     for (const ALayer<T>& ly : p.layers) {
-      const int64_t ld = round_up(ly.in, lanes);
+      const int64_t ld = round_up(ly.in, lanes), rows = round_up(ly.out, nr_pad);
       ldw.push_back(ld);
-      W.emplace_back(size_t(round_up(ly.out, nr_pad) * ld), T(0));
-      b.emplace_back(size_t(ly.out), T(0));
-      G.emplace_back(size_t(ly.out * cs), T(0));
-      g.emplace_back(size_t(ly.out), T(0));
-      H.emplace_back(size_t(ly.out * cs), T(0));
+      W.emplace_back(size_t(rows * ld), T(0));
+      Gx.emplace_back(size_t(rows * ldx), T(0));
+      Hx.emplace_back(size_t(rows * ldx), T(0));
+      bx.emplace_back(size_t(rows * ldx), T(0));
     }
   }
+  void zero() {
+    for (auto* vs : {&W, &Gx, &Hx, &bx})
+      for (std::vector<T>& v : *vs) std::fill(v.begin(), v.end(), T(0));
+    std::fill(W0T.begin(), W0T.end(), T(0));
+    t = T(0);
+  }
+};
+
+// Buffers kept between calls by the calling thread, per chunk of tiles: a thread's scratch memory
+// and gradient sums. Reused only for the same layout (key), whose writes leave every padding
+// value a kernel reads at its initial zero; without this, each call's fresh allocations of a
+// few hundred KB came from mmap and paid their page faults (~7 % of an evaluation at B = 256).
+template <typename T>
+struct ACache {
+  std::vector<int64_t> key;
+  std::vector<std::vector<T>> mem;
+  std::vector<std::unique_ptr<Acc<T>>> acc;
 };
 
 template <typename T, int VB, int NR>
 struct AScratch {
   static constexpr int L = VB / sizeof(T), MB = 2 * L;
-  std::vector<T> mem;
   std::vector<T*> hin, gate, u, da;  // per layer: input [w_l][MB]; gate, W h + b, act' [w_{l+1}][MB]
   std::vector<T*> pre;                // softplus, per layer: pre [w_{l+1}][MB] (torch's threshold in the backward)
   std::vector<T*> hu, hv;             // Hutchinson per layer: probe in [w_l][MB], W u [w_{l+1}][MB]
   std::vector<T*> gateb, sbar;        // per layer: gate's cotangent, scale's cotangent [w_{l+1}][MB]
-  std::vector<T*> J, Q;               // exact, one row: J_l [w_l][DP] (l >= 1), Q_l [w_{l+1}][DP] (1 <= l < L-1)
-  T *fout, *ct, *hp, *pre_b, *ub, *hb0, *hb1, *tr, *ctxb, *Jb0, *Jb1, *Qb, *JT;
-  int64_t DP = 0, WP = 0;
+  // exact, probe-major: per hidden layer its scales s_l for each row of the tile [MB][WP]; one
+  // row's tangents J_l^T [RD][WP] (l >= 1) and Q_l^T [RD][WP] (1 <= l < L-1)
+  std::vector<T*> sT, JT, QT;
+  T *fout, *ct, *hp, *pre_b, *ub, *gp, *hb0, *hb1, *tr, *ctxb, *ctxT, *JbA, *JbB, *QbT, *sbT;
+  int64_t WP = 0, RD = 0;
 
-  AScratch(const AProblem<T>& p) {
+  AScratch(const AProblem<T>& p, std::vector<T>& mem) {
     constexpr int64_t kLine = 64 / sizeof(T);
     const int64_t nl = int64_t(p.layers.size()), D = p.D, cs = 1 + p.C;
     const bool hut = p.divergence == kCnfHutchinson, exact = p.divergence == kCnfExact;
     const int64_t rows = round_up(p.max_width, NR);
-    DP = exact ? round_up(D, L) : 0;
-    WP = round_up(p.max_width, L);
+    // rows of probe-major buffers: D padded for every GEMM block height used on them (12, 8, 6);
+    // their row stride: the widest layer padded for a block of 12 and to whole vectors
+    RD = exact ? round_up(D, 24) : 0;
+    WP = round_up(round_up(p.max_width, 12), L);
     std::vector<std::pair<T**, int64_t>> want;
     hin.assign(nl, nullptr), gate.assign(nl, nullptr), u.assign(nl, nullptr), da.assign(nl, nullptr);
     pre.assign(nl, nullptr);
     hu.assign(nl, nullptr), hv.assign(nl, nullptr), gateb.assign(nl, nullptr), sbar.assign(nl, nullptr);
-    J.assign(nl, nullptr), Q.assign(nl, nullptr);
+    sT.assign(nl, nullptr), JT.assign(nl, nullptr), QT.assign(nl, nullptr);
     for (int64_t l = 0; l < nl; ++l) {
       const int64_t in = round_up(p.layers[l].in, NR) * MB, out = round_up(p.layers[l].out, NR) * MB;
       want.push_back({&hin[l], in});
@@ -135,42 +167,45 @@ struct AScratch {
         want.push_back({&hu[l], in});
         want.push_back({&hv[l], out});
       }
-      if (exact && l >= 1) want.push_back({&J[l], round_up(p.layers[l].in, NR) * DP});
-      if (exact && l >= 1 && l < nl - 1) want.push_back({&Q[l], round_up(p.layers[l].out, NR) * DP});
+      if (exact && l < nl - 1) want.push_back({&sT[l], MB * WP});
+      if (exact && l >= 1) want.push_back({&JT[l], RD * WP});
+      if (exact && l >= 1 && l < nl - 1) want.push_back({&QT[l], RD * WP});
     }
     want.push_back({&fout, rows * MB});
     want.push_back({&ct, std::max<int64_t>(p.C, 1) * MB});
     want.push_back({&hp, rows * MB});
     want.push_back({&pre_b, rows * MB});
     want.push_back({&ub, rows * MB});
+    want.push_back({&gp, rows * MB});
     want.push_back({&hb0, rows * MB});
     want.push_back({&hb1, rows * MB});
-    want.push_back({&tr, std::max(MB * WP, DP * WP)});
+    want.push_back({&tr, MB * WP});
     want.push_back({&ctxb, cs * MB});
-    want.push_back({&Jb0, exact ? rows * DP : 0});
-    want.push_back({&Jb1, exact ? rows * DP : 0});
-    want.push_back({&Qb, exact ? rows * DP : 0});
+    want.push_back({&ctxT, MB * round_up(p.C + 2, L)});
+    want.push_back({&JbA, RD * WP});
+    want.push_back({&JbB, RD * WP});
+    want.push_back({&QbT, RD * WP});
+    want.push_back({&sbT, exact ? WP : 0});
     int64_t total = kLine;
     for (auto& w : want) total += round_up(w.second, kLine);
-    mem.assign(size_t(total), T(0));
+    if (mem.size() != size_t(total)) mem.assign(size_t(total), T(0));
     uintptr_t base = reinterpret_cast<uintptr_t>(mem.data());
     T* q = reinterpret_cast<T*>((base + 63) / 64 * 64);
     for (auto& w : want) {
       *w.first = q;
       q += round_up(w.second, kLine);
     }
-    JT = tr;
   }
 };
 
 template <typename T, int VB>
 CGNF_INLINE T hsum(const Vec<T, VB>& v) {
   constexpr int L = VB / sizeof(T);
-  T lanes[L];
+  alignas(64) T lanes[L];
   storev(lanes, v);
-  T s = T(0);
-  for (int i = 0; i < L; ++i) s += lanes[i];
-  return s;
+  for (int w = L / 2; w >= 1; w /= 2)  // a tree: depth log2(L), not a serial chain of L adds
+    for (int i = 0; i < w; ++i) lanes[i] += lanes[i + w];
+  return lanes[0];
 }
 
 // dst [MB][ld] = src [rows][MB]^T for rows < n (columns n .. ld zero).
@@ -249,13 +284,16 @@ CGNF_INLINE void tile_forward(const AProblem<T>& p, AScratch<T, VB, NR>& s, int6
 }
 
 // Exact divergence of batch row r of the tile, and (a != 0) its reverse pass: adds to the
-// thread's W sums, the tile's gate and scale cotangents (column r).
+// thread's W sums, the tile's gate and scale cotangents (column r). Probe-major (module doc):
+// every [width x D] tangent is held transposed, [D][width], so the products' vectors run over
+// the width, the scales multiply whole vectors and no tangent is ever transposed.
 template <typename T, int VB, int NR>
 CGNF_INLINE T exact_row(const AProblem<T>& p, AScratch<T, VB, NR>& s, Acc<T>& acc, int64_t r, T a) {
-  constexpr int L = VB / sizeof(T), MB = 2 * L;
+  constexpr int L = VB / sizeof(T);
+  constexpr int MB = 2 * L;
+  constexpr int NRD = NR == 12 ? 8 : NR;  // block height of the products with D rows (D = 32: no padding)
   using V = Vec<T, VB>;
-  const int64_t D = p.D, nl = int64_t(p.layers.size()), DP = s.DP, nvd = DP / L;
-  auto scale = [&](int64_t l, int64_t n) CGNF_INLINE_LAMBDA { return s.da[l][n * MB + r] * s.gate[l][n * MB + r]; };
+  const int64_t D = p.D, nl = int64_t(p.layers.size()), WP = s.WP;
   const ALayer<T>& lz = p.layers[nl - 1];
   const T* gz = s.gate[nl - 1];
   if (nl == 1) {  // div = sum_i gate_i W_ii
@@ -270,91 +308,104 @@ CGNF_INLINE T exact_row(const AProblem<T>& p, AScratch<T, VB, NR>& s, Acc<T>& ac
     }
     return total;
   }
-  const ALayer<T>& l0 = p.layers[0];
-  T* J1 = s.J[1];
-  for (int64_t n = 0; n < l0.out; ++n) {  // J_1 = diag(s_0) W_0
-    const T sc = scale(0, n);
-    for (int64_t d = 0; d < D; ++d) J1[n * DP + d] = sc * l0.W[n * D + d];
-    for (int64_t d = D; d < DP; ++d) J1[n * DP + d] = T(0);
+  auto srow = [&](int64_t l) CGNF_INLINE_LAMBDA { return s.sT[l] + r * WP; };  // s_l of row r, zero-padded
+  auto vecs = [&](int64_t w) CGNF_INLINE_LAMBDA { return round_up(w, L) / L; };
+  {  // J_1^T = W_0^T diag(s_0)
+    const int64_t nv = vecs(p.layers[0].out), ld = acc.ldw0t;
+    const T* s0 = srow(0);
+    T* J1 = s.JT[1];
+    for (int64_t d = 0; d < D; ++d)
+      for (int64_t v = 0; v < nv; ++v) {
+        V w, sc;
+        loadv(w, p.W0T.data() + d * ld + v * L);
+        loadv(sc, s0 + v * L);
+        storev(J1 + d * WP + v * L, w * sc);
+      }
   }
-  for (int64_t l = 1; l < nl - 1; ++l) {  // Q_l = W_l J_l, J_{l+1} = diag(s_l) Q_l
+  for (int64_t l = 1; l < nl - 1; ++l) {  // Q_l^T = J_l^T W_l^T, J_{l+1}^T = Q_l^T diag(s_l)
     const ALayer<T>& ly = p.layers[l];
-    T* Jn = s.J[l + 1];
-    T* Ql = s.Q[l];
-    gemm<T, VB, NR>(ly.W, ly.in, ly.out, ly.in, s.J[l], DP, nvd, Ql, DP,
-                    [&](int64_t, int, const V& x) CGNF_INLINE_LAMBDA -> V { return x; });
-    for (int64_t n = 0; n < ly.out; ++n) {
-      const T sc = scale(l, n);
-      for (int64_t d = 0; d < DP; ++d) Jn[n * DP + d] = sc * Ql[n * DP + d];
-    }
+    const int64_t nvo = vecs(ly.out);
+    const T* sl = srow(l);
+    T* Ql = s.QT[l];
+    gemm<T, VB, NRD>(s.JT[l], WP, D, ly.in, ly.WTp.data(), nvo * L, nvo, s.JT[l + 1], WP,
+                     [&](int64_t d, int v, const V& x) CGNF_INLINE_LAMBDA -> V {
+                       V sc;
+                       loadv(sc, sl + v * L);
+                       storev(Ql + d * WP + v * L, x);
+                       return x * sc;
+                     });
   }
-  const T* JL = s.J[nl - 1];
-  const T* WLt = p.WLt.data();  // [in][DP]
-  alignas(64) T dg[kCnfMaxExactLatent + 64 / sizeof(T)] = {};  // (W_L J_L)_dd, a vector per L probes
-  for (int64_t k = 0; k < lz.in; ++k)
-    for (int64_t v = 0; v < nvd; ++v) {
-      V acc_v, w, j;
-      loadv(acc_v, dg + v * L);
-      loadv(w, WLt + k * DP + v * L);
-      loadv(j, JL + k * DP + v * L);
-      storev(dg + v * L, acc_v + w * j);
+  const T* JL = s.JT[nl - 1];
+  const T* WL = p.WLp.data();  // [D][ld]
+  const int64_t nvl = vecs(lz.in), ldl = nvl * L;
+  alignas(64) T dg[kCnfMaxExactLatent];  // (W_L J_L)_dd
+  for (int64_t d = 0; d < D; ++d) {
+    V acc_v{};
+    for (int64_t v = 0; v < nvl; ++v) {
+      V w, j;
+      loadv(w, WL + d * ldl + v * L);
+      loadv(j, JL + d * WP + v * L);
+      acc_v += w * j;
     }
+    dg[d] = hsum<T, VB>(acc_v);
+  }
   T total = T(0);
   for (int64_t d = 0; d < D; ++d) {  // tr(diag(gate) W_L J_L)
     total += gz[d * MB + r] * dg[d];
     if (a != T(0)) s.gateb[nl - 1][d * MB + r] += a * dg[d];
   }
   if (a == T(0)) return total;
-  T* Jb = s.Jb0;
-  T* Jb2 = s.Jb1;
-  {  // Jbar_L[k, d] = a gate_d W_L[d, k]; Wbar_L^T[k, d] += a gate_d J_L[k, d] (summed transposed)
-    alignas(64) T ag[kCnfMaxExactLatent + 64 / sizeof(T)] = {};
-    for (int64_t d = 0; d < D; ++d) ag[d] = a * gz[d * MB + r];
-    T* wbt = acc.WLt.data();
-    for (int64_t k = 0; k < lz.in; ++k)
-      for (int64_t v = 0; v < nvd; ++v) {
-        V g, w, j, b;
-        loadv(g, ag + v * L);
-        loadv(w, WLt + k * DP + v * L);
-        loadv(j, JL + k * DP + v * L);
-        loadv(b, wbt + k * DP + v * L);
-        storev(Jb + k * DP + v * L, g * w);
-        storev(wbt + k * DP + v * L, b + g * j);
+  T* Jb = s.JbA;
+  T* Jb2 = s.JbB;
+  {  // Jbar_L^T[d, k] = a gate_d W_L[d, k]; Wbar_L[d, k] += a gate_d J_L^T[d, k]
+    T* wb = acc.W[nl - 1].data();  // ld = ldl
+    for (int64_t d = 0; d < D; ++d) {
+      const T ag = a * gz[d * MB + r];
+      for (int64_t v = 0; v < nvl; ++v) {
+        V w, j, b;
+        loadv(w, WL + d * ldl + v * L);
+        loadv(j, JL + d * WP + v * L);
+        loadv(b, wb + d * ldl + v * L);
+        storev(Jb + d * WP + v * L, ag * w);
+        storev(wb + d * ldl + v * L, b + ag * j);
       }
+    }
   }
   for (int64_t l = nl - 2; l >= 0; --l) {
     const ALayer<T>& ly = p.layers[l];
-    const T* Ql = l == 0 ? nullptr : s.Q[l];
+    const int64_t nvo = vecs(ly.out);
+    const T* sl = srow(l);
+    // sbar_l[n] = sum_d Jbar^T[d, n] Q_l^T[d, n] (Q_0 = W_0), Qbar^T = Jbar^T diag(s_l)
+    const T* q = l == 0 ? p.W0T.data() : s.QT[l];
+    const int64_t ldq = l == 0 ? acc.ldw0t : WP;
+    std::fill(s.sbT, s.sbT + nvo * L, T(0));
+    for (int64_t d = 0; d < D; ++d)
+      for (int64_t v = 0; v < nvo; ++v) {
+        V jb, qv, sc, sb;
+        loadv(jb, Jb + d * WP + v * L);
+        loadv(qv, q + d * ldq + v * L);
+        loadv(sc, sl + v * L);
+        loadv(sb, s.sbT + v * L);
+        storev(s.sbT + v * L, sb + jb * qv);
+        storev(s.QbT + d * WP + v * L, sc * jb);
+      }
     T* sb = s.sbar[l];
-    for (int64_t n = 0; n < ly.out; ++n) {  // sbar_l[n] = <Jbar[n, :], Q_l[n, :]>, Qbar = s_l Jbar
-      const T sc = scale(l, n);
-      const T* q = l == 0 ? p.W0p.data() + n * DP : Ql + n * DP;
-      V acc_v{};
-      for (int64_t v = 0; v < nvd; ++v) {
-        V jb, qv;
-        loadv(jb, Jb + n * DP + v * L);
-        loadv(qv, q + v * L);
-        acc_v += jb * qv;
-        storev(s.Qb + n * DP + v * L, sc * jb);
-      }
-      sb[n * MB + r] += hsum<T, VB>(acc_v);
-    }
-    if (l == 0) {
-      T* wb = acc.W[0].data();
-      const int64_t ld = acc.ldw[0];
-      for (int64_t n = 0; n < ly.out; ++n)
-        for (int64_t d = 0; d < D; ++d) wb[n * ld + d] += s.Qb[n * DP + d];
-    } else {
-      const int64_t ld = acc.ldw[l];  // round_up(in, L)
-      const T* Jl = s.J[l];
-      for (int64_t d = 0; d < D; ++d) {  // J_l^T [D][ld]
-        T* row = s.JT + d * ld;
-        for (int64_t k = 0; k < ly.in; ++k) row[k] = Jl[k * DP + d];
-        for (int64_t k = ly.in; k < ld; ++k) row[k] = T(0);
-      }
-      gemm_acc<T, VB, NR>(s.Qb, DP, ly.out, D, s.JT, ld, ld / L, acc.W[l].data(), ld);
-      gemm<T, VB, NR>(ly.WT.data(), ly.out, ly.in, ly.out, s.Qb, DP, nvd, Jb2, DP,
-                      [&](int64_t, int, const V& x) CGNF_INLINE_LAMBDA -> V { return x; });
+    for (int64_t n = 0; n < ly.out; ++n) sb[n * MB + r] += s.sbT[n];
+    if (l == 0) {  // Wbar_0^T += Qbar^T
+      T* wb = acc.W0T.data();
+      const int64_t ld = acc.ldw0t;
+      for (int64_t d = 0; d < D; ++d)
+        for (int64_t v = 0; v < nvo; ++v) {
+          V x, y;
+          loadv(x, s.QbT + d * WP + v * L);
+          loadv(y, wb + d * ld + v * L);
+          storev(wb + d * ld + v * L, x + y);
+        }
+    } else {  // Wbar_l += Qbar J_l^T (A^T X over the D probes); Jbar_l^T = Qbar^T W_l
+      const int64_t nvi = vecs(ly.in);
+      gemm_tacc<T, VB, NR>(s.QbT, WP, ly.out, D, s.JT[l], WP, nvi, acc.W[l].data(), acc.ldw[l]);
+      gemm<T, VB, NRD>(s.QbT, WP, D, ly.out, ly.Wp.data(), nvi * L, nvi, Jb2, WP,
+                       [&](int64_t, int, const V& x) CGNF_INLINE_LAMBDA -> V { return x; });
       std::swap(Jb, Jb2);
     }
   }
@@ -377,8 +428,13 @@ CGNF_INLINE void run_tile(const AProblem<T>& p, AScratch<T, VB, NR>& s, Acc<T>& 
   }
   // The divergence and its reverse pass.
   T divr[MB] = {};
-  if (exact)
+  if (exact) {
+    if (nl > 1)  // the hidden layers' scales, row-major for the probe-major products (padding stays 0)
+      for (int64_t l = 0; l < nl - 1; ++l)
+        for (int64_t n = 0; n < p.layers[l].out; ++n)
+          for (int64_t r = 0; r < MB; ++r) s.sT[l][r * s.WP + n] = s.da[l][n * MB + r] * s.gate[l][n * MB + r];
     for (int64_t r = 0; r < nr; ++r) divr[r] = exact_row<T, VB, NR>(p, s, acc, r, adiv[r]);
+  }
   if (hut) {
     V hd[2] = {V{}, V{}};
     V av[2];
@@ -435,13 +491,19 @@ CGNF_INLINE void run_tile(const AProblem<T>& p, AScratch<T, VB, NR>& s, Acc<T>& 
     for (int64_t k = 0; k < D; ++k) prebar[k * MB + r] = r < nr ? p.az[(r0 + r) * D + k] : T(0);
   std::fill(s.ctxb, s.ctxb + cs * MB, T(0));
   const T tv = p.t;
+  const int64_t ldx = acc.ldx;
+  for (int64_t r = 0; r < MB; ++r) {  // the context matrix [MB][ldx]: t, c_1 .. c_C, 1 (then zeros)
+    T* x = s.ctxT + r * ldx;
+    x[0] = tv;
+    for (int64_t j = 0; j < C; ++j) x[1 + j] = s.ct[j * MB + r];
+    x[cs] = T(1);
+  }
   for (int64_t l = nl - 1; l >= 0; --l) {
     const ALayer<T>& ly = p.layers[l];
     const bool last = l == nl - 1;
     T* gate = s.gate[l];
     T* gateb = s.gateb[l];
     for (int64_t n = 0; n < ly.out; ++n) {
-      T sum_ub = T(0), sum_gp = T(0), sum_pb = T(0);
       V gpv[2], pbv[2];
       for (int v = 0; v < 2; ++v) {
         const int64_t o = n * MB + v * L;
@@ -468,26 +530,11 @@ CGNF_INLINE void run_tile(const AProblem<T>& p, AScratch<T, VB, NR>& s, Acc<T>& 
           gb = gb + sb * d;
           storev(prebar + o, pb);
         }
-        const V ub = pb * g;
-        storev(s.ub + o, ub);
+        storev(s.ub + o, pb * g);
         gb = gb + pb * uu;
-        const V gp = gb * g * (T(1) - g);
-        gpv[v] = gp;
+        gpv[v] = gb * g * (T(1) - g);
         pbv[v] = pb;
-        sum_ub += hsum<T, VB>(ub);
-        sum_gp += hsum<T, VB>(gp);
-        sum_pb += hsum<T, VB>(pb);
-      }
-      acc.b[l][n] += sum_ub;
-      acc.g[l][n] += sum_gp;
-      acc.G[l][n * cs] += tv * sum_gp;
-      acc.H[l][n * cs] += tv * sum_pb;
-      for (int64_t j = 0; j < C; ++j) {
-        V x0, x1;
-        loadv(x0, s.ct + j * MB);
-        loadv(x1, s.ct + j * MB + L);
-        acc.G[l][n * cs + 1 + j] += hsum<T, VB>(gpv[0] * x0 + gpv[1] * x1);
-        acc.H[l][n * cs + 1 + j] += hsum<T, VB>(pbv[0] * x0 + pbv[1] * x1);
+        storev(s.gp + o, gpv[v]);
       }
       for (int64_t j = 0; j < cs; ++j) {  // ctxbar += G^T gp + H^T prebar
         const T gj = ly.G[n * cs + j], hj = ly.H[n * cs + j];
@@ -498,6 +545,11 @@ CGNF_INLINE void run_tile(const AProblem<T>& p, AScratch<T, VB, NR>& s, Acc<T>& 
         }
       }
     }
+    // Sums over the tile's rows against the context matrix: [G | g] += gp ctx, H += prebar ctx, b += ubar 1.
+    const int64_t nvx = ldx / L;
+    gemm_acc<T, VB, NR>(s.gp, MB, ly.out, MB, s.ctxT, ldx, nvx, acc.Gx[l].data(), ldx);
+    gemm_acc<T, VB, NR>(prebar, MB, ly.out, MB, s.ctxT, ldx, nvx, acc.Hx[l].data(), ldx);
+    gemm_acc<T, VB, NR>(s.ub, MB, ly.out, MB, s.ctxT, ldx, nvx, acc.bx[l].data(), ldx);
     const int64_t ld = acc.ldw[l];
     transpose_in(s.hin[l], ly.in, MB, s.tr, ld);  // Wbar += ubar h^T
     gemm_acc<T, VB, NR>(s.ub, MB, ly.out, MB, s.tr, ld, ld / L, acc.W[l].data(), ld);
@@ -517,25 +569,27 @@ CGNF_INLINE void run_tile(const AProblem<T>& p, AScratch<T, VB, NR>& s, Acc<T>& 
 }
 
 template <typename T, int VB, int NR>
-CGNF_INLINE void run_range(const AProblem<T>& p, Acc<T>& acc, int64_t lo, int64_t hi) {
+CGNF_INLINE void run_range(const AProblem<T>& p, Acc<T>& acc, std::vector<T>& mem, int64_t lo, int64_t hi) {
   constexpr int MB = 2 * int(VB / sizeof(T));
-  AScratch<T, VB, NR> s(p);
+  AScratch<T, VB, NR> s(p, mem);
   for (int64_t tile = lo; tile < hi; ++tile) run_tile<T, VB, NR>(p, s, acc, tile * MB);
 }
 
 #ifdef CGNF_SIMD_X86
 template <typename T>
-__attribute__((target("avx512f"))) void range_avx512(const AProblem<T>& p, Acc<T>& a, int64_t lo, int64_t hi) {
-  run_range<T, 64, 12>(p, a, lo, hi);
+__attribute__((target("avx512f"))) void range_avx512(const AProblem<T>& p, Acc<T>& a, std::vector<T>& m, int64_t lo,
+                                                     int64_t hi) {
+  run_range<T, 64, 12>(p, a, m, lo, hi);
 }
 template <typename T>
-__attribute__((target("avx2,fma"))) void range_avx2(const AProblem<T>& p, Acc<T>& a, int64_t lo, int64_t hi) {
-  run_range<T, 32, 6>(p, a, lo, hi);
+__attribute__((target("avx2,fma"))) void range_avx2(const AProblem<T>& p, Acc<T>& a, std::vector<T>& m, int64_t lo,
+                                                   int64_t hi) {
+  run_range<T, 32, 6>(p, a, m, lo, hi);
 }
 #endif
 template <typename T>
-void range_generic(const AProblem<T>& p, Acc<T>& a, int64_t lo, int64_t hi) {
-  run_range<T, 16, 6>(p, a, lo, hi);
+void range_generic(const AProblem<T>& p, Acc<T>& a, std::vector<T>& m, int64_t lo, int64_t hi) {
+  run_range<T, 16, 6>(p, a, m, lo, hi);
 }
 
 template <typename T>
@@ -555,24 +609,36 @@ void run(AProblem<T>& p, const std::vector<T*>& gw, T* gt, int64_t num_threads) 
   }
   const simd::Isa isa = simd::pick_isa();
   int vb = 16;
-  void (*fn)(const AProblem<T>&, Acc<T>&, int64_t, int64_t) = range_generic<T>;
+  void (*fn)(const AProblem<T>&, Acc<T>&, std::vector<T>&, int64_t, int64_t) = range_generic<T>;
 #ifdef CGNF_SIMD_X86
   if (isa == simd::Isa::kAvx512) fn = range_avx512<T>, vb = 64;
   if (isa == simd::Isa::kAvx2) fn = range_avx2<T>, vb = 32;
 #endif
   const int64_t lanes = vb / int64_t(sizeof(T)), MB = 2 * lanes;
   const int64_t tiles = (p.B + MB - 1) / MB;
-  if (p.divergence == kCnfExact && p.layers.size() > 1) {
-    const int64_t D = p.D, dp = round_up(D, lanes);
+  const int64_t nl = int64_t(p.layers.size()), D = p.D;
+  if (p.divergence == kCnfExact && nl > 1) {  // the probe-major path's zero-padded weight copies
+    p.exact_t = true;
     const ALayer<T>& l0 = p.layers.front();
     const ALayer<T>& lz = p.layers.back();
-    p.dp = dp;
-    p.W0p.assign(size_t(l0.out * dp), T(0));
+    const int64_t ld0 = round_up(l0.out, lanes), ldz = round_up(lz.in, lanes);
+    p.W0T.assign(size_t(D * ld0), T(0));
     for (int64_t n = 0; n < l0.out; ++n)
-      for (int64_t d = 0; d < D; ++d) p.W0p[n * dp + d] = l0.W[n * D + d];
-    p.WLt.assign(size_t(lz.in * dp), T(0));
+      for (int64_t d = 0; d < D; ++d) p.W0T[d * ld0 + n] = l0.W[n * D + d];
+    p.WLp.assign(size_t(D * ldz), T(0));
     for (int64_t d = 0; d < D; ++d)
-      for (int64_t k = 0; k < lz.in; ++k) p.WLt[k * dp + d] = lz.W[d * lz.in + k];
+      for (int64_t k = 0; k < lz.in; ++k) p.WLp[d * ldz + k] = lz.W[d * lz.in + k];
+    for (int64_t l = 1; l + 1 < nl; ++l) {
+      ALayer<T>& ly = p.layers[l];
+      const int64_t ldo = round_up(ly.out, lanes), ldi = round_up(ly.in, lanes);
+      ly.WTp.assign(size_t(ly.in * ldo), T(0));
+      ly.Wp.assign(size_t(ly.out * ldi), T(0));
+      for (int64_t n = 0; n < ly.out; ++n)
+        for (int64_t k = 0; k < ly.in; ++k) {
+          ly.WTp[k * ldo + n] = ly.W[n * ly.in + k];
+          ly.Wp[n * ldi + k] = ly.W[n * ly.in + k];
+        }
+    }
   }
   int64_t macs = 0;  // per batch row, as the forward kernel counts them (x3: forward, W^T, W sums)
   for (const ALayer<T>& ly : p.layers) macs += 3 * ly.out * (ly.in + 2 * p.C + 16);
@@ -580,17 +646,23 @@ void run(AProblem<T>& p, const std::vector<T*>& gw, T* gt, int64_t num_threads) 
   if (p.divergence == kCnfExact)
     for (size_t l = 1; l + 1 < p.layers.size(); ++l) macs += 3 * p.D * p.layers[l].out * p.layers[l].in;
   const int64_t min_chunk = std::max<int64_t>(1, (int64_t{16} << 20) / std::max<int64_t>(1, macs * MB));
-  std::mutex mu;
-  std::vector<std::pair<int64_t, std::unique_ptr<Acc<T>>>> parts;
+  const int64_t chunk = parallel_chunk(tiles, num_threads, min_chunk), chunks = (tiles + chunk - 1) / chunk;
+  static thread_local ACache<T> tl_cache;
+  ACache<T>& cache = tl_cache;  // (the workers must use the caller's, not their own thread-local copy)
+  std::vector<int64_t> key = {vb, p.B > 0, p.C, p.D, p.divergence, p.softplus};
+  for (const ALayer<T>& ly : p.layers) key.push_back(ly.out);
+  if (key != cache.key) cache = ACache<T>{key, {}, {}};
+  while (int64_t(cache.acc.size()) < chunks) {
+    cache.acc.push_back(std::make_unique<Acc<T>>(p, 12, lanes));  // rows padded for NR = 12 and 6
+    cache.mem.emplace_back();
+  }
+  for (int64_t i = 0; i < chunks; ++i) cache.acc[i]->zero();
   parallel_for(tiles, num_threads, min_chunk, [&](int64_t lo, int64_t hi) {
-    auto acc = std::make_unique<Acc<T>>(p, 12, lanes);  // rows padded for NR = 12 and 6
-    fn(p, *acc, lo, hi);
-    std::lock_guard<std::mutex> g(mu);
-    parts.emplace_back(lo, std::move(acc));
+    fn(p, *cache.acc[lo / chunk], cache.mem[lo / chunk], lo, hi);
   });
-  std::sort(parts.begin(), parts.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  std::vector<std::pair<int64_t, Acc<T>*>> parts;  // in tile order
+  for (int64_t i = 0; i < chunks; ++i) parts.emplace_back(i, cache.acc[i].get());
   // Sum the threads' parts in tile order into the outputs.
-  const int64_t nl = int64_t(p.layers.size());
   if (gt) {
     T s = T(0);
     for (auto& pa : parts) s += pa.second->t;
@@ -598,37 +670,39 @@ void run(AProblem<T>& p, const std::vector<T*>& gw, T* gt, int64_t num_threads) 
   }
   for (int64_t l = 0; l < nl; ++l) {
     const ALayer<T>& ly = p.layers[l];
-    T* outs[5] = {gw.empty() ? nullptr : gw[5 * l], gw.empty() ? nullptr : gw[5 * l + 1],
-                  gw.empty() ? nullptr : gw[5 * l + 2], gw.empty() ? nullptr : gw[5 * l + 3],
-                  gw.empty() ? nullptr : gw[5 * l + 4]};
+    T* outs[5] = {nullptr, nullptr, nullptr, nullptr, nullptr};
+    if (!gw.empty())
+      for (int j = 0; j < 5; ++j) outs[j] = gw[5 * l + j];
     if (outs[0]) {
-      const bool tr = p.dp && l == nl - 1;  // the exact divergence's part of the last layer, transposed
+      const bool tr = p.exact_t && l == 0;  // the exact divergence's part of the first layer, transposed
       for (int64_t n = 0; n < ly.out; ++n)
         for (int64_t k = 0; k < ly.in; ++k) {
           T s = T(0);
           for (auto& pa : parts) {
             s += pa.second->W[l][n * pa.second->ldw[l] + k];
-            if (tr) s += pa.second->WLt[k * p.dp + n];
+            if (tr) s += pa.second->W0T[k * pa.second->ldw0t + n];
           }
           outs[0][n * ly.in + k] = s;
         }
     }
-    auto sum_into = [&](T* out, int which, int64_t count) {
+    // (which, column): b = bx[:, cs]; G = Gx[:, 0:cs]; g = Gx[:, cs]; H = Hx[:, 0:cs]
+    auto sum_into = [&](T* out, int which, int64_t col0, int64_t ncol) {
       if (!out) return;
-      for (int64_t i = 0; i < count; ++i) {
-        T s = T(0);
-        for (auto& pa : parts) {
-          const Acc<T>& a = *pa.second;
-          const std::vector<T>& v = which == 1 ? a.b[l] : which == 2 ? a.G[l] : which == 3 ? a.g[l] : a.H[l];
-          s += v[i];
+      for (int64_t n = 0; n < ly.out; ++n)
+        for (int64_t j = 0; j < ncol; ++j) {
+          T s = T(0);
+          for (auto& pa : parts) {
+            const Acc<T>& a = *pa.second;
+            const std::vector<T>& v = which == 0 ? a.bx[l] : which == 1 ? a.Gx[l] : a.Hx[l];
+            s += v[n * a.ldx + col0 + j];
+          }
+          out[n * ncol + j] = s;
         }
-        out[i] = s;
-      }
     };
-    sum_into(outs[1], 1, ly.out);
-    sum_into(outs[2], 2, ly.out * cs);
-    sum_into(outs[3], 3, ly.out);
-    sum_into(outs[4], 4, ly.out * cs);
+    sum_into(outs[1], 0, cs, 1);
+    sum_into(outs[2], 1, 0, cs);
+    sum_into(outs[3], 1, cs, 1);
+    sum_into(outs[4], 2, 0, cs);
   }
 }
 

@@ -231,6 +231,41 @@ CGNF_INLINE void gemm_acc(const T* W, int64_t ldw, int64_t N, int64_t K, const T
   }
 }
 
+// Y [N][nv vectors] += A^T X with A stored transposed, [K][lda] (A^T[n][k] = A[k * lda + n]):
+// the register block broadcasts NR consecutive scalars of one row of A (immediate offsets from
+// one pointer). A's rows must hold round_up(N, NR) readable values and Y round_up(N, NR) rows
+// (blocks past N compute into Y's padding rows).
+template <typename T, int VB, int NR, int V>
+CGNF_INLINE void block_t(const T* A, int64_t lda, int64_t K, const T* X, int64_t xs, T* Y, int64_t ys) {
+  constexpr int L = VB / sizeof(T);
+  using Vt = Vec<T, VB>;
+  Vt acc[NR][V];
+  for (int i = 0; i < NR; ++i)
+    for (int v = 0; v < V; ++v) loadv(acc[i][v], Y + i * ys + v * L);
+  for (int64_t k = 0; k < K; ++k) {
+    Vt x[V];
+    for (int v = 0; v < V; ++v) loadv(x[v], X + k * xs + v * L);
+    const T* a = A + k * lda;
+    for (int i = 0; i < NR; ++i) {
+      const T ak = a[i];
+      for (int v = 0; v < V; ++v) acc[i][v] += ak * x[v];
+    }
+  }
+  for (int i = 0; i < NR; ++i)
+    for (int v = 0; v < V; ++v) storev(Y + i * ys + v * L, acc[i][v]);
+}
+
+template <typename T, int VB, int NR>
+CGNF_INLINE void gemm_tacc(const T* A, int64_t lda, int64_t N, int64_t K, const T* X, int64_t xs, int64_t nv, T* Y,
+                           int64_t ys) {
+  constexpr int L = VB / sizeof(T);
+  for (int64_t n0 = 0; n0 < N; n0 += NR) {
+    int64_t v = 0;
+    for (; v + 2 <= nv; v += 2) block_t<T, VB, NR, 2>(A + n0, lda, K, X + v * L, xs, Y + n0 * ys + v * L, ys);
+    if (v < nv) block_t<T, VB, NR, 1>(A + n0, lda, K, X + v * L, xs, Y + n0 * ys + v * L, ys);
+  }
+}
+
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 // A layer table from the flat weight pointers (W, b, G, g, H per layer; cnf.h's layout): each

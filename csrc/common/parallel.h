@@ -11,16 +11,23 @@
 
 namespace cgnf {
 
+// The chunk length parallel_for uses for these arguments: chunk i is [i * chunk, (i + 1) * chunk)
+// clipped to n, so a body can name its chunk (lo / chunk), e.g. to reuse per-chunk buffers.
+inline int64_t parallel_chunk(int64_t n, int64_t num_threads, int64_t min_chunk) {
+  int64_t threads = std::max<int64_t>(1, num_threads);
+  threads = std::min<int64_t>(threads, (n + min_chunk - 1) / std::max<int64_t>(1, min_chunk));
+  return threads <= 1 ? std::max<int64_t>(n, 1) : (n + threads - 1) / threads;
+}
+
 template <typename F>
 void parallel_for(int64_t n, int64_t num_threads, int64_t min_chunk, F&& body) {
   if (n <= 0) return;
-  int64_t threads = std::max<int64_t>(1, num_threads);
-  threads = std::min<int64_t>(threads, (n + min_chunk - 1) / std::max<int64_t>(1, min_chunk));
+  const int64_t chunk = parallel_chunk(n, num_threads, min_chunk);
+  const int64_t threads = (n + chunk - 1) / chunk;
   if (threads <= 1) {
     body(int64_t{0}, n);
     return;
   }
-  const int64_t chunk = (n + threads - 1) / threads;
   std::vector<std::thread> pool;
   std::vector<std::exception_ptr> errors(threads);
   pool.reserve(threads - 1);
