@@ -4,6 +4,8 @@ csrc/cnf/cnf_adjoint_cpu.cpp) against autograd over the reference, and the nativ
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -301,3 +303,35 @@ def test_torchdiffeq_solves_use_the_op_and_its_native_backward():
         flow.log_prob(z, c).sum().backward()
         grads.append([p.grad.clone() for p in flow.parameters()])
     assert max(rel(a, b) for a, b in zip(*grads)) < 1e-9
+
+
+def test_kernels_own_the_cores():
+    """Inside, torch runs on one thread while the kernels keep torch's count (nested too); the
+    settings come back on exit and on an error; a training step inside equals one outside."""
+    from cgnf_fast import _native
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with _native.kernels_own_the_cores():
+            assert torch.get_num_threads() == 1 and _native.num_threads() == 2
+            with _native.kernels_own_the_cores():
+                assert torch.get_num_threads() == 1 and _native.num_threads() == 2
+            assert torch.get_num_threads() == 1 and _native.num_threads() == 2
+        assert torch.get_num_threads() == 2 and _native.num_threads() == 2
+        with pytest.raises(KeyError), _native.kernels_own_the_cores():
+            raise KeyError("x")
+        assert torch.get_num_threads() == 2 and _native.num_threads() == 2
+        native = flow_pair("exact", "tanh", dtype=torch.float32, D=8, hidden=(32, 32), tol=1e-3)
+        g = torch.Generator().manual_seed(0)
+        z, c = torch.randn(300, 8, generator=g), torch.randn(300, 3, generator=g)
+        grads = []
+        for ctx in (contextlib.nullcontext(), _native.kernels_own_the_cores()):
+            native.zero_grad(set_to_none=True)
+            with ctx:
+                (-native.log_prob(z, c).mean()).backward()
+            grads.append([p.grad.clone() for p in native.parameters() if p.grad is not None])
+        for a, b in zip(*grads):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    finally:
+        torch.set_num_threads(before)

@@ -59,6 +59,7 @@ decoding the sampled latents to cells and encoding them again (what sampling cel
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -74,6 +75,7 @@ from tqdm import tqdm
 
 from ..io import (CheckpointError, load_json, load_tensors, refuse_changed_config, save_json, save_tensors,
                   sha256_file)
+from .._native import kernels_own_the_cores
 from .._stats import spearman
 from ..models.api import GraphVAE
 from ..models.flow import ConditionalCNF, set_mode
@@ -434,7 +436,10 @@ def train_flow(cfg: TrainFlowConfig, gvae_dir: str | os.PathLike, out: str | os.
     # the average goes on from the checkpoint (unrounded where it has it; older ones: the rounded history)
     ema: float | None = ck["nll_ema"] if ck and "nll_ema" in ck else (
         history[-1].get("nll_ema") if history else None)
-    with save_on_interrupt(save_checkpoint, bar, lambda: (step, total)) as boundary:
+    # native CPU kernels: the loop's tensor ops (B x D) run on one torch thread, so no idle OpenMP
+    # workers spin on the cores the next solve needs (_native.kernels_own_the_cores)
+    cores = kernels_own_the_cores() if cfg.backend == "native" and dev.type == "cpu" else contextlib.nullcontext()
+    with cores, save_on_interrupt(save_checkpoint, bar, lambda: (step, total)) as boundary:
         while step < total:
             boundary()
             epoch, k = divmod(step, steps_per_epoch)
