@@ -354,8 +354,8 @@ def test_cli_all_writes_a_report(task_file, tmp_path, monkeypatch):
     for section in ("## 1.", "## 3.", "## 4.", "## 5.", "## 7."):
         assert section in text
     assert "no CIFAR-10" in text  # section 5 skipped with the reason
-    assert "## Beyond the seed space" in text and "no NB201 table" in text  # likewise
-    assert "## Does the protocol rank NB201's top cells?" in text
+    assert "## 9. Beyond the seed space" in text and "no NB201 table" in text  # likewise
+    assert "## 8. Does the protocol rank NB201's top cells?" in text
     assert "| vehicles |" in text
     for png in ("samples_nb201like.png", "conditioning_nb201like.png"):
         assert (out / png).stat().st_size > 1000
