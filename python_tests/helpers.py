@@ -147,3 +147,17 @@ def tiny_gvae(root, out) -> str:
     train_gvae(TrainGVAEConfig(space="nb201-like", store=store, attributes=["nwot", "params", "flops"], **GVAE_TINY),
                str(out), backend="torch", progress=False)
     return out
+
+
+def use_simd(monkeypatch, simd: str, kernel: str) -> None:
+    """Switch the native CPU kernels to instruction set ``simd`` ("default", "avx2" or
+    "generic"; chosen per call, so CGNF_SIMD works in-process) and check that ``kernel``'s
+    build-config entry (``cnf_simd``, ``gin_simd``) is one this cap allows."""
+    from cgnf_fast import _C
+
+    if simd == "default":
+        monkeypatch.delenv("CGNF_SIMD", raising=False)
+    else:
+        monkeypatch.setenv("CGNF_SIMD", simd)
+    allowed = {"default": ("avx512", "avx2", "generic"), "avx2": ("avx2", "generic"), "generic": ("generic",)}
+    assert _C.build_config()[kernel] in allowed[simd]

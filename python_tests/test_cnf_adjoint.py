@@ -16,6 +16,7 @@ from cgnf_fast.models import flow as flow_module
 from cgnf_fast.models.flow import ConditionalCNF, set_mode
 from cgnf_fast.ops import cnf as ops
 from cgnf_fast.ops.cnf import CnfPlan, cnf_dynamics, cnf_dynamics_vjp
+from helpers import use_simd
 
 
 def weights_of(widths, C, dtype, gen, scale=0.5):
@@ -80,14 +81,7 @@ def test_vjp_every_cpu_simd_path(simd, monkeypatch):
     """Each instruction-set copy of the adjoint kernel this machine runs (CGNF_SIMD switches it
     per call): register blocks of 12 and 8 rows (AVX-512) or 6 (AVX2, baseline), D off and on
     the block height, widths off the vector length, one to three hidden layers, both dtypes."""
-    from cgnf_fast import _C
-
-    if simd == "default":
-        monkeypatch.delenv("CGNF_SIMD", raising=False)
-    else:
-        monkeypatch.setenv("CGNF_SIMD", simd)
-    allowed = {"default": ("avx512", "avx2", "generic"), "avx2": ("avx2", "generic"), "generic": ("generic",)}
-    assert _C.build_config()["cnf_simd"] in allowed[simd]
+    use_simd(monkeypatch, simd, "cnf_simd")
     for B, D, hidden, C in [(300, 32, (128, 128), 4), (37, 13, (21, 30), 1), (70, 64, (40, 7, 19), 0), (9, 3, (5,), 2)]:
         for divergence in (None, "exact", "hutchinson"):
             check_vjp(B, D, hidden, C, divergence, "tanh")

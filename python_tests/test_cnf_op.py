@@ -22,7 +22,7 @@ from cgnf_fast.ops import cnf as cnf_ops
 from cgnf_fast.ops.cnf import CnfPlan, cnf_dynamics
 from cgnf_fast.reference import cnf as ref
 
-from helpers import DEVICE_PARAMS, needs_cuda
+from helpers import DEVICE_PARAMS, needs_cuda, use_simd
 
 F64 = torch.float64
 TOL = {torch.float32: dict(rtol=2e-5, atol=2e-5), torch.float64: dict(rtol=1e-12, atol=1e-12)}
@@ -129,12 +129,7 @@ def test_every_cpu_simd_path(simd, monkeypatch):
     """Each instruction-set copy of the CPU kernel this machine can run (chosen per call, so
     CGNF_SIMD switches it in-process): ragged tiles, widths off the register block, several
     threads, every divergence."""
-    if simd == "default":
-        monkeypatch.delenv("CGNF_SIMD", raising=False)
-    else:
-        monkeypatch.setenv("CGNF_SIMD", simd)
-    allowed = {"default": ("avx512", "avx2", "generic"), "avx2": ("avx2", "generic"), "generic": ("generic",)}
-    assert _C.build_config()["cnf_simd"] in allowed[simd]
+    use_simd(monkeypatch, simd, "cnf_simd")
     for dtype in (torch.float32, torch.float64):
         for i, (B, D, hidden, C) in enumerate([(300, 32, (128, 128), 4), (37, 5, (13,), 1), (70, 64, (40, 7, 19), 0)]):
             for divergence in (None, "exact", "hutchinson"):

@@ -12,7 +12,7 @@ from cgnf_fast.ops import gnn
 from cgnf_fast.ops.gnn import gin_aggregate
 from cgnf_fast.reference import gnn as ref
 
-from helpers import DEVICE_PARAMS, needs_cuda
+from helpers import DEVICE_PARAMS, needs_cuda, use_simd
 
 
 # Tolerances, atol scaled by the largest value: the kernels sum the same terms as bmm, in
@@ -91,12 +91,7 @@ def test_every_cpu_simd_path(simd, monkeypatch):
     """Each instruction-set copy of the CPU kernels this machine can run (the choice is made
     per call, so CGNF_SIMD can be switched in-process), on widths that hit tiles, single vectors
     and scalar tails, with multi-threaded batches."""
-    if simd != "default":
-        monkeypatch.setenv("CGNF_SIMD", simd)
-    else:
-        monkeypatch.delenv("CGNF_SIMD", raising=False)
-    allowed = {"default": ("avx512", "avx2", "generic"), "avx2": ("avx2", "generic"), "generic": ("generic",)}
-    assert _C.build_config()["gin_simd"] in allowed[simd]
+    use_simd(monkeypatch, simd, "gin_simd")
     for dtype in (torch.float32, torch.float64):
         for i, (B, N, H) in enumerate([(100, 8, 256), (50, 16, 17), (64, 3, 5), (7, 5, 100)]):
             adj, h = random_graphs(B, N, H, density=0.4, soft=True, dtype=dtype, seed=i)

@@ -310,18 +310,8 @@ CGNF_INLINE T exact_row(const AProblem<T>& p, AScratch<T, VB, NR>& s, Acc<T>& ac
   }
   auto srow = [&](int64_t l) CGNF_INLINE_LAMBDA { return s.sT[l] + r * WP; };  // s_l of row r, zero-padded
   auto vecs = [&](int64_t w) CGNF_INLINE_LAMBDA { return round_up(w, L) / L; };
-  {  // J_1^T = W_0^T diag(s_0)
-    const int64_t nv = vecs(p.layers[0].out), ld = acc.ldw0t;
-    const T* s0 = srow(0);
-    T* J1 = s.JT[1];
-    for (int64_t d = 0; d < D; ++d)
-      for (int64_t v = 0; v < nv; ++v) {
-        V w, sc;
-        loadv(w, p.W0T.data() + d * ld + v * L);
-        loadv(sc, s0 + v * L);
-        storev(J1 + d * WP + v * L, w * sc);
-      }
-  }
+  // J_1^T = W_0^T diag(s_0)
+  rows_times<T, VB>(p.W0T.data(), acc.ldw0t, srow(0), D, vecs(p.layers[0].out), s.JT[1], WP);
   for (int64_t l = 1; l < nl - 1; ++l) {  // Q_l^T = J_l^T W_l^T, J_{l+1}^T = Q_l^T diag(s_l)
     const ALayer<T>& ly = p.layers[l];
     const int64_t nvo = vecs(ly.out);
@@ -621,23 +611,12 @@ void run(AProblem<T>& p, const std::vector<T*>& gw, T* gt, int64_t num_threads) 
     p.exact_t = true;
     const ALayer<T>& l0 = p.layers.front();
     const ALayer<T>& lz = p.layers.back();
-    const int64_t ld0 = round_up(l0.out, lanes), ldz = round_up(lz.in, lanes);
-    p.W0T.assign(size_t(D * ld0), T(0));
-    for (int64_t n = 0; n < l0.out; ++n)
-      for (int64_t d = 0; d < D; ++d) p.W0T[d * ld0 + n] = l0.W[n * D + d];
-    p.WLp.assign(size_t(D * ldz), T(0));
-    for (int64_t d = 0; d < D; ++d)
-      for (int64_t k = 0; k < lz.in; ++k) p.WLp[d * ldz + k] = lz.W[d * lz.in + k];
+    p.W0T = padded(l0.W, l0.out, D, round_up(l0.out, lanes), true);
+    p.WLp = padded(lz.W, D, lz.in, round_up(lz.in, lanes), false);
     for (int64_t l = 1; l + 1 < nl; ++l) {
       ALayer<T>& ly = p.layers[l];
-      const int64_t ldo = round_up(ly.out, lanes), ldi = round_up(ly.in, lanes);
-      ly.WTp.assign(size_t(ly.in * ldo), T(0));
-      ly.Wp.assign(size_t(ly.out * ldi), T(0));
-      for (int64_t n = 0; n < ly.out; ++n)
-        for (int64_t k = 0; k < ly.in; ++k) {
-          ly.WTp[k * ldo + n] = ly.W[n * ly.in + k];
-          ly.Wp[n * ldi + k] = ly.W[n * ly.in + k];
-        }
+      ly.WTp = padded(ly.W, ly.out, ly.in, round_up(ly.out, lanes), true);
+      ly.Wp = padded(ly.W, ly.out, ly.in, round_up(ly.in, lanes), false);
     }
   }
   int64_t macs = 0;  // per batch row, as the forward kernel counts them (x3: forward, W^T, W sums)

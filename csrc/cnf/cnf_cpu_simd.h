@@ -268,6 +268,30 @@ CGNF_INLINE void gemm_tacc(const T* A, int64_t lda, int64_t N, int64_t K, const 
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
+// A zero-padded copy of a row-major [rows, cols] matrix W with row stride ld >= the copy's
+// width: W itself [rows][ld], or (transpose) W^T [cols][ld] (the probe-major paths' layouts).
+template <typename T>
+std::vector<T> padded(const T* W, int64_t rows, int64_t cols, int64_t ld, bool transpose) {
+  std::vector<T> out(size_t((transpose ? cols : rows) * ld), T(0));
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) out[transpose ? c * ld + r : r * ld + c] = W[r * cols + c];
+  return out;
+}
+
+// Y[d][:] = A[d][:] * s for d < rows, over nv vectors (row strides lda, ys): the first
+// tangents J_1^T = W_0^T diag(s_0) of the probe-major exact divergence.
+template <typename T, int VB>
+CGNF_INLINE void rows_times(const T* A, int64_t lda, const T* s, int64_t rows, int64_t nv, T* Y, int64_t ys) {
+  constexpr int L = VB / sizeof(T);
+  for (int64_t d = 0; d < rows; ++d)
+    for (int64_t v = 0; v < nv; ++v) {
+      Vec<T, VB> a, sc;
+      loadv(a, A + d * lda + v * L);
+      loadv(sc, s + v * L);
+      storev(Y + d * ys + v * L, a * sc);
+    }
+}
+
 // A layer table from the flat weight pointers (W, b, G, g, H per layer; cnf.h's layout): each
 // entry's W, b, G, g, H, in and out set, then ``more(layer, l)`` for the caller's own fields.
 template <typename T, typename Layer, typename More>

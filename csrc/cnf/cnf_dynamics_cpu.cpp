@@ -158,17 +158,8 @@ CGNF_INLINE T exact_row(const Problem<T>& p, Scratch<T, VB, NR>& s, int64_t r) {
   auto srow = [&](int64_t l) CGNF_INLINE_LAMBDA { return s.sT + (l * MB + r) * WP; };  // s_l of row r, zero-padded
   T* ta = s.TA;
   T* tb = s.TB;
-  {  // J_1^T = W_0^T diag(s_0)
-    const int64_t nv = vecs(p.layers[0].out), ld = nv * L;
-    const T* s0 = srow(0);
-    for (int64_t d = 0; d < D; ++d)
-      for (int64_t v = 0; v < nv; ++v) {
-        V w, sc;
-        loadv(w, p.W0T.data() + d * ld + v * L);
-        loadv(sc, s0 + v * L);
-        storev(ta + d * WP + v * L, w * sc);
-      }
-  }
+  const int64_t nv0 = vecs(p.layers[0].out);  // J_1^T = W_0^T diag(s_0)
+  rows_times<T, VB>(p.W0T.data(), nv0 * L, srow(0), D, nv0, ta, WP);
   for (int64_t l = 1; l < nl - 1; ++l) {  // J_{l+1}^T = J_l^T W_l^T diag(s_l)
     const Layer<T>& ly = p.layers[l];
     const int64_t nvo = vecs(ly.out);
@@ -341,23 +332,15 @@ void run(Problem<T>& p, const T* t, int64_t num_threads) {
   const int64_t MB = 2 * vb / int64_t(sizeof(T));
   const int64_t tiles = (p.B + MB - 1) / MB;
   if (p.divergence == kCnfExact && p.layers.size() > 1) {  // the probe-major path's padded weight copies
-    const int64_t lanes = vb / int64_t(sizeof(T)), D = p.D;
+    const int64_t lanes = vb / int64_t(sizeof(T));
     const Layer<T>& l0 = p.layers.front();
     const Layer<T>& lz = p.layers.back();
-    const int64_t ld0 = round_up(l0.out, lanes), ldz = round_up(lz.in, lanes);
-    p.W0T.assign(size_t(D * ld0), T(0));
-    for (int64_t n = 0; n < l0.out; ++n)
-      for (int64_t d = 0; d < D; ++d) p.W0T[d * ld0 + n] = l0.W[n * D + d];
-    p.WLp.assign(size_t(D * ldz), T(0));
-    for (int64_t d = 0; d < D; ++d)
-      for (int64_t k = 0; k < lz.in; ++k) p.WLp[d * ldz + k] = lz.W[d * lz.in + k];
+    p.W0T = padded(l0.W, l0.out, p.D, round_up(l0.out, lanes), true);
+    p.WLp = padded(lz.W, p.D, lz.in, round_up(lz.in, lanes), false);
     p.WTp.resize(p.layers.size());
     for (size_t l = 1; l + 1 < p.layers.size(); ++l) {
       const Layer<T>& ly = p.layers[l];
-      const int64_t ldo = round_up(ly.out, lanes);
-      p.WTp[l].assign(size_t(ly.in * ldo), T(0));
-      for (int64_t n = 0; n < ly.out; ++n)
-        for (int64_t k = 0; k < ly.in; ++k) p.WTp[l][k * ldo + n] = ly.W[n * ly.in + k];
+      p.WTp[l] = padded(ly.W, ly.out, ly.in, round_up(ly.out, lanes), true);
     }
   }
   // Multiply-adds per batch row, to give each thread >= ~16M of them: a thread costs ~50 us to
