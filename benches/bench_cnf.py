@@ -100,25 +100,37 @@ def side_by_side(native, torch_fn, device: str, reps: int, compiled=None) -> dic
     return row
 
 
-def train_step_rows(batches: list[int], reps: int, compile_ref: bool, meta: dict) -> None:
-    """One training step of the shipped nb201-like flow at the training tolerances (module doc)."""
-    import types
-
+def shipped_training_flow() -> ConditionalCNF:
+    """The shipped nb201-like flow at its training tolerances, in train mode."""
     from cgnf_fast.sampling.model import default_model_dir, load_flow
 
     flow, info = load_flow(default_model_dir("nb201-like") / "flow")
     flow.rtol, flow.atol = info["train_tolerances"]["rtol"], info["train_tolerances"]["atol"]
     flow_module.set_mode(flow, True)
+    return flow
+
+
+def training_batch(flow: ConditionalCNF, B: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(z, c)`` of B rows: z around the flow's input statistics (its first batch-norm's running
+    mean and variance), c standard normal; seeded by B."""
+    g = torch.Generator().manual_seed(B)
+    bn = flow.bn_in
+    z = bn.running_mean + bn.running_var.sqrt() * torch.randn(B, flow.latent, generator=g)
+    return z, torch.randn(B, flow.cond_dim, generator=g)
+
+
+def train_step_rows(batches: list[int], reps: int, compile_ref: bool, meta: dict) -> None:
+    """One training step of the shipped nb201-like flow at the training tolerances (module doc)."""
+    import types
+
+    flow = shipped_training_flow()
     if compile_ref:  # torchdiffeq's adjoint takes its products with retain_graph=True, which donated buffers refuse
         import torch._functorch.config as functorch_config
 
         functorch_config.donated_buffer = False
     compiled_ref = torch.compile(reference.cnf_dynamics) if compile_ref else None
     for B in batches:
-        g = torch.Generator().manual_seed(B)
-        bn = flow.bn_in
-        z = bn.running_mean + bn.running_var.sqrt() * torch.randn(B, flow.latent, generator=g)
-        c = torch.randn(B, flow.cond_dim, generator=g)
+        z, c = training_batch(flow, B)
         nfe: dict[str, int] = {}
 
         def step(backend: str, ref=None):

@@ -27,9 +27,9 @@ import time
 
 import torch
 
-from cgnf_fast.models import flow as flow_module
 from cgnf_fast.ops.cnf import cnf_dynamics, cnf_dynamics_vjp
-from cgnf_fast.sampling.model import default_model_dir, load_flow
+
+from bench_cnf import shipped_training_flow, training_batch
 
 LATENT, COND, HIDDEN = 32, 4, 128
 
@@ -76,15 +76,10 @@ def kernel_rows(batches: list[int], reps: int) -> None:
 
 
 def train_step_row(runs: int) -> None:
-    flow, info = load_flow(default_model_dir("nb201-like") / "flow")
-    flow.rtol, flow.atol = info["train_tolerances"]["rtol"], info["train_tolerances"]["atol"]
-    flow_module.set_mode(flow, True)
+    flow = shipped_training_flow()
     flow.dynamics.backend = "native"
     B = 256
-    g = torch.Generator().manual_seed(B)
-    bn = flow.bn_in
-    z = bn.running_mean + bn.running_var.sqrt() * torch.randn(B, flow.latent, generator=g)
-    c = torch.randn(B, flow.cond_dim, generator=g)
+    z, c = training_batch(flow, B)
     fwd, bwd = [], []
     for _ in range(runs):
         f, b = [], []

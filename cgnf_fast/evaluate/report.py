@@ -351,11 +351,12 @@ def run_all(out: str | os.PathLike, *, protocol: str | None = None, seeds: tuple
     ub_results = _section_upper_bound(r, models)
     _section_accuracy_vs_zc(r, ub_results, m201)
     _section_transfer(r, transfer, m201, why201)
-    for i, (key, title, fn) in enumerate(extra):
+    for key, title, fn in extra:
         r.say(f"{title} ...")
         text, res = fn(outdir)
         r.results[key] = res
-        r.md += ["", f"## {8 + i}. {title}", "", text, ""]  # after the 7 sections above
+        number = 1 + sum(line.startswith("## ") for line in r.md)  # numbered on from the sections above
+        r.md += ["", f"## {number}. {title}", "", text, ""]
 
     if r.work.is_dir() and not any(r.work.iterdir()):
         r.work.rmdir()

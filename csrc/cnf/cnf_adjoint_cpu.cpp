@@ -78,8 +78,8 @@ struct AProblem {
   int64_t max_width = 0;
   // exact divergence with hidden layers (probe-major, module doc): W_0^T [D][round_up(w_1, lanes)]
   // and the last layer's W [D][round_up(w_{L-1}, lanes)], zero-padded
-  bool exact_t = false;
   std::vector<T> W0T, WLp;
+  bool exact_t() const { return divergence == kCnfExact && layers.size() > 1; }
 };
 
 // A thread's weight-gradient sums: per layer W [round_up(out, 12)][round_up(in, lanes)] (padding
@@ -95,7 +95,7 @@ struct Acc {
   T t = T(0);
   Acc(const AProblem<T>& p, int64_t nr_pad, int64_t lanes) {
     ldx = round_up(p.C + 2, lanes);
-    if (p.exact_t) {
+    if (p.exact_t()) {
       ldw0t = round_up(p.layers.front().out, lanes);
       W0T.assign(size_t(p.D * ldw0t), T(0));
     }
@@ -607,8 +607,7 @@ void run(AProblem<T>& p, const std::vector<T*>& gw, T* gt, int64_t num_threads) 
   const int64_t lanes = vb / int64_t(sizeof(T)), MB = 2 * lanes;
   const int64_t tiles = (p.B + MB - 1) / MB;
   const int64_t nl = int64_t(p.layers.size()), D = p.D;
-  if (p.divergence == kCnfExact && nl > 1) {  // the probe-major path's zero-padded weight copies
-    p.exact_t = true;
+  if (p.exact_t()) {  // the probe-major path's zero-padded weight copies
     const ALayer<T>& l0 = p.layers.front();
     const ALayer<T>& lz = p.layers.back();
     p.W0T = padded(l0.W, l0.out, D, round_up(l0.out, lanes), true);
@@ -628,7 +627,7 @@ void run(AProblem<T>& p, const std::vector<T*>& gw, T* gt, int64_t num_threads) 
   const int64_t chunk = parallel_chunk(tiles, num_threads, min_chunk), chunks = (tiles + chunk - 1) / chunk;
   static thread_local ACache<T> tl_cache;
   ACache<T>& cache = tl_cache;  // (the workers must use the caller's, not their own thread-local copy)
-  std::vector<int64_t> key = {vb, p.B > 0, p.C, p.D, p.divergence, p.softplus};
+  std::vector<int64_t> key = {vb, p.C, p.D, p.divergence, p.softplus};
   for (const ALayer<T>& ly : p.layers) key.push_back(ly.out);
   if (key != cache.key) cache = ACache<T>{key, {}, {}};
   while (int64_t(cache.acc.size()) < chunks) {
@@ -653,7 +652,7 @@ void run(AProblem<T>& p, const std::vector<T*>& gw, T* gt, int64_t num_threads) 
     if (!gw.empty())
       for (int j = 0; j < 5; ++j) outs[j] = gw[5 * l + j];
     if (outs[0]) {
-      const bool tr = p.exact_t && l == 0;  // the exact divergence's part of the first layer, transposed
+      const bool tr = p.exact_t() && l == 0;  // the exact divergence's part of the first layer, transposed
       for (int64_t n = 0; n < ly.out; ++n)
         for (int64_t k = 0; k < ly.in; ++k) {
           T s = T(0);

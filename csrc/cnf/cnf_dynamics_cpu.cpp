@@ -64,7 +64,6 @@ struct Layer {
   const T* g;  // [out]
   const T* H;  // [out, 1 + C]
   int64_t in, out;
-  int64_t s_off;  // first row of this layer's scales in Scratch::sc (hidden layers, exact divergence)
 };
 
 template <typename T>
@@ -78,9 +77,9 @@ struct Problem {
   bool softplus;
   int64_t divergence;
   std::vector<Layer<T>> layers;
-  std::vector<T> gb, hb;  // per layer (at layers[l].s_off-independent offsets ctx_off[l]): g + G[:, 0] t, H[:, 0] t
+  std::vector<T> gb, hb;  // per layer (at offsets ctx_off[l]): g + G[:, 0] t, H[:, 0] t
   std::vector<int64_t> ctx_off;
-  int64_t max_width = 0, hidden_sum = 0;
+  int64_t max_width = 0;
   // exact divergence with hidden layers, probe-major (module doc): W_0^T [D][ld(w_1)], the last
   // layer's W [D][ld(w_{L-1})] and the middle layers' W^T [in][ld(out)] (ld: rounded up to whole
   // vectors), zero-padded
@@ -98,9 +97,8 @@ struct Scratch {
   T* ct;       // [C][MB] condition^T
   T *gt, *hp;  // [rows][MB] the current layer's gate sigmoid(G ctx + g) and context bias H ctx
   T* sv;       // [rows][MB] Hutchinson: scales s_l of the current layer
-  T* sc;       // [hidden_sum][MB] exact: scales s_l of every hidden layer
   T* gl;       // [D][MB] gate of the last layer (divergences)
-  T* sT;       // [hidden_sum][MB] -> exact: per hidden layer, the tile's scales row-major [MB][WP]
+  T* sT;       // exact: per hidden layer, the scales s_l of the tile's rows, row-major [MB][WP]
   T *TA, *TB;  // [RD][WP] exact: one batch row's tangents, probe-major (ping-pong)
   int64_t WP = 0, RD = 0;
 
@@ -122,7 +120,6 @@ struct Scratch {
                              rows * MB,
                              rows * MB,
                              hut ? rows * MB : 0,
-                             exact ? p.hidden_sum * MB : 0,
                              (hut || exact) ? p.D * MB : 0,
                              exact ? hidden * MB * WP : 0,
                              RD * WP,
@@ -132,8 +129,8 @@ struct Scratch {
     if (mem.size() != size_t(total)) mem.assign(size_t(total), T(0));
     uintptr_t base = reinterpret_cast<uintptr_t>(mem.data());
     T* q = reinterpret_cast<T*>((base + 63) / 64 * 64);
-    T** slots[] = {&x, &y, &tx, &ty, &nz, &ct, &gt, &hp, &sv, &sc, &gl, &sT, &TA, &TB};
-    for (int i = 0; i < 14; ++i) {
+    T** slots[] = {&x, &y, &tx, &ty, &nz, &ct, &gt, &hp, &sv, &gl, &sT, &TA, &TB};
+    for (int i = 0; i < 13; ++i) {
       *slots[i] = q;
       q += round_up(sizes[i], kLine);
     }
@@ -242,7 +239,12 @@ CGNF_INLINE void run_tile(const Problem<T>& p, Scratch<T, VB, NR>& s, int64_t r0
         h = vtanh<T, VB>(pre);
         dact = T(1) - h * h;
       }
-      if (exact) storev(s.sc + (ly.s_off + n) * MB + v * L, dact * gate);
+      if (exact) {  // s_l row-major for the probe-major tangents (zero padding past the width stays)
+        alignas(64) T lanes[L];
+        storev(lanes, dact * gate);
+        T* col = s.sT + (l * MB + v * L) * s.WP + n;
+        for (int i = 0; i < L; ++i) col[i * s.WP] = lanes[i];
+      }
       if (hut) storev(s.sv + n * MB + v * L, dact * gate);
       return h;
     };
@@ -275,14 +277,8 @@ CGNF_INLINE void run_tile(const Problem<T>& p, Scratch<T, VB, NR>& s, int64_t r0
     storev(lanes + L, hdiv[1]);
     for (int64_t r = 0; r < nr; ++r) p.div[r0 + r] = lanes[r];
   }
-  if (exact) {
-    for (int64_t l = 0; l + 1 < nl; ++l) {  // the hidden layers' scales, row-major (padding stays 0)
-      const Layer<T>& ly = p.layers[l];
-      for (int64_t n = 0; n < ly.out; ++n)
-        for (int64_t r = 0; r < MB; ++r) s.sT[(l * MB + r) * s.WP + n] = s.sc[(ly.s_off + n) * MB + r];
-    }
+  if (exact)
     for (int64_t r = 0; r < nr; ++r) p.div[r0 + r] = exact_row<T, VB, NR>(p, s, r);
-  }
 }
 
 template <typename T, int VB, int NR>
@@ -378,11 +374,7 @@ void launch(int64_t t, int64_t z, int64_t c, int64_t noise, const std::vector<in
   p.B = B, p.C = C, p.D = widths.front();
   p.softplus = activation == kCnfSoftplus;
   p.divergence = divergence;
-  const size_t nl = widths.size() - 1;
-  layer_table<T>(weights, widths, p.layers, [&](Layer<T>& ly, size_t l) {
-    ly.s_off = p.hidden_sum;
-    if (l + 1 < nl) p.hidden_sum += ly.out;
-  });
+  layer_table<T>(weights, widths, p.layers, [](Layer<T>&, size_t) {});
   for (int64_t w : widths) p.max_width = std::max(p.max_width, w);
   if (B == 0) return;
   run(p, reinterpret_cast<const T*>(t), num_threads);
