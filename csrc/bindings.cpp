@@ -9,6 +9,7 @@
 
 #include "cnf/cnf.h"
 #include "common/checks.h"
+#include "common/parallel.h"
 #include "dag/dag.h"
 #include "dag/count.h"
 #include "gnn/gnn.h"
@@ -74,6 +75,7 @@ PYBIND11_MODULE(_C, m) {
   });
   m.def("build_config", &build_config, "How this module was built (CUDA, architectures, compiler).");
   m.def("cuda_device_count", &cuda_device_count, "CUDA devices visible to the native runtime.");
+  m.def("pool_workers", &cgnf::pool_workers, "Worker threads the CPU kernels' pool holds now (it grows on demand).");
   m.def("dag_prune_cpu", &cgnf::dag_prune_cpu, py::arg("adj"), py::arg("labels"), py::arg("n"), py::arg("out_adj"),
         py::arg("out_labels"), py::arg("out_n"), py::arg("B"), py::arg("N"), py::arg("num_threads"),
         py::call_guard<py::gil_scoped_release>());

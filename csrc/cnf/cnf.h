@@ -31,6 +31,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <initializer_list>
 #include <string>
 #include <utility>
@@ -91,6 +92,17 @@ void cnf_dynamics_fwd_cpu(int64_t t, int64_t z, int64_t c, int64_t noise, const 
                           const std::vector<int64_t>& widths, int64_t dz, int64_t div, int64_t B, int64_t C,
                           int64_t activation, int64_t divergence, bool float64, int64_t num_threads);
 
+// cnf_dynamics_fwd_cpu prepared once for fixed weights, condition and noise (unchecked: the
+// caller has validated them), for a solve's many evaluations: the kernel copy for the CPU, the
+// weights' padded and transposed copies and the work split are made once, not per evaluation.
+// plan(t, z, dz, div) evaluates at time t (div: 0 without a divergence).
+template <typename T>
+using CnfForwardPlan = std::function<void(T, const T*, T*, T*)>;
+template <typename T>
+CnfForwardPlan<T> cnf_forward_plan_cpu(int64_t c, int64_t noise, const std::vector<int64_t>& weights,
+                                       const std::vector<int64_t>& widths, int64_t B, int64_t C, int64_t activation,
+                                       int64_t divergence, int64_t num_threads);
+
 // A whole dopri5 solve from t0 to t1 around cnf_dynamics_fwd_cpu (cnf_solve_cpu.cpp: torchdiffeq's
 // algorithm step for step). state: [B * D] z, followed by [B] logdet when divergence != kCnfNone
 // (d logdet/dt = div); overwritten with the state at t1. Returns the number of dynamics
@@ -110,6 +122,16 @@ void cnf_adjoint_cpu(int64_t t, int64_t z, int64_t c, int64_t noise, const std::
                      const std::vector<int64_t>& widths, int64_t a_z, int64_t a_div, int64_t dz, int64_t div,
                      int64_t g_t, int64_t g_z, int64_t g_c, const std::vector<int64_t>& g_weights, int64_t B,
                      int64_t C, int64_t activation, int64_t divergence, bool float64, int64_t num_threads);
+
+// cnf_adjoint_cpu prepared once for fixed weights, condition and noise (unchecked), for the
+// backward solve's many evaluations (as cnf_forward_plan_cpu):
+// plan(t, z, a_z, a_div, dz, div, g_t, g_z, g_c, g_weights), each output optional (nullptr).
+template <typename T>
+using CnfAdjointPlan = std::function<void(T, const T*, const T*, const T*, T*, T*, T*, T*, T*, const std::vector<T*>&)>;
+template <typename T>
+CnfAdjointPlan<T> cnf_adjoint_plan_cpu(int64_t c, int64_t noise, const std::vector<int64_t>& weights,
+                                       const std::vector<int64_t>& widths, int64_t B, int64_t C, int64_t activation,
+                                       int64_t divergence, int64_t num_threads);
 
 // The backward solve of torchdiffeq's odeint_adjoint around cnf_adjoint_cpu (cnf_solve_cpu.cpp,
 // dopri5 step for step). state: [1 + 2 ny + P] = (a_t, y = (z [B * D], logdet [B] with a

@@ -181,6 +181,51 @@ CGNF_INLINE void block(const T* const* w, int64_t K, const T* X, int64_t xs, T* 
     for (int v = 0; v < V; ++v) storev(Y + i * ys + v * L, acc[i][v]);
 }
 
+// Y [N][nv vectors] = W X, times scale[column] when kScale (one value per column of Y), and the
+// unscaled W X into Q [N][nv vectors] (row stride ys too) when kQ: the probe-major products
+// (tangents times a layer's scales). Straight from the registers: no store, reload and store again
+// of an epilogue pass. Blocks past N write Y's (and Q's) padding rows (round_up(N, NR) rows).
+template <typename T, int VB, int NR, bool kScale, bool kQ>
+CGNF_INLINE void gemm_probe(const T* W, int64_t ldw, int64_t N, int64_t K, const T* X, int64_t xs, int64_t nv, T* Y,
+                            int64_t ys, const T* scale, T* Q) {
+  constexpr int L = VB / sizeof(T);
+  using Vt = Vec<T, VB>;
+  auto run = [&](auto vcount, const T* const* w, int64_t n0, int64_t v0) CGNF_INLINE_LAMBDA {
+    constexpr int V = decltype(vcount)::value;
+    Vt acc[NR][V];
+    for (int i = 0; i < NR; ++i)
+      for (int v = 0; v < V; ++v) acc[i][v] = Vt{};
+    const T* x0 = X + v0 * L;
+    for (int64_t k = 0; k < K; ++k) {
+      Vt x[V];
+      for (int v = 0; v < V; ++v) loadv(x[v], x0 + k * xs + v * L);
+      for (int i = 0; i < NR; ++i) {
+        const T wk = w[i][k];
+        for (int v = 0; v < V; ++v) acc[i][v] += wk * x[v];
+      }
+    }
+    Vt sc[V];
+    if constexpr (kScale)
+      for (int v = 0; v < V; ++v) loadv(sc[v], scale + (v0 + v) * L);
+    for (int i = 0; i < NR; ++i)
+      for (int v = 0; v < V; ++v) {
+        const int64_t o = (n0 + i) * ys + (v0 + v) * L;
+        if constexpr (kQ) storev(Q + o, acc[i][v]);
+        if constexpr (kScale)
+          storev(Y + o, acc[i][v] * sc[v]);
+        else
+          storev(Y + o, acc[i][v]);
+      }
+  };
+  for (int64_t n0 = 0; n0 < N; n0 += NR) {
+    const T* w[NR];
+    for (int i = 0; i < NR; ++i) w[i] = W + std::min<int64_t>(n0 + i, N - 1) * ldw;
+    int64_t v = 0;
+    for (; v + 2 <= nv; v += 2) run(std::integral_constant<int, 2>{}, w, n0, v);
+    if (v < nv) run(std::integral_constant<int, 1>{}, w, n0, v);
+  }
+}
+
 // Y[n0 + i][v-th vector] = epi(n0 + i, v, sum_k w[i][k] * X[k][v-th vector]) for i < NR, v < V:
 // the block, then the epilogue over it while it is in L1 (rows n0 + i < N only). (Running it on
 // the registers directly measured no faster and unrolls the epilogue NR x V times.)
@@ -231,24 +276,31 @@ CGNF_INLINE void gemm_acc(const T* W, int64_t ldw, int64_t N, int64_t K, const T
   }
 }
 
-// Y [N][nv vectors] += A^T X with A stored transposed, [K][lda] (A^T[n][k] = A[k * lda + n]):
-// the register block broadcasts NR consecutive scalars of one row of A (immediate offsets from
-// one pointer). A's rows must hold round_up(N, NR) readable values and Y round_up(N, NR) rows
-// (blocks past N compute into Y's padding rows).
+// Y [N][nv vectors] += sum_s A_s^T X_s over R pairs, each A_s stored transposed, [K][lda]
+// (A_s^T[n][k] = A_s[k * lda + n]), X_s [K][nv vectors] (row stride xs): the register block
+// broadcasts NR consecutive scalars of one row of A_s (immediate offsets from one pointer) and
+// stays in registers over all R pairs, so Y is loaded and stored once per R K-long sums. A_s's
+// rows must hold round_up(N, NR) readable values and Y round_up(N, NR) rows (blocks past N
+// compute into Y's padding rows).
 template <typename T, int VB, int NR, int V>
-CGNF_INLINE void block_t(const T* A, int64_t lda, int64_t K, const T* X, int64_t xs, T* Y, int64_t ys) {
+CGNF_INLINE void block_t(const T* const* A, int64_t lda, const T* const* X, int64_t xs, int R, int64_t K,
+                         int64_t n0, int64_t v0, T* Y, int64_t ys) {
   constexpr int L = VB / sizeof(T);
   using Vt = Vec<T, VB>;
   Vt acc[NR][V];
   for (int i = 0; i < NR; ++i)
     for (int v = 0; v < V; ++v) loadv(acc[i][v], Y + i * ys + v * L);
-  for (int64_t k = 0; k < K; ++k) {
-    Vt x[V];
-    for (int v = 0; v < V; ++v) loadv(x[v], X + k * xs + v * L);
-    const T* a = A + k * lda;
-    for (int i = 0; i < NR; ++i) {
-      const T ak = a[i];
-      for (int v = 0; v < V; ++v) acc[i][v] += ak * x[v];
+  for (int s = 0; s < R; ++s) {
+    const T* a0 = A[s] + n0;
+    const T* x0 = X[s] + v0 * L;
+    for (int64_t k = 0; k < K; ++k) {
+      Vt x[V];
+      for (int v = 0; v < V; ++v) loadv(x[v], x0 + k * xs + v * L);
+      const T* a = a0 + k * lda;
+      for (int i = 0; i < NR; ++i) {
+        const T ak = a[i];
+        for (int v = 0; v < V; ++v) acc[i][v] += ak * x[v];
+      }
     }
   }
   for (int i = 0; i < NR; ++i)
@@ -256,13 +308,13 @@ CGNF_INLINE void block_t(const T* A, int64_t lda, int64_t K, const T* X, int64_t
 }
 
 template <typename T, int VB, int NR>
-CGNF_INLINE void gemm_tacc(const T* A, int64_t lda, int64_t N, int64_t K, const T* X, int64_t xs, int64_t nv, T* Y,
-                           int64_t ys) {
+CGNF_INLINE void gemm_tacc(const T* const* A, int64_t lda, const T* const* X, int64_t xs, int R, int64_t N,
+                           int64_t K, int64_t nv, T* Y, int64_t ys) {
   constexpr int L = VB / sizeof(T);
   for (int64_t n0 = 0; n0 < N; n0 += NR) {
     int64_t v = 0;
-    for (; v + 2 <= nv; v += 2) block_t<T, VB, NR, 2>(A + n0, lda, K, X + v * L, xs, Y + n0 * ys + v * L, ys);
-    if (v < nv) block_t<T, VB, NR, 1>(A + n0, lda, K, X + v * L, xs, Y + n0 * ys + v * L, ys);
+    for (; v + 2 <= nv; v += 2) block_t<T, VB, NR, 2>(A, lda, X, xs, R, K, n0, v, Y + n0 * ys + v * L, ys);
+    if (v < nv) block_t<T, VB, NR, 1>(A, lda, X, xs, R, K, n0, v, Y + n0 * ys + v * L, ys);
   }
 }
 

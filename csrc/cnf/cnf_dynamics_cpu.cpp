@@ -39,6 +39,7 @@
 // epilogue, which is what the fusion saves.
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -85,6 +86,11 @@ struct Problem {
   // vectors), zero-padded
   std::vector<T> W0T, WLp;
   std::vector<std::vector<T>> WTp;
+  // set by prepare(): the kernel copy for this CPU, its vector width in bytes, the tiles and the
+  // smallest chunk of tiles worth a thread, and the scratch layout's key
+  void (*fn)(const Problem<T>&, std::vector<T>&, int64_t, int64_t) = nullptr;
+  int64_t vb = 16, tiles = 0, min_chunk = 1;
+  std::vector<int64_t> key;
 };
 
 // A thread's buffers, 64-byte aligned, every one a whole number of 64-byte lines.
@@ -161,12 +167,7 @@ CGNF_INLINE T exact_row(const Problem<T>& p, Scratch<T, VB, NR>& s, int64_t r) {
     const Layer<T>& ly = p.layers[l];
     const int64_t nvo = vecs(ly.out);
     const T* sl = srow(l);
-    gemm<T, VB, NRD>(ta, WP, D, ly.in, p.WTp[l].data(), nvo * L, nvo, tb, WP,
-                     [&](int64_t, int v, const V& u) CGNF_INLINE_LAMBDA -> V {
-                       V sc;
-                       loadv(sc, sl + v * L);
-                       return u * sc;
-                     });
+    gemm_probe<T, VB, NRD, true, false>(ta, WP, D, ly.in, p.WTp[l].data(), nvo * L, nvo, tb, WP, sl, nullptr);
     std::swap(ta, tb);
   }
   // tr(diag(gate) W_L J) = sum_d gate_d <W_L[d, :], J^T[d, :]>, one vector sum over d and k
@@ -304,31 +305,25 @@ void range_generic(const Problem<T>& p, std::vector<T>& m, int64_t lo, int64_t h
   run_range<T, 16, 6>(p, m, lo, hi);
 }
 
+// Everything an evaluation needs that does not depend on t, z or the outputs: the kernel copy
+// for this CPU, the weights' padded copies and the work split (once per solve for CnfPlan-style
+// callers: cnf_forward_plan_cpu).
 template <typename T>
-void run(Problem<T>& p, const T* t, int64_t num_threads) {
-  // Fold the time column of ctx into the biases once per call.
-  const T tv = *t;
-  const int64_t cs = 1 + p.C;
+void prepare(Problem<T>& p) {
   int64_t off = 0;
-  for (const Layer<T>& ly : p.layers) {
-    p.ctx_off.push_back(off);
-    for (int64_t n = 0; n < ly.out; ++n) {
-      p.gb.push_back(ly.g[n] + ly.G[n * cs] * tv);
-      p.hb.push_back(ly.H[n * cs] * tv);
-    }
-    off += ly.out;
-  }
+  for (const Layer<T>& ly : p.layers) p.ctx_off.push_back(off), off += ly.out;
+  p.gb.assign(size_t(off), T(0));
+  p.hb.assign(size_t(off), T(0));
   simd::Isa isa = simd::pick_isa();
-  int vb = 16;
-  void (*fn)(const Problem<T>&, std::vector<T>&, int64_t, int64_t) = range_generic<T>;
+  p.fn = range_generic<T>, p.vb = 16;
 #ifdef CGNF_SIMD_X86
-  if (isa == simd::Isa::kAvx512) fn = range_avx512<T>, vb = 64;
-  if (isa == simd::Isa::kAvx2) fn = range_avx2<T>, vb = 32;
+  if (isa == simd::Isa::kAvx512) p.fn = range_avx512<T>, p.vb = 64;
+  if (isa == simd::Isa::kAvx2) p.fn = range_avx2<T>, p.vb = 32;
 #endif
-  const int64_t MB = 2 * vb / int64_t(sizeof(T));
-  const int64_t tiles = (p.B + MB - 1) / MB;
+  const int64_t MB = 2 * p.vb / int64_t(sizeof(T));
+  p.tiles = (p.B + MB - 1) / MB;
   if (p.divergence == kCnfExact && p.layers.size() > 1) {  // the probe-major path's padded weight copies
-    const int64_t lanes = vb / int64_t(sizeof(T));
+    const int64_t lanes = p.vb / int64_t(sizeof(T));
     const Layer<T>& l0 = p.layers.front();
     const Layer<T>& lz = p.layers.back();
     p.W0T = padded(l0.W, l0.out, p.D, round_up(l0.out, lanes), true);
@@ -339,45 +334,70 @@ void run(Problem<T>& p, const T* t, int64_t num_threads) {
       p.WTp[l] = padded(ly.W, ly.out, ly.in, round_up(ly.out, lanes), true);
     }
   }
-  // Multiply-adds per batch row, to give each thread >= ~16M of them: a thread costs ~50 us to
-  // start, and a solve makes dozens of evaluations (4M left small batches slower on 2 threads).
+  // Multiply-adds per batch row, to give each thread >= ~16M of them (4M left small batches
+  // slower on 2 threads when each call started its threads; kept with the pool).
   int64_t macs = 0;
   for (const Layer<T>& ly : p.layers) macs += ly.out * (ly.in + 2 * p.C + 16);
   if (p.divergence == kCnfHutchinson) macs *= 2;
   if (p.divergence == kCnfExact)
     for (size_t l = 1; l + 1 < p.layers.size(); ++l) macs += p.D * p.layers[l].out * p.layers[l].in;
-  const int64_t min_chunk = std::max<int64_t>(1, (int64_t{16} << 20) / std::max<int64_t>(1, macs * MB));
+  p.min_chunk = std::max<int64_t>(1, (int64_t{16} << 20) / std::max<int64_t>(1, macs * MB));
+  p.key = {p.vb, p.C, p.D, p.divergence, p.softplus};
+  for (const Layer<T>& ly : p.layers) p.key.push_back(ly.out);
+}
+
+// One evaluation at time *t of a prepared problem (its z, dz and div pointers set).
+template <typename T>
+void evaluate(Problem<T>& p, const T* t, int64_t num_threads) {
+  if (p.B == 0) return;
+  const T tv = *t;  // fold the time column of ctx into the biases
+  const int64_t cs = 1 + p.C;
+  for (size_t l = 0; l < p.layers.size(); ++l) {
+    const Layer<T>& ly = p.layers[l];
+    T* gb = p.gb.data() + p.ctx_off[l];
+    T* hb = p.hb.data() + p.ctx_off[l];
+    for (int64_t n = 0; n < ly.out; ++n) {
+      gb[n] = ly.g[n] + ly.G[n * cs] * tv;
+      hb[n] = ly.H[n * cs] * tv;
+    }
+  }
   // Each chunk's scratch is kept between calls by the calling thread and reused for the same
   // layout (its writes leave every padding value read at its initial zero): fresh allocations of
   // this size come from mmap and pay their page faults on every call.
   static thread_local std::vector<int64_t> tl_key;
   static thread_local std::vector<std::vector<T>> tl_mem;
   std::vector<std::vector<T>>& mem = tl_mem;  // (the workers must use the caller's thread-local copy)
-  std::vector<int64_t> key = {vb, p.C, p.D, p.divergence, p.softplus};
-  for (const Layer<T>& ly : p.layers) key.push_back(ly.out);
-  if (key != tl_key) tl_key = key, mem.clear();
-  const int64_t chunk = parallel_chunk(tiles, num_threads, min_chunk);
-  if (int64_t(mem.size()) < (tiles + chunk - 1) / chunk) mem.resize(size_t((tiles + chunk - 1) / chunk));
-  parallel_for(tiles, num_threads, min_chunk, [&](int64_t lo, int64_t hi) { fn(p, mem[lo / chunk], lo, hi); });
+  if (p.key != tl_key) tl_key = p.key, mem.clear();
+  const int64_t chunk = parallel_chunk(p.tiles, num_threads, p.min_chunk);
+  if (int64_t(mem.size()) < (p.tiles + chunk - 1) / chunk) mem.resize(size_t((p.tiles + chunk - 1) / chunk));
+  parallel_for(p.tiles, num_threads, p.min_chunk, [&](int64_t lo, int64_t hi) { p.fn(p, mem[lo / chunk], lo, hi); });
+}
+
+template <typename T>
+std::shared_ptr<Problem<T>> make_problem(int64_t c, int64_t noise, const std::vector<int64_t>& weights,
+                                         const std::vector<int64_t>& widths, int64_t B, int64_t C,
+                                         int64_t activation, int64_t divergence) {
+  auto p = std::make_shared<Problem<T>>();
+  p->c = reinterpret_cast<const T*>(c);
+  p->noise = reinterpret_cast<const T*>(noise);
+  p->B = B, p->C = C, p->D = widths.front();
+  p->softplus = activation == kCnfSoftplus;
+  p->divergence = divergence;
+  layer_table<T>(weights, widths, p->layers, [](Layer<T>&, size_t) {});
+  for (int64_t w : widths) p->max_width = std::max(p->max_width, w);
+  prepare(*p);
+  return p;
 }
 
 template <typename T>
 void launch(int64_t t, int64_t z, int64_t c, int64_t noise, const std::vector<int64_t>& weights,
             const std::vector<int64_t>& widths, int64_t dz, int64_t div, int64_t B, int64_t C, int64_t activation,
             int64_t divergence, int64_t num_threads) {
-  Problem<T> p;
-  p.z = reinterpret_cast<const T*>(z);
-  p.c = reinterpret_cast<const T*>(c);
-  p.noise = reinterpret_cast<const T*>(noise);
-  p.dz = reinterpret_cast<T*>(dz);
-  p.div = reinterpret_cast<T*>(div);
-  p.B = B, p.C = C, p.D = widths.front();
-  p.softplus = activation == kCnfSoftplus;
-  p.divergence = divergence;
-  layer_table<T>(weights, widths, p.layers, [](Layer<T>&, size_t) {});
-  for (int64_t w : widths) p.max_width = std::max(p.max_width, w);
-  if (B == 0) return;
-  run(p, reinterpret_cast<const T*>(t), num_threads);
+  auto p = make_problem<T>(c, noise, weights, widths, B, C, activation, divergence);
+  p->z = reinterpret_cast<const T*>(z);
+  p->dz = reinterpret_cast<T*>(dz);
+  p->div = reinterpret_cast<T*>(div);
+  evaluate(*p, reinterpret_cast<const T*>(t), num_threads);
 }
 
 }  // namespace
@@ -397,5 +417,22 @@ void cnf_dynamics_fwd_cpu(int64_t t, int64_t z, int64_t c, int64_t noise, const 
   else
     launch<float>(t, z, c, noise, weights, widths, dz, div, B, C, activation, divergence, num_threads);
 }
+
+template <typename T>
+CnfForwardPlan<T> cnf_forward_plan_cpu(int64_t c, int64_t noise, const std::vector<int64_t>& weights,
+                                       const std::vector<int64_t>& widths, int64_t B, int64_t C, int64_t activation,
+                                       int64_t divergence, int64_t num_threads) {
+  auto p = make_problem<T>(c, noise, weights, widths, B, C, activation, divergence);
+  return [p, num_threads](T t, const T* z, T* dz, T* div) {
+    p->z = z, p->dz = dz, p->div = div;
+    evaluate(*p, &t, num_threads);
+  };
+}
+template CnfForwardPlan<float> cnf_forward_plan_cpu<float>(int64_t, int64_t, const std::vector<int64_t>&,
+                                                           const std::vector<int64_t>&, int64_t, int64_t, int64_t,
+                                                           int64_t, int64_t);
+template CnfForwardPlan<double> cnf_forward_plan_cpu<double>(int64_t, int64_t, const std::vector<int64_t>&,
+                                                             const std::vector<int64_t>&, int64_t, int64_t, int64_t,
+                                                             int64_t, int64_t);
 
 }  // namespace cgnf

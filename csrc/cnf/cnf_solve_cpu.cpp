@@ -67,12 +67,13 @@ struct Solver {
   int64_t nz, n;
   int64_t nfe = 0;
 
+  CnfForwardPlan<T> plan;  // made by prepare()
+
+  void prepare() { plan = cnf_forward_plan_cpu<T>(c, noise, weights, widths, B, C, activation, divergence, num_threads); }
+
   // f at solver time s (already in the state's dtype, perturbed as asked) into out[0, n).
   void eval(T s, const T* y, T* out) {
-    T t = reversed ? -s : s;
-    cnf_dynamics_fwd_cpu(reinterpret_cast<int64_t>(&t), reinterpret_cast<int64_t>(y), c, noise, weights, widths,
-                         reinterpret_cast<int64_t>(out), divergence != kCnfNone ? reinterpret_cast<int64_t>(out + nz) : 0,
-                         B, C, activation, divergence, std::is_same<T, double>::value, num_threads);
+    plan(reversed ? -s : s, y, out, divergence != kCnfNone ? out + nz : nullptr);
     ++nfe;
     if (reversed)
       for (int64_t i = 0; i < n; ++i) out[i] = -out[i];
@@ -118,6 +119,13 @@ struct AdjSolver {
   int64_t gc_off = -1;          // c's adjoint's offset (or -1)
   std::vector<T> az, adiv;
   int64_t nfe = 0;
+  CnfAdjointPlan<T> plan;  // made by prepare()
+  std::vector<T*> gw;      // per weight, where its adjoint's derivative goes (or nullptr)
+
+  void prepare() {
+    plan = cnf_adjoint_plan_cpu<T>(c, noise, weights, widths, B, C, activation, divergence, num_threads);
+    gw.assign(weights.size(), nullptr);
+  }
 
   void eval(T s, const T* y, T* out) {
     T t = reversed ? -s : s;
@@ -125,13 +133,9 @@ struct AdjSolver {
     for (int64_t i = 0; i < nz; ++i) az[i] = -y[1 + ny + i];
     if (div)
       for (int64_t i = 0; i < B; ++i) adiv[i] = -y[1 + ny + nz + i];
-    std::vector<int64_t> gw(weights.size(), 0);
-    for (size_t i = 0; i < weights.size(); ++i)
-      if (gw_off[i] >= 0) gw[i] = reinterpret_cast<int64_t>(out + gw_off[i]);
-    auto P = [](const T* q) { return reinterpret_cast<int64_t>(q); };
-    cnf_adjoint_cpu(P(&t), P(y + 1), c, noise, weights, widths, P(az.data()), div ? P(adiv.data()) : 0, P(out + 1),
-                    div ? P(out + 1 + nz) : 0, P(out), P(out + 1 + ny), gc_off >= 0 ? P(out + gc_off) : 0, gw, B, C,
-                    activation, divergence, std::is_same<T, double>::value, num_threads);
+    for (size_t i = 0; i < weights.size(); ++i) gw[i] = gw_off[i] >= 0 ? out + gw_off[i] : nullptr;
+    plan(t, y + 1, az.data(), div ? adiv.data() : nullptr, out + 1, div ? out + 1 + nz : nullptr, out,
+         out + 1 + ny, gc_off >= 0 ? out + gc_off : nullptr, gw);
     for (int64_t i = 1 + ny + nz; i < 1 + 2 * ny; ++i) out[i] = T(0);  // nothing depends on logdet
     ++nfe;
     if (reversed)
@@ -292,9 +296,11 @@ int64_t cnf_solve_dopri5_cpu(int64_t state, int64_t c, int64_t noise, const std:
   const int64_t n = nz + (divergence != kCnfNone ? B : 0);
   if (float64) {
     Solver<double> S{c, noise, weights, widths, B, C, activation, divergence, num_threads, t1 < t0, nz, n};
+    S.prepare();
     return solve(S, reinterpret_cast<double*>(state), t0, t1, rtol, atol, max_steps);
   }
   Solver<float> S{c, noise, weights, widths, B, C, activation, divergence, num_threads, t1 < t0, nz, n};
+  S.prepare();
   return solve(S, reinterpret_cast<float*>(state), t0, t1, rtol, atol, max_steps);
 }
 
@@ -330,6 +336,7 @@ int64_t adjoint_solve(int64_t state, int64_t c, int64_t noise, const std::vector
     S.seg.push_back(off);
   }
   S.n = off;
+  S.prepare();
   return solve(S, reinterpret_cast<T*>(state), t0, t1, rtol, atol, max_steps);
 }
 }  // namespace
