@@ -28,7 +28,8 @@ conditions, hidden 128x128, exact divergence, moving batch-norm, train mode) at 
 training tolerances (rtol = atol = 1e-3), for B in ``--train-batch`` (256,1024): z drawn around
 the flow's input statistics (running mean and variance of its first batch-norm), c standard
 normal. ``native``: ``backend="native"`` (both solves of the adjoint native, the backward's stages
-on the fused vector-Jacobian kernel); ``torch``: ``backend="torch"``, torchdiffeq's
+on the fused vector-Jacobian kernel), run as ``cgnf train flow --backend native`` runs its steps:
+inside ``_native.kernels_own_the_cores()`` (the step's small torch ops on one thread); ``torch``: ``backend="torch"``, torchdiffeq's
 ``odeint_adjoint`` with the reference dynamics; ``compiled``: the same with the reference
 dynamics under ``torch.compile`` (compiled before timing). Rows give each column's median
 (``native_s``, ``torch_s``, ``compiled_s``), ``ratio = torch_s / native_s`` and
@@ -59,6 +60,7 @@ import time
 
 import torch
 
+from cgnf_fast._native import kernels_own_the_cores
 from cgnf_fast.models import flow as flow_module
 from cgnf_fast.models.flow import ConditionalCNF
 from cgnf_fast.ops.cnf import CnfPlan, cnf_dynamics_vjp
@@ -150,7 +152,11 @@ def train_step_rows(batches: list[int], reps: int, compile_ref: bool, meta: dict
 
         g_native, g_torch = step("native"), step("torch")
         err = max(rel_err(a, b) for a, b in zip(g_native, g_torch))
-        row = side_by_side(lambda: step("native"), lambda: step("torch"), "cpu", reps,
+        def native_step():
+            with kernels_own_the_cores():  # as cgnf train flow --backend native runs a step
+                return step("native")
+
+        row = side_by_side(native_step, lambda: step("torch"), "cpu", reps,
                            (lambda: step("torch", compiled_ref)) if compile_ref else None)
         print(json.dumps({"bench": "train_step", "batch": B, **row, "nfe_forward": nfe,
                           "rel_err_grads": float(f"{err:.3g}"), "rtol": flow.rtol, "atol": flow.atol,

@@ -1,6 +1,6 @@
 """``cgnf train flow`` end to end, native vs torch backend, with the pipeline's flow configuration.
 
-    python benches/bench_train_flow.py [--epochs 1] [--cells 30000] [--work DIR] [--threads 2]
+    python benches/bench_train_flow.py [--epochs 1] [--cells 30000] [--work DIR] [--threads 2] [--noise-seed S]
 
 What it runs: the G-VAE is the shipped nb201-like one; its "run directory" is built here (a copy of
 its weights and a ``data.safetensors`` holding ``--cells`` nb201-like cells drawn with
@@ -16,7 +16,10 @@ schedule spans the shortened run, the same for both backends). Prints one JSON l
 (wall seconds of the command, its training seconds, steps, final validation NLL) and a
 ``train_flow`` line with ``ratio = torch / native`` of the wall and training times and the largest
 difference between the two runs' NLL curves (the per-10-step loss and its moving average, same
-steps and batches). Timings depend on the machine; they are not tests.
+steps and batches). With ``--noise-seed S`` it also trains the native backend with ``--seed S``
+(another initialisation and batch order) and prints a ``train_flow_noise`` line: the same
+differences between the two native runs, the run-to-run noise the backends' difference is to be
+judged against. Timings depend on the machine; they are not tests.
 """
 
 from __future__ import annotations
@@ -53,10 +56,12 @@ def make_gvae_run(dest: Path, n_cells: int) -> None:
                                              "lab_ops": empty_ops.contiguous()})
 
 
-def run(backend: str, gvae: Path, out: Path, epochs: int, threads: int) -> dict:
+def run(backend: str, gvae: Path, out: Path, epochs: int, threads: int, seed: int | None = None) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     cmd = [sys.executable, "-m", "cgnf_fast", "train", "flow", "--gvae", str(gvae), "--out", str(out),
            "--max-cells", "30000", "--epochs", str(epochs), "--backend", backend, "--no-progress"]
+    if seed is not None:
+        cmd += ["--seed", str(seed)]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -72,12 +77,22 @@ def history(out: Path) -> list[dict]:
     return json.loads((out / "checkpoint.json").read_text())["history"]
 
 
+def curve_diff(a: list[dict], b: list[dict]) -> dict:
+    """The largest differences between two runs' logged NLL curves (same steps)."""
+    pairs = [(x, y) for x, y in zip(a, b) if x["step"] == y["step"]]
+    return {"nll_points": len(pairs),
+            "max_abs_diff_nll": max((abs(x["nll"] - y["nll"]) for x, y in pairs), default=None),
+            "max_abs_diff_nll_ema": max((abs(x["nll_ema"] - y["nll_ema"]) for x, y in pairs), default=None)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--epochs", type=int, default=1, help="epochs of each run (the pipeline: 30)")
     ap.add_argument("--cells", type=int, default=30_000, help="cells of the G-VAE run directory built here")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads of each run")
     ap.add_argument("--work", default=None, help="directory for the runs (default: a temporary one, removed)")
+    ap.add_argument("--noise-seed", type=int, default=None,
+                    help="also train the native backend with this seed: the run-to-run noise of the NLL curves")
     args = ap.parse_args()
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench_train_flow_"))
     try:
@@ -93,19 +108,30 @@ def main() -> None:
             rows[backend] = r
             print(json.dumps({"bench": "train_flow_run", **{k: v for k, v in r.items() if k != "history"}}), flush=True)
         hn, ht = rows["native"]["history"], rows["torch"]["history"]
-        pairs = [(a, b) for a, b in zip(hn, ht) if a["step"] == b["step"]]
         print(json.dumps({
             "bench": "train_flow", "epochs": args.epochs, "cells": args.cells, "threads": args.threads,
             "native_wall_s": rows["native"]["wall_s"], "torch_wall_s": rows["torch"]["wall_s"],
             "ratio_wall": round(rows["torch"]["wall_s"] / rows["native"]["wall_s"], 3),
             "native_train_s": rows["native"]["train_s"], "torch_train_s": rows["torch"]["train_s"],
             "ratio_train": round(rows["torch"]["train_s"] / rows["native"]["train_s"], 3),
-            "nll_points": len(pairs),
-            "max_abs_diff_nll": max((abs(a["nll"] - b["nll"]) for a, b in pairs), default=None),
-            "max_abs_diff_nll_ema": max((abs(a["nll_ema"] - b["nll_ema"]) for a, b in pairs), default=None),
+            **curve_diff(hn, ht),
             "final_nll_ema": {"native": hn[-1]["nll_ema"] if hn else None, "torch": ht[-1]["nll_ema"] if ht else None},
             "val_nll": {k: rows[k]["val_nll"] for k in rows},
         }), flush=True)
+        if args.noise_seed is not None:
+            out = work / f"flow_native_seed{args.noise_seed}"
+            shutil.rmtree(out, ignore_errors=True)
+            r = run("native", gvae, out, args.epochs, args.threads, seed=args.noise_seed)
+            r["history"] = history(out)
+            print(json.dumps({"bench": "train_flow_run", "seed": args.noise_seed,
+                              **{k: v for k, v in r.items() if k != "history"}}), flush=True)
+            print(json.dumps({
+                "bench": "train_flow_noise", "epochs": args.epochs, "seeds": [0, args.noise_seed],
+                **curve_diff(hn, r["history"]),
+                "final_nll_ema": {"seed0": hn[-1]["nll_ema"] if hn else None,
+                                  f"seed{args.noise_seed}": r["history"][-1]["nll_ema"] if r["history"] else None},
+                "val_nll": {"seed0": rows["native"]["val_nll"], f"seed{args.noise_seed}": r["val_nll"]},
+            }), flush=True)
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)

@@ -155,10 +155,10 @@ CGNF_INLINE Vec<T, VB> vsoftplus(Vec<T, VB> x) {
 // NR x V accumulators, stored, then the epilogue runs over the block while it is in L1 (rows
 // n0 + i < N only). (Running it on the registers directly measured no faster and unrolls the
 // epilogue NR x V times.)
-// The NR x V register block of Y = W X (kAcc: Y += W X), stored into Y's rows (NR rows, also
-// past N: the callers' buffers have the padding).
-template <typename T, int VB, int NR, int V, bool kAcc>
-CGNF_INLINE void block(const T* const* w, int64_t K, const T* X, int64_t xs, T* Y, int64_t ys) {
+// The NR x V register block of W X (kAcc: plus Y's block, [NR][V vectors] at row stride ys),
+// handed to store(i, v, acc[i][v]) from the registers.
+template <typename T, int VB, int NR, int V, bool kAcc, typename St>
+CGNF_INLINE void block_to(const T* const* w, int64_t K, const T* X, int64_t xs, const T* Y, int64_t ys, St&& store) {
   constexpr int L = VB / sizeof(T);
   using Vt = Vec<T, VB>;
   Vt acc[NR][V];
@@ -178,7 +178,17 @@ CGNF_INLINE void block(const T* const* w, int64_t K, const T* X, int64_t xs, T* 
     }
   }
   for (int i = 0; i < NR; ++i)
-    for (int v = 0; v < V; ++v) storev(Y + i * ys + v * L, acc[i][v]);
+    for (int v = 0; v < V; ++v) store(i, v, acc[i][v]);
+}
+
+// The NR x V register block of Y = W X (kAcc: Y += W X), stored into Y's rows (NR rows, also
+// past N: the callers' buffers have the padding).
+template <typename T, int VB, int NR, int V, bool kAcc>
+CGNF_INLINE void block(const T* const* w, int64_t K, const T* X, int64_t xs, T* Y, int64_t ys) {
+  constexpr int L = VB / sizeof(T);
+  block_to<T, VB, NR, V, kAcc>(w, K, X, xs, Y, ys, [&](int i, int v, const Vec<T, VB>& a) CGNF_INLINE_LAMBDA {
+    storev(Y + i * ys + v * L, a);
+  });
 }
 
 // Y [N][nv vectors] = W X, times scale[column] when kScale (one value per column of Y), and the
@@ -192,30 +202,17 @@ CGNF_INLINE void gemm_probe(const T* W, int64_t ldw, int64_t N, int64_t K, const
   using Vt = Vec<T, VB>;
   auto run = [&](auto vcount, const T* const* w, int64_t n0, int64_t v0) CGNF_INLINE_LAMBDA {
     constexpr int V = decltype(vcount)::value;
-    Vt acc[NR][V];
-    for (int i = 0; i < NR; ++i)
-      for (int v = 0; v < V; ++v) acc[i][v] = Vt{};
-    const T* x0 = X + v0 * L;
-    for (int64_t k = 0; k < K; ++k) {
-      Vt x[V];
-      for (int v = 0; v < V; ++v) loadv(x[v], x0 + k * xs + v * L);
-      for (int i = 0; i < NR; ++i) {
-        const T wk = w[i][k];
-        for (int v = 0; v < V; ++v) acc[i][v] += wk * x[v];
+    block_to<T, VB, NR, V, false>(w, K, X + v0 * L, xs, Y, ys, [&](int i, int v, const Vt& a) CGNF_INLINE_LAMBDA {
+      const int64_t o = (n0 + i) * ys + (v0 + v) * L;
+      if constexpr (kQ) storev(Q + o, a);
+      if constexpr (kScale) {
+        Vt sc;  // (loaded here, not held over the K loop: AVX2 has 16 registers)
+        loadv(sc, scale + (v0 + v) * L);
+        storev(Y + o, a * sc);
+      } else {
+        storev(Y + o, a);
       }
-    }
-    Vt sc[V];
-    if constexpr (kScale)
-      for (int v = 0; v < V; ++v) loadv(sc[v], scale + (v0 + v) * L);
-    for (int i = 0; i < NR; ++i)
-      for (int v = 0; v < V; ++v) {
-        const int64_t o = (n0 + i) * ys + (v0 + v) * L;
-        if constexpr (kQ) storev(Q + o, acc[i][v]);
-        if constexpr (kScale)
-          storev(Y + o, acc[i][v] * sc[v]);
-        else
-          storev(Y + o, acc[i][v]);
-      }
+    });
   };
   for (int64_t n0 = 0; n0 < N; n0 += NR) {
     const T* w[NR];
