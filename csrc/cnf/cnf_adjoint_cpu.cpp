@@ -745,18 +745,10 @@ void evaluate(AProblem<T>& p, const std::vector<T*>& gw, T* gt, int64_t num_thre
 
 template <typename T>
 std::shared_ptr<AProblem<T>> make_problem(int64_t c, int64_t noise, const std::vector<int64_t>& weights,
-                                          const std::vector<int64_t>& widths, int64_t B, int64_t C,
-                                          int64_t activation, int64_t divergence) {
-  auto p = std::make_shared<AProblem<T>>();
-  p->c = reinterpret_cast<const T*>(c);
-  p->noise = reinterpret_cast<const T*>(noise);
-  p->B = B, p->C = C, p->D = widths.front();
-  p->softplus = activation == kCnfSoftplus;
-  p->divergence = divergence;
-  layer_table<T>(weights, widths, p->layers, [](ALayer<T>&, size_t) {});
-  for (int64_t w : widths) p->max_width = std::max(p->max_width, w);
-  prepare(*p);
-  return p;
+                                          const std::vector<int64_t>& widths, int64_t B, int64_t C, int64_t activation,
+                                          int64_t divergence) {
+  auto prep = [](AProblem<T>& q) { prepare(q); };
+  return cnf_cpu::make_problem<T, AProblem<T>>(c, noise, weights, widths, B, C, activation, divergence, prep);
 }
 
 // The per-evaluation pointers and time of a prepared problem.

@@ -6,11 +6,13 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 #include <type_traits>
 #include <utility>
 #include <vector>
 
 #include "../common/simd.h"
+#include "cnf.h"
 
 namespace cgnf {
 namespace cnf_cpu {
@@ -358,6 +360,25 @@ void layer_table(const std::vector<int64_t>& weights, const std::vector<int64_t>
     more(ly, l);
     out.push_back(std::move(ly));
   }
+}
+
+// A CPU kernel's problem (Problem or AProblem) for fixed weights, condition and noise: the shared
+// fields from the flat arguments and the layer table, then prepare(problem) (the kernel's own:
+// padded copies, work split). Per-call pointers are set by the caller.
+template <typename T, typename P, typename Prepare>
+std::shared_ptr<P> make_problem(int64_t c, int64_t noise, const std::vector<int64_t>& weights,
+                                const std::vector<int64_t>& widths, int64_t B, int64_t C, int64_t activation,
+                                int64_t divergence, Prepare&& prepare) {
+  auto p = std::make_shared<P>();
+  p->c = reinterpret_cast<const T*>(c);
+  p->noise = reinterpret_cast<const T*>(noise);
+  p->B = B, p->C = C, p->D = widths.front();
+  p->softplus = activation == kCnfSoftplus;
+  p->divergence = divergence;
+  layer_table<T>(weights, widths, p->layers, [](auto&, size_t) {});
+  for (int64_t w : widths) p->max_width = std::max(p->max_width, w);
+  prepare(*p);
+  return p;
 }
 
 }  // namespace cnf_cpu

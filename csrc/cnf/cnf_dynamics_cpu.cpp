@@ -375,18 +375,10 @@ void evaluate(Problem<T>& p, const T* t, int64_t num_threads) {
 
 template <typename T>
 std::shared_ptr<Problem<T>> make_problem(int64_t c, int64_t noise, const std::vector<int64_t>& weights,
-                                         const std::vector<int64_t>& widths, int64_t B, int64_t C,
-                                         int64_t activation, int64_t divergence) {
-  auto p = std::make_shared<Problem<T>>();
-  p->c = reinterpret_cast<const T*>(c);
-  p->noise = reinterpret_cast<const T*>(noise);
-  p->B = B, p->C = C, p->D = widths.front();
-  p->softplus = activation == kCnfSoftplus;
-  p->divergence = divergence;
-  layer_table<T>(weights, widths, p->layers, [](Layer<T>&, size_t) {});
-  for (int64_t w : widths) p->max_width = std::max(p->max_width, w);
-  prepare(*p);
-  return p;
+                                         const std::vector<int64_t>& widths, int64_t B, int64_t C, int64_t activation,
+                                         int64_t divergence) {
+  auto prep = [](Problem<T>& q) { prepare(q); };
+  return cnf_cpu::make_problem<T, Problem<T>>(c, noise, weights, widths, B, C, activation, divergence, prep);
 }
 
 template <typename T>

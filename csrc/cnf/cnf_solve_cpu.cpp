@@ -69,7 +69,9 @@ struct Solver {
 
   CnfForwardPlan<T> plan;  // made by prepare()
 
-  void prepare() { plan = cnf_forward_plan_cpu<T>(c, noise, weights, widths, B, C, activation, divergence, num_threads); }
+  void prepare() {
+    plan = cnf_forward_plan_cpu<T>(c, noise, weights, widths, B, C, activation, divergence, num_threads);
+  }
 
   // f at solver time s (already in the state's dtype, perturbed as asked) into out[0, n).
   void eval(T s, const T* y, T* out) {
