@@ -1,4 +1,4 @@
-// Exact counts and enumeration of cell spaces (CPU, std::thread).
+// Exact counts and enumeration of cell spaces (CPU, on the worker pool of common/parallel.h).
 //
 // Method (prune-then-label, with orbit counting):
 //  * Valid matrices: every K-vertex upper-triangular matrix (2**(K(K-1)/2)) is pruned with two
