@@ -29,9 +29,9 @@ training tolerances (rtol = atol = 1e-3), for B in ``--train-batch`` (256,1024):
 the flow's input statistics (running mean and variance of its first batch-norm), c standard
 normal. ``native``: ``backend="native"`` (both solves of the adjoint native, the backward's stages
 on the fused vector-Jacobian kernel), run as ``cgnf train flow --backend native`` runs its steps:
-inside ``_native.kernels_own_the_cores()`` (the step's small torch ops on one thread); ``torch``: ``backend="torch"``, torchdiffeq's
-``odeint_adjoint`` with the reference dynamics; ``compiled``: the same with the reference
-dynamics under ``torch.compile`` (compiled before timing). Rows give each column's median
+inside ``_native.kernels_own_the_cores()`` (the step's small torch ops on one thread);
+``torch``: ``backend="torch"``, torchdiffeq's ``odeint_adjoint`` with the reference dynamics;
+``compiled``: the same with the reference dynamics under ``torch.compile`` (compiled before timing). Rows give each column's median
 (``native_s``, ``torch_s``, ``compiled_s``), ``ratio = torch_s / native_s`` and
 ``ratio_compiled = compiled_s / native_s``, the evaluations of each solve and the largest
 relative difference of the gradients (native vs torch).
@@ -152,6 +152,7 @@ def train_step_rows(batches: list[int], reps: int, compile_ref: bool, meta: dict
 
         g_native, g_torch = step("native"), step("torch")
         err = max(rel_err(a, b) for a, b in zip(g_native, g_torch))
+
         def native_step():
             with kernels_own_the_cores():  # as cgnf train flow --backend native runs a step
                 return step("native")

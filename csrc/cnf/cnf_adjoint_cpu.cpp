@@ -615,21 +615,12 @@ void range_generic(const AProblem<T>& p, Acc<T>& a, std::vector<T>& m, int64_t l
   run_range<T, 16, 6>(p, a, m, lo, hi);
 }
 
-// Everything an evaluation needs that does not depend on t, z, the cotangents or the outputs:
-// W^T, the kernel copy for this CPU, the padded weight copies and the work split (once per solve
-// for the backward solve: cnf_adjoint_plan_cpu).
+// What an evaluation needs beyond make_problem's shared fields that does not depend on t, z, the
+// cotangents or the outputs: W^T, the kernel copy for this CPU, the padded weight copies and the
+// work split (once per solve for the backward solve: cnf_adjoint_plan_cpu).
 template <typename T>
 void prepare(AProblem<T>& p) {
-  int64_t off = 0;
-  for (ALayer<T>& ly : p.layers) {
-    p.ctx_off.push_back(off);
-    off += ly.out;
-    ly.WT.resize(size_t(ly.in * ly.out));
-    for (int64_t n = 0; n < ly.out; ++n)
-      for (int64_t k = 0; k < ly.in; ++k) ly.WT[k * ly.out + n] = ly.W[n * ly.in + k];
-  }
-  p.gb.assign(size_t(off), T(0));
-  p.hb.assign(size_t(off), T(0));
+  for (ALayer<T>& ly : p.layers) ly.WT = padded(ly.W, ly.out, ly.in, ly.out, true);
   const simd::Isa isa = simd::pick_isa();
   p.fn = range_generic<T>, p.vb = 16;
 #ifdef CGNF_SIMD_X86
@@ -656,8 +647,6 @@ void prepare(AProblem<T>& p) {
   if (p.divergence == kCnfExact)
     for (size_t l = 1; l + 1 < p.layers.size(); ++l) macs += 3 * p.D * p.layers[l].out * p.layers[l].in;
   p.min_chunk = std::max<int64_t>(1, (int64_t{16} << 20) / std::max<int64_t>(1, macs * MB));
-  p.key = {p.vb, p.C, p.D, p.divergence, p.softplus};
-  for (const ALayer<T>& ly : p.layers) p.key.push_back(ly.out);
 }
 
 // One evaluation of a prepared problem (its t and per-call pointers set).
@@ -674,15 +663,7 @@ void evaluate(AProblem<T>& p, const std::vector<T*>& gw, T* gt, int64_t num_thre
     }
     return;
   }
-  for (int64_t l = 0; l < nl; ++l) {
-    const ALayer<T>& ly = p.layers[l];
-    T* gb = p.gb.data() + p.ctx_off[l];
-    T* hb = p.hb.data() + p.ctx_off[l];
-    for (int64_t n = 0; n < ly.out; ++n) {
-      gb[n] = ly.g[n] + ly.G[n * cs] * p.t;
-      hb[n] = ly.H[n * cs] * p.t;
-    }
-  }
+  fold_time(p, p.t);
   const int64_t lanes = p.vb / int64_t(sizeof(T)), tiles = p.tiles, min_chunk = p.min_chunk;
   const int64_t chunk = parallel_chunk(tiles, num_threads, min_chunk), chunks = (tiles + chunk - 1) / chunk;
   static thread_local ACache<T> tl_cache;

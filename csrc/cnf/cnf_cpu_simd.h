@@ -363,8 +363,10 @@ void layer_table(const std::vector<int64_t>& weights, const std::vector<int64_t>
 }
 
 // A CPU kernel's problem (Problem or AProblem) for fixed weights, condition and noise: the shared
-// fields from the flat arguments and the layer table, then prepare(problem) (the kernel's own:
-// padded copies, work split). Per-call pointers are set by the caller.
+// fields from the flat arguments, the layer table and the per-layer context biases' offsets,
+// then prepare(problem) (the kernel's own: its copy for this CPU and vector width vb, padded
+// copies, work split), then the key of its cached buffers' layout. Per-call pointers and the
+// time (fold_time) are set by the caller.
 template <typename T, typename P, typename Prepare>
 std::shared_ptr<P> make_problem(int64_t c, int64_t noise, const std::vector<int64_t>& weights,
                                 const std::vector<int64_t>& widths, int64_t B, int64_t C, int64_t activation,
@@ -376,9 +378,31 @@ std::shared_ptr<P> make_problem(int64_t c, int64_t noise, const std::vector<int6
   p->softplus = activation == kCnfSoftplus;
   p->divergence = divergence;
   layer_table<T>(weights, widths, p->layers, [](auto&, size_t) {});
+  int64_t off = 0;
+  for (const auto& ly : p->layers) p->ctx_off.push_back(off), off += ly.out;
+  p->gb.assign(size_t(off), T(0));
+  p->hb.assign(size_t(off), T(0));
   for (int64_t w : widths) p->max_width = std::max(p->max_width, w);
   prepare(*p);
+  p->key = {p->vb, p->C, p->D, p->divergence, p->softplus};
+  for (const auto& ly : p->layers) p->key.push_back(ly.out);
   return p;
+}
+
+// Folds the time column of the context into the biases of a problem made by make_problem:
+// gb = g + G[:, 0] t and hb = H[:, 0] t per layer (once per evaluation).
+template <typename T, typename P>
+void fold_time(P& p, T t) {
+  const int64_t cs = 1 + p.C;
+  for (size_t l = 0; l < p.layers.size(); ++l) {
+    const auto& ly = p.layers[l];
+    T* gb = p.gb.data() + p.ctx_off[l];
+    T* hb = p.hb.data() + p.ctx_off[l];
+    for (int64_t n = 0; n < ly.out; ++n) {
+      gb[n] = ly.g[n] + ly.G[n * cs] * t;
+      hb[n] = ly.H[n * cs] * t;
+    }
+  }
 }
 
 }  // namespace cnf_cpu

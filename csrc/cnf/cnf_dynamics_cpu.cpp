@@ -305,15 +305,11 @@ void range_generic(const Problem<T>& p, std::vector<T>& m, int64_t lo, int64_t h
   run_range<T, 16, 6>(p, m, lo, hi);
 }
 
-// Everything an evaluation needs that does not depend on t, z or the outputs: the kernel copy
-// for this CPU, the weights' padded copies and the work split (once per solve for CnfPlan-style
-// callers: cnf_forward_plan_cpu).
+// What an evaluation needs beyond make_problem's shared fields that does not depend on t, z or
+// the outputs: the kernel copy for this CPU, the weights' padded copies and the work split (once
+// per solve: cnf_forward_plan_cpu).
 template <typename T>
 void prepare(Problem<T>& p) {
-  int64_t off = 0;
-  for (const Layer<T>& ly : p.layers) p.ctx_off.push_back(off), off += ly.out;
-  p.gb.assign(size_t(off), T(0));
-  p.hb.assign(size_t(off), T(0));
   simd::Isa isa = simd::pick_isa();
   p.fn = range_generic<T>, p.vb = 16;
 #ifdef CGNF_SIMD_X86
@@ -342,25 +338,13 @@ void prepare(Problem<T>& p) {
   if (p.divergence == kCnfExact)
     for (size_t l = 1; l + 1 < p.layers.size(); ++l) macs += p.D * p.layers[l].out * p.layers[l].in;
   p.min_chunk = std::max<int64_t>(1, (int64_t{16} << 20) / std::max<int64_t>(1, macs * MB));
-  p.key = {p.vb, p.C, p.D, p.divergence, p.softplus};
-  for (const Layer<T>& ly : p.layers) p.key.push_back(ly.out);
 }
 
 // One evaluation at time *t of a prepared problem (its z, dz and div pointers set).
 template <typename T>
 void evaluate(Problem<T>& p, const T* t, int64_t num_threads) {
   if (p.B == 0) return;
-  const T tv = *t;  // fold the time column of ctx into the biases
-  const int64_t cs = 1 + p.C;
-  for (size_t l = 0; l < p.layers.size(); ++l) {
-    const Layer<T>& ly = p.layers[l];
-    T* gb = p.gb.data() + p.ctx_off[l];
-    T* hb = p.hb.data() + p.ctx_off[l];
-    for (int64_t n = 0; n < ly.out; ++n) {
-      gb[n] = ly.g[n] + ly.G[n * cs] * tv;
-      hb[n] = ly.H[n * cs] * tv;
-    }
-  }
+  fold_time(p, *t);
   // Each chunk's scratch is kept between calls by the calling thread and reused for the same
   // layout (its writes leave every padding value read at its initial zero): fresh allocations of
   // this size come from mmap and pay their page faults on every call.

@@ -57,21 +57,12 @@ constexpr double kMid[7] = {6025192743.0 / 30085553152.0 / 2,    0,
 
 template <typename T>
 struct Solver {
-  // the dynamics
-  int64_t c, noise;
-  const std::vector<int64_t>& weights;
-  const std::vector<int64_t>& widths;
-  int64_t B, C, activation, divergence, num_threads;
+  CnfForwardPlan<T> plan;  // the dynamics
+  int64_t divergence;
   bool reversed;
   // the state: n = B * D entries of z, then (with a divergence) B of logdet
   int64_t nz, n;
   int64_t nfe = 0;
-
-  CnfForwardPlan<T> plan;  // made by prepare()
-
-  void prepare() {
-    plan = cnf_forward_plan_cpu<T>(c, noise, weights, widths, B, C, activation, divergence, num_threads);
-  }
 
   // f at solver time s (already in the state's dtype, perturbed as asked) into out[0, n).
   void eval(T s, const T* y, T* out) {
@@ -110,10 +101,8 @@ struct Solver {
 // mixed norm of the pair z, logdet) and the RMS of each parameter's adjoint.
 template <typename T>
 struct AdjSolver {
-  int64_t c, noise;
-  const std::vector<int64_t>& weights;
-  const std::vector<int64_t>& widths;
-  int64_t B, C, activation, divergence, num_threads;
+  CnfAdjointPlan<T> plan;  // the adjoint's dynamics
+  int64_t B, divergence;
   bool reversed;
   int64_t nz, ny, n;
   std::vector<int64_t> seg;     // the norm's segments: [seg[i], seg[i + 1])
@@ -121,13 +110,7 @@ struct AdjSolver {
   int64_t gc_off = -1;          // c's adjoint's offset (or -1)
   std::vector<T> az, adiv;
   int64_t nfe = 0;
-  CnfAdjointPlan<T> plan;  // made by prepare()
-  std::vector<T*> gw;      // per weight, where its adjoint's derivative goes (or nullptr)
-
-  void prepare() {
-    plan = cnf_adjoint_plan_cpu<T>(c, noise, weights, widths, B, C, activation, divergence, num_threads);
-    gw.assign(weights.size(), nullptr);
-  }
+  std::vector<T*> gw;  // per weight, where its adjoint's derivative goes (or nullptr)
 
   void eval(T s, const T* y, T* out) {
     T t = reversed ? -s : s;
@@ -135,7 +118,7 @@ struct AdjSolver {
     for (int64_t i = 0; i < nz; ++i) az[i] = -y[1 + ny + i];
     if (div)
       for (int64_t i = 0; i < B; ++i) adiv[i] = -y[1 + ny + nz + i];
-    for (size_t i = 0; i < weights.size(); ++i) gw[i] = gw_off[i] >= 0 ? out + gw_off[i] : nullptr;
+    for (size_t i = 0; i < gw.size(); ++i) gw[i] = gw_off[i] >= 0 ? out + gw_off[i] : nullptr;
     plan(t, y + 1, az.data(), div ? adiv.data() : nullptr, out + 1, div ? out + 1 + nz : nullptr, out,
          out + 1 + ny, gc_off >= 0 ? out + gc_off : nullptr, gw);
     for (int64_t i = 1 + ny + nz; i < 1 + 2 * ny; ++i) out[i] = T(0);  // nothing depends on logdet
@@ -297,12 +280,12 @@ int64_t cnf_solve_dopri5_cpu(int64_t state, int64_t c, int64_t noise, const std:
   const int64_t nz = B * widths.front();
   const int64_t n = nz + (divergence != kCnfNone ? B : 0);
   if (float64) {
-    Solver<double> S{c, noise, weights, widths, B, C, activation, divergence, num_threads, t1 < t0, nz, n};
-    S.prepare();
+    Solver<double> S{cnf_forward_plan_cpu<double>(c, noise, weights, widths, B, C, activation, divergence, num_threads),
+                     divergence, t1 < t0, nz, n};
     return solve(S, reinterpret_cast<double*>(state), t0, t1, rtol, atol, max_steps);
   }
-  Solver<float> S{c, noise, weights, widths, B, C, activation, divergence, num_threads, t1 < t0, nz, n};
-  S.prepare();
+  Solver<float> S{cnf_forward_plan_cpu<float>(c, noise, weights, widths, B, C, activation, divergence, num_threads),
+                  divergence, t1 < t0, nz, n};
   return solve(S, reinterpret_cast<float*>(state), t0, t1, rtol, atol, max_steps);
 }
 
@@ -313,7 +296,9 @@ int64_t adjoint_solve(int64_t state, int64_t c, int64_t noise, const std::vector
                       int64_t activation, int64_t divergence, double t0, double t1, double rtol, double atol,
                       int64_t max_steps, int64_t num_threads) {
   const int64_t nz = B * widths.front(), ny = nz + (divergence != kCnfNone ? B : 0);
-  AdjSolver<T> S{c, noise, weights, widths, B, C, activation, divergence, num_threads, t1 < t0, nz, ny, 0};
+  AdjSolver<T> S{cnf_adjoint_plan_cpu<T>(c, noise, weights, widths, B, C, activation, divergence, num_threads), B,
+                 divergence, t1 < t0, nz, ny, 0};
+  S.gw.assign(weights.size(), nullptr);
   S.az.resize(size_t(nz));
   S.adiv.resize(size_t(B));
   S.gw_off.assign(weights.size(), -1);
@@ -338,7 +323,6 @@ int64_t adjoint_solve(int64_t state, int64_t c, int64_t noise, const std::vector
     S.seg.push_back(off);
   }
   S.n = off;
-  S.prepare();
   return solve(S, reinterpret_cast<T*>(state), t0, t1, rtol, atol, max_steps);
 }
 }  // namespace
