@@ -3,6 +3,7 @@
     python benches/bench_cnf.py [--device cpu|cuda] [--batch 20,256,1000,4096]
                                 [--hidden 128x128,256x256] [--reps 5] [--threads 2] [--skip-exact-over 1000]
                                 [--only eval,eval_exact,vjp_exact,sample] [--apart] [--no-compile]
+                                [--malloc default|fixed]
 
 Flows of ``ConditionalCNF(latent=32, cond_dim=4, hidden)`` with PyTorch's default (random)
 initialisation, float32, eval mode, ``torch.no_grad``. For each hidden size and batch B:
@@ -46,6 +47,10 @@ After a warm-up of each (and a check that they agree), every rep runs both back 
 alternating which goes first; rows report medians (and all times) and
 ``ratio = torch_s / native_s``. ``--skip-exact-over B`` skips ``eval_exact`` above that batch
 for the widest hidden size (the reference needs ~0.4 s an evaluation at B = 4096 on 2 cores).
+``--malloc fixed`` fixes glibc's mmap threshold first (``_timing.fix_glibc_malloc``): by default
+whether the reference's temporaries of a few MB are reused or faulted in afresh at every call
+depends on the process's history, which moves the torch column by up to a half between runs;
+fixed, it measures torch at its best (every row records ``"malloc"``).
 Timings depend on the machine (and its load); they are not tests.
 """
 
@@ -66,7 +71,7 @@ from cgnf_fast.models.flow import ConditionalCNF
 from cgnf_fast.ops.cnf import CnfPlan, cnf_dynamics_vjp
 from cgnf_fast.reference import cnf as reference
 
-from _timing import timed
+from _timing import fix_glibc_malloc, timed
 
 LATENT, COND = 32, 4
 
@@ -236,7 +241,11 @@ def main() -> None:
     ap.add_argument("--apart", action="store_true",
                     help="time each backend's reps in one block (default: alternate them; torch's OpenMP threads "
                     "spin for a while after its ops and slow a native call that follows)")
+    ap.add_argument("--malloc", choices=("default", "fixed"), default="default",
+                    help="fixed: glibc's mmap threshold fixed and no trimming, so torch's temporaries are "
+                    "reused rather than faulted in again (torch at its best; _timing.fix_glibc_malloc)")
     args = ap.parse_args()
+    malloc = fix_glibc_malloc() if args.malloc == "fixed" else "default"
     global APART
     APART = args.apart
     torch.set_num_threads(args.threads)
@@ -245,7 +254,7 @@ def main() -> None:
     widest = max(sum(h) for h in hiddens)
     meta = {"device": args.device, "latent": LATENT, "cond_dim": COND, "dtype": "float32",
             "threads": torch.get_num_threads(), "reps": args.reps, "machine": platform.machine(),
-            "torch": torch.__version__}
+            "torch": torch.__version__, "malloc": malloc}
     if args.device == "cuda":
         meta["gpu"] = torch.cuda.get_device_name()
     compile_ref = args.device == "cpu" and not args.no_compile

@@ -1,6 +1,7 @@
 """``cgnf train flow`` end to end, native vs torch backend, with the pipeline's flow configuration.
 
     python benches/bench_train_flow.py [--epochs 1] [--cells 30000] [--work DIR] [--threads 2] [--noise-seed S]
+                                       [--malloc default|fixed]
 
 What it runs: the G-VAE is the shipped nb201-like one; its "run directory" is built here (a copy of
 its weights and a ``data.safetensors`` holding ``--cells`` nb201-like cells drawn with
@@ -19,7 +20,8 @@ difference between the two runs' NLL curves (the per-10-step loss and its moving
 steps and batches). With ``--noise-seed S`` it also trains the native backend with ``--seed S``
 (another initialisation and batch order) and prints a ``train_flow_noise`` line: the same
 differences between the two native runs, the run-to-run noise the backends' difference is to be
-judged against. Timings depend on the machine; they are not tests.
+judged against. ``--malloc fixed`` runs both commands with glibc's mmap threshold fixed (torch at
+its best: ``_timing.fix_glibc_malloc``). Timings depend on the machine; they are not tests.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _timing import FIXED_MALLOC, FIXED_MALLOC_ENV
 
 
 def make_gvae_run(dest: Path, n_cells: int) -> None:
@@ -56,8 +60,9 @@ def make_gvae_run(dest: Path, n_cells: int) -> None:
                                              "lab_ops": empty_ops.contiguous()})
 
 
-def run(backend: str, gvae: Path, out: Path, epochs: int, threads: int, seed: int | None = None) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+def run(backend: str, gvae: Path, out: Path, epochs: int, threads: int, seed: int | None = None,
+        fixed_malloc: bool = False) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), **(FIXED_MALLOC_ENV if fixed_malloc else {}))
     cmd = [sys.executable, "-m", "cgnf_fast", "train", "flow", "--gvae", str(gvae), "--out", str(out),
            "--max-cells", "30000", "--epochs", str(epochs), "--backend", backend, "--no-progress"]
     if seed is not None:
@@ -93,7 +98,10 @@ def main() -> None:
     ap.add_argument("--work", default=None, help="directory for the runs (default: a temporary one, removed)")
     ap.add_argument("--noise-seed", type=int, default=None,
                     help="also train the native backend with this seed: the run-to-run noise of the NLL curves")
+    ap.add_argument("--malloc", choices=("default", "fixed"), default="default",
+                    help="fixed: both runs with glibc's mmap threshold fixed (module doc)")
     args = ap.parse_args()
+    fixed = args.malloc == "fixed"
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench_train_flow_"))
     try:
         gvae = work / "gvae"
@@ -103,13 +111,14 @@ def main() -> None:
         for backend in ("native", "torch"):
             out = work / f"flow_{backend}"
             shutil.rmtree(out, ignore_errors=True)
-            r = run(backend, gvae, out, args.epochs, args.threads)
+            r = run(backend, gvae, out, args.epochs, args.threads, fixed_malloc=fixed)
             r["history"] = history(out)
             rows[backend] = r
             print(json.dumps({"bench": "train_flow_run", **{k: v for k, v in r.items() if k != "history"}}), flush=True)
         hn, ht = rows["native"]["history"], rows["torch"]["history"]
         print(json.dumps({
             "bench": "train_flow", "epochs": args.epochs, "cells": args.cells, "threads": args.threads,
+            "malloc": FIXED_MALLOC if fixed else "default",
             "native_wall_s": rows["native"]["wall_s"], "torch_wall_s": rows["torch"]["wall_s"],
             "ratio_wall": round(rows["torch"]["wall_s"] / rows["native"]["wall_s"], 3),
             "native_train_s": rows["native"]["train_s"], "torch_train_s": rows["torch"]["train_s"],
@@ -121,7 +130,7 @@ def main() -> None:
         if args.noise_seed is not None:
             out = work / f"flow_native_seed{args.noise_seed}"
             shutil.rmtree(out, ignore_errors=True)
-            r = run("native", gvae, out, args.epochs, args.threads, seed=args.noise_seed)
+            r = run("native", gvae, out, args.epochs, args.threads, seed=args.noise_seed, fixed_malloc=fixed)
             r["history"] = history(out)
             print(json.dumps({"bench": "train_flow_run", "seed": args.noise_seed,
                               **{k: v for k, v in r.items() if k != "history"}}), flush=True)

@@ -149,7 +149,7 @@ struct AScratch {
   // for those layers J_l^T and Qbar_l^T have kRows slots of [RD][WP] each (QS: the Qbar_l^T).
   static constexpr int kRows = 4;
   std::vector<T*> sT, JT, QT, QS;
-  T *fout, *ct, *hp, *pre_b, *ub, *gp, *hb0, *hb1, *tr, *ctxb, *ctxT, *JbA, *JbB, *QbT, *sbT;
+  T *fout, *ct, *hp, *pre_b, *ub, *gp, *hb0, *hb1, *tr, *ctxb, *ctxT, *sbT;
   int64_t WP = 0, RD = 0;
 
   AScratch(const AProblem<T>& p, std::vector<T>& mem) {
@@ -196,9 +196,6 @@ struct AScratch {
     want.push_back({&tr, MB * WP});
     want.push_back({&ctxb, cs * MB});
     want.push_back({&ctxT, MB * round_up(p.C + 2, L)});
-    want.push_back({&JbA, RD * WP});
-    want.push_back({&JbB, RD * WP});
-    want.push_back({&QbT, RD * WP});
     want.push_back({&sbT, exact ? WP : 0});
     int64_t total = kLine;
     for (auto& w : want) total += round_up(w.second, kLine);
@@ -341,13 +338,46 @@ CGNF_INLINE T exact_row(const AProblem<T>& p, AScratch<T, VB, NR>& s, Acc<T>& ac
   const T* WL = p.WLp.data();  // [D][ld]
   const int64_t nvl = vecs(lz.in), ldl = nvl * L;
   alignas(64) T dg[kCnfMaxExactLatent];  // (W_L J_L)_dd
+  // The scales' reverse step of hidden layer l for probe d, vector v, given Jbar^T's vector jb:
+  // sbar_l += Jbar^T[d] Q_l^T[d] (Q_0 = W_0), Qbar_l^T[d] = Jbar^T[d] diag(s_l), which for l = 0
+  // goes straight into Wbar_0^T (Wbar_0 += Qbar_0) and otherwise to the row's slot.
+  auto scale_back = [&](int64_t l, int64_t d, int64_t v, const V& jb) CGNF_INLINE_LAMBDA {
+    V qv, sc, sb;
+    if (l == 0)
+      loadv(qv, p.W0T.data() + d * acc.ldw0t + v * L);
+    else
+      loadv(qv, s.QT[l] + d * WP + v * L);
+    loadv(sc, srow(l) + v * L);
+    loadv(sb, s.sbT + v * L);
+    storev(s.sbT + v * L, sb + jb * qv);
+    if (l == 0) {
+      T* wb0 = acc.W0T.data() + d * acc.ldw0t + v * L;
+      V x;
+      loadv(x, wb0);
+      storev(wb0, x + sc * jb);
+    } else {
+      storev(s.QS[l] + slot * slot_size + d * WP + v * L, sc * jb);
+    }
+  };
+  const int64_t lt = nl - 2;  // the top hidden layer
+  if (a != T(0)) std::fill(s.sbT, s.sbT + nvl * L, T(0));
+  // One pass over W_L and J_L^T: the diagonal, and (a != 0) Jbar_L^T[d, k] = a gate_d W_L[d, k]
+  // (not stored: straight into the top hidden layer's scale_back) and Wbar_L[d, k] += a gate_d J_L^T[d, k].
+  T* wbl = acc.W[nl - 1].data();  // ld = ldl
   for (int64_t d = 0; d < D; ++d) {
+    const T ag = a * gz[d * MB + r];
     V acc_v{};
     for (int64_t v = 0; v < nvl; ++v) {
       V w, j;
       loadv(w, WL + d * ldl + v * L);
       loadv(j, JL + d * WP + v * L);
       acc_v += w * j;
+      if (a != T(0)) {
+        V b;
+        loadv(b, wbl + d * ldl + v * L);
+        storev(wbl + d * ldl + v * L, b + ag * j);
+        scale_back(lt, d, v, ag * w);
+      }
     }
     dg[d] = hsum<T, VB>(acc_v);
   }
@@ -357,59 +387,19 @@ CGNF_INLINE T exact_row(const AProblem<T>& p, AScratch<T, VB, NR>& s, Acc<T>& ac
     if (a != T(0)) s.gateb[nl - 1][d * MB + r] += a * dg[d];
   }
   if (a == T(0)) return total;
-  T* Jb = s.JbA;
-  T* Jb2 = s.JbB;
-  {  // Jbar_L^T[d, k] = a gate_d W_L[d, k]; Wbar_L[d, k] += a gate_d J_L^T[d, k]
-    T* wb = acc.W[nl - 1].data();  // ld = ldl
-    for (int64_t d = 0; d < D; ++d) {
-      const T ag = a * gz[d * MB + r];
-      for (int64_t v = 0; v < nvl; ++v) {
-        V w, j, b;
-        loadv(w, WL + d * ldl + v * L);
-        loadv(j, JL + d * WP + v * L);
-        loadv(b, wb + d * ldl + v * L);
-        storev(Jb + d * WP + v * L, ag * w);
-        storev(wb + d * ldl + v * L, b + ag * j);
-      }
-    }
-  }
-  for (int64_t l = nl - 2; l >= 0; --l) {
-    const ALayer<T>& ly = p.layers[l];
-    const int64_t nvo = vecs(ly.out);
-    const T* sl = srow(l);
-    // sbar_l[n] = sum_d Jbar^T[d, n] Q_l^T[d, n] (Q_0 = W_0), Qbar^T = Jbar^T diag(s_l)
-    const T* q = l == 0 ? p.W0T.data() : s.QT[l];
-    const int64_t ldq = l == 0 ? acc.ldw0t : WP;
-    T* qb = l == 0 ? s.QbT : s.QS[l] + slot * slot_size;  // Qbar_l^T
-    std::fill(s.sbT, s.sbT + nvo * L, T(0));
-    for (int64_t d = 0; d < D; ++d)
-      for (int64_t v = 0; v < nvo; ++v) {
-        V jb, qv, sc, sb;
-        loadv(jb, Jb + d * WP + v * L);
-        loadv(qv, q + d * ldq + v * L);
-        loadv(sc, sl + v * L);
-        loadv(sb, s.sbT + v * L);
-        storev(s.sbT + v * L, sb + jb * qv);
-        storev(qb + d * WP + v * L, sc * jb);
-      }
+  for (int64_t l = lt;; --l) {
     T* sb = s.sbar[l];
-    for (int64_t n = 0; n < ly.out; ++n) sb[n * MB + r] += s.sbT[n];
-    if (l == 0) {  // Wbar_0^T += Qbar^T
-      T* wb = acc.W0T.data();
-      const int64_t ld = acc.ldw0t;
-      for (int64_t d = 0; d < D; ++d)
-        for (int64_t v = 0; v < nvo; ++v) {
-          V x, y;
-          loadv(x, s.QbT + d * WP + v * L);
-          loadv(y, wb + d * ld + v * L);
-          storev(wb + d * ld + v * L, x + y);
-        }
-    } else {  // Jbar_l^T = Qbar^T W_l (Wbar_l += Qbar J_l^T: flush_rows)
-      const int64_t nvi = vecs(ly.in);
-      gemm_probe<T, VB, NRD, false, false>(qb, WP, D, ly.out, ly.Wp.data(), nvi * L, nvi, Jb2, WP, nullptr,
-                                           nullptr);
-      std::swap(Jb, Jb2);
-    }
+    for (int64_t n = 0; n < p.layers[l].out; ++n) sb[n * MB + r] += s.sbT[n];
+    if (l == 0) break;
+    // Jbar_l^T = Qbar_l^T W_l, from the registers into layer l - 1's scale_back (Jbar_l is not
+    // stored; Wbar_l += Qbar_l J_l^T waits for flush_rows)
+    const ALayer<T>& ly = p.layers[l];
+    const int64_t nvi = vecs(ly.in);
+    std::fill(s.sbT, s.sbT + nvi * L, T(0));
+    gemm_probe_to<T, VB, NRD>(s.QS[l] + slot * slot_size, WP, D, ly.out, ly.Wp.data(), nvi * L, nvi,
+                              [&](int64_t d, int64_t v, const V& jb) CGNF_INLINE_LAMBDA {
+                                if (d < D) scale_back(l - 1, d, v, jb);
+                              });
   }
   return total;
 }

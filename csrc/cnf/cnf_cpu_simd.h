@@ -193,28 +193,17 @@ CGNF_INLINE void block(const T* const* w, int64_t K, const T* X, int64_t xs, T* 
   });
 }
 
-// Y [N][nv vectors] = W X, times scale[column] when kScale (one value per column of Y), and the
-// unscaled W X into Q [N][nv vectors] (row stride ys too) when kQ: the probe-major products
-// (tangents times a layer's scales). Straight from the registers: no store, reload and store again
-// of an epilogue pass. Blocks past N write Y's (and Q's) padding rows (round_up(N, NR) rows).
-template <typename T, int VB, int NR, bool kScale, bool kQ>
-CGNF_INLINE void gemm_probe(const T* W, int64_t ldw, int64_t N, int64_t K, const T* X, int64_t xs, int64_t nv, T* Y,
-                            int64_t ys, const T* scale, T* Q) {
+// The probe-major products: each NR x V register block of W [N, K] X [K][nv vectors] handed
+// straight from the registers to st(row, vector, acc), with no store, reload and store again
+// of an epilogue pass. Blocks past N hand rows up to round_up(N, NR) - 1 (W's last row again).
+template <typename T, int VB, int NR, typename St>
+CGNF_INLINE void gemm_probe_to(const T* W, int64_t ldw, int64_t N, int64_t K, const T* X, int64_t xs, int64_t nv,
+                               St&& st) {
   constexpr int L = VB / sizeof(T);
-  using Vt = Vec<T, VB>;
   auto run = [&](auto vcount, const T* const* w, int64_t n0, int64_t v0) CGNF_INLINE_LAMBDA {
     constexpr int V = decltype(vcount)::value;
-    block_to<T, VB, NR, V, false>(w, K, X + v0 * L, xs, Y, ys, [&](int i, int v, const Vt& a) CGNF_INLINE_LAMBDA {
-      const int64_t o = (n0 + i) * ys + (v0 + v) * L;
-      if constexpr (kQ) storev(Q + o, a);
-      if constexpr (kScale) {
-        Vt sc;  // (loaded here, not held over the K loop: AVX2 has 16 registers)
-        loadv(sc, scale + (v0 + v) * L);
-        storev(Y + o, a * sc);
-      } else {
-        storev(Y + o, a);
-      }
-    });
+    block_to<T, VB, NR, V, false>(w, K, X + v0 * L, xs, X, 0, [&](int i, int v, const Vec<T, VB>& a)
+                                  CGNF_INLINE_LAMBDA { st(n0 + i, v0 + v, a); });
   };
   for (int64_t n0 = 0; n0 < N; n0 += NR) {
     const T* w[NR];
@@ -223,6 +212,27 @@ CGNF_INLINE void gemm_probe(const T* W, int64_t ldw, int64_t N, int64_t K, const
     for (; v + 2 <= nv; v += 2) run(std::integral_constant<int, 2>{}, w, n0, v);
     if (v < nv) run(std::integral_constant<int, 1>{}, w, n0, v);
   }
+}
+
+// Y [N][nv vectors] = W X, times scale[column] when kScale (one value per column of Y), and the
+// unscaled W X into Q [N][nv vectors] (row stride ys too) when kQ: tangents times a layer's
+// scales. Blocks past N write Y's (and Q's) padding rows (round_up(N, NR) rows).
+template <typename T, int VB, int NR, bool kScale, bool kQ>
+CGNF_INLINE void gemm_probe(const T* W, int64_t ldw, int64_t N, int64_t K, const T* X, int64_t xs, int64_t nv, T* Y,
+                            int64_t ys, const T* scale, T* Q) {
+  constexpr int L = VB / sizeof(T);
+  using Vt = Vec<T, VB>;
+  gemm_probe_to<T, VB, NR>(W, ldw, N, K, X, xs, nv, [&](int64_t n, int64_t v, const Vt& a) CGNF_INLINE_LAMBDA {
+    const int64_t o = n * ys + v * L;
+    if constexpr (kQ) storev(Q + o, a);
+    if constexpr (kScale) {
+      Vt sc;  // (loaded here, not held over the K loop: AVX2 has 16 registers)
+      loadv(sc, scale + v * L);
+      storev(Y + o, a * sc);
+    } else {
+      storev(Y + o, a);
+    }
+  });
 }
 
 // Y[n0 + i][v-th vector] = epi(n0 + i, v, sum_k w[i][k] * X[k][v-th vector]) for i < NR, v < V:
