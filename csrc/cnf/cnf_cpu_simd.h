@@ -202,8 +202,8 @@ CGNF_INLINE void gemm_probe_to(const T* W, int64_t ldw, int64_t N, int64_t K, co
   constexpr int L = VB / sizeof(T);
   auto run = [&](auto vcount, const T* const* w, int64_t n0, int64_t v0) CGNF_INLINE_LAMBDA {
     constexpr int V = decltype(vcount)::value;
-    block_to<T, VB, NR, V, false>(w, K, X + v0 * L, xs, X, 0, [&](int i, int v, const Vec<T, VB>& a)
-                                  CGNF_INLINE_LAMBDA { st(n0 + i, v0 + v, a); });
+    auto to_st = [&](int i, int v, const Vec<T, VB>& a) CGNF_INLINE_LAMBDA { st(n0 + i, v0 + v, a); };
+    block_to<T, VB, NR, V, false>(w, K, X + v0 * L, xs, nullptr, 0, to_st);  // (no Y to add: kAcc is false)
   };
   for (int64_t n0 = 0; n0 < N; n0 += NR) {
     const T* w[NR];
