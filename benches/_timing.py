@@ -31,9 +31,10 @@ def fix_glibc_malloc() -> str:
     threshold only after such a block is freed, so whether PyTorch's temporaries of a few MB
     (the reference's ``[B, D, width]`` tangents) are reused or faulted in again at every step
     depends on the process's history: the torch path's training step at B = 256 measured
-    0.34-0.51 s between runs with the default and 0.30-0.35 s with the threshold fixed
-    (2-core CPU, 2026-12-07). Fixing it measures torch at its best; the default measures what
-    a user gets without tuning. Raises ``RuntimeError`` where glibc is not the allocator."""
+    0.31-0.53 s between runs with the default and 0.33-0.35 s with the threshold fixed
+    (``bench_cnf.py --train-step``, 2-core CPU, 2026-12-07: benches/RESULTS.md). Fixing it
+    measures torch at its best; the default measures what a user gets without tuning. Raises
+    ``RuntimeError`` where glibc is not the allocator."""
     import ctypes
     import ctypes.util
 
