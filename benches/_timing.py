@@ -18,8 +18,9 @@ def timed(fn, device: str) -> float:
     return time.perf_counter() - t0
 
 
-#: The same setting for a child process, through glibc's environment variables.
-FIXED_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
+_MMAP_THRESHOLD, _TRIM_THRESHOLD = 32 << 20, 2**31 - 1  # glibc's largest mmap threshold; trimming off
+#: fix_glibc_malloc's setting for a child process, through glibc's environment variables.
+FIXED_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(_MMAP_THRESHOLD), "MALLOC_TRIM_THRESHOLD_": str(_TRIM_THRESHOLD)}
 FIXED_MALLOC = "glibc, mmap threshold fixed at 32 MiB, no trimming"
 
 
@@ -43,6 +44,6 @@ def fix_glibc_malloc() -> str:
     if libc is None or not hasattr(libc, "mallopt"):
         raise RuntimeError("--malloc fixed needs glibc's mallopt, which this platform's C library lacks")
     m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's <malloc.h>
-    if not (libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 2**31 - 1)):
+    if not (libc.mallopt(m_mmap_threshold, _MMAP_THRESHOLD) and libc.mallopt(m_trim_threshold, _TRIM_THRESHOLD)):
         raise RuntimeError("glibc's mallopt refused the mmap or trim threshold")
     return FIXED_MALLOC

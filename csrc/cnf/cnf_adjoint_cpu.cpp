@@ -714,32 +714,17 @@ void evaluate(AProblem<T>& p, const std::vector<T*>& gw, T* gt, int64_t num_thre
   }
 }
 
-template <typename T>
-std::shared_ptr<AProblem<T>> make_problem(int64_t c, int64_t noise, const std::vector<int64_t>& weights,
-                                          const std::vector<int64_t>& widths, int64_t B, int64_t C, int64_t activation,
-                                          int64_t divergence) {
-  auto prep = [](AProblem<T>& q) { prepare(q); };
-  return cnf_cpu::make_problem<T, AProblem<T>>(c, noise, weights, widths, B, C, activation, divergence, prep);
-}
-
-// The per-evaluation pointers and time of a prepared problem.
-template <typename T>
-void set_call(AProblem<T>& p, T t, const T* z, const T* az, const T* adiv, T* dz, T* div, T* gz, T* gc) {
-  p.t = t, p.z = z, p.az = az, p.adiv = adiv, p.dz = dz, p.div = div, p.gz = gz;
-  p.gc = p.C > 0 ? gc : nullptr;
-}
-
+// One evaluation (the op's per-call path): a plan used once.
 template <typename T>
 void launch(int64_t t, int64_t z, int64_t c, int64_t noise, const std::vector<int64_t>& weights,
             const std::vector<int64_t>& widths, int64_t a_z, int64_t a_div, int64_t dz, int64_t div, int64_t g_t,
             int64_t g_z, int64_t g_c, const std::vector<int64_t>& g_weights, int64_t B, int64_t C,
             int64_t activation, int64_t divergence, int64_t num_threads) {
-  auto p = make_problem<T>(c, noise, weights, widths, B, C, activation, divergence);
   auto P = [](int64_t q) { return reinterpret_cast<T*>(q); };
-  set_call<T>(*p, *P(t), P(z), P(a_z), P(a_div), P(dz), P(div), P(g_z), P(g_c));
   std::vector<T*> gw;
   for (int64_t q : g_weights) gw.push_back(P(q));
-  evaluate(*p, gw, P(g_t), num_threads);
+  cnf_adjoint_plan_cpu<T>(c, noise, weights, widths, B, C, activation, divergence, num_threads)(
+      *P(t), P(z), P(a_z), P(a_div), P(dz), P(div), P(g_t), P(g_z), P(g_c), gw);
 }
 
 }  // namespace
@@ -761,10 +746,11 @@ template <typename T>
 CnfAdjointPlan<T> cnf_adjoint_plan_cpu(int64_t c, int64_t noise, const std::vector<int64_t>& weights,
                                        const std::vector<int64_t>& widths, int64_t B, int64_t C, int64_t activation,
                                        int64_t divergence, int64_t num_threads) {
-  auto p = make_problem<T>(c, noise, weights, widths, B, C, activation, divergence);
+  auto p = cnf_cpu::make_problem<T, AProblem<T>>(c, noise, weights, widths, B, C, activation, divergence, prepare<T>);
   return [p, num_threads](T t, const T* z, const T* az, const T* adiv, T* dz, T* div, T* gt, T* gz, T* gc,
                           const std::vector<T*>& gw) {
-    set_call<T>(*p, t, z, az, adiv, dz, div, gz, gc);
+    p->t = t, p->z = z, p->az = az, p->adiv = adiv, p->dz = dz, p->div = div, p->gz = gz;
+    p->gc = p->C > 0 ? gc : nullptr;
     evaluate(*p, gw, gt, num_threads);
   };
 }

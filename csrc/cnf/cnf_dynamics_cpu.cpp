@@ -340,11 +340,11 @@ void prepare(Problem<T>& p) {
   p.min_chunk = std::max<int64_t>(1, (int64_t{16} << 20) / std::max<int64_t>(1, macs * MB));
 }
 
-// One evaluation at time *t of a prepared problem (its z, dz and div pointers set).
+// One evaluation at time t of a prepared problem (its z, dz and div pointers set).
 template <typename T>
-void evaluate(Problem<T>& p, const T* t, int64_t num_threads) {
+void evaluate(Problem<T>& p, T t, int64_t num_threads) {
   if (p.B == 0) return;
-  fold_time(p, *t);
+  fold_time(p, t);
   // Each chunk's scratch is kept between calls by the calling thread and reused for the same
   // layout (its writes leave every padding value read at its initial zero): fresh allocations of
   // this size come from mmap and pay their page faults on every call.
@@ -357,23 +357,14 @@ void evaluate(Problem<T>& p, const T* t, int64_t num_threads) {
   parallel_for(p.tiles, num_threads, p.min_chunk, [&](int64_t lo, int64_t hi) { p.fn(p, mem[lo / chunk], lo, hi); });
 }
 
-template <typename T>
-std::shared_ptr<Problem<T>> make_problem(int64_t c, int64_t noise, const std::vector<int64_t>& weights,
-                                         const std::vector<int64_t>& widths, int64_t B, int64_t C, int64_t activation,
-                                         int64_t divergence) {
-  auto prep = [](Problem<T>& q) { prepare(q); };
-  return cnf_cpu::make_problem<T, Problem<T>>(c, noise, weights, widths, B, C, activation, divergence, prep);
-}
-
+// One evaluation (the op's per-call path): a plan used once.
 template <typename T>
 void launch(int64_t t, int64_t z, int64_t c, int64_t noise, const std::vector<int64_t>& weights,
             const std::vector<int64_t>& widths, int64_t dz, int64_t div, int64_t B, int64_t C, int64_t activation,
             int64_t divergence, int64_t num_threads) {
-  auto p = make_problem<T>(c, noise, weights, widths, B, C, activation, divergence);
-  p->z = reinterpret_cast<const T*>(z);
-  p->dz = reinterpret_cast<T*>(dz);
-  p->div = reinterpret_cast<T*>(div);
-  evaluate(*p, reinterpret_cast<const T*>(t), num_threads);
+  cnf_forward_plan_cpu<T>(c, noise, weights, widths, B, C, activation, divergence, num_threads)(
+      *reinterpret_cast<const T*>(t), reinterpret_cast<const T*>(z), reinterpret_cast<T*>(dz),
+      reinterpret_cast<T*>(div));
 }
 
 }  // namespace
@@ -398,10 +389,10 @@ template <typename T>
 CnfForwardPlan<T> cnf_forward_plan_cpu(int64_t c, int64_t noise, const std::vector<int64_t>& weights,
                                        const std::vector<int64_t>& widths, int64_t B, int64_t C, int64_t activation,
                                        int64_t divergence, int64_t num_threads) {
-  auto p = make_problem<T>(c, noise, weights, widths, B, C, activation, divergence);
+  auto p = cnf_cpu::make_problem<T, Problem<T>>(c, noise, weights, widths, B, C, activation, divergence, prepare<T>);
   return [p, num_threads](T t, const T* z, T* dz, T* div) {
     p->z = z, p->dz = dz, p->div = div;
-    evaluate(*p, &t, num_threads);
+    evaluate(*p, t, num_threads);
   };
 }
 template CnfForwardPlan<float> cnf_forward_plan_cpu<float>(int64_t, int64_t, const std::vector<int64_t>&,
