@@ -10,6 +10,11 @@ Prints one JSON object per line:
   divergence) / ``cnf_dynamics_vjp`` (the adjoint's dynamics with the exact divergence) with the
   native backend, float32, latent 32, 4 conditions, hidden 128x128, random weights; medians
   over ``--reps`` calls on 1 and on 2 threads, and the per-row time (seconds x threads / B);
+* ``eval_mlp`` / ``vjp_mlp``: the same calls without the divergence (the ConcatSquash MLP and
+  its reverse pass alone), so that ``*_exact`` minus ``*_mlp`` is what the exact divergence
+  adds: its ``[h x h] x [h x D]`` products (``D x h^2`` multiply-adds a row in the forward,
+  ``3 x D x h^2`` in the adjoint) and the passes around them, to set against the FMA peak
+  (``benches/fma_peak.cpp``);
 * ``train_step``: the shipped nb201-like flow's training step at B = 256 (its training
   tolerances, train mode, as ``bench_cnf.py --train-step``), the forward solve
   (``-log_prob(z, c).mean()``) and the backward (``loss.backward()``, the native adjoint solve)
@@ -55,7 +60,9 @@ def kernel_rows(batches: list[int], reps: int) -> None:
         z, c = torch.randn(B, LATENT, generator=g), torch.randn(B, COND, generator=g)
         g_dz, g_div = torch.randn(B, LATENT, generator=g), torch.randn(B, generator=g)
         calls = {"eval_exact": lambda: cnf_dynamics(t, z, c, ws, "tanh", "exact"),
-                 "vjp_exact": lambda: cnf_dynamics_vjp(t, z, c, ws, g_dz, g_div, "tanh", "exact")}
+                 "vjp_exact": lambda: cnf_dynamics_vjp(t, z, c, ws, g_dz, g_div, "tanh", "exact"),
+                 "eval_mlp": lambda: cnf_dynamics(t, z, c, ws, "tanh", None),
+                 "vjp_mlp": lambda: cnf_dynamics_vjp(t, z, c, ws, g_dz, None, "tanh", None)}
         for name, fn in calls.items():
             row: dict = {"bench": name, "batch": B}
             for threads in (1, 2):
