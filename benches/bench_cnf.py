@@ -32,10 +32,10 @@ normal. ``native``: ``backend="native"`` (both solves of the adjoint native, the
 on the fused vector-Jacobian kernel), run as ``cgnf train flow --backend native`` runs its steps:
 inside ``_native.kernels_own_the_cores()`` (the step's small torch ops on one thread);
 ``torch``: ``backend="torch"``, torchdiffeq's ``odeint_adjoint`` with the reference dynamics;
-``compiled``: the same with the reference dynamics under ``torch.compile`` (compiled before timing). Rows give each column's median
-(``native_s``, ``torch_s``, ``compiled_s``), ``ratio = torch_s / native_s`` and
-``ratio_compiled = compiled_s / native_s``, the evaluations of each solve and the largest
-relative difference of the gradients (native vs torch).
+``compiled``: the same with the reference dynamics under ``torch.compile`` (compiled before
+timing). Rows give each column's median (``native_s``, ``torch_s``, ``compiled_s``),
+``ratio = torch_s / native_s`` and ``ratio_compiled = compiled_s / native_s``, the evaluations
+of each solve and the largest relative difference of the gradients (native vs torch).
 
 Every row also has a ``compiled`` column unless ``--no-compile``: the reference under
 ``torch.compile`` (default mode, compiled and warmed up before timing).

@@ -332,7 +332,7 @@ CGNF_INLINE T exact_row(const AProblem<T>& p, AScratch<T, VB, NR>& s, Acc<T>& ac
     const int64_t nvo = vecs(ly.out);
     const T* sl = srow(l);
     T* Ql = s.QT[l];
-    gemm_probe<T, VB, NRD, true, true>(jt(l), WP, D, ly.in, ly.WTp.data(), nvo * L, nvo, jt(l + 1), WP, sl, Ql);
+    gemm_probe<T, VB, NRD, true>(jt(l), WP, D, ly.in, ly.WTp.data(), nvo * L, nvo, jt(l + 1), WP, sl, Ql);
   }
   const T* JL = jt(nl - 1);
   const T* WL = p.WLp.data();  // [D][ld]

@@ -214,10 +214,10 @@ CGNF_INLINE void gemm_probe_to(const T* W, int64_t ldw, int64_t N, int64_t K, co
   }
 }
 
-// Y [N][nv vectors] = W X, times scale[column] when kScale (one value per column of Y), and the
-// unscaled W X into Q [N][nv vectors] (row stride ys too) when kQ: tangents times a layer's
-// scales. Blocks past N write Y's (and Q's) padding rows (round_up(N, NR) rows).
-template <typename T, int VB, int NR, bool kScale, bool kQ>
+// Y [N][nv vectors] = W X times scale[column] (one value per column of Y), and the unscaled W X
+// into Q [N][nv vectors] (row stride ys too) when kQ: tangents times a layer's scales. Blocks
+// past N write Y's (and Q's) padding rows (round_up(N, NR) rows).
+template <typename T, int VB, int NR, bool kQ>
 CGNF_INLINE void gemm_probe(const T* W, int64_t ldw, int64_t N, int64_t K, const T* X, int64_t xs, int64_t nv, T* Y,
                             int64_t ys, const T* scale, T* Q) {
   constexpr int L = VB / sizeof(T);
@@ -225,13 +225,9 @@ CGNF_INLINE void gemm_probe(const T* W, int64_t ldw, int64_t N, int64_t K, const
   gemm_probe_to<T, VB, NR>(W, ldw, N, K, X, xs, nv, [&](int64_t n, int64_t v, const Vt& a) CGNF_INLINE_LAMBDA {
     const int64_t o = n * ys + v * L;
     if constexpr (kQ) storev(Q + o, a);
-    if constexpr (kScale) {
-      Vt sc;  // (loaded here, not held over the K loop: AVX2 has 16 registers)
-      loadv(sc, scale + v * L);
-      storev(Y + o, a * sc);
-    } else {
-      storev(Y + o, a);
-    }
+    Vt sc;  // (loaded here, not held over the K loop: AVX2 has 16 registers)
+    loadv(sc, scale + v * L);
+    storev(Y + o, a * sc);
   });
 }
 
@@ -354,10 +350,9 @@ CGNF_INLINE void rows_times(const T* A, int64_t lda, const T* s, int64_t rows, i
 }
 
 // A layer table from the flat weight pointers (W, b, G, g, H per layer; cnf.h's layout): each
-// entry's W, b, G, g, H, in and out set, then ``more(layer, l)`` for the caller's own fields.
-template <typename T, typename Layer, typename More>
-void layer_table(const std::vector<int64_t>& weights, const std::vector<int64_t>& widths, std::vector<Layer>& out,
-                 More&& more) {
+// entry's W, b, G, g, H, in and out set (the kernel's own fields are left to its prepare).
+template <typename T, typename Layer>
+void layer_table(const std::vector<int64_t>& weights, const std::vector<int64_t>& widths, std::vector<Layer>& out) {
   const size_t nl = widths.size() - 1;
   for (size_t l = 0; l < nl; ++l) {
     Layer ly{};
@@ -367,7 +362,6 @@ void layer_table(const std::vector<int64_t>& weights, const std::vector<int64_t>
     ly.g = reinterpret_cast<const T*>(weights[5 * l + 3]);
     ly.H = reinterpret_cast<const T*>(weights[5 * l + 4]);
     ly.in = widths[l], ly.out = widths[l + 1];
-    more(ly, l);
     out.push_back(std::move(ly));
   }
 }
@@ -387,7 +381,7 @@ std::shared_ptr<P> make_problem(int64_t c, int64_t noise, const std::vector<int6
   p->B = B, p->C = C, p->D = widths.front();
   p->softplus = activation == kCnfSoftplus;
   p->divergence = divergence;
-  layer_table<T>(weights, widths, p->layers, [](auto&, size_t) {});
+  layer_table<T>(weights, widths, p->layers);
   int64_t off = 0;
   for (const auto& ly : p->layers) p->ctx_off.push_back(off), off += ly.out;
   p->gb.assign(size_t(off), T(0));

@@ -167,7 +167,7 @@ CGNF_INLINE T exact_row(const Problem<T>& p, Scratch<T, VB, NR>& s, int64_t r) {
     const Layer<T>& ly = p.layers[l];
     const int64_t nvo = vecs(ly.out);
     const T* sl = srow(l);
-    gemm_probe<T, VB, NRD, true, false>(ta, WP, D, ly.in, p.WTp[l].data(), nvo * L, nvo, tb, WP, sl, nullptr);
+    gemm_probe<T, VB, NRD, false>(ta, WP, D, ly.in, p.WTp[l].data(), nvo * L, nvo, tb, WP, sl, nullptr);
     std::swap(ta, tb);
   }
   // tr(diag(gate) W_L J) = sum_d gate_d <W_L[d, :], J^T[d, :]>, one vector sum over d and k
